@@ -1,0 +1,187 @@
+"""Mail delivery: compose a report message and hand it to a backend.
+
+Both backends build the message with yagmail, so what lands in the outbox
+is what an SMTP server would receive.
+"""
+import datetime
+import os
+import re
+import smtplib
+import socket
+import uuid
+from typing import NamedTuple
+
+import yagmail
+
+MAX_ADDRESS_LENGTH = 254
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_LABEL = r'[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+_ADDRESS = re.compile(r'(%s)@(%s(\.%s)+)\Z' % (_LOCAL, _LABEL, _LABEL))
+
+
+class MailError(Exception):
+    """Delivery failed. `temporary` says whether trying later may help."""
+
+    def __init__(self, message, temporary):
+        super().__init__(message)
+        self.temporary = temporary
+
+
+def check_address(address):
+    """Return the address if it is exactly one plain ASCII address, else
+    raise ValueError saying what is wrong. No display names, no lists."""
+    if not isinstance(address, str):
+        raise ValueError('must be a string')
+    if any(c in address for c in '\r\n\x00'):
+        raise ValueError('must not contain line breaks or NUL')
+    if not address.isascii():
+        raise ValueError('must be a plain ASCII address (no look-alike characters)')
+    if len(address) > MAX_ADDRESS_LENGTH:
+        raise ValueError('is longer than %d characters' % MAX_ADDRESS_LENGTH)
+    if not _ADDRESS.match(address):
+        raise ValueError('%r is not a single email address like name@example.org' % address)
+    return address
+
+
+class Mail(NamedTuple):
+    to: list
+    subject: str
+    body: str
+    attachment: str
+    message_id: str
+
+
+def _human_size(n):
+    for unit in ('B', 'KB', 'MB', 'GB'):
+        if n < 1024 or unit == 'GB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else ('%.1f %s' % (n, unit))
+        n /= 1024.0
+
+
+def compose(run, title, to, attachment, seconds):
+    """The message for a finished run; `to` is who still needs it."""
+    params = ', '.join('%s=%s' % (k, v) for k, v in sorted(run.params.items())
+                       if v not in (None, '')) or 'none'
+    body = '\n'.join([
+        '%s report' % title,
+        '',
+        'Parameters: %s' % params,
+        'Rows: {:,}'.format(run.rows),
+        'Size: %s' % _human_size(run.bytes),
+        'Took: %.1f s' % seconds,
+        'File: %s (attached)' % os.path.basename(attachment),
+        '',
+        'Run #%d, sent by Nightshift.' % run.id,
+    ])
+    subject = 'Nightshift: %s report ({:,} rows)'.format(run.rows) % title
+    return Mail(list(to), subject, body, attachment, run.message_id)
+
+
+class _Client(yagmail.SMTP):
+    """yagmail logs in with the sender address; providers often want another
+    login (SendGrid: "apikey"), so the login user is kept apart."""
+
+    def __init__(self, login_user, **kwargs):
+        self.login_user = login_user
+        super().__init__(**kwargs)
+
+    def _login(self, password):
+        self.smtp = self.connection(self.host, self.port, **self.kwargs)
+        if self.starttls:
+            self.smtp.ehlo()
+            self.smtp.starttls()
+            self.smtp.ehlo()
+        self.is_closed = False
+        if self.login_user:
+            self.smtp.login(self.login_user, password)
+
+
+def _client(settings):
+    ssl = settings.smtp_security == 'ssl'
+    return _Client(
+        login_user=settings.smtp_user,
+        user=settings.mail_from,
+        # Always explicit: a None password makes yagmail prompt on a terminal.
+        password=settings.smtp_password or '',
+        host=settings.smtp_host or 'localhost',
+        port=settings.smtp_port,
+        smtp_ssl=ssl,
+        smtp_starttls=settings.smtp_security == 'starttls',
+        smtp_skip_login=True,
+        soft_email_validation=False,
+        timeout=settings.smtp_timeout,
+    )
+
+
+def _message_args(mail):
+    # One content per line: yagmail joins them with newlines in the text part
+    # (a single string would get <br> in it). raw(): a line that happens to
+    # name a file must not become an attachment.
+    lines = [yagmail.raw(line) for line in mail.body.split('\n')]
+    return dict(to=mail.to, subject=mail.subject, contents=lines,
+                attachments=[mail.attachment], message_id=mail.message_id,
+                prettify_html=False)
+
+
+class OutboxMailer:
+    """Development backend: each message becomes an .eml file in a folder."""
+
+    def __init__(self, settings):
+        self.folder = settings.outbox_dir
+        self.settings = settings
+
+    def send(self, mail):
+        os.makedirs(self.folder, exist_ok=True)
+        _, text = _client(self.settings).prepare_send(**_message_args(mail))
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+        name = '%s-%s.eml' % (stamp, uuid.uuid4().hex[:8])
+        tmp = os.path.join(self.folder, '.' + name)
+        with open(tmp, 'w', encoding='utf-8') as out:
+            out.write(text)
+        os.replace(tmp, os.path.join(self.folder, name))
+        return {}
+
+
+def _reply(code, message):
+    if isinstance(message, bytes):
+        message = message.decode('utf-8', 'replace')
+    return '%s %s' % (code, message)
+
+
+class SmtpMailer:
+    """Real delivery over SMTP through yagmail.
+
+    Returns {address: reply} for recipients the server refused; raises
+    MailError when nobody got the message.
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def send(self, mail):
+        client = _client(self.settings)
+        try:
+            result = client.send(**_message_args(mail))
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = {addr: _reply(*reply) for addr, reply in exc.recipients.items()}
+            temporary = all(str(r).startswith('4') for r in refused.values())
+            raise MailError('all recipients refused: %s' % '; '.join(
+                '%s: %s' % item for item in sorted(refused.items())), temporary)
+        except smtplib.SMTPResponseException as exc:
+            raise MailError('SMTP server replied %s' % _reply(exc.smtp_code, exc.smtp_error),
+                            temporary=400 <= exc.smtp_code < 500)
+        except (smtplib.SMTPException, socket.timeout, OSError) as exc:
+            raise MailError('SMTP server %s:%s unreachable: %s' % (
+                self.settings.smtp_host, self.settings.smtp_port, exc), temporary=True)
+        finally:
+            client.close()
+        # yagmail answers False, not an exception, when it gave up reconnecting.
+        if result is False:
+            raise MailError('SMTP server kept disconnecting; message not sent', temporary=True)
+        return {addr: _reply(*reply) for addr, reply in (result or {}).items()}
+
+
+def create_mailer(settings):
+    if settings.mail_backend == 'smtp':
+        return SmtpMailer(settings)
+    return OutboxMailer(settings)

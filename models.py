@@ -1,0 +1,138 @@
+"""Peewee models. The database is declared empty and bound from settings
+later (`bind_database`), so importing this module touches nothing."""
+import datetime
+import json
+import os
+import threading
+
+from peewee import (BooleanField, CharField, DatabaseProxy, DateTimeField,
+                    DecimalField, ForeignKeyField, IntegerField, Model,
+                    TextField, BigIntegerField)
+from playhouse.db_url import connect
+
+db = DatabaseProxy()
+_bind_lock = threading.Lock()
+
+SQLITE_PRAGMAS = {
+    # Web and consumer are separate processes writing one file.
+    'journal_mode': 'wal',
+    'busy_timeout': 10000,
+    'synchronous': 'normal',
+    'foreign_keys': 1,
+}
+
+
+def utcnow():
+    """Naive UTC; every stored time is UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class JSONField(TextField):
+    """JSON as text: the same on SQLite and PostgreSQL."""
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+
+
+class Customer(BaseModel):
+    name = CharField()
+    email = CharField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class Order(BaseModel):
+    customer = ForeignKeyField(Customer, backref='orders', index=True)
+    status = CharField(index=True)
+    amount = DecimalField(max_digits=12, decimal_places=2)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = 'order'
+
+
+RUN_STATUSES = ('queued', 'running', 'delivered', 'failed')
+TRIGGERS = ('web', 'schedule', 'cli')
+
+
+class Run(BaseModel):
+    """One requested report, whatever asked for it: the run history."""
+    report = CharField()
+    params = JSONField(default=dict)
+    recipients = JSONField(default=list)
+    status = CharField(default='queued')
+    rows = BigIntegerField(default=0)
+    bytes = BigIntegerField(default=0)
+    attempts = IntegerField(default=0)
+    error = TextField(null=True)
+    trigger = CharField(default='web')
+    # Filled for scheduled runs; unique together so a slot runs once.
+    schedule = CharField(null=True)
+    slot_at = DateTimeField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    started_at = DateTimeField(null=True)
+    finished_at = DateTimeField(null=True)
+    heartbeat_at = DateTimeField(null=True)
+    file_name = CharField(null=True)
+    escape_formulas = BooleanField(default=True)
+
+    class Meta:
+        indexes = (
+            (('schedule', 'slot_at'), True),
+            (('status', 'created_at'), False),
+            (('report', 'created_at'), False),
+        )
+
+    @property
+    def message_id(self):
+        """Stable per run, so a resend after a crash is recognisable downstream."""
+        return '<nightshift-run-%d@nightshift>' % self.id
+
+
+DELIVERY_STATUSES = ('pending', 'sent', 'refused')
+
+
+class Delivery(BaseModel):
+    """Per-recipient outcome, so a retry goes only to who did not get it."""
+    run = ForeignKeyField(Run, backref='deliveries', on_delete='CASCADE')
+    address = CharField()
+    status = CharField(default='pending')
+    error = TextField(null=True)
+    sent_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((('run', 'address'), True),)
+
+
+ALL_MODELS = (Customer, Order, Run, Delivery)
+
+
+def open_database(url):
+    """A Peewee database for a sqlite:// or postgres:// URL."""
+    if url.startswith('sqlite'):
+        database = connect(url, pragmas=SQLITE_PRAGMAS, timeout=10)
+        if database.database != ':memory:':
+            os.makedirs(os.path.dirname(os.path.abspath(database.database)), exist_ok=True)
+        return database
+    return connect(url)
+
+
+def bind_database(url, create=True):
+    """Point the models at `url` (once per process) and create missing tables."""
+    with _bind_lock:
+        current = db.obj
+        if current is None or getattr(current, '_nightshift_url', None) != url:
+            if current is not None:
+                current.close()
+            database = open_database(url)
+            database._nightshift_url = url
+            db.initialize(database)
+        if create:
+            db.create_tables(ALL_MODELS, safe=True)
+    return db.obj

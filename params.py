@@ -1,0 +1,153 @@
+"""Typed report parameters: parse what a request sends, say clearly what is wrong."""
+import datetime
+import decimal
+
+
+class InputError(Exception):
+    """A client sent something wrong; `field` names where."""
+
+    def __init__(self, field, message, code='invalid'):
+        super().__init__('%s: %s' % (field, message))
+        self.field = field
+        self.message = message
+        self.code = code
+
+
+def _parse_date(raw):
+    if isinstance(raw, datetime.date) and not isinstance(raw, datetime.datetime):
+        return raw
+    try:
+        return datetime.date.fromisoformat(str(raw))
+    except ValueError:
+        raise ValueError('expected a date as YYYY-MM-DD')
+
+
+def _parse_int(raw):
+    if isinstance(raw, bool):
+        raise ValueError('expected an integer')
+    if isinstance(raw, int):
+        return raw
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ValueError('expected an integer')
+
+
+def _parse_decimal(raw):
+    if isinstance(raw, bool):
+        raise ValueError('expected a number')
+    try:
+        value = decimal.Decimal(str(raw).strip())
+    except decimal.InvalidOperation:
+        raise ValueError('expected a number')
+    if not value.is_finite():
+        raise ValueError('expected a finite number')
+    return value
+
+
+def _parse_str(raw):
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        raise ValueError('expected a string')
+    value = str(raw)
+    if any(c in value for c in '\r\n\x00'):
+        raise ValueError('must not contain line breaks or NUL')
+    return value
+
+
+def _parse_bool(raw):
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ('1', 'true', 'yes', 'on'):
+        return True
+    if text in ('0', 'false', 'no', 'off'):
+        return False
+    raise ValueError('expected true or false')
+
+
+PARSERS = {
+    'date': _parse_date,
+    'int': _parse_int,
+    'decimal': _parse_decimal,
+    'str': _parse_str,
+    'choice': _parse_str,
+    'bool': _parse_bool,
+}
+
+
+class Param:
+    """One declared report parameter."""
+
+    def __init__(self, name, type='str', required=False, default=None,
+                 choices=None, min=None, max=None, help=''):
+        if type not in PARSERS:
+            raise ValueError('unknown parameter type %r' % type)
+        if type == 'choice' and not choices:
+            raise ValueError('a choice parameter needs choices')
+        self.name = name
+        self.type = type
+        self.required = required
+        self.default = default
+        self.choices = tuple(choices) if choices else None
+        self.min = min
+        self.max = max
+        self.help = help
+
+    def parse(self, raw):
+        """Raw request value -> typed value; ValueError says why not."""
+        if isinstance(raw, str) and len(raw) > 1000:
+            raise ValueError('too long (1000 characters at most)')
+        value = PARSERS[self.type](raw)
+        if self.choices and value not in self.choices:
+            raise ValueError('must be one of: %s' % ', '.join(self.choices))
+        if self.min is not None and value < self.min:
+            raise ValueError('must be at least %s' % self.min)
+        if self.max is not None and value > self.max:
+            raise ValueError('must be at most %s' % self.max)
+        return value
+
+    @staticmethod
+    def dump(value):
+        """Typed value -> JSON-safe value, as stored in a run."""
+        if isinstance(value, (datetime.date, decimal.Decimal)):
+            return str(value)
+        return value
+
+    def describe(self):
+        return {'name': self.name, 'type': self.type, 'required': self.required,
+                'default': self.dump(self.default), 'choices': list(self.choices or ()),
+                'min': self.dump(self.min), 'max': self.dump(self.max), 'help': self.help}
+
+
+def parse_params(declared, raw):
+    """Validate a mapping of raw values against declared Params.
+
+    Returns typed values for every declared parameter (defaults filled in).
+    Raises InputError naming the first bad field as `params.<name>`.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError('params', 'must be an object of parameter values')
+    known = {p.name: p for p in declared}
+    for name in raw:
+        if name not in known:
+            raise InputError('params.%s' % name, 'unknown parameter; expected one of: %s'
+                             % (', '.join(known) or 'none'), code='unknown_param')
+    typed = {}
+    for param in declared:
+        value = raw.get(param.name)
+        if value is None or value == '':
+            if param.required:
+                raise InputError('params.%s' % param.name, 'is required', code='required')
+            typed[param.name] = param.default
+            continue
+        try:
+            typed[param.name] = param.parse(value)
+        except ValueError as exc:
+            raise InputError('params.%s' % param.name, str(exc))
+    return typed
+
+
+def dump_params(typed):
+    return {name: Param.dump(value) for name, value in typed.items()}

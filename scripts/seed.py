@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Fill the configured database with demo customers and orders.
+
+    python scripts/seed.py [--orders N] [--customers N] [--if-empty]
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import demo  # noqa: E402
+from models import bind_database  # noqa: E402
+from settings import SettingsError, load_settings  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--orders', type=int, default=10000)
+    parser.add_argument('--customers', type=int, default=1000)
+    parser.add_argument('--if-empty', action='store_true',
+                        help='do nothing when the database already has data')
+    parser.add_argument('--config', help='config file')
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        sys.exit('seed: bad settings: %s' % exc)
+    bind_database(settings.database_url)
+    if args.if_empty and not demo.is_empty():
+        print('seed: database already has data; leaving it alone')
+        return
+    started = time.perf_counter()
+    demo.seed(customers=args.customers, orders=args.orders)
+    print('seed: %d customers, %d orders in %.1f s' % (
+        args.customers, args.orders, time.perf_counter() - started))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,262 @@
+"""HTTP: a Bottle app built from settings, served by waitress.
+
+    python server.py [--host H] [--port P] [--worker]
+
+`--worker` also runs a Huey consumer (threads) in the same process, so one
+command runs the whole system on one machine.
+"""
+import argparse
+import datetime
+import functools
+import json
+import logging
+import sys
+import threading
+
+from bottle import Bottle, HTTPError, HTTPResponse, request, response
+from peewee import DatabaseError, InterfaceError, OperationalError
+
+import runs
+from export import CsvStream, open_rows
+from models import RUN_STATUSES, Run, bind_database, db
+from params import InputError
+from reports import UnknownReport, registry as default_registry
+from settings import SettingsError, load_settings
+
+logger = logging.getLogger('nightshift.server')
+DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
+
+
+class ApiError(Exception):
+    def __init__(self, status, code, message, field=None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def json_response(status, payload, headers=None):
+    return HTTPResponse(json.dumps(payload), status=status,
+                        headers=dict({'Content-Type': 'application/json'}, **(headers or {})))
+
+
+def error_response(status, code, message, field=None):
+    payload = {'error': code, 'message': message}
+    if field is not None:
+        payload['field'] = field
+    return json_response(status, payload)
+
+
+def _forget_connection():
+    # A dead connection stays dead; drop it so the next request reconnects.
+    try:
+        db.close()
+    except Exception:
+        pass
+
+
+def api_errors(callback):
+    """Bottle plugin: map expected failures to JSON errors."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.field)
+        except InputError as exc:
+            status = 404 if exc.code == 'unknown_report' else 400
+            return error_response(status, exc.code, exc.message, exc.field)
+        except DB_ERRORS as exc:
+            logger.warning('database unavailable: %s', type(exc).__name__)
+            _forget_connection()
+            return error_response(503, 'database_unavailable',
+                                  'the database is not answering; try again shortly')
+    return wrapper
+
+
+def _error_handler(res):
+    """Every error Bottle raises itself (404, 405, 500) as JSON, no traceback."""
+    response.content_type = 'application/json'
+    codes = {404: 'not_found', 405: 'method_not_allowed', 413: 'body_too_large'}
+    if res.status_code >= 500:
+        return json.dumps({'error': 'internal_error',
+                           'message': 'internal error; it has been logged'})
+    return json.dumps({'error': codes.get(res.status_code, 'http_%d' % res.status_code),
+                       'message': res.body if isinstance(res.body, str) else res.status_line})
+
+
+def read_json_body(max_bytes):
+    length = request.content_length
+    if length > max_bytes:
+        raise ApiError(413, 'body_too_large', 'request body over %d bytes' % max_bytes, 'body')
+    raw = request.body.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(413, 'body_too_large', 'request body over %d bytes' % max_bytes, 'body')
+    try:
+        data = json.loads(raw.decode('utf-8'))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, 'invalid_json', 'the body must be a JSON object', 'body')
+    if not isinstance(data, dict):
+        raise ApiError(400, 'invalid_json', 'the body must be a JSON object', 'body')
+    return data
+
+
+def query_params():
+    """The query string as {name: str}; a repeated name is an error."""
+    params = {}
+    for name in request.query.keys():
+        values = request.query.getall(name)
+        if len(values) > 1:
+            raise InputError('params.%s' % name, 'given more than once')
+        params[name] = request.query.getunicode(name)
+    return params
+
+
+def create_app(settings, jobs, registry=default_registry):
+    app = Bottle()
+    app.install(api_errors)
+    app.default_error_handler = _error_handler
+
+    @app.get('/healthz')
+    def healthz():
+        checks = {}
+        try:
+            db.execute_sql('SELECT 1').fetchone()
+            checks['database'] = 'ok'
+        except Exception as exc:
+            _forget_connection()
+            checks['database'] = 'down: %s' % type(exc).__name__
+        try:
+            jobs.queue_ok()
+            checks['queue'] = 'ok'
+        except Exception as exc:
+            checks['queue'] = 'down: %s' % type(exc).__name__
+        ok = all(v == 'ok' for v in checks.values())
+        return json_response(200 if ok else 503,
+                             dict(checks, status='ok' if ok else 'unavailable',
+                                  queue_backend=settings.queue))
+
+    @app.get('/api/reports')
+    def list_reports():
+        return json_response(200, {'reports': [r.describe() for r in registry]})
+
+    @app.get('/reports/<name>.csv')
+    def download(name):
+        try:
+            definition = registry.get(name)
+        except UnknownReport:
+            raise InputError('report', 'no report named %r' % name, code='unknown_report')
+        query = definition.query(definition.parse(query_params()))
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+        response.content_type = 'text/csv; charset=utf-8'
+        response.set_header('Content-Disposition',
+                            'attachment; filename="%s-%s.csv"' % (name, stamp))
+        return _stream_csv(query)
+
+    def _stream_csv(query):
+        # Bottle reads the first chunk before it sends headers, so a database
+        # that is down before anything was written still becomes a clean 503.
+        started = False
+        try:
+            with open_rows(query, db.obj) as (header, rows):
+                for chunk in CsvStream(header, rows, chunk_rows=2000):
+                    started = True
+                    yield chunk
+        except DB_ERRORS:
+            _forget_connection()
+            if started:
+                raise
+            yield error_response(503, 'database_unavailable',
+                                 'the database is not answering; try again shortly')
+
+    @app.post('/api/runs')
+    def create_run():
+        body = read_json_body(settings.max_body_bytes)
+        unknown = set(body) - {'report', 'params', 'to'}
+        if unknown:
+            field = sorted(unknown)[0]
+            raise ApiError(400, 'unknown_field', 'unknown field; expected report, params, to',
+                           field)
+        run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
+                              body.get('to'), trigger='web')
+        try:
+            jobs.enqueue_run(run)
+        except Exception as exc:  # QueueUnavailable and whatever the broker raised
+            logger.warning('run %d not queued: %s', run.id, exc)
+            return error_response(503, 'queue_unavailable',
+                                  'the job queue is not answering; run %d was recorded as '
+                                  'failed, nothing will be sent. Try again shortly.' % run.id)
+        url = '/api/runs/%d' % run.id
+        return json_response(202, {'id': run.id, 'status': 'queued', 'url': url},
+                             headers={'Location': url})
+
+    @app.get('/api/runs/<run_id:int>')
+    def get_run(run_id):
+        run = Run.get_or_none(Run.id == run_id)
+        if run is None:
+            raise ApiError(404, 'not_found', 'no run %d' % run_id, 'id')
+        return json_response(200, runs.run_as_dict(run))
+
+    @app.get('/api/runs')
+    def list_runs():
+        query = Run.select().order_by(Run.id.desc())
+        report = request.query.getunicode('report')
+        status = request.query.getunicode('status')
+        limit = request.query.getunicode('limit') or '50'
+        if report:
+            query = query.where(Run.report == report)
+        if status:
+            if status not in RUN_STATUSES:
+                raise InputError('status', 'must be one of %s' % ', '.join(RUN_STATUSES))
+            query = query.where(Run.status == status)
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            raise InputError('limit', 'must be a whole number from 1 to 500')
+        return json_response(200, {'runs': [runs.run_as_dict(r)
+                                            for r in query.limit(int(limit))]})
+
+    return app
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description='Nightshift web server')
+    parser.add_argument('--host', help='address to bind (default from settings)')
+    parser.add_argument('--port', type=int, help='port (default from settings / PORT)')
+    parser.add_argument('--worker', action='store_true',
+                        help='also run a Huey consumer in this process')
+    parser.add_argument('--config', help='config file (default config.ini or NIGHTSHIFT_CONFIG)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        sys.exit('nightshift: bad settings: %s' % exc)
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    logger.info('settings: %s', settings.describe())
+
+    from tasks import Jobs
+    import waitress
+    from waitress.server import create_server
+
+    bind_database(settings.database_url)
+    jobs = Jobs(settings)
+    app = create_app(settings, jobs)
+    if not args.worker:
+        waitress.serve(app, host=host, port=port, threads=settings.web_threads)
+        return
+    server = create_server(app, host=host, port=port, threads=settings.web_threads)
+    web = threading.Thread(target=server.run, name='waitress', daemon=True)
+    web.start()
+    logger.info('serving on http://%s:%d with %d consumer threads', host, port,
+                settings.workers)
+    consumer = jobs.huey.create_consumer(workers=settings.workers, worker_type='thread')
+    try:
+        consumer.run()  # main thread: SIGINT stops it gracefully
+    finally:
+        server.close()
+
+
+if __name__ == '__main__':
+    main()

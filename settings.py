@@ -1,0 +1,225 @@
+"""Settings: defaults, then config.ini, then environment variables.
+
+Read once at start-up into a frozen `Settings` object that is passed to the
+parts that need it. Nothing here runs at import time.
+"""
+import configparser
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG = PROJECT_DIR / 'config.ini'
+SECTION = 'nightshift'
+ENV_PREFIX = 'NIGHTSHIFT_'
+
+# Deploy platforms set these names; everything else is NIGHTSHIFT_<KEY>.
+PLATFORM_ENV = {
+    'database_url': 'DATABASE_URL',
+    'redis_url': 'REDIS_URL',
+    'smtp_host': 'SMTP_HOST',
+    'smtp_port': 'SMTP_PORT',
+    'smtp_user': 'SMTP_USER',
+    'mail_from': 'MAIL_FROM',
+    'port': 'PORT',
+}
+# Secrets never come from a file that might be committed.
+SECRET_ENV = {'smtp_password': 'SMTP_PASSWORD'}
+
+CHOICES = {
+    'queue': ('sqlite', 'redis'),
+    'mail_backend': ('outbox', 'smtp'),
+    'smtp_security': ('starttls', 'ssl', 'none'),
+}
+PATH_KEYS = ('queue_path', 'outbox_dir', 'reports_dir')
+
+
+class SettingsError(Exception):
+    """A setting is missing, unknown or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = 'sqlite:///var/nightshift.db'
+    queue: str = 'sqlite'
+    queue_path: str = 'var/queue.db'
+    redis_url: str = ''
+    queue_name: str = 'nightshift'
+    mail_backend: str = 'outbox'
+    outbox_dir: str = 'var/outbox'
+    smtp_host: str = ''
+    smtp_port: int = 587
+    smtp_security: str = 'starttls'
+    smtp_user: str = ''
+    smtp_password: str = ''
+    smtp_timeout: float = 30.0
+    mail_from: str = 'nightshift@localhost'
+    reports_dir: str = 'var/reports'
+    host: str = '127.0.0.1'
+    port: int = 8080
+    web_threads: int = 4
+    workers: int = 2
+    max_recipients: int = 20
+    max_body_bytes: int = 65536
+    task_retries: int = 3
+    retry_delay: float = 10.0
+    progress_every: float = 0.5
+
+    def describe(self):
+        """Settings as text for logs, with secrets and URL passwords masked."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_ENV:
+                value = '***' if value else ''
+            elif f.name.endswith('_url'):
+                value = mask_url(value)
+            shown.append('%s=%s' % (f.name, value))
+        return ', '.join(shown)
+
+
+HELP = {
+    'database_url': 'Peewee database URL (sqlite:///path or postgres://user@host/db). Env: DATABASE_URL',
+    'queue': 'Where Huey keeps its queue: sqlite (embedded) or redis. REDIS_URL set means redis.',
+    'queue_path': 'SQLite file of the embedded queue.',
+    'redis_url': 'redis:// or rediss:// URL of the queue. Env: REDIS_URL',
+    'queue_name': 'Huey queue name (keys are prefixed with it in Redis).',
+    'mail_backend': 'outbox (write .eml files) or smtp. SMTP_HOST set means smtp.',
+    'outbox_dir': 'Folder the outbox backend writes messages to.',
+    'smtp_host': 'SMTP server. Env: SMTP_HOST',
+    'smtp_port': 'SMTP port. Env: SMTP_PORT',
+    'smtp_security': 'starttls, ssl (implicit TLS) or none.',
+    'smtp_user': 'SMTP login; empty means no login. Env: SMTP_USER',
+    'smtp_password': 'SMTP password, only from the environment: SMTP_PASSWORD',
+    'smtp_timeout': 'Seconds before an SMTP connection attempt gives up.',
+    'mail_from': 'Sender address. Env: MAIL_FROM',
+    'reports_dir': 'Folder the worker writes report files to.',
+    'host': 'Address the web server binds to.',
+    'port': 'Port the web server listens on. Env: PORT',
+    'web_threads': 'waitress worker threads.',
+    'workers': 'Consumer threads run by `server.py --worker`.',
+    'max_recipients': 'Most recipients one run may have.',
+    'max_body_bytes': 'Largest JSON request body accepted.',
+    'task_retries': 'How often a failed run is retried before it is marked failed.',
+    'retry_delay': 'Seconds before the first retry of a failed run.',
+    'progress_every': 'Seconds between row-count updates while a run writes.',
+}
+
+
+def mask_url(url):
+    """Hide the password part of a URL so it can be logged or shown."""
+    if '@' not in url or '://' not in url:
+        return url
+    scheme, rest = url.split('://', 1)
+    creds, host = rest.rsplit('@', 1)
+    user = creds.split(':', 1)[0]
+    return '%s://%s:***@%s' % (scheme, user, host) if ':' in creds else url
+
+
+def _convert(name, raw, kind, source):
+    try:
+        if kind is int:
+            value = int(raw)
+        elif kind is float:
+            value = float(raw)
+        else:
+            value = str(raw).strip()
+    except ValueError:
+        raise SettingsError('%s: %r is not a valid %s (from %s)'
+                            % (name, raw, kind.__name__, source))
+    if name in CHOICES and value not in CHOICES[name]:
+        raise SettingsError('%s: %r must be one of %s (from %s)'
+                            % (name, value, ', '.join(CHOICES[name]), source))
+    if kind in (int, float) and value < 0:
+        raise SettingsError('%s: must not be negative (from %s)' % (name, source))
+    return value
+
+
+def read_config(path):
+    """Parse the config file strictly: a missing file is an error, not empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError('config file not found: %s' % path)
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(path.read_text(encoding='utf-8'), source=str(path))
+    except configparser.Error as exc:
+        raise SettingsError('config file %s: %s' % (path, exc))
+    return parser
+
+
+def load_settings(path=None, environ=None):
+    """Build Settings from defaults, the config file and the environment.
+
+    `environ` defaults to os.environ; tests pass a dict instead.
+    """
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get(ENV_PREFIX + 'CONFIG') or DEFAULT_CONFIG)
+    parser = read_config(path)
+    kind_of = {f.name: f.type for f in fields(Settings)}
+
+    values = {}
+    if parser.has_section(SECTION):
+        for key, raw in parser.items(SECTION):
+            if key in SECRET_ENV:
+                raise SettingsError('%s: secrets are read only from the environment '
+                                    '(%s); remove it from %s' % (key, SECRET_ENV[key], path))
+            if key not in kind_of:
+                raise SettingsError('unknown setting %r in [%s] of %s'
+                                    % (key, SECTION, path))
+            values[key] = _convert(key, raw, kind_of[key], path.name)
+    for section in parser.sections():
+        if section != SECTION and not section.startswith('schedule:'):
+            raise SettingsError('unknown section [%s] in %s' % (section, path))
+
+    for name, kind in kind_of.items():
+        env_name = PLATFORM_ENV.get(name) or SECRET_ENV.get(name)
+        for candidate in filter(None, (env_name, ENV_PREFIX + name.upper())):
+            if candidate in environ and environ[candidate] != '':
+                values[name] = _convert(name, environ[candidate], kind, candidate)
+                break
+
+    # The deploy convention: a platform that provides a service means use it.
+    if environ.get('REDIS_URL'):
+        values['queue'] = 'redis'
+    if environ.get('SMTP_HOST'):
+        values['mail_backend'] = 'smtp'
+
+    base = path.resolve().parent
+    for key in PATH_KEYS:
+        values[key] = str((base / values.get(key, getattr(Settings, key))).resolve())
+    values['database_url'] = _resolve_sqlite_url(
+        values.get('database_url', Settings.database_url), base)
+
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _resolve_sqlite_url(url, base):
+    # Relative SQLite paths are relative to the config file, not the cwd.
+    prefix = 'sqlite:///'
+    if url.startswith(prefix) and not url.startswith(prefix + '/') \
+            and ':memory:' not in url:
+        path, _, query = url[len(prefix):].partition('?')
+        url = prefix + str((base / path).resolve()) + ('?' + query if query else '')
+    return url
+
+
+def _check(settings):
+    if not settings.database_url.split('://', 1)[0] in (
+            'sqlite', 'postgres', 'postgresql'):
+        raise SettingsError('database_url: %s is not a sqlite:// or postgres:// URL'
+                            % mask_url(settings.database_url))
+    if settings.queue == 'redis' and not settings.redis_url.startswith(
+            ('redis://', 'rediss://', 'unix://')):
+        raise SettingsError('redis_url: queue is redis but redis_url is %r; set REDIS_URL '
+                            'to redis://host:port/db' % mask_url(settings.redis_url))
+    if settings.mail_backend == 'smtp' and not settings.smtp_host:
+        raise SettingsError('smtp_host: mail_backend is smtp but no SMTP_HOST is set')
+    if settings.smtp_user and not settings.smtp_password:
+        raise SettingsError('smtp_password: SMTP_USER is set but SMTP_PASSWORD is not')
+    if '@' not in settings.mail_from:
+        raise SettingsError('mail_from: %r is not an email address' % settings.mail_from)
+    if settings.port > 65535:
+        raise SettingsError('port: %d is not a TCP port' % settings.port)

@@ -1,0 +1,111 @@
+"""Huey: the queue and its thin tasks.
+
+`huey_consumer tasks.huey` builds the Huey instance from settings the first
+time `tasks.huey` is read (PEP 562), so importing this module has no side
+effects and tests build their own with `create_jobs(settings)`.
+"""
+import logging
+import os
+
+from huey import RedisHuey, SqliteHuey
+from huey.exceptions import CancelExecution
+
+import runs
+from mail import MailError, create_mailer
+from models import bind_database
+from reports import registry as default_registry
+
+logger = logging.getLogger('nightshift.tasks')
+
+
+class QueueUnavailable(Exception):
+    """The queue could not take a task (e.g. Redis is down)."""
+
+
+def create_huey(settings):
+    if settings.queue == 'redis':
+        # No silent fallback: a Redis that is configured but down is an error.
+        return RedisHuey(settings.queue_name, url=settings.redis_url)
+    os.makedirs(os.path.dirname(settings.queue_path), exist_ok=True)
+    return SqliteHuey(settings.queue_name, filename=settings.queue_path)
+
+
+class Jobs:
+    """The Huey instance with Nightshift's tasks registered on it."""
+
+    def __init__(self, settings, registry=default_registry, mailer=None):
+        self.settings = settings
+        self.registry = registry
+        self.mailer = mailer or create_mailer(settings)
+        self.huey = huey = create_huey(settings)
+
+        @huey.on_startup()
+        def open_database():
+            bind_database(settings.database_url)
+
+        @huey.task(retries=settings.task_retries, retry_delay=settings.retry_delay,
+                   retry_backoff=2, context=True)
+        def run_report(run_id, task=None):
+            self.execute(run_id, final=not task or task.retries == 0)
+
+        self.run_report = run_report
+
+    def execute(self, run_id, final=True):
+        """Run one report; record the outcome so Huey's retries can act on it."""
+        try:
+            runs.execute_run(run_id, self.registry, self.settings, self.mailer)
+        except runs.PermanentFailure as exc:
+            runs.mark_failed(run_id, str(exc))
+            raise CancelExecution(retry=False)
+        except MailError as exc:
+            if not exc.temporary:
+                runs.mark_failed(run_id, str(exc))
+                raise CancelExecution(retry=False)
+            self._record(run_id, exc, final)
+            raise
+        except Exception as exc:
+            self._record(run_id, exc, final)
+            raise
+
+    @staticmethod
+    def _record(run_id, exc, final):
+        reason = '%s: %s' % (type(exc).__name__, exc)
+        try:
+            if final:
+                runs.mark_failed(run_id, reason)
+            else:
+                runs.record_retry(run_id, reason)
+        except Exception:
+            # The database itself may be what failed; Huey still retries.
+            logger.exception('could not record the failure of run %s', run_id)
+
+    def enqueue_run(self, run):
+        """Hand a committed run to the queue; a queue that is down marks the
+        run failed (the user is told at once) and raises QueueUnavailable."""
+        try:
+            self.run_report(run.id)
+        except Exception as exc:
+            reason = 'queue unavailable: %s' % type(exc).__name__
+            runs.mark_failed(run.id, reason)
+            raise QueueUnavailable(reason) from exc
+
+    def queue_ok(self):
+        self.huey.storage.queue_size()
+        return True
+
+
+_default = None
+
+
+def default_jobs():
+    global _default
+    if _default is None:
+        from settings import load_settings
+        _default = Jobs(load_settings())
+    return _default
+
+
+def __getattr__(name):
+    if name == 'huey':
+        return default_jobs().huey
+    raise AttributeError(name)

@@ -1,0 +1,273 @@
+"""Fixtures: real Redis, PostgreSQL, SQLite and SMTP, all on loopback.
+
+Redis runs as a throwaway redis-server on a free port; PostgreSQL gets a
+throwaway database that is dropped at the end. Under CI (CI=true) a missing
+service fails the run instead of skipping.
+"""
+import email
+import email.policy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import models  # noqa: E402
+from settings import load_settings  # noqa: E402
+
+IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+PG_ADMIN_URL = os.environ.get('NIGHTSHIFT_TEST_PG', 'postgresql://postgres@127.0.0.1:5432/test')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: end-to-end tests with real processes')
+
+
+def missing(what):
+    if IN_CI:
+        pytest.fail('%s is required in CI' % what)
+    pytest.skip('%s not available' % what)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05, message='condition'):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, message))
+
+
+# --- Redis ---------------------------------------------------------------
+
+class RedisServer:
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix='nightshift-redis-')
+        self.proc = None
+
+    @property
+    def url(self):
+        return 'redis://127.0.0.1:%d/0' % self.port
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ['redis-server', '--port', str(self.port), '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', '--dir', self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+        client = redis.Redis(port=self.port)
+        wait_until(lambda: _pings(client), message='redis-server to start')
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _pings(client):
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope='session')
+def redis_server():
+    if shutil.which('redis-server') is None:
+        missing('redis-server')
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    import redis
+    if redis_server.proc is None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield redis_server.url
+    if redis_server.proc is None:  # a test stopped it
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushdb()
+
+
+# --- PostgreSQL ----------------------------------------------------------
+
+@pytest.fixture(scope='session')
+def postgres_url():
+    try:
+        import psycopg
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except Exception as exc:
+        missing('PostgreSQL at %s (%s)' % (PG_ADMIN_URL, exc))
+    name = 'nightshift_test_%s' % uuid.uuid4().hex[:10]
+    admin.execute('CREATE DATABASE %s' % name)
+    base = PG_ADMIN_URL.rsplit('/', 1)[0]
+    yield '%s/%s' % (base, name)
+    models.db.close() if models.db.obj is not None else None
+    admin.execute('DROP DATABASE IF EXISTS %s WITH (FORCE)' % name)
+    admin.close()
+
+
+@pytest.fixture(params=['sqlite', 'postgres'])
+def database_url(request, tmp_path):
+    if request.param == 'sqlite':
+        return 'sqlite:///%s' % (tmp_path / 'nightshift.db')
+    return request.getfixturevalue('postgres_url')
+
+
+@pytest.fixture
+def database(database_url):
+    database = models.bind_database(database_url)
+    yield database
+    database.drop_tables(models.ALL_MODELS, safe=True)
+    database.close()
+
+
+# --- SMTP ----------------------------------------------------------------
+
+class SmtpSink:
+    """aiosmtpd on loopback keeping every message it accepts.
+
+    `refuse` maps an address to the reply its RCPT gets (e.g. '550 no such
+    user'); `logins` records AUTH logins.
+    """
+
+    def __init__(self):
+        self.messages = []
+        self.refuse = {}
+        self.logins = []
+        self.controller = None
+        self.port = free_port()
+        self._lock = threading.Lock()
+
+    # aiosmtpd handler hooks
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.refuse.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.original_content or envelope.content,
+                                           policy=email.policy.default)
+        with self._lock:
+            self.messages.append({'from': envelope.mail_from,
+                                  'to': list(envelope.rcpt_tos), 'message': message})
+        return '250 Message accepted'
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult
+        self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=auth_data.password == b'secret-pw')
+
+    def start(self, auth=False):
+        from aiosmtpd.controller import Controller
+        kwargs = {}
+        if auth:
+            kwargs = dict(authenticator=self.authenticate, auth_require_tls=False)
+        self.controller = Controller(self, hostname='127.0.0.1', port=self.port, **kwargs)
+        self.controller.start()
+
+    def stop(self):
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def wait_for(self, count, timeout=15.0):
+        wait_until(lambda: len(self.messages) >= count, timeout,
+                   message='%d message(s) in the SMTP sink' % count)
+        return self.messages
+
+
+@pytest.fixture
+def smtp_sink():
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+# --- Settings and application -------------------------------------------
+
+@pytest.fixture
+def make_settings(tmp_path):
+    """Build Settings from a config file in tmp_path plus an env dict."""
+    def make(env=None, **values):
+        values.setdefault('reports_dir', str(tmp_path / 'reports'))
+        values.setdefault('outbox_dir', str(tmp_path / 'outbox'))
+        values.setdefault('queue_path', str(tmp_path / 'queue.db'))
+        lines = ['[nightshift]'] + ['%s = %s' % item for item in values.items()]
+        path = tmp_path / ('config-%s.ini' % uuid.uuid4().hex[:6])
+        path.write_text('\n'.join(lines) + '\n')
+        return load_settings(path, environ=dict(env or {}))
+    return make
+
+
+@pytest.fixture
+def settings(make_settings, database, database_url, redis_url, smtp_sink):
+    return make_settings({
+        'DATABASE_URL': database_url,
+        'REDIS_URL': redis_url,
+        'SMTP_HOST': '127.0.0.1',
+        'SMTP_PORT': str(smtp_sink.port),
+        'NIGHTSHIFT_SMTP_SECURITY': 'none',
+        'MAIL_FROM': 'reports@nightshift.test',
+    }, retry_delay=0)
+
+
+@pytest.fixture
+def jobs(settings):
+    from tasks import Jobs
+    return Jobs(settings)
+
+
+@pytest.fixture
+def app(settings, jobs):
+    import webtest
+    from server import create_app
+    bottle_app = create_app(settings, jobs)
+    bottle_app.config['catchall'] = False
+    return webtest.TestApp(bottle_app)
+
+
+def run_queued(jobs, limit=10):
+    """Step the queue by hand: dequeue and execute what is there."""
+    done = 0
+    while done < limit:
+        task = jobs.huey.dequeue()
+        if task is None:
+            break
+        jobs.huey.execute(task)
+        done += 1
+    return done
+
+
+def attachment(message):
+    """(filename, bytes) of the single attachment of a parsed message."""
+    parts = [p for p in message.walk() if p.get_filename()]
+    assert len(parts) == 1, [p.get_content_type() for p in message.walk()]
+    return parts[0].get_filename(), parts[0].get_payload(decode=True)

@@ -1,0 +1,217 @@
+import csv
+import io
+import json
+import re
+
+import pytest
+import webtest
+
+import demo
+from conftest import attachment, run_queued
+from models import Customer, Order, Run
+from server import create_app
+
+
+def order_rows(status=None):
+    """The orders report's rows, read straight from the database."""
+    query = Order.select(Order, Customer).join(Customer).order_by(Order.id)
+    if status:
+        query = query.where(Order.status == status)
+    return [[str(o.id), str(o.created_at), o.customer.name, o.customer.email or '',
+             o.status, '%.2f' % o.amount] for o in query]
+
+
+def parse_csv(data):
+    return list(csv.reader(io.StringIO(data.decode('utf-8'), newline='')))
+
+
+@pytest.fixture
+def shop(database):
+    demo.seed(customers=40, orders=500)
+
+
+def test_report_catalogue(app):
+    reports = {r['name']: r for r in app.get('/api/reports').json['reports']}
+    assert set(reports) == {'orders', 'customers'}
+    params = {p['name']: p for p in reports['orders']['params']}
+    assert params['since']['type'] == 'date' and not params['since']['required']
+    assert 'paid' in params['status']['choices']
+    assert reports['orders']['title'] == 'Orders' and reports['orders']['description']
+
+
+def test_download_streams_the_report(app, shop):
+    res = app.get('/reports/orders.csv', {'status': 'paid'})
+    assert res.status_int == 200
+    assert res.headers['Content-Type'] == 'text/csv; charset=utf-8'
+    assert re.fullmatch(r'attachment; filename="orders-\d{8}-\d{6}\.csv"',
+                        res.headers['Content-Disposition'])
+    rows = parse_csv(res.body)
+    assert rows[0] == ['id', 'created_at', 'customer_name', 'customer_email', 'status', 'amount']
+    assert rows[1:] == order_rows('paid')
+    assert len(rows) > 100
+
+
+def test_post_run_emails_the_csv(app, jobs, shop, smtp_sink):
+    res = app.post_json('/api/runs', {'report': 'orders', 'params': {'status': 'shipped'},
+                                      'to': ['ana@example.org', 'bo@example.org']})
+    assert res.status_int == 202
+    run_id = res.json['id']
+    assert res.json == {'id': run_id, 'status': 'queued', 'url': '/api/runs/%d' % run_id}
+    assert res.headers['Location'].endswith('/api/runs/%d' % run_id)
+    assert app.get('/api/runs/%d' % run_id).json['status'] == 'queued'
+    assert smtp_sink.messages == []
+
+    assert run_queued(jobs) == 1
+
+    [sent] = smtp_sink.messages
+    assert sent['to'] == ['ana@example.org', 'bo@example.org']
+    assert sent['from'] == 'reports@nightshift.test'
+    message = sent['message']
+    assert message['Message-ID'] == '<nightshift-run-%d@nightshift>' % run_id
+    assert 'Orders' in message['Subject']
+    body = message.get_body(('plain',)).get_content()
+    expected = order_rows('shipped')
+    assert 'Rows: {:,}'.format(len(expected)) in body and 'status=shipped' in body
+    name, data = attachment(message)
+    assert re.fullmatch(r'orders-\d{8}-\d{6}\.csv', name)
+    assert parse_csv(data)[1:] == expected
+
+    run = app.get('/api/runs/%d' % run_id).json
+    assert run['status'] == 'delivered'
+    assert (run['rows'], run['bytes'], run['attempts']) == (len(expected), len(data), 1)
+    assert run['trigger'] == 'web' and run['error'] is None
+    assert run['params'] == {'since': None, 'until': None, 'status': 'shipped'}
+    assert run['to'] == ['ana@example.org', 'bo@example.org']
+    for key in ('created_at', 'started_at', 'finished_at'):
+        assert run[key].endswith('Z')
+    assert [d['status'] for d in run['deliveries']] == ['sent', 'sent']
+
+
+def test_rerunning_a_delivered_run_sends_nothing(app, jobs, shop, smtp_sink):
+    run_id = app.post_json('/api/runs', {'report': 'customers', 'to': ['a@example.org']}).json['id']
+    run_queued(jobs)
+    jobs.execute(run_id)  # a duplicate task, e.g. after a crash
+    assert len(smtp_sink.messages) == 1
+    assert Run.get_by_id(run_id).attempts == 1
+
+
+def test_list_runs_newest_first_with_filters(app, jobs, shop):
+    for report in ('orders', 'customers', 'orders'):
+        app.post_json('/api/runs', {'report': report, 'to': ['a@example.org']})
+    runs = app.get('/api/runs').json['runs']
+    assert [r['report'] for r in runs] == ['orders', 'customers', 'orders']
+    assert runs[0]['id'] > runs[1]['id'] > runs[2]['id']
+    assert len(app.get('/api/runs', {'report': 'orders'}).json['runs']) == 2
+    assert len(app.get('/api/runs', {'limit': '1'}).json['runs']) == 1
+    run_queued(jobs, limit=1)
+    assert len(app.get('/api/runs', {'status': 'delivered'}).json['runs']) == 1
+    assert len(app.get('/api/runs', {'status': 'queued'}).json['runs']) == 2
+
+
+@pytest.mark.parametrize('body, status, field', [
+    ({'report': 'nope', 'to': ['a@example.org']}, 404, 'report'),
+    ({'to': ['a@example.org']}, 400, 'report'),
+    ({'report': 7, 'to': ['a@example.org']}, 400, 'report'),
+    ({'report': 'orders', 'params': {'since': '2025-02-30'}, 'to': ['a@example.org']},
+     400, 'params.since'),
+    ({'report': 'orders', 'params': {'since': '2025-02-02', 'until': '2025-02-01'},
+      'to': ['a@example.org']}, 400, 'params.until'),
+    ({'report': 'orders', 'params': {'status': 'lost'}, 'to': ['a@example.org']},
+     400, 'params.status'),
+    ({'report': 'orders', 'params': {'colour': 'red'}, 'to': ['a@example.org']},
+     400, 'params.colour'),
+    ({'report': 'orders', 'params': ['x'], 'to': ['a@example.org']}, 400, 'params'),
+    ({'report': 'customers', 'params': {'min_orders': -1}, 'to': ['a@example.org']},
+     400, 'params.min_orders'),
+    ({'report': 'customers', 'params': {'min_orders': True}, 'to': ['a@example.org']},
+     400, 'params.min_orders'),
+    ({'report': 'orders'}, 400, 'to'),
+    ({'report': 'orders', 'to': []}, 400, 'to'),
+    ({'report': 'orders', 'to': 'a@example.org'}, 400, 'to'),
+    ({'report': 'orders', 'to': ['a@example.org, b@example.org']}, 400, 'to[0]'),
+    ({'report': 'orders', 'to': ['ok@example.org', 'Bob <b@example.org>']}, 400, 'to[1]'),
+    ({'report': 'orders', 'to': ['a@example.org\r\nBcc: c@example.org']}, 400, 'to[0]'),
+    ({'report': 'orders', 'to': ['pаypal@example.org']}, 400, 'to[0]'),  # Cyrillic a
+    ({'report': 'orders', 'to': ['no-at-sign']}, 400, 'to[0]'),
+    ({'report': 'orders', 'to': [None]}, 400, 'to[0]'),
+    ({'report': 'orders', 'to': ['a%d@example.org' % i for i in range(21)]}, 400, 'to'),
+    ({'report': 'orders', 'to': ['a@example.org'], 'cc': ['b@example.org']}, 400, 'cc'),
+])
+def test_bad_requests_name_the_field_and_record_nothing(app, body, status, field):
+    res = app.post_json('/api/runs', body, expect_errors=True)
+    assert res.status_int == status
+    assert res.content_type == 'application/json'
+    assert res.json['field'] == field
+    assert res.json['message'] and res.json['error']
+    assert Run.select().count() == 0
+
+
+@pytest.mark.parametrize('body, content_type, status', [
+    (b'not json', 'application/json', 400),
+    (b'[1, 2]', 'application/json', 400),
+    (b'\xff\xfe', 'application/json', 400),
+    (b'', 'application/json', 400),
+    (json.dumps({'report': 'orders', 'to': ['a@example.org'],
+                 'params': {'status': 'x' * 70000}}).encode(), 'application/json', 413),
+])
+def test_malformed_bodies(app, body, content_type, status):
+    res = app.post('/api/runs', body, content_type=content_type, expect_errors=True)
+    assert res.status_int == status
+    assert res.json['field'] == 'body'
+    assert Run.select().count() == 0
+
+
+def test_download_bad_params(app, shop):
+    res = app.get('/reports/orders.csv', {'since': 'yesterday'}, expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'params.since')
+    res = app.get('/reports/orders.csv?status=paid&status=shipped', expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'params.status')
+    res = app.get('/reports/secret.csv', expect_errors=True)
+    assert (res.status_int, res.json['error']) == (404, 'unknown_report')
+
+
+def test_unknown_paths_and_runs_are_json_404(app):
+    assert app.get('/nothing', expect_errors=True).json['error'] == 'not_found'
+    res = app.get('/api/runs/999', expect_errors=True)
+    assert (res.status_int, res.json['field']) == (404, 'id')
+    res = app.get('/api/runs', {'status': 'lost'}, expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'status')
+    res = app.get('/api/runs', {'limit': '0'}, expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'limit')
+    res = app.delete('/api/runs', expect_errors=True)
+    assert (res.status_int, res.json['error']) == (405, 'method_not_allowed')
+
+
+def test_healthz(app):
+    res = app.get('/healthz')
+    assert res.json == {'status': 'ok', 'database': 'ok', 'queue': 'ok',
+                        'queue_backend': 'redis'}
+
+
+def test_queue_down_is_503_and_the_run_is_recorded_failed(app, shop, redis_server):
+    redis_server.stop()
+    res = app.post_json('/api/runs', {'report': 'orders', 'to': ['a@example.org']},
+                        expect_errors=True)
+    assert res.status_int == 503
+    assert res.json['error'] == 'queue_unavailable'
+    [run] = Run.select()
+    assert run.status == 'failed'
+    assert run.error.startswith('queue unavailable')
+    assert str(run.id) in res.json['message']
+    health = app.get('/healthz', expect_errors=True)
+    assert health.status_int == 503 and health.json['queue'].startswith('down')
+
+
+def test_internal_errors_are_json_without_traceback(settings, jobs, database):
+    from reports import Registry
+    broken = Registry()
+
+    @broken.report('broken', 'Broken')
+    def build():
+        raise RuntimeError('secret internals')
+
+    app = webtest.TestApp(create_app(settings, jobs, registry=broken))
+    res = app.get('/reports/broken.csv', expect_errors=True)
+    assert res.status_int == 500
+    assert res.json == {'error': 'internal_error', 'message': 'internal error; it has been logged'}
+    assert b'secret' not in res.body and b'Traceback' not in res.body

@@ -1,0 +1,113 @@
+import datetime
+from decimal import Decimal
+
+import pytest
+
+from export import CsvStream, escape_formula, open_rows, write_file
+from models import Customer, Order, db
+from reports import registry
+
+
+@pytest.fixture
+def tricky_rows(database):
+    smith = Customer.create(name='Smith, Jr.', email='smith@example.org')
+    quote = Customer.create(name='Say "hi"', email=None)
+    lines = Customer.create(name='Line\nBreak', email='lines@example.org')
+    owl = Customer.create(name='Zoë 🦉 Øre', email='zoe@example.org')
+    formula = Customer.create(name='=HYPERLINK("http://evil.example","x")', email='@SUM(A1)')
+    rows = [
+        (smith, 'paid', Decimal('12.5'), datetime.datetime(2025, 3, 4, 5, 6, 7)),
+        (quote, 'shipped', Decimal('0.10'), datetime.datetime(2025, 3, 5)),
+        (lines, 'pending', Decimal('1234567.89'), datetime.datetime(2025, 12, 31, 23, 59, 59)),
+        (owl, 'refunded', Decimal('-3'), datetime.datetime(2026, 1, 1)),
+        (formula, 'paid', Decimal('7.00'), datetime.datetime(2026, 1, 2)),
+    ]
+    for customer, status, amount, created in rows:
+        Order.create(customer=customer, status=status, amount=amount, created_at=created)
+
+
+def csv_text(report, params=None, escape=True):
+    definition = registry.get(report)
+    with open_rows(definition.query(definition.parse(params or {})), db.obj) as (header, rows):
+        return b''.join(CsvStream(header, rows, escape=escape, chunk_rows=2)).decode('utf-8')
+
+
+def test_orders_csv_exact_text(tricky_rows):
+    assert csv_text('orders') == (
+        'id,created_at,customer_name,customer_email,status,amount\r\n'
+        '1,2025-03-04 05:06:07,"Smith, Jr.",smith@example.org,paid,12.50\r\n'
+        '2,2025-03-05 00:00:00,"Say ""hi""",,shipped,0.10\r\n'
+        '3,2025-12-31 23:59:59,"Line\nBreak",lines@example.org,pending,1234567.89\r\n'
+        '4,2026-01-01 00:00:00,Zoë 🦉 Øre,zoe@example.org,refunded,-3.00\r\n'
+        '5,2026-01-02 00:00:00,"\'=HYPERLINK(""http://evil.example"",""x"")",\'@SUM(A1),paid,7.00\r\n'
+    )
+
+
+def test_params_filter_rows(tricky_rows):
+    text = csv_text('orders', {'since': '2025-03-05', 'until': '2026-01-01', 'status': 'shipped'})
+    assert text.splitlines()[1:] == ['2,2025-03-05 00:00:00,"Say ""hi""",,shipped,0.10']
+
+
+def test_escaping_can_be_turned_off(tricky_rows):
+    text = csv_text('orders', {'since': '2026-01-02'}, escape=False)
+    assert text.splitlines()[1] == \
+        '5,2026-01-02 00:00:00,"=HYPERLINK(""http://evil.example"",""x"")",@SUM(A1),paid,7.00'
+
+
+def test_aggregate_report_formats_totals(tricky_rows):
+    Customer.create(name='No Orders', email='none@example.org')
+    lines = csv_text('customers').splitlines()
+    assert lines[0] == 'id,name,email,orders,total_spent'
+    assert lines[1] == '1,"Smith, Jr.",smith@example.org,1,12.50'
+    assert lines[-1] == '6,No Orders,none@example.org,0,0.00'
+    assert csv_text('customers', {'min_orders': '1'}).count('No Orders') == 0
+
+
+def test_empty_result_is_just_the_header(database):
+    assert csv_text('orders') == \
+        'id,created_at,customer_name,customer_email,status,amount\r\n'
+
+
+@pytest.mark.parametrize('cell, expected', [
+    ('=HYPERLINK("x")', '\'=HYPERLINK("x")'),
+    ('@SUM(A1)', "'@SUM(A1)"),
+    ('+1+2', "'+1+2"),
+    ('-2+3', "'-2+3"),
+    ('\tcmd', "'\tcmd"),
+    ('\rcmd', "'\rcmd"),
+    ('|calc', "'|calc"),
+    ('%0A', "'%0A"),
+    ('-12.5', '-12.5'),
+    ('-3', '-3'),
+    ('-1e5', '-1e5'),
+    ('plain', 'plain'),
+    ('', ''),
+    (-12.5, -12.5),
+    (None, None),
+])
+def test_formula_escaping(cell, expected):
+    assert escape_formula(cell) == expected
+
+
+def test_write_file_is_atomic_and_reports_progress(tmp_path):
+    rows = ((i, 'row %d' % i) for i in range(10000))
+    seen = []
+    ticks = iter(range(0, 10 ** 6))
+    path = tmp_path / 'out.csv'
+    count, size = write_file(CsvStream(['n', 'label'], rows, chunk_rows=1000), str(path),
+                             on_progress=lambda r, b: seen.append(r), every=1,
+                             clock=lambda: next(ticks))
+    assert count == 10000 and size == path.stat().st_size
+    assert seen == sorted(seen) and 0 < len(seen) <= 11
+    assert not (tmp_path / 'out.csv.part').exists()
+    assert path.read_text().splitlines()[-1] == '9999,row 9999'
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    def rows():
+        yield (1, 'a')
+        raise RuntimeError('database went away')
+    path = tmp_path / 'out.csv'
+    with pytest.raises(RuntimeError):
+        write_file(CsvStream(['n', 'label'], rows(), chunk_rows=1), str(path))
+    assert list(tmp_path.iterdir()) == []
