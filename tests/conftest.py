@@ -182,7 +182,7 @@ class SmtpSink:
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         from aiosmtpd.smtp import AuthResult
         self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
-        return AuthResult(success=auth_data.password == b'secret-pw')
+        return AuthResult(success=auth_data.password == b'secret-pw', handled=False)
 
     def start(self, auth=False):
         from aiosmtpd.controller import Controller

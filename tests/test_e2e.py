@@ -1,0 +1,115 @@
+"""End to end with real processes: huey_consumer, and server.py --worker."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+import demo
+from conftest import ROOT, attachment, free_port, wait_until
+from models import Customer, Order
+
+pytestmark = pytest.mark.slow
+
+
+def spawn(args, env, log):
+    full_env = dict(os.environ, **env)
+    return subprocess.Popen([sys.executable] + args, cwd=ROOT, env=full_env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # graceful: finish the task in hand
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def consumer_env(settings, database_url, redis_url, smtp_sink, tmp_path):
+    config = tmp_path / 'consumer.ini'
+    config.write_text('[nightshift]\nreports_dir = %s\nretry_delay = 0\n'
+                      % settings.reports_dir)
+    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
+            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
+            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
+            'MAIL_FROM': 'reports@nightshift.test'}
+
+
+def test_huey_consumer_process_delivers_a_posted_run(app, consumer_env, smtp_sink, tmp_path):
+    demo.seed(customers=30, orders=2000)
+    with open(tmp_path / 'consumer.log', 'wb') as log:
+        consumer = spawn(['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2',
+                          '-k', 'thread'], consumer_env, log)
+        try:
+            res = app.post_json('/api/runs', {'report': 'orders',
+                                              'params': {'since': '2025-06-01'},
+                                              'to': ['ops@example.org']})
+            run_url = res.headers['Location']
+            [sent] = smtp_sink.wait_for(1, timeout=30)
+            wait_until(lambda: app.get(run_url).json['status'] == 'delivered', timeout=10,
+                       message='run to be delivered')
+        finally:
+            stop(consumer)
+    assert consumer.returncode == 0, (tmp_path / 'consumer.log').read_text()
+    name, data = attachment(sent['message'])
+    lines = data.decode().splitlines()
+    expected = Order.select().join(Customer).where(Order.created_at >= '2025-06-01').count()
+    assert len(lines) == expected + 1 and expected > 100
+    run = app.get(run_url).json
+    assert run['rows'] == expected and run['attempts'] == 1
+
+
+def test_main_command_serves_web_and_worker_on_embedded_defaults(tmp_path):
+    """`python server.py --worker` on SQLite queue + database and the outbox."""
+    port = free_port()
+    config = tmp_path / 'config.ini'
+    config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
+                      'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
+                      'outbox_dir = data/outbox\nreports_dir = data/reports\n')
+    env = {'NIGHTSHIFT_CONFIG': str(config)}
+    for name in ('REDIS_URL', 'DATABASE_URL', 'SMTP_HOST', 'PORT'):
+        env[name] = ''
+    with open(tmp_path / 'seed.log', 'wb') as log:
+        assert spawn(['scripts/seed.py', '--if-empty', '--orders', '300'], env, log).wait(60) == 0
+    with open(tmp_path / 'server.log', 'wb') as log:
+        server = spawn(['server.py', '--worker', '--port', str(port)], env, log)
+        base = 'http://127.0.0.1:%d' % port
+        try:
+            health = wait_until(lambda: _get_json(base + '/healthz'), timeout=20,
+                                message='server to answer')
+            assert health['status'] == 'ok' and health['queue_backend'] == 'sqlite'
+            request = urllib.request.Request(
+                base + '/api/runs', method='POST', headers={'Content-Type': 'application/json'},
+                data=json.dumps({'report': 'customers', 'to': ['me@example.org']}).encode())
+            with urllib.request.urlopen(request, timeout=10) as res:
+                assert res.status == 202
+                run_url = base + json.load(res)['url']
+            run = wait_until(lambda: _delivered(run_url), timeout=30, message='delivery')
+            outbox = tmp_path / 'data' / 'outbox'
+            assert len(os.listdir(outbox)) == 1
+            with urllib.request.urlopen(base + '/reports/orders.csv', timeout=10) as res:
+                assert len(res.read().splitlines()) == 301
+        finally:
+            stop(server)
+    assert server.returncode == 0, (tmp_path / 'server.log').read_text()
+    assert run['rows'] == 1000  # demo customers
+
+
+def _get_json(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as res:
+            return json.load(res)
+    except OSError:
+        return None
+
+
+def _delivered(url):
+    run = _get_json(url)
+    return run if run and run['status'] == 'delivered' else None

@@ -1,0 +1,186 @@
+"""Delivery through a real SMTP server on loopback (aiosmtpd)."""
+import email
+import email.policy
+import os
+
+import pytest
+
+import demo
+import runs
+from conftest import attachment, run_queued
+from mail import MailError, SmtpMailer, check_address
+from models import Run
+from reports import registry
+
+
+@pytest.fixture
+def shop(database):
+    demo.seed(customers=10, orders=50)
+
+
+def new_run(settings, to, report='customers'):
+    return runs.create_run(registry, settings, report, {}, to)
+
+
+def queue(jobs, run):
+    jobs.enqueue_run(run)
+    return run.id
+
+
+def test_login_user_is_kept_apart_from_the_sender(make_settings, database, database_url,
+                                                  redis_url, shop, tmp_path):
+    from conftest import SmtpSink
+    from tasks import Jobs
+    sink = SmtpSink()
+    sink.start(auth=True)
+    try:
+        settings = make_settings({
+            'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
+            'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port), 'SMTP_USER': 'apikey',
+            'SMTP_PASSWORD': 'secret-pw', 'MAIL_FROM': 'reports@nightshift.test',
+            'NIGHTSHIFT_SMTP_SECURITY': 'none'})
+        jobs = Jobs(settings)
+        run_id = queue(jobs, new_run(settings, ['a@example.org']))
+        run_queued(jobs)
+        assert sink.logins == [('apikey', 'secret-pw')]
+        [sent] = sink.messages
+        assert sent['from'] == 'reports@nightshift.test'
+        assert Run.get_by_id(run_id).status == 'delivered'
+    finally:
+        sink.stop()
+
+
+def test_wrong_password_fails_at_once_with_the_reply(make_settings, database, database_url,
+                                                     redis_url, shop):
+    from conftest import SmtpSink
+    from tasks import Jobs
+    sink = SmtpSink()
+    sink.start(auth=True)
+    try:
+        settings = make_settings({
+            'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
+            'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port), 'SMTP_USER': 'apikey',
+            'SMTP_PASSWORD': 'wrong', 'NIGHTSHIFT_SMTP_SECURITY': 'none'})
+        jobs = Jobs(settings)
+        run_id = queue(jobs, new_run(settings, ['a@example.org']))
+        run_queued(jobs)
+        run = Run.get_by_id(run_id)
+        assert run.status == 'failed' and '535' in run.error
+        assert 'wrong' not in run.error
+        assert jobs.huey.pending_count() == 0 and jobs.huey.scheduled_count() == 0
+    finally:
+        sink.stop()
+
+
+def test_one_refused_recipient_does_not_stop_the_other(settings, jobs, shop, smtp_sink):
+    smtp_sink.refuse['gone@example.org'] = '550 5.1.1 no such user'
+    run_id = queue(jobs, new_run(settings, ['gone@example.org', 'ok@example.org']))
+    run_queued(jobs)
+    [sent] = smtp_sink.messages
+    assert sent['to'] == ['ok@example.org']
+    run = Run.get_by_id(run_id)
+    assert run.status == 'delivered'
+    assert '550 5.1.1 no such user' in run.error
+    outcome = {d.address: (d.status, d.error) for d in run.deliveries}
+    assert outcome == {'gone@example.org': ('refused', '550 5.1.1 no such user'),
+                       'ok@example.org': ('sent', None)}
+
+
+def test_permanent_refusal_of_everyone_fails_without_retry(settings, jobs, shop, smtp_sink):
+    smtp_sink.refuse['gone@example.org'] = '550 5.1.1 no such user'
+    run_id = queue(jobs, new_run(settings, ['gone@example.org']))
+    run_queued(jobs)
+    run = Run.get_by_id(run_id)
+    assert run.status == 'failed'
+    assert '550 5.1.1 no such user' in run.error
+    assert smtp_sink.messages == []
+    assert jobs.huey.pending_count() == 0 and jobs.huey.scheduled_count() == 0
+
+
+def test_temporary_refusal_is_retried_and_sent_once(settings, jobs, shop, smtp_sink):
+    smtp_sink.refuse['busy@example.org'] = '451 4.3.0 try again later'
+    run_id = queue(jobs, new_run(settings, ['busy@example.org', 'ok@example.org']))
+    run_queued(jobs, limit=1)
+    run = Run.get_by_id(run_id)
+    assert run.status == 'queued' and '451' in run.error
+    assert [m['to'] for m in smtp_sink.messages] == [['ok@example.org']]
+
+    del smtp_sink.refuse['busy@example.org']
+    run_queued(jobs, limit=1)  # the retry Huey queued
+    assert [m['to'] for m in smtp_sink.messages] == [['ok@example.org'], ['busy@example.org']]
+    run = Run.get_by_id(run_id)
+    assert (run.status, run.attempts, run.error) == ('delivered', 2, None)
+    assert {d.status for d in run.deliveries} == {'sent'}
+
+
+def test_smtp_down_then_back_delivers_once(settings, jobs, shop, smtp_sink):
+    smtp_sink.stop()
+    run_id = queue(jobs, new_run(settings, ['a@example.org']))
+    run_queued(jobs, limit=1)
+    run = Run.get_by_id(run_id)
+    assert run.status == 'queued' and 'unreachable' in run.error
+    smtp_sink.start()
+    run_queued(jobs, limit=1)
+    assert len(smtp_sink.messages) == 1
+    assert Run.get_by_id(run_id).status == 'delivered'
+
+
+def test_retries_run_out_into_failed(make_settings, database, database_url, redis_url, shop,
+                                     smtp_sink):
+    from tasks import Jobs
+    smtp_sink.stop()
+    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
+                              'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
+                              'NIGHTSHIFT_SMTP_SECURITY': 'none'},
+                             task_retries=1, retry_delay=0)
+    jobs = Jobs(settings)
+    run_id = queue(jobs, new_run(settings, ['a@example.org']))
+    assert run_queued(jobs) == 2
+    run = Run.get_by_id(run_id)
+    assert (run.status, run.attempts) == ('failed', 2)
+    assert 'unreachable' in run.error
+
+
+def test_mailer_reports_unreachable_server_as_temporary(make_settings):
+    from conftest import free_port
+    settings = make_settings({'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(free_port()),
+                              'NIGHTSHIFT_SMTP_SECURITY': 'none'}, smtp_timeout=2)
+    from mail import Mail
+    with pytest.raises(MailError) as info:
+        SmtpMailer(settings).send(Mail(['a@example.org'], 's', 'b', __file__, '<x@y>'))
+    assert info.value.temporary
+
+
+def test_outbox_backend_writes_the_message(make_settings, database, database_url, redis_url,
+                                           shop, tmp_path):
+    from tasks import Jobs
+    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url})
+    assert settings.mail_backend == 'outbox'
+    jobs = Jobs(settings)
+    run_id = queue(jobs, new_run(settings, ['a@example.org'], report='orders'))
+    run_queued(jobs)
+    [name] = os.listdir(settings.outbox_dir)
+    with open(os.path.join(settings.outbox_dir, name), 'rb') as f:
+        message = email.message_from_binary_file(f, policy=email.policy.default)
+    assert message['To'] == 'a@example.org'
+    assert message['Message-ID'] == '<nightshift-run-%d@nightshift>' % run_id
+    body = message.get_body(('plain',)).get_content()
+    assert 'Rows: 50' in body and '<br>' not in body
+    filename, data = attachment(message)
+    assert filename.startswith('orders-') and data.count(b'\r\n') == 51
+    assert Run.get_by_id(run_id).status == 'delivered'
+
+
+@pytest.mark.parametrize('address', ['a@example.org', 'first.last+tag@sub.example.co.uk'])
+def test_good_addresses(address):
+    assert check_address(address) == address
+
+
+@pytest.mark.parametrize('address', [
+    'a@example.org, b@example.org', 'Bob <b@example.org>', 'a@example.org\n', 'a b@example.org',
+    '@example.org', 'a@', 'a@localhost', 'a@-bad.org', 'ä@example.org', 'a@exämple.org',
+    'a' * 250 + '@example.org', '"quoted"@example.org',
+])
+def test_bad_addresses(address):
+    with pytest.raises(ValueError):
+        check_address(address)
