@@ -157,7 +157,9 @@ def _iso(value):
     return value.isoformat() + 'Z' if value is not None else None
 
 
-def run_as_dict(run):
+def run_as_dict(run, deliveries=None):
+    if deliveries is None:
+        deliveries = run.deliveries.order_by(Delivery.id)
     return {
         'id': run.id,
         'report': run.report,
@@ -177,6 +179,17 @@ def run_as_dict(run):
         'file_name': run.file_name,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at)}
-                       for d in run.deliveries.order_by(Delivery.id)],
+                       for d in deliveries],
         'url': '/api/runs/%d' % run.id,
     }
+
+
+def runs_as_dicts(page):
+    """Describe a page of runs with one query for all their deliveries."""
+    page = list(page)
+    by_run = {run.id: [] for run in page}
+    if by_run:
+        for delivery in (Delivery.select().where(Delivery.run.in_(list(by_run)))
+                         .order_by(Delivery.id)):
+            by_run[delivery.run_id].append(delivery)
+    return [run_as_dict(run, by_run[run.id]) for run in page]

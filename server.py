@@ -209,8 +209,7 @@ def create_app(settings, jobs, registry=default_registry):
             query = query.where(Run.status == status)
         if not limit.isdigit() or not 1 <= int(limit) <= 500:
             raise InputError('limit', 'must be a whole number from 1 to 500')
-        return json_response(200, {'runs': [runs.run_as_dict(r)
-                                            for r in query.limit(int(limit))]})
+        return json_response(200, {'runs': runs.runs_as_dicts(query.limit(int(limit)))})
 
     return app
 

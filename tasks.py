@@ -23,11 +23,12 @@ class QueueUnavailable(Exception):
 
 
 def create_huey(settings):
+    # results=False: a run's outcome lives in the database, not in the queue.
     if settings.queue == 'redis':
         # No silent fallback: a Redis that is configured but down is an error.
-        return RedisHuey(settings.queue_name, url=settings.redis_url)
+        return RedisHuey(settings.queue_name, url=settings.redis_url, results=False)
     os.makedirs(os.path.dirname(settings.queue_path), exist_ok=True)
-    return SqliteHuey(settings.queue_name, filename=settings.queue_path)
+    return SqliteHuey(settings.queue_name, filename=settings.queue_path, results=False)
 
 
 class Jobs:

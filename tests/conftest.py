@@ -142,6 +142,7 @@ def database_url(request, tmp_path):
 def database(database_url):
     database = models.bind_database(database_url)
     yield database
+    models.bind_database(database_url, create=False)  # a test may have rebound it
     database.drop_tables(models.ALL_MODELS, safe=True)
     database.close()
 

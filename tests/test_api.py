@@ -215,3 +215,18 @@ def test_internal_errors_are_json_without_traceback(settings, jobs, database):
     assert res.status_int == 500
     assert res.json == {'error': 'internal_error', 'message': 'internal error; it has been logged'}
     assert b'secret' not in res.body and b'Traceback' not in res.body
+
+
+def test_database_down_is_503_everywhere(app, shop):
+    from conftest import free_port
+    from models import bind_database
+    bind_database('postgresql://postgres@127.0.0.1:%d/gone' % free_port(), create=False)
+    res = app.post_json('/api/runs', {'report': 'orders', 'to': ['a@example.org']},
+                        expect_errors=True)
+    assert (res.status_int, res.json['error']) == (503, 'database_unavailable')
+    res = app.get('/reports/orders.csv', expect_errors=True)
+    assert (res.status_int, res.json['error']) == (503, 'database_unavailable')
+    assert app.get('/api/runs', expect_errors=True).status_int == 503
+    health = app.get('/healthz', expect_errors=True)
+    assert health.status_int == 503 and health.json['database'].startswith('down')
+    assert health.json['queue'] == 'ok'
