@@ -258,7 +258,8 @@ def app(settings, jobs):
 def run_queued(jobs, limit=10):
     """Step the queue by hand: dequeue and execute what is there."""
     done = 0
-    while done < limit:
+    # Checking first: an empty Redis dequeue blocks for a second.
+    while done < limit and jobs.huey.pending_count():
         task = jobs.huey.dequeue()
         if task is None:
             break

@@ -27,49 +27,42 @@ def queue(jobs, run):
     return run.id
 
 
-def test_login_user_is_kept_apart_from_the_sender(make_settings, database, database_url,
-                                                  redis_url, shop, tmp_path):
+@pytest.fixture
+def auth_jobs(make_settings, database_url, redis_url):
+    """Jobs against an SMTP server that wants AUTH (password 'secret-pw')."""
     from conftest import SmtpSink
     from tasks import Jobs
     sink = SmtpSink()
     sink.start(auth=True)
-    try:
+
+    def make(password):
         settings = make_settings({
             'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
             'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port), 'SMTP_USER': 'apikey',
-            'SMTP_PASSWORD': 'secret-pw', 'MAIL_FROM': 'reports@nightshift.test',
+            'SMTP_PASSWORD': password, 'MAIL_FROM': 'reports@nightshift.test',
             'NIGHTSHIFT_SMTP_SECURITY': 'none'})
         jobs = Jobs(settings)
         run_id = queue(jobs, new_run(settings, ['a@example.org']))
         run_queued(jobs)
-        assert sink.logins == [('apikey', 'secret-pw')]
-        [sent] = sink.messages
-        assert sent['from'] == 'reports@nightshift.test'
-        assert Run.get_by_id(run_id).status == 'delivered'
-    finally:
-        sink.stop()
+        return jobs, sink, Run.get_by_id(run_id)
+    yield make
+    sink.stop()
 
 
-def test_wrong_password_fails_at_once_with_the_reply(make_settings, database, database_url,
-                                                     redis_url, shop):
-    from conftest import SmtpSink
-    from tasks import Jobs
-    sink = SmtpSink()
-    sink.start(auth=True)
-    try:
-        settings = make_settings({
-            'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
-            'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port), 'SMTP_USER': 'apikey',
-            'SMTP_PASSWORD': 'wrong', 'NIGHTSHIFT_SMTP_SECURITY': 'none'})
-        jobs = Jobs(settings)
-        run_id = queue(jobs, new_run(settings, ['a@example.org']))
-        run_queued(jobs)
-        run = Run.get_by_id(run_id)
-        assert run.status == 'failed' and '535' in run.error
-        assert 'wrong' not in run.error
-        assert jobs.huey.pending_count() == 0 and jobs.huey.scheduled_count() == 0
-    finally:
-        sink.stop()
+def test_login_user_is_kept_apart_from_the_sender(auth_jobs, shop):
+    jobs, sink, run = auth_jobs('secret-pw')
+    assert sink.logins == [('apikey', 'secret-pw')]
+    [sent] = sink.messages
+    assert sent['from'] == 'reports@nightshift.test'
+    assert run.status == 'delivered'
+
+
+def test_wrong_password_fails_at_once_with_the_reply(auth_jobs, shop):
+    jobs, sink, run = auth_jobs('wrong')
+    assert run.status == 'failed' and '535' in run.error
+    assert 'wrong' not in run.error
+    assert sink.messages == []
+    assert jobs.huey.pending_count() == 0 and jobs.huey.scheduled_count() == 0
 
 
 def test_one_refused_recipient_does_not_stop_the_other(settings, jobs, shop, smtp_sink):
