@@ -17,11 +17,13 @@ from bottle import Bottle, HTTPError, HTTPResponse, request, response
 from peewee import DatabaseError, InterfaceError, OperationalError
 
 import runs
+import schedules
 from export import CsvStream, open_rows
-from models import RUN_STATUSES, Run, bind_database, db
+from models import RUN_STATUSES, Run, Schedule, bind_database, db, utcnow
 from params import InputError
 from reports import UnknownReport, registry as default_registry
 from settings import SettingsError, load_settings
+from tasks import Jobs, QueueUnavailable
 
 logger = logging.getLogger('nightshift.server')
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
@@ -64,6 +66,8 @@ def api_errors(callback):
         except InputError as exc:
             status = 404 if exc.code == 'unknown_report' else 400
             return error_response(status, exc.code, exc.message, exc.field)
+        except schedules.Conflict as exc:
+            return error_response(409, 'conflict', exc.message, exc.field)
         except DB_ERRORS as exc:
             logger.warning('database unavailable: %s', type(exc).__name__)
             _forget_connection()
@@ -177,9 +181,12 @@ def create_app(settings, jobs, registry=default_registry):
                            field)
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
                               body.get('to'), trigger='web')
+        return enqueue(run)
+
+    def enqueue(run):
         try:
             jobs.enqueue_run(run)
-        except Exception as exc:  # QueueUnavailable and whatever the broker raised
+        except QueueUnavailable as exc:
             logger.warning('run %d not queued: %s', run.id, exc)
             return error_response(503, 'queue_unavailable',
                                   'the job queue is not answering; run %d was recorded as '
@@ -211,6 +218,60 @@ def create_app(settings, jobs, registry=default_registry):
             raise InputError('limit', 'must be a whole number from 1 to 500')
         return json_response(200, {'runs': runs.runs_as_dicts(query.limit(int(limit)))})
 
+    def find_schedule(name):
+        schedule = Schedule.get_or_none(Schedule.name == name)
+        if schedule is None:
+            raise ApiError(404, 'not_found', 'no schedule named %r' % name, 'name')
+        return schedule
+
+    def schedule_response(status, schedule, headers=None):
+        return json_response(status, schedules.schedule_as_dict(schedule, utcnow()), headers)
+
+    @app.get('/api/schedules')
+    def list_schedules():
+        now = utcnow()
+        return json_response(200, {'schedules': [
+            schedules.schedule_as_dict(s, now) for s in Schedule.select().order_by(Schedule.name)]})
+
+    @app.post('/api/schedules')
+    def create_schedule():
+        body = read_json_body(settings.max_body_bytes)
+        schedule = schedules.create_schedule(registry, settings, body, utcnow())
+        url = '/api/schedules/%s' % schedule.name
+        return schedule_response(201, schedule, {'Location': url})
+
+    @app.get('/api/schedules/<name>')
+    def get_schedule(name):
+        return schedule_response(200, find_schedule(name))
+
+    @app.put('/api/schedules/<name>')
+    def update_schedule(name):
+        schedule = find_schedule(name)
+        body = read_json_body(settings.max_body_bytes)
+        return schedule_response(200, schedules.update_schedule(
+            registry, settings, schedule, body, utcnow()))
+
+    @app.delete('/api/schedules/<name>')
+    def delete_schedule(name):
+        schedules.delete_schedule(find_schedule(name))
+        return HTTPResponse(status=204)
+
+    @app.post('/api/schedules/<name>/pause')
+    def pause_schedule(name):
+        return schedule_response(200, schedules.set_enabled(find_schedule(name), False, utcnow()))
+
+    @app.post('/api/schedules/<name>/resume')
+    def resume_schedule(name):
+        return schedule_response(200, schedules.set_enabled(find_schedule(name), True, utcnow()))
+
+    @app.post('/api/schedules/<name>/run')
+    def run_schedule_now(name):
+        # A test send: a normal run of the schedule's report to its recipients.
+        schedule = find_schedule(name)
+        return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
+                                       schedule.recipients, trigger='web',
+                                       schedule=schedule.name))
+
     return app
 
 
@@ -235,7 +296,6 @@ def main(argv=None):
     port = args.port if args.port is not None else settings.port
     logger.info('settings: %s', settings.describe())
 
-    from tasks import Jobs
     import waitress
     from waitress.server import create_server
 

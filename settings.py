@@ -5,8 +5,10 @@ parts that need it. Nothing here runs at import time.
 """
 import configparser
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import cron
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PROJECT_DIR / 'config.ini'
@@ -64,11 +66,17 @@ class Settings:
     task_retries: int = 3
     retry_delay: float = 10.0
     progress_every: float = 0.5
+    timezone: str = 'UTC'
+    catchup_hours: float = 24.0
+    # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
+    schedules: tuple = field(default=(), repr=False)
 
     def describe(self):
         """Settings as text for logs, with secrets and URL passwords masked."""
         shown = []
         for f in fields(self):
+            if f.name == 'schedules':
+                continue
             value = getattr(self, f.name)
             if f.name in SECRET_ENV:
                 value = '***' if value else ''
@@ -103,7 +111,10 @@ HELP = {
     'task_retries': 'How often a failed run is retried before it is marked failed.',
     'retry_delay': 'Seconds before the first retry of a failed run.',
     'progress_every': 'Seconds between row-count updates while a run writes.',
+    'timezone': 'Default IANA timezone of schedules.',
+    'catchup_hours': 'After downtime, the latest missed slot still runs if it is this recent.',
 }
+SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled')
 
 
 def mask_url(url):
@@ -156,7 +167,7 @@ def load_settings(path=None, environ=None):
     environ = os.environ if environ is None else environ
     path = Path(path or environ.get(ENV_PREFIX + 'CONFIG') or DEFAULT_CONFIG)
     parser = read_config(path)
-    kind_of = {f.name: f.type for f in fields(Settings)}
+    kind_of = {f.name: f.type for f in fields(Settings) if f.name != 'schedules'}
 
     values = {}
     if parser.has_section(SECTION):
@@ -168,9 +179,13 @@ def load_settings(path=None, environ=None):
                 raise SettingsError('unknown setting %r in [%s] of %s'
                                     % (key, SECTION, path))
             values[key] = _convert(key, raw, kind_of[key], path.name)
+    schedules = []
     for section in parser.sections():
-        if section != SECTION and not section.startswith('schedule:'):
+        if section.startswith('schedule:'):
+            schedules.append(_read_schedule(section, parser.items(section), path))
+        elif section != SECTION:
             raise SettingsError('unknown section [%s] in %s' % (section, path))
+    values['schedules'] = tuple(schedules)
 
     for name, kind in kind_of.items():
         env_name = PLATFORM_ENV.get(name) or SECRET_ENV.get(name)
@@ -194,6 +209,32 @@ def load_settings(path=None, environ=None):
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+def _read_schedule(section, items, path):
+    """One [schedule:<name>] section as a dict; the report and its params are
+    checked against the registry when the consumer syncs it."""
+    name = section.split(':', 1)[1].strip()
+    where = '[%s] of %s' % (section, path.name)
+    spec = {'name': name, 'params': {}, 'enabled': True}
+    for key, raw in items:
+        if key.startswith('param.'):
+            spec['params'][key[len('param.'):]] = raw.strip()
+        elif key == 'to':
+            spec['to'] = [a.strip() for a in raw.split(',') if a.strip()]
+        elif key == 'enabled':
+            if raw.strip().lower() not in ('true', 'false', 'yes', 'no', '1', '0'):
+                raise SettingsError('enabled: %r is not true or false in %s' % (raw, where))
+            spec['enabled'] = raw.strip().lower() in ('true', 'yes', '1')
+        elif key in SCHEDULE_KEYS:
+            spec[key] = raw.strip()
+        else:
+            raise SettingsError('unknown key %r in %s; expected %s or param.<name>'
+                                % (key, where, ', '.join(SCHEDULE_KEYS)))
+    for key in ('report', 'cron', 'to'):
+        if not spec.get(key):
+            raise SettingsError('%s: missing in %s' % (key, where))
+    return spec
 
 
 def _resolve_sqlite_url(url, base):
@@ -221,5 +262,19 @@ def _check(settings):
         raise SettingsError('smtp_password: SMTP_USER is set but SMTP_PASSWORD is not')
     if '@' not in settings.mail_from:
         raise SettingsError('mail_from: %r is not an email address' % settings.mail_from)
+    try:
+        cron.check_timezone(settings.timezone)
+    except ValueError as exc:
+        raise SettingsError('timezone: %s' % exc)
+    for spec in settings.schedules:
+        where = '[schedule:%s]' % spec['name']
+        try:
+            cron.check_cron(spec['cron'])
+        except ValueError as exc:
+            raise SettingsError('cron: %s in %s' % (exc, where))
+        try:
+            cron.check_timezone(spec.get('timezone') or settings.timezone)
+        except ValueError as exc:
+            raise SettingsError('timezone: %s in %s' % (exc, where))
     if settings.port > 65535:
         raise SettingsError('port: %d is not a TCP port' % settings.port)

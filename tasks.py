@@ -7,12 +7,16 @@ effects and tests build their own with `create_jobs(settings)`.
 import logging
 import os
 
-from huey import RedisHuey, SqliteHuey
+import threading
+
+from huey import RedisHuey, SqliteHuey, crontab
 from huey.exceptions import CancelExecution
+from peewee import IntegrityError
 
 import runs
+import schedules
 from mail import MailError, create_mailer
-from models import bind_database
+from models import bind_database, utcnow
 from reports import registry as default_registry
 
 logger = logging.getLogger('nightshift.tasks')
@@ -38,18 +42,44 @@ class Jobs:
         self.settings = settings
         self.registry = registry
         self.mailer = mailer or create_mailer(settings)
+        self.declared_schedules = schedules.declared_schedules(registry, settings)
         self.huey = huey = create_huey(settings)
+        self._started = threading.Lock()
+        self._startup_done = False
 
         @huey.on_startup()
-        def open_database():
+        def start_worker():
             bind_database(settings.database_url)
+            self.startup()
 
         @huey.task(retries=settings.task_retries, retry_delay=settings.retry_delay,
                    retry_backoff=2, context=True)
         def run_report(run_id, task=None):
             self.execute(run_id, final=not task or task.retries == 0)
 
+        # Every consumer ticks; schedules.tick makes that safe.
+        @huey.periodic_task(crontab(), retries=0)
+        def tick_schedules():
+            self.tick()
+
         self.run_report = run_report
+        self.tick_schedules = tick_schedules
+
+    def startup(self):
+        """Once per consumer process: sync config schedules, catch up now."""
+        with self._started:
+            if self._startup_done:
+                return
+            try:
+                schedules.sync_config(self.declared_schedules, utcnow())
+            except IntegrityError:
+                # Another consumer starting at the same moment inserted first.
+                schedules.sync_config(self.declared_schedules, utcnow())
+            self._startup_done = True
+        self.tick_schedules.call_local()
+
+    def tick(self, now=None):
+        return schedules.tick(self.registry, self.settings, self, now or utcnow())
 
     def execute(self, run_id, final=True):
         """Run one report; record the outcome so Huey's retries can act on it."""

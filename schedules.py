@@ -1,0 +1,271 @@
+"""Scheduled reports: validation, config sync, and the tick that turns due
+slots into runs exactly once.
+
+Every consumer ticks every minute. A tick claims a schedule's slots by
+moving its `checked_through` mark with a compare-and-set, and the runs it
+creates are unique on (schedule, slot_at); so two consumers, or a restart
+inside the same minute, can never create a slot's run twice.
+"""
+import datetime
+import logging
+import re
+
+from peewee import IntegrityError
+
+import cron
+import runs
+from models import Run, Schedule, db, utcnow
+from params import InputError, dump_params
+from reports import UnknownReport
+from settings import SettingsError
+
+logger = logging.getLogger('nightshift.schedules')
+
+NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled')
+# Missed slots recorded one by one after downtime; older ones are summarised.
+SKIPPED_RECORD_LIMIT = 100
+
+
+class Conflict(Exception):
+    """The request clashes with what exists (duplicate name, config-managed)."""
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+def clean(registry, settings, data, current=None):
+    """Validate a schedule definition (whole, or a change to `current`).
+
+    Returns the stored form of every field, or raises InputError naming the
+    first bad one. Checked now so that a schedule never fails every night.
+    """
+    if not isinstance(data, dict):
+        raise InputError('body', 'must be a JSON object')
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise InputError(unknown[0], 'unknown field; expected %s' % ', '.join(FIELDS),
+                         code='unknown_field')
+    merged = {}
+    if current is not None:
+        merged = {'name': current.name, 'report': current.report, 'params': current.params,
+                  'to': current.recipients, 'cron': current.cron,
+                  'timezone': current.timezone, 'enabled': current.enabled}
+        if 'name' in data and data['name'] != current.name:
+            raise InputError('name', 'a schedule cannot be renamed; create a new one')
+        if 'report' in data and 'params' not in data:
+            merged['params'] = {}
+    merged.update(data)
+
+    name = merged.get('name')
+    if not isinstance(name, str) or not NAME.match(name):
+        raise InputError('name', 'use 1-64 lowercase letters, digits, - or _ '
+                                 '(starting with a letter or digit)')
+    report = merged.get('report')
+    if not isinstance(report, str) or not report:
+        raise InputError('report', 'give the name of a report', code='required')
+    try:
+        definition = registry.get(report)
+    except UnknownReport:
+        raise InputError('report', 'no report named %r' % report)
+    typed = definition.parse(merged.get('params'))
+    recipients = runs.parse_recipients(merged.get('to'), settings.max_recipients)
+    try:
+        expression = cron.check_cron(merged.get('cron'))
+    except ValueError as exc:
+        raise InputError('cron', str(exc))
+    timezone = merged.get('timezone') or settings.timezone
+    try:
+        cron.check_timezone(timezone)
+    except ValueError as exc:
+        raise InputError('timezone', str(exc))
+    enabled = merged.get('enabled', True)
+    if not isinstance(enabled, bool):
+        raise InputError('enabled', 'must be true or false')
+    return {'name': name, 'report': report, 'params': dump_params(typed),
+            'recipients': recipients, 'cron': expression, 'timezone': timezone,
+            'enabled': enabled}
+
+
+def create_schedule(registry, settings, data, now, managed_by='api'):
+    fields = clean(registry, settings, data)
+    try:
+        with db.atomic():
+            return Schedule.create(managed_by=managed_by, checked_through=now,
+                                   created_at=now, updated_at=now, **fields)
+    except IntegrityError:
+        raise Conflict('a schedule named %r exists already' % fields['name'], 'name')
+
+
+def _check_writable(schedule):
+    if schedule.managed_by == 'config':
+        raise Conflict('schedule %r is declared in config.ini ([schedule:%s]); change it '
+                       'there and restart the consumer' % (schedule.name, schedule.name))
+
+
+def update_schedule(registry, settings, schedule, data, now):
+    _check_writable(schedule)
+    fields = clean(registry, settings, data, current=schedule)
+    if (fields['cron'], fields['timezone']) != (schedule.cron, schedule.timezone):
+        # New timing counts from now: no catching up slots of the new cron.
+        schedule.checked_through = max(schedule.checked_through, now)
+    if fields['enabled'] and not schedule.enabled:
+        schedule.checked_through = max(schedule.checked_through, now)
+    for key, value in fields.items():
+        setattr(schedule, key, value)
+    schedule.updated_at = now
+    schedule.save()
+    return schedule
+
+
+def set_enabled(schedule, enabled, now):
+    """Pause or resume. Slots that passed while paused are not caught up."""
+    _check_writable(schedule)
+    if enabled and not schedule.enabled:
+        schedule.checked_through = max(schedule.checked_through, now)
+    schedule.enabled = enabled
+    schedule.updated_at = now
+    schedule.save()
+    return schedule
+
+
+def delete_schedule(schedule):
+    _check_writable(schedule)
+    schedule.delete_instance()
+
+
+def declared_schedules(registry, settings):
+    """The [schedule:*] sections, validated like API input.
+
+    Raises SettingsError naming the section, so a bad one stops start-up.
+    """
+    declared = {}
+    for spec in settings.schedules:
+        data = {'name': spec['name'], 'report': spec['report'], 'params': spec['params'],
+                'to': spec['to'], 'cron': spec['cron'], 'enabled': spec['enabled']}
+        if spec.get('timezone'):
+            data['timezone'] = spec['timezone']
+        try:
+            declared[spec['name']] = clean(registry, settings, data)
+        except InputError as exc:
+            raise SettingsError('[schedule:%s] %s: %s' % (spec['name'], exc.field, exc.message))
+    return declared
+
+
+def sync_config(declared, now):
+    """Make the database's config-managed schedules match `declared`."""
+    with db.atomic():
+        for schedule in Schedule.select().where(Schedule.managed_by == 'config'):
+            if schedule.name not in declared:
+                schedule.delete_instance()
+        for name, fields in declared.items():
+            fields = dict(fields)
+            existing = Schedule.get_or_none(Schedule.name == name)
+            if existing is None:
+                Schedule.create(managed_by='config', checked_through=now, created_at=now,
+                                updated_at=now, **fields)
+                continue
+            if existing.managed_by != 'config':
+                raise SettingsError('[schedule:%s]: a schedule of that name was made through '
+                                    'the API; delete it there or rename the section' % name)
+            timing = (fields['cron'], fields['timezone'], fields['enabled'])
+            if timing != (existing.cron, existing.timezone, existing.enabled):
+                fields['checked_through'] = max(existing.checked_through, now)
+            current = {key: getattr(existing, key) for key in fields}
+            if current != fields:
+                Schedule.update(updated_at=now, **fields) \
+                    .where(Schedule.id == existing.id).execute()
+
+
+def plan(schedule, now, window):
+    """(due slot or None, skipped slots, newest slot seen) for one schedule."""
+    zone = cron.check_timezone(schedule.timezone)
+    slots = cron.slots_between(schedule.cron, zone, schedule.checked_through, now,
+                               limit=SKIPPED_RECORD_LIMIT + 1)
+    if not slots:
+        return None, [], None
+    latest = slots[-1]
+    if now - latest <= window:
+        return latest, slots[:-1], latest
+    return None, slots, latest
+
+
+def tick(registry, settings, jobs, now):
+    """Create the runs that are due at `now` (naive UTC). Returns them."""
+    window = datetime.timedelta(hours=settings.catchup_hours)
+    created = []
+    for schedule in Schedule.select().where(Schedule.enabled == True):  # noqa: E712
+        due, skipped, latest = plan(schedule, now, window)
+        if latest is None:
+            continue
+        try:
+            with db.atomic():
+                claimed = (Schedule.update(checked_through=latest)
+                           .where(Schedule.id == schedule.id,
+                                  Schedule.checked_through == schedule.checked_through)
+                           .execute())
+                if not claimed:
+                    continue  # another consumer handled these slots
+                for slot in skipped:
+                    Run.create(report=schedule.report, params=schedule.params,
+                               recipients=schedule.recipients, status='skipped',
+                               trigger='schedule', schedule=schedule.name, slot_at=slot,
+                               finished_at=now, error='missed: no consumer was running at '
+                               'this time; only the latest missed slot is caught up')
+                run = _create_slot_run(registry, settings, schedule, due, now) if due else None
+        except IntegrityError:
+            logger.info('schedule %s: slot already taken by another consumer', schedule.name)
+            continue
+        if run is not None and run.status == 'queued':
+            try:
+                jobs.enqueue_run(run)
+            except Exception:
+                logger.exception('schedule %s: run %d could not be queued',
+                                 schedule.name, run.id)
+            created.append(run)
+    return created
+
+
+def _create_slot_run(registry, settings, schedule, slot, now):
+    try:
+        return runs.create_run(registry, settings, schedule.report, schedule.params,
+                               schedule.recipients, trigger='schedule',
+                               schedule=schedule.name, slot_at=slot)
+    except InputError as exc:
+        # The report changed under a stored schedule; say so in the history.
+        return Run.create(report=schedule.report, params=schedule.params,
+                          recipients=schedule.recipients, status='failed',
+                          trigger='schedule', schedule=schedule.name, slot_at=slot,
+                          finished_at=now, error='%s: %s' % (exc.field, exc.message))
+
+
+def _iso(value):
+    return value.isoformat() + 'Z' if value is not None else None
+
+
+def schedule_as_dict(schedule, now):
+    zone = cron.check_timezone(schedule.timezone)
+    upcoming = cron.next_slot(schedule.cron, zone, max(now, schedule.checked_through)) \
+        if schedule.enabled else None
+    last = (Run.select().where(Run.schedule == schedule.name, Run.status != 'skipped')
+            .order_by(Run.id.desc()).first())
+    return {
+        'name': schedule.name,
+        'report': schedule.report,
+        'params': schedule.params,
+        'to': schedule.recipients,
+        'cron': schedule.cron,
+        'timezone': schedule.timezone,
+        'enabled': schedule.enabled,
+        'managed_by': schedule.managed_by,
+        'next_run_at': _iso(upcoming),
+        'next_run_local': cron.to_local(upcoming, zone).isoformat() if upcoming else None,
+        'last_run': None if last is None else {
+            'id': last.id, 'status': last.status, 'trigger': last.trigger,
+            'slot_at': _iso(last.slot_at), 'created_at': _iso(last.created_at),
+            'url': '/api/runs/%d' % last.id},
+        'created_at': _iso(schedule.created_at),
+        'updated_at': _iso(schedule.updated_at),
+        'url': '/api/schedules/%s' % schedule.name,
+    }
