@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -113,3 +114,48 @@ def _get_json(url):
 def _delivered(url):
     run = _get_json(url)
     return run if run and run['status'] == 'delivered' else None
+
+
+# Minutes of wall-clock time: run once, on the production pairing (Postgres + Redis).
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_two_consumers_and_a_restart_send_each_slot_once(app, consumer_env, smtp_sink,
+                                                          tmp_path):
+    """Two real huey_consumer processes on one Redis run through minute slots;
+    one restarts inside a slot's minute. Every slot: one run, one email."""
+    from models import Run
+    demo.seed(customers=5, orders=20)
+    res = app.post_json('/api/schedules', {'name': 'every-minute', 'report': 'customers',
+                                           'to': ['ops@example.org'], 'cron': '* * * * *'})
+    assert res.status_int == 201
+    logs = [open(tmp_path / ('consumer-%d.log' % i), 'wb') for i in range(3)]
+    command = ['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2', '-k', 'thread']
+    first = spawn(command, consumer_env, logs[0])
+    second = spawn(command, consumer_env, logs[1])
+    restarted = None
+    try:
+        # The first minute boundary after creation makes the first slot.
+        smtp_sink.wait_for(1, timeout=150)
+        # Restart one consumer inside that slot's minute: its start-up tick
+        # must not send the slot again.
+        stop(second)
+        restarted = spawn(command, consumer_env, logs[2])
+        wait_until(lambda: b'consumer started' in (tmp_path / 'consumer-2.log').read_bytes(),
+                   timeout=20, message='the restarted consumer')
+        time.sleep(3)  # its start-up tick runs in its own worker threads
+        # Let both consumers tick through at least one more minute.
+        smtp_sink.wait_for(2, timeout=150)
+    finally:
+        for proc in (first, second, restarted):
+            if proc is not None:
+                stop(proc)
+        for log in logs:
+            log.close()
+    runs = list(Run.select().where(Run.schedule == 'every-minute'))
+    slots = [r.slot_at for r in runs]
+    assert len(slots) == len(set(slots)) >= 2
+    assert all(r.trigger == 'schedule' for r in runs)
+    delivered = [r for r in runs if r.status == 'delivered']
+    # Every email belongs to a distinct slot's run: nothing sent twice.
+    assert len(smtp_sink.messages) == len(delivered)
+    ids = [m['message']['Message-ID'] for m in smtp_sink.messages]
+    assert len(ids) == len(set(ids))
