@@ -299,8 +299,11 @@ def main(argv=None):
     import waitress
     from waitress.server import create_server
 
+    try:
+        jobs = Jobs(settings)
+    except SettingsError as exc:
+        sys.exit('nightshift: bad settings: %s' % exc)
     bind_database(settings.database_url)
-    jobs = Jobs(settings)
     app = create_app(settings, jobs)
     if not args.worker:
         waitress.serve(app, host=host, port=port, threads=settings.web_threads)
