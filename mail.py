@@ -58,23 +58,33 @@ def _human_size(n):
         n /= 1024.0
 
 
-def compose(run, title, to, attachment, seconds):
-    """The message for a finished run; `to` is who still needs it."""
+def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_mb=None):
+    """The message for a finished run; `to` is who still needs it. With a
+    `link` the file is not attached and the body says why."""
     params = ', '.join('%s=%s' % (k, v) for k, v in sorted(run.params.items())
                        if v not in (None, '')) or 'none'
-    body = '\n'.join([
+    name = os.path.basename(path)
+    lines = [
         '%s report' % title,
         '',
         'Parameters: %s' % params,
         'Rows: {:,}'.format(run.rows),
         'Size: %s' % _human_size(run.bytes),
         'Took: %.1f s' % seconds,
-        'File: %s (attached)' % os.path.basename(attachment),
-        '',
-        'Run #%d, sent by Nightshift.' % run.id,
-    ])
+    ]
+    if link:
+        lines += [
+            'File: %s (%s) is too large to attach: the mail provider takes %s MB.'
+            % (name, _human_size(os.path.getsize(path)), ('%g' % limit_mb)),
+            'Download it here until %s UTC:' % link_expires.strftime('%Y-%m-%d %H:%M'),
+            link,
+        ]
+    else:
+        zipped = ' (zipped)' if name.endswith('.zip') else ''
+        lines.append('File: %s, attached%s' % (name, zipped))
+    lines += ['', 'Run #%d, sent by Nightshift.' % run.id]
     subject = 'Nightshift: %s report ({:,} rows)'.format(run.rows) % title
-    return Mail(list(to), subject, body, attachment, run.message_id)
+    return Mail(list(to), subject, '\n'.join(lines), None if link else path, run.message_id)
 
 
 class _Client(yagmail.SMTP):
@@ -119,8 +129,8 @@ def _message_args(mail):
     # name a file must not become an attachment.
     lines = [yagmail.raw(line) for line in mail.body.split('\n')]
     return dict(to=mail.to, subject=mail.subject, contents=lines,
-                attachments=[mail.attachment], message_id=mail.message_id,
-                prettify_html=False)
+                attachments=[mail.attachment] if mail.attachment else None,
+                message_id=mail.message_id, prettify_html=False)
 
 
 class OutboxMailer:
@@ -152,7 +162,7 @@ class SmtpMailer:
     """Real delivery over SMTP through yagmail.
 
     Returns {address: reply} for recipients the server refused; raises
-    MailError when nobody got the message.
+    MailError when the message could not be handed over at all.
     """
 
     def __init__(self, settings):
@@ -163,10 +173,8 @@ class SmtpMailer:
         try:
             result = client.send(**_message_args(mail))
         except smtplib.SMTPRecipientsRefused as exc:
-            refused = {addr: _reply(*reply) for addr, reply in exc.recipients.items()}
-            temporary = all(str(r).startswith('4') for r in refused.values())
-            raise MailError('all recipients refused: %s' % '; '.join(
-                '%s: %s' % item for item in sorted(refused.items())), temporary)
+            # Everyone refused: still a per-recipient answer, for the caller to sort.
+            return {addr: _reply(*reply) for addr, reply in exc.recipients.items()}
         except smtplib.SMTPResponseException as exc:
             raise MailError('SMTP server replied %s' % _reply(exc.smtp_code, exc.smtp_error),
                             temporary=400 <= exc.smtp_code < 500)

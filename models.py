@@ -5,9 +5,9 @@ import json
 import os
 import threading
 
-from peewee import (BooleanField, CharField, DatabaseProxy, DateTimeField,
-                    DecimalField, ForeignKeyField, IntegerField, Model,
-                    TextField, BigIntegerField)
+from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
+                    CompositeKey, DatabaseProxy, DateTimeField, DecimalField,
+                    ForeignKeyField, IntegerField, Model, TextField)
 from playhouse.db_url import connect
 
 db = DatabaseProxy()
@@ -77,10 +77,19 @@ class Run(BaseModel):
     schedule = CharField(null=True)
     slot_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)
+    # When it was last handed to the queue, and when Huey will retry it: a
+    # queued run past both has lost its task and the reaper queues it again.
+    queued_at = DateTimeField(default=utcnow)
+    next_attempt_at = DateTimeField(null=True)
     started_at = DateTimeField(null=True)
     finished_at = DateTimeField(null=True)
     heartbeat_at = DateTimeField(null=True)
     file_name = CharField(null=True)
+    # The finished file in the file store; None once retention removed it.
+    file_key = CharField(null=True)
+    file_bytes = BigIntegerField(null=True)
+    # How the file went out: attached csv, attached zip, or a download link.
+    sent_as = CharField(null=True)
     escape_formulas = BooleanField(default=True)
 
     class Meta:
@@ -96,7 +105,9 @@ class Run(BaseModel):
         return '<nightshift-run-%d@nightshift>' % self.id
 
 
-DELIVERY_STATUSES = ('pending', 'sent', 'refused')
+# sending: handed to SMTP but not yet confirmed; a retry sends again (same
+# Message-ID) rather than risk that nobody got it.
+DELIVERY_STATUSES = ('pending', 'sending', 'sent', 'refused')
 
 
 class Delivery(BaseModel):
@@ -127,7 +138,24 @@ class Schedule(BaseModel):
     updated_at = DateTimeField(default=utcnow)
 
 
-ALL_MODELS = (Customer, Order, Run, Delivery, Schedule)
+class ReportFileChunk(BaseModel):
+    """Report files kept in the database (the shared file store)."""
+    key = CharField()
+    seq = IntegerField()
+    data = BlobField()
+
+    class Meta:
+        primary_key = CompositeKey('key', 'seq')
+
+
+class AppSecret(BaseModel):
+    """Signing key for download links when NIGHTSHIFT_SECRET_KEY is not set:
+    made once, shared by web and worker through the database."""
+    name = CharField(primary_key=True)
+    value = CharField()
+
+
+ALL_MODELS = (Customer, Order, Run, Delivery, Schedule, ReportFileChunk, AppSecret)
 
 
 def open_database(url):

@@ -3,12 +3,19 @@
 Plain functions: the Huey task, the web server, the command line and the
 tests all call these.
 """
+import datetime
 import logging
+import math
 import os
+import random
+import shutil
+import threading
 import time
+import zipfile
 
+import links
 from export import CsvStream, open_rows, write_file
-from mail import MailError, check_address, compose
+from mail import Mail, MailError, check_address, compose
 from models import Delivery, Run, db, utcnow
 from params import InputError, dump_params
 from reports import UnknownReport
@@ -62,22 +69,72 @@ def create_run(registry, settings, report, params=None, to=None, trigger='web',
 
 
 def mark_failed(run_id, reason, now=None):
-    """Record a run as failed for good, with its reason."""
-    Run.update(status='failed', error=reason, finished_at=now or utcnow()) \
-        .where(Run.id == run_id, Run.status != 'delivered').execute()
+    """Record a run as failed for good, with its reason. True if it changed."""
+    return bool(Run.update(status='failed', error=reason, finished_at=now or utcnow())
+                .where(Run.id == run_id, Run.status.not_in(('delivered', 'failed')))
+                .execute())
 
 
-def record_retry(run_id, reason):
+def record_retry(run_id, reason, next_attempt_at):
     """A try failed but another will come: back to queued, keep the reason."""
-    Run.update(status='queued', error=reason) \
-        .where(Run.id == run_id, Run.status != 'delivered').execute()
+    Run.update(status='queued', error=reason, next_attempt_at=next_attempt_at) \
+        .where(Run.id == run_id, Run.status.not_in(('delivered', 'failed'))).execute()
 
 
-def report_path(settings, run):
-    stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
-    folder = os.path.join(settings.reports_dir, 'run-%d' % run.id)
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
+def retry_delay(attempts, settings, rng=random):
+    """Exponential backoff with jitter: half the delay is random, so many
+    runs failing together do not come back together."""
+    delay = min(settings.retry_max_delay, settings.retry_delay * 2 ** max(attempts - 1, 0))
+    return delay / 2 + rng.uniform(0, delay / 2)
+
+
+def claim(run_id, now):
+    """queued -> running, for one worker only. False if someone else has it."""
+    return bool(Run.update(status='running', attempts=Run.attempts + 1, started_at=now,
+                           heartbeat_at=now, next_attempt_at=None)
+                .where(Run.id == run_id, Run.status == 'queued').execute())
+
+
+def hand_back(run_id, reason):
+    """running -> queued, when a worker stops before it could finish."""
+    return bool(Run.update(status='queued', queued_at=utcnow(), error=reason)
+                .where(Run.id == run_id, Run.status == 'running').execute())
+
+
+class Heartbeat:
+    """While a run is in hand, say so every few seconds from a side thread;
+    a killed worker stops beating and the reaper takes the run back."""
+
+    def __init__(self, run_id, every):
+        self.run_id = run_id
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name='heartbeat-%d' % run_id)
+
+    def _beat(self):
+        try:
+            while not self._stop.wait(self.every):
+                try:
+                    Run.update(heartbeat_at=utcnow()) \
+                        .where(Run.id == self.run_id, Run.status == 'running').execute()
+                except Exception:
+                    logger.warning('heartbeat of run %d not recorded', self.run_id,
+                                   exc_info=True)
+        finally:
+            db.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def work_folder(settings, run):
+    return os.path.join(settings.reports_dir, 'run-%d' % run.id)
 
 
 def write_report(registry, settings, run, path):
@@ -95,51 +152,112 @@ def write_report(registry, settings, run, path):
                           every=settings.progress_every)
 
 
-def execute_run(run_id, registry, settings, mailer, clock=time.monotonic):
-    """Build the run's file and deliver it. Idempotent: a finished run is
-    left alone, and a re-run rebuilds the file and mails only recipients
-    that have not got it yet.
+def message_size(attachment_bytes):
+    """Bytes an attachment takes in a message: base64 (4 per 3) in 76-character
+    lines, plus room for headers and the body. Providers count this."""
+    encoded = math.ceil(attachment_bytes / 3) * 4
+    return encoded + math.ceil(encoded / 76) * 2 + 64 * 1024
 
+
+def package(csv_path, settings):
+    """(path, sent_as): the CSV as it is, zipped when large, and 'link' when
+    even the zip would be over the provider's limit."""
+    path, sent_as = csv_path, 'csv'
+    if os.path.getsize(csv_path) > settings.zip_over_mb * 1e6:
+        path, sent_as = csv_path[:-len('.csv')] + '.zip', 'zip'
+        with zipfile.ZipFile(path + '.part', 'w', zipfile.ZIP_DEFLATED) as archive:
+            archive.write(csv_path, os.path.basename(csv_path))
+        os.replace(path + '.part', path)
+        os.unlink(csv_path)
+    if message_size(os.path.getsize(path)) > settings.mail_max_mb * 1e6:
+        sent_as = 'link'
+    return path, sent_as
+
+
+def prepare_file(registry, settings, store, run):
+    """The run's finished file: reused when a complete one is at hand (so a
+    mail-only retry sends every recipient the same data), else rebuilt from
+    scratch. Returns the local path."""
+    if run.file_name and run.file_bytes is not None:
+        path = os.path.join(work_folder(settings, run), run.file_name)
+        if os.path.isfile(path) and os.path.getsize(path) == run.file_bytes:
+            return path
+    folder = work_folder(settings, run)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
+    csv_path = os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
+    Run.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
+               sent_as=None).where(Run.id == run.id).execute()
+    rows, size = write_report(registry, settings, run, csv_path)
+    path, sent_as = package(csv_path, settings)
+    key = 'run-%d/%s' % (run.id, os.path.basename(path))
+    store.save(key, path)
+    Run.update(rows=rows, bytes=size, file_name=os.path.basename(path), file_key=key,
+               file_bytes=os.path.getsize(path), sent_as=sent_as,
+               heartbeat_at=utcnow()).where(Run.id == run.id).execute()
+    return path
+
+
+def deliver(run, title, path, settings, mailer, seconds):
+    """Mail the file to every recipient who has not got it yet."""
+    targets = [d for d in run.deliveries.order_by(Delivery.id)
+               if d.status in ('pending', 'sending')]
+    if not targets:
+        return
+    link = expires = None
+    if run.sent_as == 'link':
+        expires = utcnow() + datetime.timedelta(days=settings.retention_days)
+        link = links.download_url(settings, run, expires)
+    mail = compose(run, title, [d.address for d in targets], path, seconds,
+                   link=link, link_expires=expires, limit_mb=settings.mail_max_mb)
+    # Marked first: a crash after the server accepted shows as "sending", and
+    # the retry sends again with the same Message-ID rather than not at all.
+    Delivery.update(status='sending').where(Delivery.id.in_([d.id for d in targets])).execute()
+    try:
+        refused = mailer.send(mail)
+    except MailError as exc:
+        Delivery.update(status='pending', error=str(exc)) \
+            .where(Delivery.id.in_([d.id for d in targets])).execute()
+        raise
+    sent_at = utcnow()
+    for delivery in targets:
+        reply = refused.get(delivery.address)
+        if reply is None:
+            delivery.status, delivery.sent_at, delivery.error = 'sent', sent_at, None
+        elif reply.startswith('4'):
+            delivery.status, delivery.error = 'pending', reply
+        else:
+            delivery.status, delivery.error = 'refused', reply
+        delivery.save()
+    temporary = {a: r for a, r in refused.items() if r.startswith('4')}
+    if temporary:
+        raise MailError('recipients to retry: %s' % '; '.join(
+            '%s: %s' % item for item in sorted(temporary.items())), temporary=True)
+
+
+def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic):
+    """Build the run's file and deliver it, once, by whichever worker claims it.
+
+    Idempotent: a run that is not queued is left alone; a re-run rebuilds an
+    unfinished file from scratch and mails only recipients who did not get it.
     Raises MailError / database errors for the caller to retry, and
     PermanentFailure when retrying cannot help.
     """
     run = Run.get_or_none(Run.id == run_id)
-    if run is None or run.status in ('delivered', 'failed'):
+    if run is None or run.status != 'queued':
         return run
     try:
         definition = registry.get(run.report)
     except UnknownReport:
         raise PermanentFailure('report %r no longer exists' % run.report)
+    if not claim(run.id, utcnow()):
+        return Run.get_by_id(run.id)
     started = clock()
-    now = utcnow()
-    Run.update(status='running', attempts=Run.attempts + 1, started_at=now,
-               heartbeat_at=now, rows=0, bytes=0).where(Run.id == run.id).execute()
-
-    path = report_path(settings, run)
-    rows, size = write_report(registry, settings, run, path)
-    Run.update(rows=rows, bytes=size, file_name=os.path.basename(path),
-               heartbeat_at=utcnow()).where(Run.id == run.id).execute()
-    run = Run.get_by_id(run.id)
-
-    pending = [d for d in run.deliveries.order_by(Delivery.id) if d.status == 'pending']
-    if pending:
-        mail = compose(run, definition.title, [d.address for d in pending], path,
-                       clock() - started)
-        refused = mailer.send(mail)
-        sent_at = utcnow()
-        for delivery in pending:
-            reply = refused.get(delivery.address)
-            if reply is None:
-                delivery.status, delivery.sent_at, delivery.error = 'sent', sent_at, None
-            elif not reply.startswith('4'):
-                delivery.status, delivery.error = 'refused', reply
-            else:
-                delivery.error = reply
-            delivery.save()
-        temporary = {a: r for a, r in refused.items() if r.startswith('4')}
-        if temporary:
-            raise MailError('recipients to retry: %s' % '; '.join(
-                '%s: %s' % item for item in sorted(temporary.items())), temporary=True)
+    with Heartbeat(run.id, settings.heartbeat_seconds):
+        path = prepare_file(registry, settings, store, Run.get_by_id(run.id))
+        run = Run.get_by_id(run.id)
+        deliver(run, definition.title, path, settings, mailer, clock() - started)
 
     refused = [d for d in run.deliveries if d.status == 'refused']
     if refused and len(refused) == len(run.recipients):
@@ -151,6 +269,66 @@ def execute_run(run_id, registry, settings, mailer, clock=time.monotonic):
     Run.update(status='delivered', finished_at=utcnow(), error=error) \
         .where(Run.id == run.id).execute()
     return Run.get_by_id(run.id)
+
+
+def reap(settings, now, enqueue):
+    """Take back runs whose worker died (heartbeat stopped) and queued runs
+    whose task was lost; give up on those out of attempts. Returns the ids
+    queued again."""
+    requeued = []
+    stale = now - datetime.timedelta(seconds=settings.stale_after)
+    for run in Run.select().where(Run.status == 'running', Run.heartbeat_at < stale):
+        if run.attempts >= settings.max_attempts:
+            if mark_failed(run.id, 'worker stopped during attempt %d of %d (no heartbeat '
+                           'since %s); giving up' % (run.attempts, settings.max_attempts,
+                                                    run.heartbeat_at.isoformat() + 'Z'), now):
+                logger.warning('run %d failed: out of attempts', run.id)
+            continue
+        taken = (Run.update(status='queued', queued_at=now,
+                            error='worker stopped during attempt %d (no heartbeat); '
+                                  'running it again' % run.attempts)
+                 .where(Run.id == run.id, Run.status == 'running',
+                        Run.heartbeat_at == run.heartbeat_at).execute())
+        if taken:
+            requeued.append(run.id)
+    lost = now - datetime.timedelta(seconds=settings.requeue_after)
+    for run in Run.select().where(Run.status == 'queued', Run.queued_at < lost,
+                                  (Run.next_attempt_at.is_null()) |
+                                  (Run.next_attempt_at < lost)):
+        taken = (Run.update(queued_at=now)
+                 .where(Run.id == run.id, Run.status == 'queued',
+                        Run.queued_at == run.queued_at).execute())
+        if taken:
+            requeued.append(run.id)
+    for run_id in requeued:
+        logger.info('run %d queued again by the reaper', run_id)
+        enqueue(run_id)
+    return requeued
+
+
+def remove_expired_files(settings, store, now):
+    """Delete report files past their retention; returns how many."""
+    cutoff = now - datetime.timedelta(days=settings.retention_days)
+    removed = 0
+    for run in Run.select().where(Run.file_key.is_null(False), Run.finished_at < cutoff):
+        store.delete(run.file_key)
+        shutil.rmtree(work_folder(settings, run), ignore_errors=True)
+        Run.update(file_key=None).where(Run.id == run.id).execute()
+        removed += 1
+    return removed
+
+
+def failure_notice(run, operator):
+    """The message telling the operator a run failed for good."""
+    body = '\n'.join([
+        'Run #%d of report %s failed after %d attempt(s).' % (run.id, run.report, run.attempts),
+        '',
+        'Reason: %s' % run.error,
+        'Trigger: %s%s' % (run.trigger, ' (schedule %s)' % run.schedule if run.schedule else ''),
+        'Recipients: %s' % ', '.join(run.recipients),
+    ])
+    return Mail([operator], 'Nightshift: run #%d (%s) failed' % (run.id, run.report), body,
+                None, '<nightshift-run-%d-failed@nightshift>' % run.id)
 
 
 def _iso(value):

@@ -16,6 +16,7 @@ import threading
 from bottle import Bottle, HTTPError, HTTPResponse, request, response
 from peewee import DatabaseError, InterfaceError, OperationalError
 
+import links
 import runs
 import schedules
 from export import CsvStream, open_rows
@@ -217,6 +218,24 @@ def create_app(settings, jobs, registry=default_registry):
         if not limit.isdigit() or not 1 <= int(limit) <= 500:
             raise InputError('limit', 'must be a whole number from 1 to 500')
         return json_response(200, {'runs': runs.runs_as_dicts(query.limit(int(limit)))})
+
+    @app.get('/files/<run_id:int>')
+    def download_file(run_id):
+        # The link in a report email: signed, expiring, for one run's file.
+        # Any mismatch gets the same 403, so a probe learns nothing.
+        run = Run.get_or_none(Run.id == run_id)
+        if not links.check(settings, run, request.query.get('expires', ''),
+                           request.query.get('sig', '')):
+            raise ApiError(403, 'forbidden', 'this link is not valid or has expired')
+        try:
+            chunks = jobs.store.open_chunks(run.file_key)
+        except FileNotFoundError:
+            raise ApiError(404, 'not_found', 'the file is no longer kept')
+        content_type = 'application/zip' if run.file_name.endswith('.zip') \
+            else 'text/csv; charset=utf-8'
+        return HTTPResponse(chunks, status=200, headers={
+            'Content-Type': content_type,
+            'Content-Disposition': 'attachment; filename="%s"' % run.file_name})
 
     def find_schedule(name):
         schedule = Schedule.get_or_none(Schedule.name == name)

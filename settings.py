@@ -26,12 +26,13 @@ PLATFORM_ENV = {
     'port': 'PORT',
 }
 # Secrets never come from a file that might be committed.
-SECRET_ENV = {'smtp_password': 'SMTP_PASSWORD'}
+SECRET_ENV = {'smtp_password': 'SMTP_PASSWORD', 'secret_key': 'NIGHTSHIFT_SECRET_KEY'}
 
 CHOICES = {
     'queue': ('sqlite', 'redis'),
     'mail_backend': ('outbox', 'smtp'),
     'smtp_security': ('starttls', 'ssl', 'none'),
+    'file_store': ('local', 'database'),
 }
 PATH_KEYS = ('queue_path', 'outbox_dir', 'reports_dir')
 
@@ -63,9 +64,20 @@ class Settings:
     workers: int = 2
     max_recipients: int = 20
     max_body_bytes: int = 65536
-    task_retries: int = 3
+    max_attempts: int = 5
     retry_delay: float = 10.0
+    retry_max_delay: float = 600.0
+    heartbeat_seconds: float = 5.0
+    stale_after: float = 60.0
+    requeue_after: float = 600.0
     progress_every: float = 0.5
+    zip_over_mb: float = 5.0
+    mail_max_mb: float = 25.0
+    file_store: str = 'local'
+    retention_days: float = 7.0
+    public_url: str = 'http://127.0.0.1:8080'
+    secret_key: str = ''
+    operator_email: str = ''
     timezone: str = 'UTC'
     catchup_hours: float = 24.0
     # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
@@ -108,9 +120,20 @@ HELP = {
     'workers': 'Consumer threads run by `server.py --worker`.',
     'max_recipients': 'Most recipients one run may have.',
     'max_body_bytes': 'Largest JSON request body accepted.',
-    'task_retries': 'How often a failed run is retried before it is marked failed.',
-    'retry_delay': 'Seconds before the first retry of a failed run.',
+    'max_attempts': 'Tries of a run (first one included) before it is marked failed.',
+    'retry_delay': 'Seconds before the first retry; doubles each time, with jitter.',
+    'retry_max_delay': 'Longest wait between two tries.',
+    'heartbeat_seconds': 'How often a running run says it is alive.',
+    'stale_after': 'A running run silent this long is taken as lost and run again.',
+    'requeue_after': 'A queued run untouched this long has lost its task and is queued again.',
     'progress_every': 'Seconds between row-count updates while a run writes.',
+    'zip_over_mb': 'Attachments larger than this are zipped.',
+    'mail_max_mb': 'Largest message the SMTP provider takes (after base64); larger go as a link.',
+    'file_store': 'local (a folder, one machine) or database (shared by web and workers).',
+    'retention_days': 'How long finished report files are kept for download.',
+    'public_url': 'Base URL of the web server, for download links in emails.',
+    'secret_key': 'Signs download links; only from NIGHTSHIFT_SECRET_KEY (else one is made and kept in the database).',
+    'operator_email': 'Optional address told about every run that fails for good.',
     'timezone': 'Default IANA timezone of schedules.',
     'catchup_hours': 'After downtime, the latest missed slot still runs if it is this recent.',
 }
@@ -260,6 +283,14 @@ def _check(settings):
         raise SettingsError('smtp_host: mail_backend is smtp but no SMTP_HOST is set')
     if settings.smtp_user and not settings.smtp_password:
         raise SettingsError('smtp_password: SMTP_USER is set but SMTP_PASSWORD is not')
+    if settings.max_attempts < 1:
+        raise SettingsError('max_attempts: must be at least 1')
+    if not settings.public_url.startswith(('http://', 'https://')):
+        raise SettingsError('public_url: %r must start with http:// or https://'
+                            % settings.public_url)
+    if settings.operator_email and '@' not in settings.operator_email:
+        raise SettingsError('operator_email: %r is not an email address'
+                            % settings.operator_email)
     if '@' not in settings.mail_from:
         raise SettingsError('mail_from: %r is not an email address' % settings.mail_from)
     try:

@@ -2,21 +2,23 @@
 
 `huey_consumer tasks.huey` builds the Huey instance from settings the first
 time `tasks.huey` is read (PEP 562), so importing this module has no side
-effects and tests build their own with `create_jobs(settings)`.
+effects and tests build their own with `Jobs(settings)`.
 """
+import datetime
 import logging
 import os
-
 import threading
 
 from huey import RedisHuey, SqliteHuey, crontab
-from huey.exceptions import CancelExecution
+from huey.exceptions import CancelExecution, RetryTask
+from huey.signals import SIGNAL_INTERRUPTED
 from peewee import IntegrityError
 
 import runs
 import schedules
+from filestore import create_file_store
 from mail import MailError, create_mailer
-from models import bind_database, utcnow
+from models import Run, bind_database, utcnow
 from reports import registry as default_registry
 
 logger = logging.getLogger('nightshift.tasks')
@@ -38,10 +40,11 @@ def create_huey(settings):
 class Jobs:
     """The Huey instance with Nightshift's tasks registered on it."""
 
-    def __init__(self, settings, registry=default_registry, mailer=None):
+    def __init__(self, settings, registry=default_registry, mailer=None, store=None):
         self.settings = settings
         self.registry = registry
         self.mailer = mailer or create_mailer(settings)
+        self.store = store or create_file_store(settings)
         self.declared_schedules = schedules.declared_schedules(registry, settings)
         self.huey = huey = create_huey(settings)
         self._started = threading.Lock()
@@ -52,15 +55,25 @@ class Jobs:
             bind_database(settings.database_url)
             self.startup()
 
-        @huey.task(retries=settings.task_retries, retry_delay=settings.retry_delay,
-                   retry_backoff=2, context=True)
-        def run_report(run_id, task=None):
-            self.execute(run_id, final=not task or task.retries == 0)
+        # Retries are decided in execute() from the run's own attempt count,
+        # which the reaper's re-runs share; Huey only carries them out.
+        @huey.task(retry_delay=0)
+        def run_report(run_id):
+            self.execute(run_id)
 
-        # Every consumer ticks; schedules.tick makes that safe.
+        # Every consumer ticks; schedules.tick and runs.reap make that safe.
         @huey.periodic_task(crontab(), retries=0)
         def tick_schedules():
             self.tick()
+
+        @huey.signal(SIGNAL_INTERRUPTED)
+        def hand_back(signal, task):
+            # The consumer is stopping without waiting (SIGTERM by default):
+            # give the run back so another worker takes it in a moment.
+            if isinstance(task, run_report.task_class):
+                run_id = task.args[0]
+                if runs.hand_back(run_id, 'worker stopped during the run; running it again'):
+                    run_report.schedule((run_id,), delay=2)
 
         self.run_report = run_report
         self.tick_schedules = tick_schedules
@@ -79,36 +92,52 @@ class Jobs:
         self.tick_schedules.call_local()
 
     def tick(self, now=None):
-        return schedules.tick(self.registry, self.settings, self, now or utcnow())
+        """Every minute: reap lost runs, start due schedule slots, expire files."""
+        now = now or utcnow()
+        runs.reap(self.settings, now, self.run_report)
+        created = schedules.tick(self.registry, self.settings, self, now)
+        runs.remove_expired_files(self.settings, self.store, now)
+        return created
 
-    def execute(self, run_id, final=True):
-        """Run one report; record the outcome so Huey's retries can act on it."""
+    def execute(self, run_id):
+        """Run one report. Temporary failures come back through Huey after a
+        backoff; permanent ones, or running out of attempts, fail the run."""
         try:
-            runs.execute_run(run_id, self.registry, self.settings, self.mailer)
+            runs.execute_run(run_id, self.registry, self.settings, self.mailer, self.store)
         except runs.PermanentFailure as exc:
-            runs.mark_failed(run_id, str(exc))
-            raise CancelExecution(retry=False)
+            self._give_up(run_id, str(exc))
         except MailError as exc:
             if not exc.temporary:
-                runs.mark_failed(run_id, str(exc))
-                raise CancelExecution(retry=False)
-            self._record(run_id, exc, final)
-            raise
+                self._give_up(run_id, str(exc))
+            self._retry(run_id, exc)
         except Exception as exc:
-            self._record(run_id, exc, final)
-            raise
+            self._retry(run_id, exc)
 
-    @staticmethod
-    def _record(run_id, exc, final):
+    def _retry(self, run_id, exc):
         reason = '%s: %s' % (type(exc).__name__, exc)
         try:
-            if final:
-                runs.mark_failed(run_id, reason)
-            else:
-                runs.record_retry(run_id, reason)
+            attempts = Run.get_by_id(run_id).attempts
         except Exception:
-            # The database itself may be what failed; Huey still retries.
+            # The database itself may be what failed: try again later; if the
+            # run stays "running", the reaper hands it back.
             logger.exception('could not record the failure of run %s', run_id)
+            raise RetryTask(delay=self.settings.retry_delay or None)
+        if attempts >= self.settings.max_attempts:
+            self._give_up(run_id, '%s (gave up after %d attempts)' % (reason, attempts))
+        delay = runs.retry_delay(attempts, self.settings)
+        runs.record_retry(run_id, reason, utcnow() + datetime.timedelta(seconds=delay))
+        logger.info('run %s: attempt %d failed (%s); retrying in %.1fs',
+                    run_id, attempts, reason, delay)
+        raise RetryTask(delay=delay) if delay > 0 else RetryTask()
+
+    def _give_up(self, run_id, reason):
+        if runs.mark_failed(run_id, reason) and self.settings.operator_email:
+            try:
+                self.mailer.send(runs.failure_notice(Run.get_by_id(run_id),
+                                                     self.settings.operator_email))
+            except Exception:
+                logger.exception('could not tell the operator that run %s failed', run_id)
+        raise CancelExecution(retry=False)
 
     def enqueue_run(self, run):
         """Hand a committed run to the queue; a queue that is down marks the

@@ -14,6 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from huey.exceptions import CancelExecution, RetryTask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import runs  # noqa: E402
@@ -103,12 +104,17 @@ def main(argv=None):
         return
     try:
         jobs.execute(run.id)
-    except Exception:
-        pass  # the outcome and its reason are on the run, printed below
+    except RetryTask as retry:
+        # A temporary failure: leave the retry to the worker.
+        jobs.run_report.schedule((run.id,), delay=retry.delay or 0)
+    except CancelExecution:
+        pass  # failed for good; the reason is on the run, printed below
     run = Run.get_by_id(run.id)
     print('run %d %s: %d rows, %d bytes%s' % (run.id, run.status, run.rows, run.bytes,
                                              ' (%s)' % run.error if run.error else ''))
-    if run.status != 'delivered':
+    if run.status == 'queued':
+        print('the worker will try again')
+    elif run.status != 'delivered':
         sys.exit(1)
 
 

@@ -125,7 +125,7 @@ def test_retries_run_out_into_failed(make_settings, database, database_url, redi
     settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
                               'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
                               'NIGHTSHIFT_SMTP_SECURITY': 'none'},
-                             task_retries=1, retry_delay=0)
+                             max_attempts=2, retry_delay=0)
     jobs = Jobs(settings)
     run_id = queue(jobs, new_run(settings, ['a@example.org']))
     assert run_queued(jobs) == 2

@@ -1,0 +1,57 @@
+"""Signed, expiring download links for report files.
+
+The signature covers the run, its file and the expiry, so a link cannot be
+stretched in time or pointed at another run's file.
+"""
+import datetime
+import hashlib
+import hmac
+import secrets
+import time
+from urllib.parse import urlencode
+
+from peewee import IntegrityError
+
+from models import AppSecret, db
+
+_cache = {}
+
+
+def signing_key(settings):
+    """NIGHTSHIFT_SECRET_KEY, or a key made once and kept in the database so
+    that web and workers on other machines agree on it."""
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    url = settings.database_url
+    if url not in _cache:
+        row = AppSecret.get_or_none(AppSecret.name == 'links')
+        if row is None:
+            try:
+                with db.atomic():
+                    row = AppSecret.create(name='links', value=secrets.token_urlsafe(32))
+            except IntegrityError:
+                row = AppSecret.get(AppSecret.name == 'links')
+        _cache[url] = row.value.encode()
+    return _cache[url]
+
+
+def _signature(key, run_id, file_key, expires):
+    message = ('%d\n%s\n%d' % (run_id, file_key, expires)).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def download_url(settings, run, expires_at):
+    expires = int(expires_at.replace(tzinfo=datetime.timezone.utc).timestamp())
+    sig = _signature(signing_key(settings), run.id, run.file_key, expires)
+    return '%s/files/%d?%s' % (settings.public_url.rstrip('/'), run.id,
+                               urlencode({'expires': expires, 'sig': sig}))
+
+
+def check(settings, run, expires, sig, now=None):
+    """True when `sig` is this run's current file's signature and not expired."""
+    if run is None or not run.file_key or not expires.isdigit() or not sig:
+        return False
+    expected = _signature(signing_key(settings), run.id, run.file_key, int(expires))
+    if not hmac.compare_digest(expected, sig):
+        return False
+    return int(expires) >= (time.time() if now is None else now)
