@@ -179,5 +179,29 @@ def bind_database(url, create=True):
             database._nightshift_url = url
             db.initialize(database)
         if create:
+            add_missing_columns(db.obj)
             db.create_tables(ALL_MODELS, safe=True)
     return db.obj
+
+
+def add_missing_columns(database):
+    """Bring tables made by an older Nightshift up to date: columns added since
+    are added as NULL-able and filled with their default (a plain ADD COLUMN,
+    which every database does in place)."""
+    from playhouse.migrate import SchemaMigrator, migrate
+    migrator = None
+    for model in ALL_MODELS:
+        table = model._meta.table_name
+        if not database.table_exists(table):
+            continue
+        present = {c.name for c in database.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name in present:
+                continue
+            migrator = migrator or SchemaMigrator.from_database(database)
+            column = field.clone()
+            column.null, column.default = True, None
+            migrate(migrator.add_column(table, field.column_name, column))
+            if field.default is not None:
+                default = field.default() if callable(field.default) else field.default
+                model.update({field: default}).execute()

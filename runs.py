@@ -271,10 +271,10 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
     return Run.get_by_id(run.id)
 
 
-def reap(settings, now, enqueue):
+def reap(settings, now, enqueue, on_failed=None):
     """Take back runs whose worker died (heartbeat stopped) and queued runs
-    whose task was lost; give up on those out of attempts. Returns the ids
-    queued again."""
+    whose task was lost; give up on those out of attempts (`on_failed(id)`).
+    Returns the ids queued again."""
     requeued = []
     stale = now - datetime.timedelta(seconds=settings.stale_after)
     for run in Run.select().where(Run.status == 'running', Run.heartbeat_at < stale):
@@ -283,6 +283,8 @@ def reap(settings, now, enqueue):
                            'since %s); giving up' % (run.attempts, settings.max_attempts,
                                                     run.heartbeat_at.isoformat() + 'Z'), now):
                 logger.warning('run %d failed: out of attempts', run.id)
+                if on_failed is not None:
+                    on_failed(run.id)
             continue
         taken = (Run.update(status='queued', queued_at=now,
                             error='worker stopped during attempt %d (no heartbeat); '

@@ -73,7 +73,10 @@ class Jobs:
             if isinstance(task, run_report.task_class):
                 run_id = task.args[0]
                 if runs.hand_back(run_id, 'worker stopped during the run; running it again'):
-                    run_report.schedule((run_id,), delay=2)
+                    # Straight into the schedule, not the queue: a worker thread
+                    # of this dying process could pop it from the queue and die
+                    # with it. By the time it is due, this process is gone.
+                    huey.add_schedule(run_report.s(run_id, delay=2))
 
         self.run_report = run_report
         self.tick_schedules = tick_schedules
@@ -94,7 +97,7 @@ class Jobs:
     def tick(self, now=None):
         """Every minute: reap lost runs, start due schedule slots, expire files."""
         now = now or utcnow()
-        runs.reap(self.settings, now, self.run_report)
+        runs.reap(self.settings, now, self.run_report, self.notify_failed)
         created = schedules.tick(self.registry, self.settings, self, now)
         runs.remove_expired_files(self.settings, self.store, now)
         return created
@@ -131,13 +134,19 @@ class Jobs:
         raise RetryTask(delay=delay) if delay > 0 else RetryTask()
 
     def _give_up(self, run_id, reason):
-        if runs.mark_failed(run_id, reason) and self.settings.operator_email:
-            try:
-                self.mailer.send(runs.failure_notice(Run.get_by_id(run_id),
-                                                     self.settings.operator_email))
-            except Exception:
-                logger.exception('could not tell the operator that run %s failed', run_id)
+        if runs.mark_failed(run_id, reason):
+            self.notify_failed(run_id)
         raise CancelExecution(retry=False)
+
+    def notify_failed(self, run_id):
+        """Tell the operator (if one is set) that a run failed for good."""
+        if not self.settings.operator_email:
+            return
+        try:
+            self.mailer.send(runs.failure_notice(Run.get_by_id(run_id),
+                                                 self.settings.operator_email))
+        except Exception:
+            logger.exception('could not tell the operator that run %s failed', run_id)
 
     def enqueue_run(self, run):
         """Hand a committed run to the queue; a queue that is down marks the

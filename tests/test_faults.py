@@ -1,0 +1,183 @@
+"""Fault drills with real processes: kill -9, SIGTERM, SIGINT, Redis and SMTP
+outages. Each run must end delivered exactly once."""
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import demo
+from conftest import free_port, wait_until
+from models import Run
+from test_e2e import spawn, stop
+
+pytestmark = pytest.mark.slow
+CONSUMER = ['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2', '-k', 'thread']
+
+
+@pytest.fixture
+def fault_env(settings, database_url, redis_url, smtp_sink, tmp_path):
+    config = tmp_path / 'faults.ini'
+    config.write_text('\n'.join([
+        '[nightshift]', 'reports_dir = %s' % settings.reports_dir,
+        'retry_delay = 0.3', 'retry_max_delay = 2', 'max_attempts = 20',
+        'heartbeat_seconds = 0.3', 'stale_after = 2', 'progress_every = 0.1', '']))
+    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
+            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
+            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
+            'MAIL_FROM': 'reports@nightshift.test'}
+
+
+class Consumers:
+    def __init__(self, env, tmp_path):
+        self.env, self.tmp_path, self.procs = env, tmp_path, []
+
+    def start(self):
+        log = open(self.tmp_path / ('consumer-%d.log' % len(self.procs)), 'wb')
+        proc = spawn(CONSUMER, self.env, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self):
+        for proc in self.procs:
+            stop(proc)
+
+
+@pytest.fixture
+def consumers(fault_env, tmp_path):
+    pool = Consumers(fault_env, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+def writing(run_id):
+    run = Run.get_by_id(run_id)
+    return run.status == 'running' and run.rows > 0
+
+
+def delivered(run_id):
+    return Run.get_by_id(run_id).status == 'delivered'
+
+
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_killed_terminated_and_stopped_consumers_lose_nothing(app, consumers, smtp_sink):
+    demo.seed(customers=2000, orders=400000)
+
+    def post():
+        return app.post_json('/api/runs', {'report': 'orders',
+                                           'to': ['ops@example.org']}).json['id']
+
+    # kill -9 in the middle of writing: the heartbeat stops, the next
+    # consumer's reaper runs it again from scratch.
+    first = consumers.start()
+    killed = post()
+    wait_until(lambda: writing(killed), timeout=30, message='run to be writing')
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    time.sleep(2.5)  # longer than stale_after
+    second = consumers.start()
+    wait_until(lambda: delivered(killed), timeout=60, message='killed run to complete')
+
+    # SIGTERM (interrupt) hands the run back at once.
+    terminated = post()
+    wait_until(lambda: writing(terminated), timeout=30, message='second run to be writing')
+    second.send_signal(signal.SIGTERM)
+    second.wait(20)
+    run = Run.get_by_id(terminated)
+    assert run.status == 'queued' and 'worker stopped' in run.error
+    third = consumers.start()
+    wait_until(lambda: delivered(terminated), timeout=60, message='handed-back run')
+
+    # SIGINT (graceful) finishes the run in hand before exiting.
+    graceful = post()
+    wait_until(lambda: writing(graceful), timeout=30, message='third run to be writing')
+    third.send_signal(signal.SIGINT)
+    third.wait(60)
+    assert third.returncode == 0
+    assert delivered(graceful)
+
+    smtp_sink.wait_for(3)
+    time.sleep(1)
+    ids = sorted(m['message']['Message-ID'] for m in smtp_sink.messages)
+    assert ids == sorted('<nightshift-run-%d@nightshift>' % i for i in (killed, terminated,
+                                                                         graceful))
+    attempts = {i: Run.get_by_id(i).attempts for i in (killed, terminated, graceful)}
+    assert attempts == {killed: 2, terminated: 2, graceful: 1}
+    for message in smtp_sink.messages:
+        body = message['message'].get_body(('plain',)).get_content()
+        assert 'Rows: 400,000' in body
+
+
+def test_smtp_outage_then_back_delivers_once(app, consumers, smtp_sink):
+    demo.seed(customers=10, orders=100)
+    consumers.start()
+    smtp_sink.stop()
+    run_id = app.post_json('/api/runs', {'report': 'customers',
+                                         'to': ['ops@example.org']}).json['id']
+    wait_until(lambda: 'unreachable' in (Run.get_by_id(run_id).error or ''), timeout=30,
+               message='a failed attempt')
+    time.sleep(2)
+    assert Run.get_by_id(run_id).status in ('queued', 'running')
+    smtp_sink.start()
+    smtp_sink.wait_for(1, timeout=30)
+    wait_until(lambda: delivered(run_id), timeout=10, message='delivery')
+    time.sleep(1)
+    assert len(smtp_sink.messages) == 1
+    assert Run.get_by_id(run_id).attempts >= 2
+
+
+def _request(url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method='POST' if body else 'GET',
+                                     headers={'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as res:
+            return res.status, json.load(res)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_redis_outage_under_running_web_and_consumer(consumers, fault_env, redis_server,
+                                                     smtp_sink, tmp_path, database):
+    demo.seed(customers=10, orders=100)
+    port = free_port()
+    base = 'http://127.0.0.1:%d' % port
+    with open(tmp_path / 'web.log', 'wb') as log:
+        web = spawn(['server.py', '--port', str(port)], fault_env, log)
+    try:
+        consumer = consumers.start()
+        wait_until(lambda: _healthy(base), timeout=20, message='web server')
+        status, body = _request(base + '/api/runs', {'report': 'customers', 'to': ['a@x.org']})
+        assert status == 202
+        smtp_sink.wait_for(1)
+
+        redis_server.stop()
+        status, body = _request(base + '/api/runs', {'report': 'customers', 'to': ['b@x.org']})
+        assert status == 503 and body['error'] == 'queue_unavailable'
+        refused_id = Run.select().order_by(Run.id.desc()).get().id
+        assert Run.get_by_id(refused_id).status == 'failed'
+        status, body = _request(base + '/healthz')
+        assert status == 503 and body['queue'].startswith('down')
+        time.sleep(3)  # the consumer keeps polling a dead Redis
+
+        redis_server.start()
+        wait_until(lambda: _healthy(base), timeout=20, message='health after Redis is back')
+        status, body = _request(base + '/api/runs', {'report': 'customers', 'to': ['c@x.org']})
+        assert status == 202
+        smtp_sink.wait_for(2, timeout=30)
+        assert consumer.poll() is None, 'the consumer died with Redis'
+        assert [m['to'] for m in smtp_sink.messages] == [['a@x.org'], ['c@x.org']]
+        statuses = [r.status for r in Run.select().order_by(Run.id)]
+        assert statuses == ['delivered', 'failed', 'delivered']
+    finally:
+        stop(web)
+
+
+def _healthy(base):
+    try:
+        return _request(base + '/healthz')[0] == 200
+    except OSError:
+        return False

@@ -1,0 +1,230 @@
+"""At-least-once runs, no duplicate sends, big files, with real parts."""
+import datetime
+import io
+import random
+import zipfile
+from urllib.parse import urlparse
+
+import pytest
+import webtest
+
+import demo
+import runs
+from conftest import attachment, run_queued
+from models import Delivery, Run, db, utcnow
+from reports import Registry, registry
+from server import create_app
+
+
+@pytest.fixture
+def shop(database):
+    demo.seed(customers=50, orders=3000)
+
+
+def queued_run(jobs, settings, report='orders', to=('a@example.org',)):
+    run = runs.create_run(registry, settings, report, {}, list(to))
+    jobs.enqueue_run(run)
+    return run.id
+
+
+def jobs_with(make_settings, database_url, redis_url, smtp_sink, **values):
+    from tasks import Jobs
+    values.setdefault('retry_delay', 0)
+    settings = make_settings({
+        'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
+        'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
+        'MAIL_FROM': 'reports@nightshift.test'}, **values)
+    return Jobs(settings)
+
+
+def test_a_run_is_claimed_by_one_worker_only(settings, jobs, shop, smtp_sink):
+    run_id = queued_run(jobs, settings)
+    assert runs.claim(run_id, utcnow())
+    assert not runs.claim(run_id, utcnow())
+    run_queued(jobs)  # the task finds the run in another worker's hands
+    assert smtp_sink.messages == []
+    assert Run.get_by_id(run_id).status == 'running'
+
+
+def test_reaper_runs_again_what_a_dead_worker_held(settings, jobs, shop, smtp_sink):
+    run_id = queued_run(jobs, settings)
+    jobs.huey.storage.flush_queue()  # the worker took the task and died...
+    runs.claim(run_id, utcnow() - datetime.timedelta(minutes=5))  # ...5 minutes ago
+    assert jobs.tick() == []
+    run = Run.get_by_id(run_id)
+    assert run.status == 'queued' and 'no heartbeat' in run.error
+    run_queued(jobs)
+    [sent] = smtp_sink.messages
+    run = Run.get_by_id(run_id)
+    assert (run.status, run.attempts, run.error) == ('delivered', 2, None)
+    assert attachment(sent['message'])[1].count(b'\r\n') == 3001
+
+
+def test_reaper_leaves_live_runs_alone(settings, jobs, shop):
+    run_id = queued_run(jobs, settings)
+    runs.claim(run_id, utcnow())
+    assert runs.reap(settings, utcnow(), lambda run_id: None) == []
+    assert Run.get_by_id(run_id).status == 'running'
+
+
+def test_reaper_requeues_a_queued_run_whose_task_was_lost(settings, jobs, shop, smtp_sink):
+    run_id = queued_run(jobs, settings)
+    jobs.huey.storage.flush_queue()
+    assert runs.reap(settings, utcnow(), jobs.run_report) == []  # too soon to tell
+    later = utcnow() + datetime.timedelta(seconds=settings.requeue_after + 1)
+    assert runs.reap(settings, later, jobs.run_report) == [run_id]
+    run_queued(jobs)
+    assert len(smtp_sink.messages) == 1
+    assert Run.get_by_id(run_id).status == 'delivered'
+
+
+def test_out_of_attempts_fails_and_tells_the_operator(make_settings, database_url, redis_url,
+                                                      smtp_sink, shop):
+    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, max_attempts=2,
+                     operator_email='ops@example.org')
+    run_id = queued_run(jobs, jobs.settings)
+    for _ in range(2):  # two workers die in turn
+        jobs.huey.storage.flush_queue()
+        runs.claim(run_id, utcnow() - datetime.timedelta(minutes=5))
+        Run.update(status='running').where(Run.id == run_id).execute()
+        jobs.tick()
+    run = Run.get_by_id(run_id)
+    assert run.status == 'failed' and 'giving up' in run.error and run.attempts == 2
+    [notice] = smtp_sink.messages
+    assert notice['to'] == ['ops@example.org'] and 'giving up' in \
+        notice['message'].get_body(('plain',)).get_content()
+
+
+def test_permanent_failure_emails_the_operator(make_settings, database_url, redis_url,
+                                               smtp_sink, shop):
+    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink,
+                     operator_email='ops@example.org')
+    smtp_sink.refuse['gone@example.org'] = '550 5.1.1 no such user'
+    run_id = queued_run(jobs, jobs.settings, to=['gone@example.org'])
+    run_queued(jobs)
+    [notice] = smtp_sink.messages
+    assert notice['to'] == ['ops@example.org']
+    body = notice['message'].get_body(('plain',)).get_content()
+    assert 'Run #%d' % run_id in body and '550 5.1.1 no such user' in body
+
+
+def test_database_errors_in_a_task_are_retried(make_settings, database_url, redis_url,
+                                               smtp_sink, database):
+    """A real database error (a table that is not there yet), then success."""
+    from tasks import Jobs
+    late = Registry()
+
+    @late.report('late', 'Late table')
+    def late_report():
+        from peewee import SQL
+        from models import Customer
+        return Customer.select(SQL('*')).from_(SQL('late_table'))
+
+    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink)
+    jobs = Jobs(jobs.settings, registry=late)
+    run = runs.create_run(late, jobs.settings, 'late', {}, ['a@example.org'])
+    jobs.enqueue_run(run)
+    run_queued(jobs, limit=1)
+    failed = Run.get_by_id(run.id)
+    assert failed.status == 'queued' and 'late_table' in failed.error
+    db.execute_sql('CREATE TABLE late_table (n INTEGER)')
+    db.execute_sql('INSERT INTO late_table VALUES (7)')
+    try:
+        run_queued(jobs, limit=1)
+        done = Run.get_by_id(run.id)
+        assert (done.status, done.attempts, done.rows) == ('delivered', 2, 1)
+        assert attachment(smtp_sink.messages[0]['message'])[1] == b'n\r\n7\r\n'
+    finally:
+        db.execute_sql('DROP TABLE late_table')
+
+
+def test_a_recipient_in_sending_state_gets_it_again_with_the_same_message_id(
+        settings, jobs, shop, smtp_sink):
+    """The crash between 'accepted' and 'recorded': sent again, recognisably."""
+    run_id = queued_run(jobs, settings, to=['a@example.org', 'b@example.org'])
+    run_queued(jobs)
+    Delivery.update(status='sending').where(Delivery.address == 'b@example.org').execute()
+    Run.update(status='queued').where(Run.id == run_id).execute()
+    jobs.execute(run_id)
+    first, again = smtp_sink.messages
+    assert again['to'] == ['b@example.org']
+    assert first['message']['Message-ID'] == again['message']['Message-ID']
+    # The retry reused the finished file: both got the same bytes.
+    assert attachment(first['message'])[1] == attachment(again['message'])[1]
+
+
+def test_backoff_grows_and_is_jittered(settings):
+    from dataclasses import replace
+    settings = replace(settings, retry_delay=10, retry_max_delay=300)
+    rng = random.Random(7)
+    delays = [runs.retry_delay(n, settings, rng) for n in range(1, 8)]
+    for n, delay in enumerate(delays, start=1):
+        full = min(300, 10 * 2 ** (n - 1))
+        assert full / 2 <= delay <= full
+    assert len({round(d, 6) for d in delays}) == len(delays)
+
+
+def test_large_reports_are_zipped(make_settings, database_url, redis_url, smtp_sink, shop):
+    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, zip_over_mb=0.05)
+    run_id = queued_run(jobs, jobs.settings)
+    run_queued(jobs)
+    [sent] = smtp_sink.messages
+    name, data = attachment(sent['message'])
+    assert name.endswith('.zip')
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        [inner] = archive.namelist()
+        csv_bytes = archive.read(inner)
+    assert inner == name[:-4] + '.csv'
+    app = webtest.TestApp(create_app(jobs.settings, jobs))
+    assert csv_bytes == app.get('/reports/orders.csv').body
+    run = Run.get_by_id(run_id)
+    assert (run.sent_as, run.bytes) == ('zip', len(csv_bytes))
+    assert 'attached (zipped)' in sent['message'].get_body(('plain',)).get_content()
+
+
+@pytest.mark.parametrize('file_store', ['local', 'database'])
+def test_over_the_provider_limit_goes_as_a_signed_link(make_settings, database_url, redis_url,
+                                                       smtp_sink, shop, file_store):
+    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, zip_over_mb=0.05,
+                     mail_max_mb=0.1, file_store=file_store,
+                     public_url='https://reports.example')
+    run_id = queued_run(jobs, jobs.settings)
+    run_queued(jobs)
+    [sent] = smtp_sink.messages
+    message = sent['message']
+    assert [p for p in message.walk() if p.get_filename()] == []
+    body = message.get_body(('plain',)).get_content()
+    assert 'too large to attach' in body
+    [link] = [line for line in body.splitlines() if line.startswith('https://reports.example/')]
+    url = urlparse(link)
+    app = webtest.TestApp(create_app(jobs.settings, jobs))
+    res = app.get(url.path + '?' + url.query)
+    assert res.headers['Content-Type'] == 'application/zip'
+    with zipfile.ZipFile(io.BytesIO(res.body)) as archive:
+        csv_bytes = archive.read(archive.namelist()[0])
+    assert csv_bytes == app.get('/reports/orders.csv').body
+    assert Run.get_by_id(run_id).sent_as == 'link'
+
+    # Tampered, expired, pointed at another run: 403, saying nothing more.
+    query = dict(p.split('=') for p in url.query.split('&'))
+    for path in ['%s?expires=%s&sig=%s' % (url.path, query['expires'], '0' * 64),
+                 '%s?expires=%d&sig=%s' % (url.path, int(query['expires']) + 1, query['sig']),
+                 '/files/%d?expires=%s&sig=%s' % (run_id + 1, query['expires'], query['sig']),
+                 url.path]:
+        res = app.get(path, expect_errors=True)
+        assert res.status_int == 403 and res.json['error'] == 'forbidden'
+    import links
+    run = Run.get_by_id(run_id)
+    assert not links.check(jobs.settings, run, query['expires'], query['sig'],
+                           now=int(query['expires']) + 1)
+
+    # After retention the file is gone and the link with it.
+    later = utcnow() + datetime.timedelta(days=jobs.settings.retention_days + 1)
+    assert runs.remove_expired_files(jobs.settings, jobs.store, later) == 1
+    assert not jobs.store.exists(run.file_key)
+    assert app.get(url.path + '?' + url.query, expect_errors=True).status_int == 403
+
+
+def test_message_size_counts_base64():
+    assert runs.message_size(3 * 1000) > 4000
+    assert runs.message_size(30 * 10 ** 6) > 40 * 10 ** 6
