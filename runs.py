@@ -102,21 +102,35 @@ def hand_back(run_id, reason):
 
 
 class Heartbeat:
-    """While a run is in hand, say so every few seconds from a side thread;
-    a killed worker stops beating and the reaper takes the run back."""
+    """While a run is in hand, record that it is alive, and how far it has
+    got, from a side thread with its own connection.
+
+    The writing thread only sets `rows`/`bytes` in memory: it holds a read
+    cursor open for the whole export, and a write on that connection would
+    wait for the read to end (PostgreSQL: invisible inside its transaction;
+    SQLite: refused as a stale snapshot). A killed worker stops beating and
+    the reaper takes the run back.
+    """
 
     def __init__(self, run_id, every):
         self.run_id = run_id
         self.every = every
+        self.rows = self.bytes = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True,
                                         name='heartbeat-%d' % run_id)
 
+    def progress(self, rows, size):
+        self.rows, self.bytes = rows, size
+
     def _beat(self):
         try:
             while not self._stop.wait(self.every):
+                values = {Run.heartbeat_at: utcnow()}
+                if self.rows is not None:
+                    values.update({Run.rows: self.rows, Run.bytes: self.bytes})
                 try:
-                    Run.update(heartbeat_at=utcnow()) \
+                    Run.update(values) \
                         .where(Run.id == self.run_id, Run.status == 'running').execute()
                 except Exception:
                     logger.warning('heartbeat of run %d not recorded', self.run_id,
@@ -137,19 +151,13 @@ def work_folder(settings, run):
     return os.path.join(settings.reports_dir, 'run-%d' % run.id)
 
 
-def write_report(registry, settings, run, path):
-    """Write the run's CSV to `path`, updating its row count as it goes."""
+def write_report(registry, run, path, on_progress=None):
+    """Write the run's CSV to `path`; `on_progress(rows, bytes)` as it goes."""
     definition = registry.get(run.report)
     query = definition.query(definition.parse(run.params))
-
-    def progress(rows, size):
-        Run.update(rows=rows, bytes=size, heartbeat_at=utcnow()) \
-            .where(Run.id == run.id).execute()
-
     with open_rows(query, db.obj) as (header, rows):
         stream = CsvStream(header, rows, escape=run.escape_formulas)
-        return write_file(stream, path, on_progress=progress,
-                          every=settings.progress_every)
+        return write_file(stream, path, on_progress=on_progress, every=0.1)
 
 
 def message_size(attachment_bytes):
@@ -174,7 +182,7 @@ def package(csv_path, settings):
     return path, sent_as
 
 
-def prepare_file(registry, settings, store, run):
+def prepare_file(registry, settings, store, run, on_progress=None):
     """The run's finished file: reused when a complete one is at hand (so a
     mail-only retry sends every recipient the same data), else rebuilt from
     scratch. Returns the local path."""
@@ -189,7 +197,7 @@ def prepare_file(registry, settings, store, run):
     csv_path = os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
     Run.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
                sent_as=None).where(Run.id == run.id).execute()
-    rows, size = write_report(registry, settings, run, csv_path)
+    rows, size = write_report(registry, run, csv_path, on_progress)
     path, sent_as = package(csv_path, settings)
     key = 'run-%d/%s' % (run.id, os.path.basename(path))
     store.save(key, path)
@@ -254,8 +262,9 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
     if not claim(run.id, utcnow()):
         return Run.get_by_id(run.id)
     started = clock()
-    with Heartbeat(run.id, settings.heartbeat_seconds):
-        path = prepare_file(registry, settings, store, Run.get_by_id(run.id))
+    with Heartbeat(run.id, settings.progress_every) as heartbeat:
+        path = prepare_file(registry, settings, store, Run.get_by_id(run.id),
+                            heartbeat.progress)
         run = Run.get_by_id(run.id)
         deliver(run, definition.title, path, settings, mailer, clock() - started)
 

@@ -67,8 +67,7 @@ class Settings:
     max_attempts: int = 5
     retry_delay: float = 10.0
     retry_max_delay: float = 600.0
-    heartbeat_seconds: float = 5.0
-    stale_after: float = 60.0
+    stale_after: float = 30.0
     requeue_after: float = 600.0
     progress_every: float = 0.5
     zip_over_mb: float = 5.0
@@ -123,10 +122,9 @@ HELP = {
     'max_attempts': 'Tries of a run (first one included) before it is marked failed.',
     'retry_delay': 'Seconds before the first retry; doubles each time, with jitter.',
     'retry_max_delay': 'Longest wait between two tries.',
-    'heartbeat_seconds': 'How often a running run says it is alive.',
     'stale_after': 'A running run silent this long is taken as lost and run again.',
     'requeue_after': 'A queued run untouched this long has lost its task and is queued again.',
-    'progress_every': 'Seconds between row-count updates while a run writes.',
+    'progress_every': 'Seconds between heartbeat and row-count updates of a running run.',
     'zip_over_mb': 'Attachments larger than this are zipped.',
     'mail_max_mb': 'Largest message the SMTP provider takes (after base64); larger go as a link.',
     'file_store': 'local (a folder, one machine) or database (shared by web and workers).',

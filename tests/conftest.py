@@ -4,16 +4,9 @@ Redis runs as a throwaway redis-server on a free port; PostgreSQL gets a
 throwaway database that is dropped at the end. Under CI (CI=true) a missing
 service fails the run instead of skipping.
 """
-import email
-import email.policy
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 import uuid
 
 import pytest
@@ -22,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
+from loopback import RedisServer, SmtpSink, free_port, wait_until  # noqa: E402,F401
 from settings import load_settings  # noqa: E402
 
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
@@ -36,57 +30,6 @@ def missing(what):
     if IN_CI:
         pytest.fail('%s is required in CI' % what)
     pytest.skip('%s not available' % what)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout=10.0, interval=0.05, message='condition'):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, message))
-
-
-# --- Redis ---------------------------------------------------------------
-
-class RedisServer:
-    def __init__(self):
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix='nightshift-redis-')
-        self.proc = None
-
-    @property
-    def url(self):
-        return 'redis://127.0.0.1:%d/0' % self.port
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            ['redis-server', '--port', str(self.port), '--bind', '127.0.0.1',
-             '--save', '', '--appendonly', 'no', '--dir', self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-        client = redis.Redis(port=self.port)
-        wait_until(lambda: _pings(client), message='redis-server to start')
-
-    def stop(self):
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-def _pings(client):
-    try:
-        return client.ping()
-    except Exception:
-        return False
 
 
 @pytest.fixture(scope='session')
@@ -147,62 +90,7 @@ def database(database_url):
     database.close()
 
 
-# --- SMTP ----------------------------------------------------------------
-
-class SmtpSink:
-    """aiosmtpd on loopback keeping every message it accepts.
-
-    `refuse` maps an address to the reply its RCPT gets (e.g. '550 no such
-    user'); `logins` records AUTH logins.
-    """
-
-    def __init__(self):
-        self.messages = []
-        self.refuse = {}
-        self.logins = []
-        self.controller = None
-        self.port = free_port()
-        self._lock = threading.Lock()
-
-    # aiosmtpd handler hooks
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        reply = self.refuse.get(address)
-        if reply:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return '250 OK'
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.original_content or envelope.content,
-                                           policy=email.policy.default)
-        with self._lock:
-            self.messages.append({'from': envelope.mail_from,
-                                  'to': list(envelope.rcpt_tos), 'message': message})
-        return '250 Message accepted'
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data):
-        from aiosmtpd.smtp import AuthResult
-        self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
-        return AuthResult(success=auth_data.password == b'secret-pw', handled=False)
-
-    def start(self, auth=False):
-        from aiosmtpd.controller import Controller
-        kwargs = {}
-        if auth:
-            kwargs = dict(authenticator=self.authenticate, auth_require_tls=False)
-        self.controller = Controller(self, hostname='127.0.0.1', port=self.port, **kwargs)
-        self.controller.start()
-
-    def stop(self):
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-    def wait_for(self, count, timeout=15.0):
-        wait_until(lambda: len(self.messages) >= count, timeout,
-                   message='%d message(s) in the SMTP sink' % count)
-        return self.messages
-
+# --- SMTP (loopback.SmtpSink) ------------------------------------------------
 
 @pytest.fixture
 def smtp_sink():

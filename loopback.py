@@ -1,0 +1,114 @@
+"""Throwaway services on loopback for the tests and the fault drill: a
+redis-server on a free port and an SMTP sink (aiosmtpd, a dev dependency).
+Not used by the application itself."""
+import email
+import email.policy
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05, message='condition'):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, message))
+
+
+class RedisServer:
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix='nightshift-redis-')
+        self.proc = None
+
+    @property
+    def url(self):
+        return 'redis://127.0.0.1:%d/0' % self.port
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ['redis-server', '--port', str(self.port), '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', '--dir', self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+        client = redis.Redis(port=self.port)
+        wait_until(lambda: _pings(client), message='redis-server to start')
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _pings(client):
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+class SmtpSink:
+    """aiosmtpd on loopback keeping every message it accepts.
+
+    `refuse` maps an address to the reply its RCPT gets (e.g. '550 no such
+    user'); `logins` records AUTH logins.
+    """
+
+    def __init__(self):
+        self.messages = []
+        self.refuse = {}
+        self.logins = []
+        self.controller = None
+        self.port = free_port()
+        self._lock = threading.Lock()
+
+    # aiosmtpd handler hooks
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.refuse.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.original_content or envelope.content,
+                                           policy=email.policy.default)
+        with self._lock:
+            self.messages.append({'from': envelope.mail_from,
+                                  'to': list(envelope.rcpt_tos), 'message': message})
+        return '250 Message accepted'
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult
+        self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=auth_data.password == b'secret-pw', handled=False)
+
+    def start(self, auth=False):
+        from aiosmtpd.controller import Controller
+        kwargs = {}
+        if auth:
+            kwargs = dict(authenticator=self.authenticate, auth_require_tls=False)
+        self.controller = Controller(self, hostname='127.0.0.1', port=self.port, **kwargs)
+        self.controller.start()
+
+    def stop(self):
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def wait_for(self, count, timeout=15.0):
+        wait_until(lambda: len(self.messages) >= count, timeout,
+                   message='%d message(s) in the SMTP sink' % count)
+        return self.messages

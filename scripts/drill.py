@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Fault drill: run a whole Nightshift on loopback, break it while it works,
+and count what came out.
+
+    .venv/bin/python scripts/drill.py [--runs 40] [--orders 200000] [--database sqlite|postgres]
+
+It starts its own redis-server (free port), SMTP sink (aiosmtpd), database
+(a temp SQLite file, or a throwaway PostgreSQL database), web server and two
+consumers, then posts runs while it: kill -9's a consumer mid-run, SIGTERMs
+the other, stops Redis for a few seconds, and stops the SMTP server for a few
+seconds. It waits for every accepted run to finish and prints a table:
+requested, refused at the door (503 while Redis was down), delivered,
+failed, duplicate emails, lost. Needs requirements-dev.txt (aiosmtpd).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from loopback import RedisServer, SmtpSink, free_port, wait_until  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get('NIGHTSHIFT_TEST_PG', 'postgresql://postgres@127.0.0.1:5432/test')
+
+
+def call(method, url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as res:
+            return res.status, json.load(res)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except OSError:
+        return None, None
+
+
+class System:
+    """Web server and consumers as child processes, on the drill's services."""
+
+    def __init__(self, workdir, env):
+        self.workdir, self.env = workdir, env
+        self.port = free_port()
+        self.base = 'http://127.0.0.1:%d' % self.port
+        self.procs = {}
+
+    def spawn(self, name, args):
+        log = open(os.path.join(self.workdir, name + '.log'), 'ab')
+        self.procs[name] = subprocess.Popen([sys.executable] + args, cwd=ROOT,
+                                            env=dict(os.environ, **self.env),
+                                            stdout=log, stderr=subprocess.STDOUT)
+        return self.procs[name]
+
+    def start_consumer(self, name):
+        return self.spawn(name, ['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2',
+                                 '-k', 'thread'])
+
+    def start(self):
+        self.spawn('web', ['server.py', '--port', str(self.port)])
+        self.start_consumer('consumer-a')
+        self.start_consumer('consumer-b')
+        wait_until(lambda: call('GET', self.base + '/healthz')[0] == 200, timeout=30,
+                   message='the web server')
+
+    def signal(self, name, signum):
+        proc = self.procs[name]
+        proc.send_signal(signum)
+        proc.wait(30)
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def post_run(system, i):
+    report = 'orders' if i % 3 == 0 else 'customers'
+    status, body = call('POST', system.base + '/api/runs',
+                        {'report': report, 'to': ['drill-%d@example.org' % i]})
+    return status, (body or {}).get('id')
+
+
+def drill(args, workdir):
+    redis = RedisServer()
+    redis.start()
+    sink = SmtpSink()
+    sink.start()
+    pg_name = None
+    if args.database == 'postgres':
+        import psycopg
+        pg_name = 'nightshift_drill_%s' % uuid.uuid4().hex[:8]
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute('CREATE DATABASE %s' % pg_name)
+        database_url = '%s/%s' % (PG_ADMIN_URL.rsplit('/', 1)[0], pg_name)
+    else:
+        database_url = 'sqlite:///%s' % os.path.join(workdir, 'drill.db')
+    config = os.path.join(workdir, 'drill.ini')
+    with open(config, 'w') as out:
+        out.write('[nightshift]\nreports_dir = reports\nretry_delay = 0.5\n'
+                  'retry_max_delay = 3\nmax_attempts = 30\nstale_after = 3\n'
+                  'progress_every = 0.2\nrequeue_after = 20\n')
+    env = {'NIGHTSHIFT_CONFIG': config, 'DATABASE_URL': database_url,
+           'REDIS_URL': redis.url, 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port),
+           'NIGHTSHIFT_SMTP_SECURITY': 'none', 'MAIL_FROM': 'drill@nightshift.test'}
+    system = System(workdir, env)
+    try:
+        seed = subprocess.run([sys.executable, 'scripts/seed.py', '--orders', str(args.orders),
+                               '--customers', '2000'], cwd=ROOT, env=dict(os.environ, **env),
+                              capture_output=True, text=True)
+        if seed.returncode:
+            sys.exit('drill: seeding failed:\n' + seed.stderr)
+        system.start()
+        accepted, refused, events = [], 0, []
+        fifth = max(args.runs // 5, 1)
+        for i in range(args.runs):
+            if i == fifth:
+                events.append('kill -9 consumer-a while it works')
+                time.sleep(0.5)
+                os.kill(system.procs['consumer-a'].pid, signal.SIGKILL)
+                system.procs['consumer-a'].wait()
+                time.sleep(3.5)
+                system.start_consumer('consumer-a')
+            elif i == 2 * fifth:
+                events.append('SIGTERM consumer-b')
+                system.signal('consumer-b', signal.SIGTERM)
+                system.start_consumer('consumer-b')
+            elif i == 3 * fifth:
+                events.append('Redis down 3 s')
+                redis.stop()
+                for _ in range(3):
+                    status, run_id = post_run(system, 10000 + i)
+                    refused += status == 503
+                    accepted += [run_id] if status == 202 else []
+                    time.sleep(1)
+                redis.start()
+            elif i == 4 * fifth:
+                events.append('SMTP down 4 s')
+                sink.stop()
+                for _ in range(2):
+                    status, run_id = post_run(system, 20000 + i)
+                    accepted += [run_id] if status == 202 else []
+                time.sleep(4)
+                sink.start()
+            status, run_id = post_run(system, i)
+            if status == 202:
+                accepted.append(run_id)
+            elif status == 503:
+                refused += 1
+            time.sleep(args.pause)
+
+        def finished():
+            states = [call('GET', '%s/api/runs/%d' % (system.base, r))[1] for r in accepted]
+            return all(s and s['status'] in ('delivered', 'failed') for s in states) and states
+        try:
+            states = wait_until(finished, timeout=args.timeout, interval=0.5,
+                                message='every accepted run to finish')
+        except AssertionError:
+            states = [call('GET', '%s/api/runs/%d' % (system.base, r))[1] for r in accepted]
+        time.sleep(2)  # anything sent twice would arrive by now
+        ids = [m['message']['Message-ID'] for m in sink.messages]
+        expected = {'<nightshift-run-%d@nightshift>' % r for r in accepted}
+        delivered = sum(1 for s in states if s and s['status'] == 'delivered')
+        failed = sum(1 for s in states if s and s['status'] == 'failed')
+        duplicates = len(ids) - len(set(ids))
+        lost = sum(1 for s in states if not s or s['status'] not in ('delivered', 'failed')) \
+            + sum(1 for s in states if s and s['status'] == 'delivered'
+                  and '<nightshift-run-%d@nightshift>' % s['id'] not in ids)
+        stray = len(set(ids) - expected)
+        return {'database': args.database, 'events': events, 'requested': len(accepted),
+                'refused': refused, 'delivered': delivered, 'failed': failed,
+                'duplicates': duplicates, 'lost': lost, 'stray': stray,
+                'attempts': sum(s['attempts'] for s in states if s)}
+    finally:
+        system.stop()
+        sink.stop()
+        redis.stop()
+        shutil.rmtree(redis.dir, ignore_errors=True)
+        if pg_name:
+            import psycopg
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute('DROP DATABASE IF EXISTS %s WITH (FORCE)' % pg_name)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--runs', type=int, default=40)
+    parser.add_argument('--orders', type=int, default=200000,
+                        help='demo orders; every third run exports all of them')
+    parser.add_argument('--database', choices=('sqlite', 'postgres'), default='sqlite')
+    parser.add_argument('--pause', type=float, default=0.2, help='seconds between posts')
+    parser.add_argument('--timeout', type=float, default=240)
+    parser.add_argument('--keep', action='store_true', help='keep the work folder and logs')
+    args = parser.parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix='nightshift-drill-')
+    started = time.monotonic()
+    try:
+        result = drill(args, workdir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print('logs in', workdir)
+    print('faults: ' + '; '.join(result['events']))
+    print()
+    print('| database | requested | refused (503) | delivered | failed | duplicates | lost | attempts |')
+    print('|---|---|---|---|---|---|---|---|')
+    print('| {database} | {requested} | {refused} | {delivered} | {failed} | {duplicates} '
+          '| {lost} | {attempts} |'.format(**result))
+    print()
+    print('%.0f s' % (time.monotonic() - started))
+    ok = result['duplicates'] == 0 and result['lost'] == 0 and result['stray'] == 0 \
+        and result['delivered'] + result['failed'] == result['requested']
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == '__main__':
+    main()
