@@ -126,16 +126,20 @@ class CsvStream:
     """Iterate to get the CSV as UTF-8 byte chunks of `chunk_rows` rows.
 
     `rows` and `bytes` count what has been produced so far, for progress.
+    With `limit`, at most that many rows are written and `truncated` says
+    whether there were more.
     """
 
-    def __init__(self, header, rows, escape=True, chunk_rows=1000, bom=False):
+    def __init__(self, header, rows, escape=True, chunk_rows=1000, bom=False, limit=None):
         self.header = header
         self.source = rows
         self.escape = escape
         self.chunk_rows = chunk_rows
         self.bom = bom
+        self.limit = limit
         self.rows = 0
         self.bytes = 0
+        self.truncated = False
 
     def __iter__(self):
         buffer = _Buffer()
@@ -145,7 +149,10 @@ class CsvStream:
         writer.writerow(self.header)
         source = iter(self.source)
         while True:
-            batch = list(islice(source, self.chunk_rows))
+            wanted = self.chunk_rows
+            if self.limit is not None:
+                wanted = min(wanted, self.limit - self.rows)
+            batch = list(islice(source, wanted)) if wanted > 0 else []
             if batch:
                 if self.escape:
                     batch = [_escape_row(row) for row in batch]
@@ -155,7 +162,9 @@ class CsvStream:
             if data:
                 self.bytes += len(data)
                 yield data
-            if len(batch) < self.chunk_rows:
+            if len(batch) < wanted or wanted <= 0:
+                if self.limit is not None and self.rows >= self.limit:
+                    self.truncated = next(source, None) is not None
                 return
 
 

@@ -58,7 +58,8 @@ def _human_size(n):
         n /= 1024.0
 
 
-def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_mb=None):
+def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_mb=None,
+            cut_at=None):
     """The message for a finished run; `to` is who still needs it. With a
     `link` the file is not attached and the body says why."""
     params = ', '.join('%s=%s' % (k, v) for k, v in sorted(run.params.items())
@@ -72,6 +73,9 @@ def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_m
         'Size: %s' % _human_size(run.bytes),
         'Took: %.1f s' % seconds,
     ]
+    if cut_at:
+        lines.insert(4, 'NOTE: this report was cut at {:,} rows (the max_rows limit); '
+                        'the data has more.'.format(cut_at))
     if link:
         lines += [
             'File: %s (%s) is too large to attach: the mail provider takes %s MB.'
@@ -83,7 +87,10 @@ def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_m
         zipped = ' (zipped)' if name.endswith('.zip') else ''
         lines.append('File: %s, attached%s' % (name, zipped))
     lines += ['', 'Run #%d, sent by Nightshift.' % run.id]
-    subject = 'Nightshift: %s report ({:,} rows)'.format(run.rows) % title
+    subject = 'Nightshift: %s report ({:,} rows{})'.format(
+        run.rows, ', cut' if cut_at else '') % title
+    # Titles come from code, but a header must never carry a line break.
+    subject = ' '.join(subject.split())
     return Mail(list(to), subject, '\n'.join(lines), None if link else path, run.message_id)
 
 

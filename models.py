@@ -91,6 +91,9 @@ class Run(BaseModel):
     # How the file went out: attached csv, attached zip, or a download link.
     sent_as = CharField(null=True)
     escape_formulas = BooleanField(default=True)
+    bom = BooleanField(default=True)
+    # Cut at max_rows: the email says so.
+    truncated = BooleanField(default=False)
 
     class Meta:
         indexes = (

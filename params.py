@@ -1,6 +1,7 @@
 """Typed report parameters: parse what a request sends, say clearly what is wrong."""
 import datetime
 import decimal
+import re
 
 
 class InputError(Exception):
@@ -13,11 +14,17 @@ class InputError(Exception):
         self.code = code
 
 
+_DATE = re.compile(r'\d{4}-\d{2}-\d{2}\Z')
+
+
 def _parse_date(raw):
     if isinstance(raw, datetime.date) and not isinstance(raw, datetime.datetime):
         return raw
+    # Exactly YYYY-MM-DD: fromisoformat alone also takes 20250101 and 2025-W01-1.
+    if not isinstance(raw, str) or not _DATE.match(raw):
+        raise ValueError('expected a date as YYYY-MM-DD')
     try:
-        return datetime.date.fromisoformat(str(raw))
+        return datetime.date.fromisoformat(raw)
     except ValueError:
         raise ValueError('expected a date as YYYY-MM-DD')
 
@@ -137,11 +144,13 @@ def parse_params(declared, raw):
     typed = {}
     for param in declared:
         value = raw.get(param.name)
-        if value is None or value == '':
+        if value is None:
             if param.required:
                 raise InputError('params.%s' % param.name, 'is required', code='required')
             typed[param.name] = param.default
             continue
+        if value == '':
+            raise InputError('params.%s' % param.name, 'is empty; leave it out instead')
         try:
             typed[param.name] = param.parse(value)
         except ValueError as exc:

@@ -50,6 +50,10 @@ class Registry:
         def decorator(build_query):
             if name in self._reports:
                 raise ValueError('report %r is defined twice' % name)
+            reserved = {p.name for p in params} & {'escape_formulas', 'bom'}
+            if reserved:
+                raise ValueError('report %r: parameter names %s are reserved for output '
+                                 'options' % (name, ', '.join(sorted(reserved))))
             doc = description if description is not None else (build_query.__doc__ or '')
             self._reports[name] = Report(name, title, build_query, params,
                                          ' '.join(doc.split()), check)

@@ -13,6 +13,8 @@ import threading
 import time
 import zipfile
 
+from peewee import fn
+
 import links
 from export import CsvStream, open_rows, write_file
 from mail import Mail, MailError, check_address, compose
@@ -27,30 +29,37 @@ class PermanentFailure(Exception):
     """Trying again cannot help; the run is failed with this reason."""
 
 
-def parse_recipients(to, max_recipients, required=True):
-    """A list of checked addresses, or InputError naming the bad entry."""
+def parse_recipients(to, settings):
+    """A list of checked addresses, or InputError naming the bad entry.
+
+    Exactly one plain address per entry, at most `max_recipients`, and only
+    at `allowed_domains` when that is set: no open relay.
+    """
     if to is None or to == []:
-        if required:
-            raise InputError('to', 'give at least one recipient address', code='required')
-        return []
+        raise InputError('to', 'give at least one recipient address', code='required')
     if not isinstance(to, list):
         raise InputError('to', 'must be a list of email addresses')
-    if len(to) > max_recipients:
-        raise InputError('to', 'at most %d recipients per run' % max_recipients,
+    if len(to) > settings.max_recipients:
+        raise InputError('to', 'at most %d recipients per run' % settings.max_recipients,
                          code='too_many')
     seen = []
     for i, address in enumerate(to):
         try:
-            address = check_address(address.strip() if isinstance(address, str) else address)
+            # Only spaces are trimmed: a line break anywhere is refused.
+            address = check_address(address.strip(' ') if isinstance(address, str) else address)
         except ValueError as exc:
             raise InputError('to[%d]' % i, str(exc))
+        domain = address.rsplit('@', 1)[1].lower()
+        if settings.domains and domain not in settings.domains:
+            raise InputError('to[%d]' % i, 'mail to %s is not allowed here; allowed domains: %s'
+                             % (domain, ', '.join(settings.domains)), code='domain_not_allowed')
         if address.lower() not in (a.lower() for a in seen):
             seen.append(address)
     return seen
 
 
 def create_run(registry, settings, report, params=None, to=None, trigger='web',
-               schedule=None, slot_at=None):
+               schedule=None, slot_at=None, escape_formulas=True, bom=None):
     """Validate a request and record it as a queued run (one transaction)."""
     if not isinstance(report, str) or not report:
         raise InputError('report', 'give the name of a report', code='required')
@@ -59,10 +68,12 @@ def create_run(registry, settings, report, params=None, to=None, trigger='web',
     except UnknownReport:
         raise InputError('report', 'no report named %r' % report, code='unknown_report')
     typed = definition.parse(params)
-    recipients = parse_recipients(to, settings.max_recipients)
+    recipients = parse_recipients(to, settings)
     with db.atomic():
         run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
-                         trigger=trigger, schedule=schedule, slot_at=slot_at)
+                         trigger=trigger, schedule=schedule, slot_at=slot_at,
+                         escape_formulas=escape_formulas,
+                         bom=settings.csv_bom if bom is None else bom)
         for address in recipients:
             Delivery.create(run=run, address=address)
     return run
@@ -88,11 +99,25 @@ def retry_delay(attempts, settings, rng=random):
     return delay / 2 + rng.uniform(0, delay / 2)
 
 
-def claim(run_id, now):
-    """queued -> running, for one worker only. False if someone else has it."""
+class Busy(Exception):
+    """The report already has max_concurrent_per_report runs in progress."""
+
+
+def claim(run_id, now, report=None, limit=None):
+    """queued -> running, for one worker only. False if someone else has it.
+
+    With `limit`, the claim also needs fewer than `limit` runs of `report` in
+    progress, checked in the same statement.
+    """
+    condition = (Run.id == run_id) & (Run.status == 'queued')
+    if limit:
+        busy = Run.alias('busy')
+        in_progress = (busy.select(fn.COUNT(busy.id))
+                       .where((busy.report == report) & (busy.status == 'running')))
+        condition &= (in_progress < limit)
     return bool(Run.update(status='running', attempts=Run.attempts + 1, started_at=now,
                            heartbeat_at=now, next_attempt_at=None)
-                .where(Run.id == run_id, Run.status == 'queued').execute())
+                .where(condition).execute())
 
 
 def hand_back(run_id, reason):
@@ -151,13 +176,16 @@ def work_folder(settings, run):
     return os.path.join(settings.reports_dir, 'run-%d' % run.id)
 
 
-def write_report(registry, run, path, on_progress=None):
-    """Write the run's CSV to `path`; `on_progress(rows, bytes)` as it goes."""
+def write_report(registry, settings, run, path, on_progress=None):
+    """Write the run's CSV to `path`; `on_progress(rows, bytes)` as it goes.
+    Returns the finished CsvStream (rows, bytes, truncated)."""
     definition = registry.get(run.report)
     query = definition.query(definition.parse(run.params))
     with open_rows(query, db.obj) as (header, rows):
-        stream = CsvStream(header, rows, escape=run.escape_formulas)
-        return write_file(stream, path, on_progress=on_progress, every=0.1)
+        stream = CsvStream(header, rows, escape=run.escape_formulas, bom=run.bom,
+                           limit=settings.max_rows)
+        write_file(stream, path, on_progress=on_progress, every=0.1)
+    return stream
 
 
 def message_size(attachment_bytes):
@@ -197,11 +225,12 @@ def prepare_file(registry, settings, store, run, on_progress=None):
     csv_path = os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
     Run.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
                sent_as=None).where(Run.id == run.id).execute()
-    rows, size = write_report(registry, run, csv_path, on_progress)
+    stream = write_report(registry, settings, run, csv_path, on_progress)
     path, sent_as = package(csv_path, settings)
     key = 'run-%d/%s' % (run.id, os.path.basename(path))
     store.save(key, path)
-    Run.update(rows=rows, bytes=size, file_name=os.path.basename(path), file_key=key,
+    Run.update(rows=stream.rows, bytes=stream.bytes, truncated=stream.truncated,
+               file_name=os.path.basename(path), file_key=key,
                file_bytes=os.path.getsize(path), sent_as=sent_as,
                heartbeat_at=utcnow()).where(Run.id == run.id).execute()
     return path
@@ -218,7 +247,8 @@ def deliver(run, title, path, settings, mailer, seconds):
         expires = utcnow() + datetime.timedelta(days=settings.retention_days)
         link = links.download_url(settings, run, expires)
     mail = compose(run, title, [d.address for d in targets], path, seconds,
-                   link=link, link_expires=expires, limit_mb=settings.mail_max_mb)
+                   link=link, link_expires=expires, limit_mb=settings.mail_max_mb,
+                   cut_at=settings.max_rows if run.truncated else None)
     # Marked first: a crash after the server accepted shows as "sending", and
     # the retry sends again with the same Message-ID rather than not at all.
     Delivery.update(status='sending').where(Delivery.id.in_([d.id for d in targets])).execute()
@@ -259,8 +289,12 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
         definition = registry.get(run.report)
     except UnknownReport:
         raise PermanentFailure('report %r no longer exists' % run.report)
-    if not claim(run.id, utcnow()):
-        return Run.get_by_id(run.id)
+    if not claim(run.id, utcnow(), run.report, settings.max_concurrent_per_report):
+        run = Run.get_by_id(run.id)
+        if run.status == 'queued':
+            raise Busy('%d runs of %s in progress already'
+                       % (settings.max_concurrent_per_report, run.report))
+        return run
     started = clock()
     with Heartbeat(run.id, settings.progress_every) as heartbeat:
         path = prepare_file(registry, settings, store, Run.get_by_id(run.id),
@@ -366,6 +400,8 @@ def run_as_dict(run, deliveries=None):
         'started_at': _iso(run.started_at),
         'finished_at': _iso(run.finished_at),
         'file_name': run.file_name,
+        'truncated': run.truncated,
+        'escape_formulas': run.escape_formulas,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at)}
                        for d in deliveries],

@@ -43,6 +43,8 @@ def clean(registry, settings, data, current=None):
     """
     if not isinstance(data, dict):
         raise InputError('body', 'must be a JSON object')
+    if 'params' in data and not isinstance(data['params'], dict):
+        raise InputError('params', 'must be an object of parameter values')
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise InputError(unknown[0], 'unknown field; expected %s' % ', '.join(FIELDS),
@@ -70,7 +72,7 @@ def clean(registry, settings, data, current=None):
     except UnknownReport:
         raise InputError('report', 'no report named %r' % report)
     typed = definition.parse(merged.get('params'))
-    recipients = runs.parse_recipients(merged.get('to'), settings.max_recipients)
+    recipients = runs.parse_recipients(merged.get('to'), settings)
     try:
         expression = cron.check_cron(merged.get('cron'))
     except ValueError as exc:

@@ -6,8 +6,12 @@
 command runs the whole system on one machine.
 """
 import argparse
+import base64
+import binascii
 import datetime
 import functools
+import hmac
+import ipaddress
 import json
 import logging
 import sys
@@ -21,9 +25,10 @@ import runs
 import schedules
 from export import CsvStream, open_rows
 from models import RUN_STATUSES, Run, Schedule, bind_database, db, utcnow
+from openapi import build_spec
 from params import InputError
 from reports import UnknownReport, registry as default_registry
-from settings import SettingsError, load_settings
+from settings import SettingsError, install_log_redaction, load_settings
 from tasks import Jobs, QueueUnavailable
 
 logger = logging.getLogger('nightshift.server')
@@ -77,6 +82,49 @@ def api_errors(callback):
     return wrapper
 
 
+class TokenAuth:
+    """Bottle plugin: every route needs an API token, unless declared with
+    auth=False. The token comes as `Authorization: Bearer <token>` or as the
+    password of HTTP Basic auth (any user name), so a browser can log in."""
+    name = 'token_auth'
+    api = 2
+
+    def __init__(self, tokens):
+        self.tokens = [t.encode() for t in tokens]
+
+    def allowed(self, header):
+        scheme, _, value = header.partition(' ')
+        given = b''
+        if scheme.lower() == 'bearer':
+            given = value.strip().encode('utf-8', 'replace')
+        elif scheme.lower() == 'basic':
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True)
+            except (ValueError, binascii.Error):
+                return False
+            given = decoded.partition(b':')[2]
+        # Compare with every token, always: the time taken says nothing.
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(given, token)
+        return matched and bool(given)
+
+    def apply(self, callback, route):
+        if not self.tokens or route.config.get('auth', True) is False:
+            return callback
+
+        @functools.wraps(callback)
+        def wrapper(*args, **kwargs):
+            if not self.allowed(request.get_header('Authorization', '')):
+                return json_response(401, {
+                    'error': 'unauthorized',
+                    'message': 'give an API token: "Authorization: Bearer <token>" or '
+                               'HTTP Basic auth with the token as password'},
+                    headers={'WWW-Authenticate': 'Basic realm="Nightshift", charset="UTF-8"'})
+            return callback(*args, **kwargs)
+        return wrapper
+
+
 def _error_handler(res):
     """Every error Bottle raises itself (404, 405, 500) as JSON, no traceback."""
     response.content_type = 'application/json'
@@ -104,23 +152,45 @@ def read_json_body(max_bytes):
     return data
 
 
-def query_params():
-    """The query string as {name: str}; a repeated name is an error."""
+# Output switches a request may give beside the report's own parameters.
+OUTPUT_OPTIONS = ('escape_formulas', 'bom')
+
+
+def flag(value, field):
+    """A boolean from JSON (true/false) or a query string (true/false/1/0)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ('true', '1', 'false', '0'):
+        return value.lower() in ('true', '1')
+    raise InputError(field, 'must be true or false')
+
+
+def query_params(prefix=''):
+    """The query string as {name: str}; a repeated name is an error naming
+    `prefix + name`."""
     params = {}
     for name in request.query.keys():
         values = request.query.getall(name)
         if len(values) > 1:
-            raise InputError('params.%s' % name, 'given more than once')
+            raise InputError(prefix + name, 'given more than once')
         params[name] = request.query.getunicode(name)
     return params
+
+
+def find_run(run_id):
+    # An id past 64 bits is no run, not an overflow inside the driver.
+    if not 0 < run_id < 2 ** 63:
+        return None
+    return Run.get_or_none(Run.id == run_id)
 
 
 def create_app(settings, jobs, registry=default_registry):
     app = Bottle()
     app.install(api_errors)
+    app.install(TokenAuth(settings.tokens))
     app.default_error_handler = _error_handler
 
-    @app.get('/healthz')
+    @app.get('/healthz', auth=False)
     def healthz():
         checks = {}
         try:
@@ -139,6 +209,12 @@ def create_app(settings, jobs, registry=default_registry):
                              dict(checks, status='ok' if ok else 'unavailable',
                                   queue_backend=settings.queue))
 
+    spec = build_spec(registry)
+
+    @app.get('/api/openapi.json', auth=False)
+    def openapi_spec():
+        return json_response(200, spec)
+
     @app.get('/api/reports')
     def list_reports():
         return json_response(200, {'reports': [r.describe() for r in registry]})
@@ -149,20 +225,24 @@ def create_app(settings, jobs, registry=default_registry):
             definition = registry.get(name)
         except UnknownReport:
             raise InputError('report', 'no report named %r' % name, code='unknown_report')
-        query = definition.query(definition.parse(query_params()))
+        raw = query_params(prefix='params.')
+        options = {key: flag(raw.pop(key), key) for key in OUTPUT_OPTIONS if key in raw}
+        query = definition.query(definition.parse(raw))
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
         response.content_type = 'text/csv; charset=utf-8'
         response.set_header('Content-Disposition',
                             'attachment; filename="%s-%s.csv"' % (name, stamp))
-        return _stream_csv(query)
+        return _stream_csv(query, escape=options.get('escape_formulas', True),
+                           bom=options.get('bom', settings.csv_bom))
 
-    def _stream_csv(query):
+    def _stream_csv(query, escape, bom):
         # Bottle reads the first chunk before it sends headers, so a database
         # that is down before anything was written still becomes a clean 503.
         started = False
         try:
             with open_rows(query, db.obj) as (header, rows):
-                for chunk in CsvStream(header, rows, chunk_rows=2000):
+                for chunk in CsvStream(header, rows, chunk_rows=2000, escape=escape, bom=bom,
+                                       limit=settings.max_rows):
                     started = True
                     yield chunk
         except DB_ERRORS:
@@ -175,13 +255,16 @@ def create_app(settings, jobs, registry=default_registry):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to'}
+        unknown = set(body) - {'report', 'params', 'to'} - set(OUTPUT_OPTIONS)
         if unknown:
             field = sorted(unknown)[0]
-            raise ApiError(400, 'unknown_field', 'unknown field; expected report, params, to',
-                           field)
+            raise ApiError(400, 'unknown_field', 'unknown field; expected report, params, to, '
+                           'escape_formulas, bom', field)
+        options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
+        if 'params' in body and not isinstance(body['params'], dict):
+            raise InputError('params', 'must be an object of parameter values')
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
-                              body.get('to'), trigger='web')
+                              body.get('to'), trigger='web', **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -198,7 +281,7 @@ def create_app(settings, jobs, registry=default_registry):
 
     @app.get('/api/runs/<run_id:int>')
     def get_run(run_id):
-        run = Run.get_or_none(Run.id == run_id)
+        run = find_run(run_id)
         if run is None:
             raise ApiError(404, 'not_found', 'no run %d' % run_id, 'id')
         return json_response(200, runs.run_as_dict(run))
@@ -206,12 +289,16 @@ def create_app(settings, jobs, registry=default_registry):
     @app.get('/api/runs')
     def list_runs():
         query = Run.select().order_by(Run.id.desc())
-        report = request.query.getunicode('report')
-        status = request.query.getunicode('status')
-        limit = request.query.getunicode('limit') or '50'
+        filters = query_params()
+        unknown = sorted(set(filters) - {'report', 'status', 'limit'})
+        if unknown:
+            raise InputError(unknown[0], 'unknown filter; expected report, status, limit')
+        report = filters.get('report')
+        status = filters.get('status')
+        limit = filters.get('limit', '50')
         if report:
             query = query.where(Run.report == report)
-        if status:
+        if status is not None:
             if status not in RUN_STATUSES:
                 raise InputError('status', 'must be one of %s' % ', '.join(RUN_STATUSES))
             query = query.where(Run.status == status)
@@ -219,11 +306,11 @@ def create_app(settings, jobs, registry=default_registry):
             raise InputError('limit', 'must be a whole number from 1 to 500')
         return json_response(200, {'runs': runs.runs_as_dicts(query.limit(int(limit)))})
 
-    @app.get('/files/<run_id:int>')
+    @app.get('/files/<run_id:int>', auth=False)  # the signature is the credential
     def download_file(run_id):
         # The link in a report email: signed, expiring, for one run's file.
         # Any mismatch gets the same 403, so a probe learns nothing.
-        run = Run.get_or_none(Run.id == run_id)
+        run = find_run(run_id)
         if not links.check(settings, run, request.query.get('expires', ''),
                            request.query.get('sig', '')):
             raise ApiError(403, 'forbidden', 'this link is not valid or has expired')
@@ -304,6 +391,25 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
+def is_loopback(host):
+    if host == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host, settings):
+    """Like Redis's protected mode: no token, no listening beyond loopback."""
+    if not settings.tokens and not is_loopback(host):
+        raise SettingsError(
+            'refusing to listen on %s without an API token: anyone who can reach it could '
+            'read your data and send mail through it. Set NIGHTSHIFT_API_TOKEN (e.g. '
+            'export NIGHTSHIFT_API_TOKEN=$(python -c "import secrets; '
+            'print(secrets.token_urlsafe())")), or listen on 127.0.0.1.' % host)
+
+
 def main(argv=None):
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
@@ -313,6 +419,11 @@ def main(argv=None):
         sys.exit('nightshift: bad settings: %s' % exc)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
+    try:
+        check_exposure(host, settings)
+    except SettingsError as exc:
+        sys.exit('nightshift: %s' % exc)
+    install_log_redaction(settings)
     logger.info('settings: %s', settings.describe())
 
     import waitress

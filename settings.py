@@ -4,6 +4,7 @@ Read once at start-up into a frozen `Settings` object that is passed to the
 parts that need it. Nothing here runs at import time.
 """
 import configparser
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +27,8 @@ PLATFORM_ENV = {
     'port': 'PORT',
 }
 # Secrets never come from a file that might be committed.
-SECRET_ENV = {'smtp_password': 'SMTP_PASSWORD', 'secret_key': 'NIGHTSHIFT_SECRET_KEY'}
+SECRET_ENV = {'smtp_password': 'SMTP_PASSWORD', 'secret_key': 'NIGHTSHIFT_SECRET_KEY',
+              'api_tokens': 'NIGHTSHIFT_API_TOKEN'}
 
 CHOICES = {
     'queue': ('sqlite', 'redis'),
@@ -77,10 +79,36 @@ class Settings:
     public_url: str = 'http://127.0.0.1:8080'
     secret_key: str = ''
     operator_email: str = ''
+    api_tokens: str = ''
+    allowed_domains: str = ''
+    max_rows: int = 10000000
+    max_concurrent_per_report: int = 2
+    csv_bom: bool = True
     timezone: str = 'UTC'
     catchup_hours: float = 24.0
     # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
     schedules: tuple = field(default=(), repr=False)
+
+    @property
+    def tokens(self):
+        return tuple(t.strip() for t in self.api_tokens.split(',') if t.strip())
+
+    @property
+    def domains(self):
+        return tuple(d.strip().lower() for d in self.allowed_domains.split(',') if d.strip())
+
+    def secrets(self):
+        """Every secret value, for scrubbing from logs and errors."""
+        values = list(self.tokens) + [self.smtp_password, self.secret_key]
+        for url in (self.database_url, self.redis_url):
+            password = url_password(url)
+            values.append(password)
+        return tuple(v for v in values if v and len(v) >= 4)
+
+    def redact(self, text):
+        for secret in self.secrets():
+            text = text.replace(secret, '***')
+        return text
 
     def describe(self):
         """Settings as text for logs, with secrets and URL passwords masked."""
@@ -132,10 +160,51 @@ HELP = {
     'public_url': 'Base URL of the web server, for download links in emails.',
     'secret_key': 'Signs download links; only from NIGHTSHIFT_SECRET_KEY (else one is made and kept in the database).',
     'operator_email': 'Optional address told about every run that fails for good.',
+    'api_tokens': 'API tokens, comma-separated; only from NIGHTSHIFT_API_TOKEN.',
+    'allowed_domains': 'If set, recipients must be at these domains (comma-separated).',
+    'max_rows': 'Most rows one report writes; a longer one is cut and the email says so.',
+    'max_concurrent_per_report': 'Runs of one report in progress at once, across workers.',
+    'csv_bom': 'Start files meant for people (emails, downloads) with a UTF-8 BOM for Excel.',
     'timezone': 'Default IANA timezone of schedules.',
     'catchup_hours': 'After downtime, the latest missed slot still runs if it is this recent.',
 }
 SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled')
+
+
+class RedactSecrets(logging.Filter):
+    """Scrub secret values from log records, messages and tracebacks alike."""
+
+    def __init__(self, settings):
+        super().__init__()
+        self.settings = settings
+
+    def filter(self, record):
+        message = record.getMessage()
+        cleaned = self.settings.redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.settings.redact(
+                logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def install_log_redaction(settings):
+    """Put the filter on every handler there is (root's and huey's)."""
+    if not settings.secrets():
+        return
+    for name in (None, 'huey'):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+                handler.addFilter(RedactSecrets(settings))
+
+
+def url_password(url):
+    from urllib.parse import urlparse
+    try:
+        return urlparse(url).password or ''
+    except ValueError:
+        return ''
 
 
 def mask_url(url):
@@ -150,7 +219,12 @@ def mask_url(url):
 
 def _convert(name, raw, kind, source):
     try:
-        if kind is int:
+        if kind is bool:
+            text = str(raw).strip().lower()
+            if text not in ('true', 'false', 'yes', 'no', '1', '0', 'on', 'off'):
+                raise ValueError(text)
+            value = text in ('true', 'yes', '1', 'on')
+        elif kind is int:
             value = int(raw)
         elif kind is float:
             value = float(raw)
@@ -162,7 +236,7 @@ def _convert(name, raw, kind, source):
     if name in CHOICES and value not in CHOICES[name]:
         raise SettingsError('%s: %r must be one of %s (from %s)'
                             % (name, value, ', '.join(CHOICES[name]), source))
-    if kind in (int, float) and value < 0:
+    if kind in (int, float) and not isinstance(value, bool) and value < 0:
         raise SettingsError('%s: must not be negative (from %s)' % (name, source))
     return value
 
@@ -281,6 +355,11 @@ def _check(settings):
         raise SettingsError('smtp_host: mail_backend is smtp but no SMTP_HOST is set')
     if settings.smtp_user and not settings.smtp_password:
         raise SettingsError('smtp_password: SMTP_USER is set but SMTP_PASSWORD is not')
+    for token in settings.tokens:
+        if len(token) < 16:
+            raise SettingsError('api_tokens: every NIGHTSHIFT_API_TOKEN must be at least 16 '
+                                'characters (e.g. python -c "import secrets; '
+                                'print(secrets.token_urlsafe())")')
     if settings.max_attempts < 1:
         raise SettingsError('max_attempts: must be at least 1')
     if not settings.public_url.startswith(('http://', 'https://')):

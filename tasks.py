@@ -20,6 +20,7 @@ from filestore import create_file_store
 from mail import MailError, create_mailer
 from models import Run, bind_database, utcnow
 from reports import registry as default_registry
+from settings import install_log_redaction
 
 logger = logging.getLogger('nightshift.tasks')
 
@@ -52,6 +53,7 @@ class Jobs:
 
         @huey.on_startup()
         def start_worker():
+            install_log_redaction(settings)
             bind_database(settings.database_url)
             self.startup()
 
@@ -107,17 +109,24 @@ class Jobs:
         backoff; permanent ones, or running out of attempts, fail the run."""
         try:
             runs.execute_run(run_id, self.registry, self.settings, self.mailer, self.store)
+        except runs.Busy:
+            # Not a failure: wait for a turn, without using up an attempt.
+            delay = runs.retry_delay(1, self.settings) or 0
+            delay = max(delay, 1.0)
+            Run.update(next_attempt_at=utcnow() + datetime.timedelta(seconds=delay)) \
+                .where(Run.id == run_id).execute()
+            raise RetryTask(delay=delay)
         except runs.PermanentFailure as exc:
-            self._give_up(run_id, str(exc))
+            self._give_up(run_id, self.settings.redact(str(exc)))
         except MailError as exc:
             if not exc.temporary:
-                self._give_up(run_id, str(exc))
+                self._give_up(run_id, self.settings.redact(str(exc)))
             self._retry(run_id, exc)
         except Exception as exc:
             self._retry(run_id, exc)
 
     def _retry(self, run_id, exc):
-        reason = '%s: %s' % (type(exc).__name__, exc)
+        reason = self.settings.redact('%s: %s' % (type(exc).__name__, exc))
         try:
             attempts = Run.get_by_id(run_id).attempts
         except Exception:

@@ -35,6 +35,8 @@ def parse_args(argv):
     parser.add_argument('--queue', action='store_true', help='let the worker send it')
     parser.add_argument('--no-escape', action='store_true',
                         help='write cells as they are (no spreadsheet formula escaping)')
+    parser.add_argument('--no-bom', action='store_true',
+                        help='no UTF-8 byte order mark (it helps Excel read UTF-8)')
     parser.add_argument('--list', action='store_true', help='list the reports')
     parser.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
     parser.add_argument('--config', help='config file')
@@ -56,7 +58,7 @@ def params_from(pairs):
     return params
 
 
-def export_file(definition, params, path, escape, quiet):
+def export_file(definition, params, path, escape, bom, limit, quiet):
     query = definition.query(definition.parse(params))
     total = None if quiet else query.count()
     started = time.perf_counter()
@@ -64,12 +66,14 @@ def export_file(definition, params, path, escape, quiet):
         def progress(rows, size):
             bar.update(rows - bar.n)
         with open_rows(query, db.obj) as (header, rows):
-            stream = CsvStream(header, rows, escape=escape)
+            stream = CsvStream(header, rows, escape=escape, bom=bom, limit=limit)
             rows, size = write_file(stream, path, on_progress=progress, every=0.2)
         bar.update(rows - bar.n)
     seconds = time.perf_counter() - started
     print('%s: %d rows, %d bytes in %.1f s (%.0f rows/s)' % (
         path, rows, size, seconds, rows / seconds if seconds else 0))
+    if stream.truncated:
+        print('cut at %d rows (max_rows); the data has more' % limit)
 
 
 def main(argv=None):
@@ -88,10 +92,12 @@ def main(argv=None):
         definition = registry.get(args.report)
         params = params_from(args.param)
         if args.out:
-            return export_file(definition, params, args.out, not args.no_escape, args.quiet)
-        run = runs.create_run(registry, settings, args.report, params, args.to, trigger='cli')
-        if args.no_escape:
-            Run.update(escape_formulas=False).where(Run.id == run.id).execute()
+            return export_file(definition, params, args.out, not args.no_escape,
+                               settings.csv_bom and not args.no_bom, settings.max_rows,
+                               args.quiet)
+        run = runs.create_run(registry, settings, args.report, params, args.to, trigger='cli',
+                              escape_formulas=not args.no_escape,
+                              bom=settings.csv_bom and not args.no_bom)
     except UnknownReport:
         sys.exit('export: no report named %r (see --list)' % args.report)
     except InputError as exc:

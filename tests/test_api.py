@@ -22,7 +22,8 @@ def order_rows(status=None):
 
 
 def parse_csv(data):
-    return list(csv.reader(io.StringIO(data.decode('utf-8'), newline='')))
+    assert data.startswith(b'\xef\xbb\xbf')  # a BOM, for Excel
+    return list(csv.reader(io.StringIO(data.decode('utf-8-sig'), newline='')))
 
 
 @pytest.fixture
@@ -159,6 +160,21 @@ def test_malformed_bodies(app, body, content_type, status):
     assert res.status_int == status
     assert res.json['field'] == 'body'
     assert Run.select().count() == 0
+
+
+def test_output_options(app, shop):
+    plain = app.get('/reports/orders.csv', {'bom': 'false', 'status': 'paid'}).body
+    assert plain.startswith(b'id,created_at,')
+    assert app.get('/reports/orders.csv', {'status': 'paid'}).body == b'\xef\xbb\xbf' + plain
+    res = app.get('/reports/orders.csv', {'bom': 'maybe'}, expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'bom')
+    res = app.post_json('/api/runs', {'report': 'orders', 'to': ['a@example.org'],
+                                      'escape_formulas': 'no'}, expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'escape_formulas')
+    run_id = app.post_json('/api/runs', {'report': 'orders', 'to': ['a@example.org'],
+                                         'escape_formulas': False, 'bom': False}).json['id']
+    run = app.get('/api/runs/%d' % run_id).json
+    assert run['escape_formulas'] is False
 
 
 def test_download_bad_params(app, shop):

@@ -133,7 +133,7 @@ def test_database_errors_in_a_task_are_retried(make_settings, database_url, redi
         run_queued(jobs, limit=1)
         done = Run.get_by_id(run.id)
         assert (done.status, done.attempts, done.rows) == ('delivered', 2, 1)
-        assert attachment(smtp_sink.messages[0]['message'])[1] == b'n\r\n7\r\n'
+        assert attachment(smtp_sink.messages[0]['message'])[1] == b'\xef\xbb\xbfn\r\n7\r\n'
     finally:
         db.execute_sql('DROP TABLE late_table')
 

@@ -1,0 +1,222 @@
+"""The OpenAPI 3.0 description of the HTTP API, served at /api/openapi.json.
+
+Built from the report registry, so report names and their parameters are
+part of the contract that schemathesis checks in CI.
+"""
+
+PARAM_SCHEMAS = {
+    'date': {'type': 'string', 'format': 'date'},
+    'int': {'type': 'integer'},
+    'decimal': {'type': 'string', 'pattern': r'^-?\d+(\.\d+)?$'},
+    'str': {'type': 'string', 'maxLength': 1000},
+    'choice': {'type': 'string'},
+    'bool': {'type': 'boolean'},
+}
+NULLABLE_STRING = {'type': 'string', 'nullable': True}
+
+
+def _ref(name):
+    return {'$ref': '#/components/schemas/%s' % name}
+
+
+def _json(schema):
+    return {'application/json': {'schema': schema}}
+
+
+def _error(description):
+    return {'description': description, 'content': _json(_ref('Error'))}
+
+
+def _param_schema(param):
+    schema = dict(PARAM_SCHEMAS[param.type])
+    if param.choices:
+        schema['enum'] = list(param.choices)
+    if param.min is not None and param.type == 'int':
+        schema['minimum'] = param.min
+    if param.max is not None and param.type == 'int':
+        schema['maximum'] = param.max
+    return schema
+
+
+def _components(report_names):
+    return {
+        'securitySchemes': {
+            'bearer': {'type': 'http', 'scheme': 'bearer'},
+            'basic': {'type': 'http', 'scheme': 'basic',
+                      'description': 'any user name; the API token as password'},
+        },
+        'schemas': {
+            'Error': {'type': 'object', 'required': ['error', 'message'],
+                      'properties': {'error': {'type': 'string'},
+                                     'message': {'type': 'string'},
+                                     'field': {'type': 'string'}}},
+            'Accepted': {'type': 'object', 'required': ['id', 'status', 'url'],
+                         'properties': {'id': {'type': 'integer'},
+                                        'status': {'type': 'string', 'enum': ['queued']},
+                                        'url': {'type': 'string'}}},
+            'Delivery': {'type': 'object', 'properties': {
+                'address': {'type': 'string'},
+                'status': {'type': 'string',
+                           'enum': ['pending', 'sending', 'sent', 'refused']},
+                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING}},
+            'Run': {'type': 'object',
+                    'required': ['id', 'report', 'params', 'to', 'status', 'rows', 'bytes',
+                                 'attempts', 'error', 'trigger', 'created_at', 'started_at',
+                                 'finished_at'],
+                    'properties': {
+                        'id': {'type': 'integer'}, 'report': {'type': 'string'},
+                        'params': {'type': 'object'},
+                        'to': {'type': 'array', 'items': {'type': 'string'}},
+                        'status': {'type': 'string', 'enum': ['queued', 'running', 'delivered',
+                                                              'failed', 'skipped']},
+                        'rows': {'type': 'integer'}, 'bytes': {'type': 'integer'},
+                        'attempts': {'type': 'integer'}, 'error': NULLABLE_STRING,
+                        'trigger': {'type': 'string', 'enum': ['web', 'schedule', 'cli']},
+                        'schedule': NULLABLE_STRING, 'slot_at': NULLABLE_STRING,
+                        'created_at': {'type': 'string'}, 'started_at': NULLABLE_STRING,
+                        'finished_at': NULLABLE_STRING, 'file_name': NULLABLE_STRING,
+                        'truncated': {'type': 'boolean'},
+                        'escape_formulas': {'type': 'boolean'},
+                        'deliveries': {'type': 'array', 'items': _ref('Delivery')},
+                        'url': {'type': 'string'}}},
+            'Schedule': {'type': 'object',
+                         'required': ['name', 'report', 'params', 'to', 'cron', 'timezone',
+                                      'enabled', 'managed_by', 'next_run_at'],
+                         'properties': {
+                             'name': {'type': 'string'}, 'report': {'type': 'string'},
+                             'params': {'type': 'object'},
+                             'to': {'type': 'array', 'items': {'type': 'string'}},
+                             'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
+                             'enabled': {'type': 'boolean'},
+                             'managed_by': {'type': 'string', 'enum': ['api', 'config']},
+                             'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
+                             'last_run': {'type': 'object', 'nullable': True},
+                             'created_at': {'type': 'string'},
+                             'updated_at': {'type': 'string'}, 'url': {'type': 'string'}}},
+            'ScheduleInput': {'type': 'object', 'additionalProperties': False, 'properties': {
+                'name': {'type': 'string', 'pattern': r'^[a-z0-9][a-z0-9_-]{0,63}$'},
+                'report': {'type': 'string', 'enum': report_names},
+                'params': {'type': 'object'},
+                'to': {'type': 'array', 'minItems': 1, 'items': {'type': 'string',
+                                                                 'format': 'email'}},
+                'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
+                'enabled': {'type': 'boolean'}}},
+            'RunInput': {'type': 'object', 'required': ['report', 'to'],
+                         'additionalProperties': False, 'properties': {
+                             'report': {'type': 'string', 'enum': report_names},
+                             'params': {'type': 'object'},
+                             'to': {'type': 'array', 'minItems': 1,
+                                    'items': {'type': 'string', 'format': 'email'}},
+                             'escape_formulas': {'type': 'boolean'},
+                             'bom': {'type': 'boolean'}}},
+        },
+    }
+
+
+def build_spec(registry):
+    bad = _error('bad input; `field` names it')
+    unauthorized = _error('no or wrong API token')
+    unavailable = _error('the database or the queue is down')
+    json_body = {'required': True, 'content': _json(_ref('ScheduleInput'))}
+    name_param = {'name': 'name', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
+    schedule_ok = {'description': 'the schedule', 'content': _json(_ref('Schedule'))}
+    not_found = _error('no such schedule')
+    conflict = _error('declared in config.ini, or the name is taken')
+    common = {'401': unauthorized, '503': unavailable}
+
+    paths = {
+        '/healthz': {'get': {'summary': 'database and queue health', 'security': [],
+                             'responses': {'200': {'description': 'all up',
+                                                   'content': _json({'type': 'object'})},
+                                           '503': {'description': 'something is down',
+                                                   'content': _json({'type': 'object'})}}}},
+        '/api/reports': {'get': {'summary': 'the report catalogue', 'responses': dict(
+            common, **{'200': {'description': 'reports',
+                               'content': _json({'type': 'object'})}})}},
+        '/api/runs': {
+            'get': {'summary': 'runs, newest first', 'parameters': [
+                {'name': 'report', 'in': 'query', 'schema': {'type': 'string'}},
+                {'name': 'status', 'in': 'query', 'schema': {
+                    'type': 'string',
+                    'enum': ['queued', 'running', 'delivered', 'failed', 'skipped']}},
+                {'name': 'limit', 'in': 'query', 'schema': {'type': 'integer', 'minimum': 1,
+                                                            'maximum': 500}}],
+                'responses': dict(common, **{
+                    '200': {'description': 'runs', 'content': _json({
+                        'type': 'object', 'required': ['runs'],
+                        'properties': {'runs': {'type': 'array', 'items': _ref('Run')}}})},
+                    '400': bad})},
+            'post': {'summary': 'email a report', 'requestBody': {
+                'required': True, 'content': _json(_ref('RunInput'))},
+                'responses': dict(common, **{
+                    '202': {'description': 'queued', 'content': _json(_ref('Accepted')),
+                            'headers': {'Location': {'schema': {'type': 'string'}}}},
+                    '400': bad, '404': _error('no such report'),
+                    '413': _error('body too large')})}},
+        '/api/runs/{id}': {'get': {
+            'summary': 'one run', 'parameters': [
+                {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}],
+            'responses': dict(common, **{
+                '200': {'description': 'the run', 'content': _json(_ref('Run'))},
+                '404': _error('no such run')})}},
+        '/api/schedules': {
+            'get': {'summary': 'schedules', 'responses': dict(common, **{
+                '200': {'description': 'schedules', 'content': _json({
+                    'type': 'object', 'properties': {
+                        'schedules': {'type': 'array', 'items': _ref('Schedule')}}})}})},
+            'post': {'summary': 'create a schedule', 'requestBody': json_body,
+                     'responses': dict(common, **{
+                         '201': schedule_ok, '400': bad, '409': conflict,
+                         '413': _error('body too large')})}},
+        '/api/schedules/{name}': {
+            'parameters': [name_param],
+            'get': {'summary': 'one schedule', 'responses': dict(
+                common, **{'200': schedule_ok, '404': not_found})},
+            'put': {'summary': 'change a schedule', 'requestBody': json_body,
+                    'responses': dict(common, **{
+                        '200': schedule_ok, '400': bad, '404': not_found, '409': conflict,
+                        '413': _error('body too large')})},
+            'delete': {'summary': 'delete a schedule', 'responses': dict(common, **{
+                '204': {'description': 'deleted'}, '404': not_found, '409': conflict})}},
+    }
+    for action in ('pause', 'resume'):
+        paths['/api/schedules/{name}/%s' % action] = {'post': {
+            'summary': '%s a schedule' % action, 'parameters': [name_param],
+            'responses': dict(common, **{'200': schedule_ok, '404': not_found,
+                                         '409': conflict})}}
+    paths['/api/schedules/{name}/run'] = {'post': {
+        'summary': 'send now (a test send)', 'parameters': [name_param],
+        'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': not_found})}}
+    paths['/files/{id}'] = {'get': {
+        'summary': 'a report file, by the signed link from its email', 'security': [],
+        'parameters': [
+            {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}},
+            {'name': 'expires', 'in': 'query', 'required': True, 'schema': {'type': 'string'}},
+            {'name': 'sig', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
+        'responses': {'200': {'description': 'the file', 'content': {
+            'text/csv': {'schema': {'type': 'string'}},
+            'application/zip': {'schema': {'type': 'string', 'format': 'binary'}}}},
+            '403': _error('not valid or expired'), '404': _error('no longer kept')}}}
+    for report in registry:
+        parameters = [{'name': p.name, 'in': 'query', 'required': p.required,
+                       'description': p.help, 'schema': _param_schema(p)}
+                      for p in report.params]
+        parameters += [{'name': option, 'in': 'query', 'schema': {'type': 'boolean'}}
+                       for option in ('escape_formulas', 'bom')]
+        paths['/reports/%s.csv' % report.name] = {'get': {
+            'summary': report.title, 'description': report.description,
+            'parameters': parameters,
+            'responses': dict(common, **{
+                '200': {'description': 'the report, streamed',
+                        'content': {'text/csv': {'schema': {'type': 'string'}}}},
+                '400': bad})}}
+    return {
+        'openapi': '3.0.3',
+        'info': {'title': 'Nightshift', 'version': '1.0',
+                 'description': 'CSV reports: streamed downloads, emailed runs, schedules.'},
+        'security': [{'bearer': []}, {'basic': []}],
+        'paths': paths,
+        'components': _components([r.name for r in registry]),
+    }
