@@ -14,9 +14,12 @@ class UnknownReport(LookupError):
 
 class Report:
     def __init__(self, name, title, build_query, params=(), description='',
-                 check=None):
+                 check=None, escape_formulas=True):
         self.name = name
         self.check = check
+        # False for a report whose text is meant to be formulas, or is read by
+        # programs, not spreadsheets; a request can still choose either way.
+        self.escape_formulas = escape_formulas
         self.title = title
         self.build_query = build_query
         self.params = tuple(params)
@@ -42,7 +45,8 @@ class Registry:
     def __init__(self):
         self._reports = {}
 
-    def report(self, name, title, params=(), description=None, check=None):
+    def report(self, name, title, params=(), description=None, check=None,
+               escape_formulas=True):
         """Decorator: register a query-building function as a report.
 
         `check(**typed)` may raise InputError for rules across parameters.
@@ -56,7 +60,7 @@ class Registry:
                                  'options' % (name, ', '.join(sorted(reserved))))
             doc = description if description is not None else (build_query.__doc__ or '')
             self._reports[name] = Report(name, title, build_query, params,
-                                         ' '.join(doc.split()), check)
+                                         ' '.join(doc.split()), check, escape_formulas)
             return build_query
         return decorator
 

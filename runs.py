@@ -59,7 +59,7 @@ def parse_recipients(to, settings):
 
 
 def create_run(registry, settings, report, params=None, to=None, trigger='web',
-               schedule=None, slot_at=None, escape_formulas=True, bom=None):
+               schedule=None, slot_at=None, escape_formulas=None, bom=None):
     """Validate a request and record it as a queued run (one transaction)."""
     if not isinstance(report, str) or not report:
         raise InputError('report', 'give the name of a report', code='required')
@@ -72,7 +72,8 @@ def create_run(registry, settings, report, params=None, to=None, trigger='web',
     with db.atomic():
         run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
-                         escape_formulas=escape_formulas,
+                         escape_formulas=definition.escape_formulas
+                         if escape_formulas is None else escape_formulas,
                          bom=settings.csv_bom if bom is None else bom)
         for address in recipients:
             Delivery.create(run=run, address=address)

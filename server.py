@@ -232,7 +232,8 @@ def create_app(settings, jobs, registry=default_registry):
         response.content_type = 'text/csv; charset=utf-8'
         response.set_header('Content-Disposition',
                             'attachment; filename="%s-%s.csv"' % (name, stamp))
-        return _stream_csv(query, escape=options.get('escape_formulas', True),
+        return _stream_csv(query, escape=options.get('escape_formulas',
+                                                      definition.escape_formulas),
                            bom=options.get('bom', settings.csv_bom))
 
     def _stream_csv(query, escape, bom):

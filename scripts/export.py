@@ -92,11 +92,12 @@ def main(argv=None):
         definition = registry.get(args.report)
         params = params_from(args.param)
         if args.out:
-            return export_file(definition, params, args.out, not args.no_escape,
+            return export_file(definition, params, args.out,
+                               definition.escape_formulas and not args.no_escape,
                                settings.csv_bom and not args.no_bom, settings.max_rows,
                                args.quiet)
         run = runs.create_run(registry, settings, args.report, params, args.to, trigger='cli',
-                              escape_formulas=not args.no_escape,
+                              escape_formulas=False if args.no_escape else None,
                               bom=settings.csv_bom and not args.no_bom)
     except UnknownReport:
         sys.exit('export: no report named %r (see --list)' % args.report)

@@ -146,6 +146,23 @@ def test_formula_cells_are_neutralised_in_the_emailed_file(settings, jobs, app, 
     assert Run.get_by_id(run_id).escape_formulas is True
 
 
+def test_a_report_can_opt_out_of_escaping(settings, jobs, database, smtp_sink):
+    from tasks import Jobs
+    raw = Registry()
+
+    @raw.report('formulas', 'Formulas', escape_formulas=False)
+    def build():
+        return Customer.select(Customer.name)
+
+    Customer.create(name='=SUM(1,2)', email='a@example.org')
+    app = webtest.TestApp(create_app(settings, Jobs(settings, registry=raw), registry=raw))
+    assert app.get('/reports/formulas.csv').body.endswith(b'"=SUM(1,2)"\r\n')
+    assert app.get('/reports/formulas.csv?escape_formulas=true').body.endswith(
+        b'"\'=SUM(1,2)"\r\n')
+    run = runs.create_run(raw, settings, 'formulas', {}, ['a@example.org'])
+    assert run.escape_formulas is False
+
+
 def test_row_cap_cuts_and_says_so(make_settings, database, database_url, redis_url, smtp_sink):
     from tasks import Jobs
     demo.seed(customers=5, orders=40)
