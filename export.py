@@ -1,32 +1,44 @@
-"""Stream a report query into CSV, row by row: memory does not grow with rows."""
+"""Stream a report query into CSV: memory does not grow with rows.
+
+The work is pushed into the database where it can be. Formula escaping and
+decimal formatting become expressions in the SELECT, so rows go from the
+cursor to csv.writer untouched; on PostgreSQL the server writes the CSV
+itself (COPY ... TO STDOUT). Only columns whose type cannot be known from the
+query are escaped in Python.
+"""
 import contextlib
 import csv
+import io
 import os
 import re
 import time
 import uuid
 from itertools import islice
 
-from peewee import Alias, DecimalField, Field, Function, PostgresqlDatabase, fn
+from peewee import (SQL, Alias, CharField, DecimalField, Field, Function, NodeList,
+                    PostgresqlDatabase, TextField)
 
 # OWASP's list of characters a spreadsheet may read as the start of a formula.
 FORMULA_TRIGGERS = frozenset('=+-@\t\r\n|%')
-_PLAIN_NUMBER = re.compile(r'-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z')
+# A "-" cell that is a plain negative number (digits and dots) stays a number.
+_PLAIN_NEGATIVE = re.compile(r'-\d[\d.]*\Z')
+CHUNK_BYTES = 1 << 18
+# Line feeds end rows everywhere (PostgreSQL's COPY writes them too), so both
+# databases give the same bytes.
+LINE_END = '\n'
+QUOTE = "''''"  # SQL for a string holding one apostrophe
+
+# Functions whose result has the type of their first argument.
+SAME_TYPE_AS_ARGUMENT = {'sum', 'avg', 'min', 'max', 'coalesce', 'total'}
+COUNTS = {'count'}
 
 
 def escape_formula(value):
-    """Neutralise a text cell a spreadsheet would run as a formula.
-
-    Plain negative numbers such as "-12.5" stay numbers.
-    """
+    """Neutralise a text cell a spreadsheet would run as a formula."""
     if value.__class__ is str and value[:1] in FORMULA_TRIGGERS \
-            and not _PLAIN_NUMBER.match(value):
+            and not _PLAIN_NEGATIVE.match(value):
         return "'" + value
     return value
-
-
-def _escape_row(row):
-    return [escape_formula(v) for v in row]
 
 
 def _column_name(node):
@@ -37,56 +49,95 @@ def _column_name(node):
     return None
 
 
-def _decimal_places(node):
-    """Decimal places of a money-like column, looking through aliases and
-    functions such as SUM or COALESCE; None when it is not a decimal."""
+def column_kind(node):
+    """('decimal', places), ('text', None), ('safe', None) or ('unknown', None).
+
+    Looks through aliases and functions such as SUM or COALESCE; anything it
+    cannot type is 'unknown' and gets escaped in Python.
+    """
     while True:
         if isinstance(node, Alias):
             node = node.node
-        elif isinstance(node, Function) and node.arguments:
+        elif isinstance(node, Function):
+            name = (node.name or '').lower()
+            if name in COUNTS:
+                return 'safe', None
+            if name not in SAME_TYPE_AS_ARGUMENT or not node.arguments:
+                return 'unknown', None
             node = node.arguments[0]
         elif isinstance(node, DecimalField):
-            return node.decimal_places
+            return 'decimal', node.decimal_places
+        elif isinstance(node, (CharField, TextField)):
+            return 'text', None
+        elif isinstance(node, Field):
+            return 'safe', None  # numbers, dates, booleans: nothing to escape
         else:
-            return None
+            return 'unknown', None
 
 
-def prepare_query(query, database):
-    """Make decimal columns print the same on every database.
+def _sqlite_escape(x):
+    return NodeList([
+        SQL('(CASE WHEN substr('), x,
+        SQL(", 1, 1) IN ('=', '+', '@', '|', '%', char(9), char(13), char(10)) "
+            "OR (substr("), x, SQL(", 1, 1) = '-' AND NOT ("), x,
+        SQL(" GLOB '-[0-9]*' AND NOT "), x, SQL(" GLOB '-*[^0-9.]*')) THEN " + QUOTE + " || "),
+        x, SQL(' ELSE '), x, SQL(' END)')], glue='')
 
-    SQLite keeps DECIMAL as a float (12.5, not 12.50), so the formatting is
-    pushed into the SELECT, where it costs almost nothing.
+
+def _postgres_escape(x):
+    # \x25 is "%": a literal one would clash with the driver's placeholders.
+    return NodeList([
+        SQL('(CASE WHEN '), x, SQL(" ~ '^[=+@|\\x25\\t\\r\\n]' OR ("), x,
+        SQL(" ~ '^-' AND "), x, SQL(" !~ '^-[0-9][0-9.]*$') THEN " + QUOTE + " || "), x,
+        SQL(' ELSE '), x, SQL(' END)')], glue='')
+
+
+def prepare_query(query, database, escape=True):
+    """Rewrite the SELECT so each column prints the same on every database
+    and, with `escape`, text columns are escaped by the database.
+
+    Returns (query, indexes of columns still to escape in Python).
     """
-    columns = []
+    postgres = isinstance(database, PostgresqlDatabase)
+    columns, leftover = [], []
     changed = False
-    for node in query.selected_columns:
-        places = _decimal_places(node)
+    for i, node in enumerate(query.selected_columns):
+        kind, places = column_kind(node)
         name = _column_name(node)
-        if places is None or name is None:
+        inner = node.node if isinstance(node, Alias) else node
+        if kind == 'decimal' and name:
+            # SQLite keeps DECIMAL as a float (12.5, not 12.50).
+            wrapped = inner.cast('NUMERIC(38, %d)' % places) if postgres else \
+                Function('printf', ['%.' + str(places) + 'f', inner])
+        elif kind == 'text' and escape and name:
+            wrapped = _postgres_escape(inner) if postgres else _sqlite_escape(inner)
+        else:
+            if kind != 'safe' and escape:
+                leftover.append(i)
             columns.append(node)
             continue
-        inner = node.node if isinstance(node, Alias) else node
-        if isinstance(database, PostgresqlDatabase):
-            wrapped = inner.cast('NUMERIC(38, %d)' % places)
-        else:
-            wrapped = fn.printf('%.' + str(places) + 'f', inner)
-        columns.append(wrapped.alias(name))
+        columns.append(Alias(wrapped, name))
         changed = True
-    if not changed:
-        return query
-    query = query.clone()
-    query.selected_columns = columns
-    return query
+    if changed:
+        query = query.clone()
+        query.selected_columns = columns
+    return query, leftover
+
+
+def _escaping_rows(rows, indexes):
+    for row in rows:
+        row = list(row)
+        for i in indexes:
+            row[i] = escape_formula(row[i])
+        yield row
 
 
 @contextlib.contextmanager
-def open_rows(query, database, batch=2000):
-    """Run `query` and yield (header, rows) with rows fetched lazily.
-
-    PostgreSQL gets a server-side (named) cursor inside a transaction, so
-    the driver never loads the whole result.
-    """
-    query = prepare_query(query, database)
+def open_rows(query, database, escape=True, batch=2000):
+    """Run `query` and yield (header, rows): fetched lazily, escaped, decimals
+    formatted. PostgreSQL gets a server-side (named) cursor in a transaction,
+    so the driver never loads the whole result."""
+    query, leftover = prepare_query(query, database, escape)
     if isinstance(database, PostgresqlDatabase):
         sql, params = query.sql()
         with database.atomic():
@@ -95,30 +146,84 @@ def open_rows(query, database, batch=2000):
             cursor.itersize = batch
             try:
                 cursor.execute(sql, params)
-                yield [d[0] for d in cursor.description], cursor
+                header = [d[0] for d in cursor.description]
+                yield header, _escaping_rows(cursor, leftover) if leftover else cursor
             finally:
                 cursor.close()
     else:
         cursor = database.execute(query)
         try:
-            yield [d[0] for d in cursor.description], cursor
+            header = [d[0] for d in cursor.description]
+            yield header, _escaping_rows(cursor, leftover) if leftover else cursor
         finally:
             cursor.close()
 
 
-class _Buffer:
-    """The file csv.writer writes into; drained after each batch."""
-    __slots__ = ('parts',)
+@contextlib.contextmanager
+def open_csv(query, database, escape=True, bom=False, limit=None, chunk_rows=2000,
+             copy=True):
+    """The report as a stream of CSV byte chunks (with .rows, .bytes and
+    .truncated). PostgreSQL writes it itself with COPY when every column's
+    type is known; otherwise rows are written here."""
+    if copy and isinstance(database, PostgresqlDatabase):
+        prepared, leftover = prepare_query(query, database, escape)
+        if not leftover:
+            with database.atomic():
+                cursor = database.connection().cursor()
+                try:
+                    yield CopyStream(cursor, prepared, database, bom, limit)
+                finally:
+                    cursor.close()
+            return
+    with open_rows(query, database, escape) as (header, rows):
+        yield CsvStream(header, rows, escape=False, chunk_rows=chunk_rows, bom=bom,
+                        limit=limit)
 
-    def __init__(self):
-        self.parts = []
 
-    def write(self, text):
-        self.parts.append(text)
+class CopyStream:
+    """CSV written by PostgreSQL (COPY ... TO STDOUT), passed on in chunks."""
+
+    def __init__(self, cursor, query, database, bom=False, limit=None):
+        self.cursor, self.query, self.database = cursor, query, database
+        self.bom, self.limit = bom, limit
+        self.rows = self.bytes = 0
+        self.truncated = False
+
+    def __iter__(self):
+        query = self.query
+        if self.limit is not None:
+            query = query.limit(self.limit if query._limit is None
+                                else min(self.limit, query._limit))
+        sql, params = query.sql()
+        statement = 'COPY (%s) TO STDOUT WITH (FORMAT csv, HEADER true)' % sql
+        buffer = bytearray(b'\xef\xbb\xbf' if self.bom else b'')
+        with self.cursor.copy(statement, params or None) as copy:
+            for data in copy:
+                buffer += data
+                if len(buffer) >= CHUNK_BYTES:
+                    # Line feeds: an approximation while writing (a quoted
+                    # value may hold one); exact once COPY is done.
+                    self.rows += buffer.count(b'\n')
+                    self.bytes += len(buffer)
+                    yield bytes(buffer)
+                    buffer.clear()
+        if buffer:
+            self.bytes += len(buffer)
+            yield bytes(buffer)
+        self.rows = self.cursor.rowcount
+        if self.limit is not None and self.rows >= self.limit:
+            more = self.query.offset(self.limit).limit(1)
+            self.truncated = self.database.execute(more).fetchone() is not None
+
+
+class _Buffer(io.StringIO):
+    """The file csv.writer writes into (C-level writes: csv.writer calls
+    write() once a row); drained after each batch."""
 
     def drain(self):
-        text = ''.join(self.parts)
-        self.parts.clear()
+        text = self.getvalue()
+        self.seek(0)
+        self.truncate()
         return text
 
 
@@ -143,10 +248,11 @@ class CsvStream:
 
     def __iter__(self):
         buffer = _Buffer()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, lineterminator=LINE_END)
         if self.bom:
             buffer.write('\ufeff')
         writer.writerow(self.header)
+        head = buffer.drain()
         source = iter(self.source)
         while True:
             wanted = self.chunk_rows
@@ -155,10 +261,16 @@ class CsvStream:
             batch = list(islice(source, wanted)) if wanted > 0 else []
             if batch:
                 if self.escape:
-                    batch = [_escape_row(row) for row in batch]
+                    batch = [[escape_formula(v) for v in row] for row in batch]
                 writer.writerows(batch)
                 self.rows += len(batch)
-            data = buffer.drain().encode('utf-8')
+            text = buffer.drain()
+            if '\r' in text:
+                # csv.writer quotes only the line terminator's characters, so
+                # a lone CR would go out bare: redo this batch row by row.
+                text = ''.join(_row_text(row, writer, buffer) for row in batch)
+            data = (head + text).encode('utf-8')
+            head = ''
             if data:
                 self.bytes += len(data)
                 yield data
@@ -166,6 +278,22 @@ class CsvStream:
                 if self.limit is not None and self.rows >= self.limit:
                     self.truncated = next(source, None) is not None
                 return
+
+
+def _quoted(value):
+    if value is None:
+        return ''
+    text = str(value)
+    if any(c in text for c in ',"\r\n'):
+        return '"%s"' % text.replace('"', '""')
+    return text
+
+
+def _row_text(row, writer, buffer):
+    if any(v.__class__ is str and '\r' in v for v in row):
+        return ','.join(_quoted(v) for v in row) + LINE_END
+    writer.writerow(row)
+    return buffer.drain()
 
 
 def write_file(stream, path, on_progress=None, every=0.5, clock=time.monotonic):

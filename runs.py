@@ -16,7 +16,7 @@ import zipfile
 from peewee import fn
 
 import links
-from export import CsvStream, open_rows, write_file
+from export import open_csv, write_file
 from mail import Mail, MailError, check_address, compose
 from models import Delivery, Run, db, utcnow
 from params import InputError, dump_params
@@ -182,9 +182,8 @@ def write_report(registry, settings, run, path, on_progress=None):
     Returns the finished CsvStream (rows, bytes, truncated)."""
     definition = registry.get(run.report)
     query = definition.query(definition.parse(run.params))
-    with open_rows(query, db.obj) as (header, rows):
-        stream = CsvStream(header, rows, escape=run.escape_formulas, bom=run.bom,
-                           limit=settings.max_rows)
+    with open_csv(query, db.obj, escape=run.escape_formulas, bom=run.bom,
+                  limit=settings.max_rows) as stream:
         write_file(stream, path, on_progress=on_progress, every=0.1)
     return stream
 

@@ -23,7 +23,7 @@ from peewee import DatabaseError, InterfaceError, OperationalError
 import links
 import runs
 import schedules
-from export import CsvStream, open_rows
+from export import open_csv
 from models import RUN_STATUSES, Run, Schedule, bind_database, db, utcnow
 from openapi import build_spec
 from params import InputError
@@ -241,9 +241,9 @@ def create_app(settings, jobs, registry=default_registry):
         # that is down before anything was written still becomes a clean 503.
         started = False
         try:
-            with open_rows(query, db.obj) as (header, rows):
-                for chunk in CsvStream(header, rows, chunk_rows=2000, escape=escape, bom=bom,
-                                       limit=settings.max_rows):
+            with open_csv(query, db.obj, escape=escape, bom=bom,
+                          limit=settings.max_rows) as stream:
+                for chunk in stream:
                     started = True
                     yield chunk
         except DB_ERRORS:

@@ -18,7 +18,7 @@ from huey.exceptions import CancelExecution, RetryTask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import runs  # noqa: E402
-from export import CsvStream, open_rows, write_file  # noqa: E402
+from export import open_csv, write_file  # noqa: E402
 from models import Run, bind_database, db  # noqa: E402
 from params import InputError  # noqa: E402
 from reports import UnknownReport, registry  # noqa: E402
@@ -65,9 +65,9 @@ def export_file(definition, params, path, escape, bom, limit, quiet):
     with tqdm(total=total, unit=' rows', unit_scale=True, disable=quiet) as bar:
         def progress(rows, size):
             bar.update(rows - bar.n)
-        with open_rows(query, db.obj) as (header, rows):
-            stream = CsvStream(header, rows, escape=escape, bom=bom, limit=limit)
+        with open_csv(query, db.obj, escape=escape, bom=bom, limit=limit) as stream:
             rows, size = write_file(stream, path, on_progress=progress, every=0.2)
+        rows = stream.rows
         bar.update(rows - bar.n)
     seconds = time.perf_counter() - started
     print('%s: %d rows, %d bytes in %.1f s (%.0f rows/s)' % (

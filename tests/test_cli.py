@@ -42,7 +42,7 @@ def test_export_by_email_is_recorded_as_a_cli_run(settings, database_url, redis_
     assert done.returncode == 0, done.stderr
     [sent] = smtp_sink.messages
     name, data = attachment(sent['message'])
-    assert name.startswith('customers-') and data.count(b'\r\n') == 21
+    assert name.startswith('customers-') and data.count(b'\n') == 21
     [run] = Run.select()
     assert (run.trigger, run.status, run.rows) == ('cli', 'delivered', 20)
 

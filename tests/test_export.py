@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from export import CsvStream, escape_formula, open_rows, write_file
+from export import CsvStream, escape_formula, open_csv, write_file
 from models import Customer, Order, db
 from reports import registry
 
@@ -26,35 +26,61 @@ def tricky_rows(database):
         Order.create(customer=customer, status=status, amount=amount, created_at=created)
 
 
-def csv_text(report, params=None, escape=True):
+@pytest.fixture(params=['copy', 'cursor'])
+def path(request, database):
+    """Both ways out: COPY (PostgreSQL only; SQLite has just the one) and rows."""
+    if request.param == 'copy' and not database_is_postgres():
+        pytest.skip('COPY is PostgreSQL only')
+    return request.param
+
+
+def database_is_postgres():
+    from peewee import PostgresqlDatabase
+    return isinstance(db.obj, PostgresqlDatabase)
+
+
+CURRENT = {'path': 'cursor'}
+
+
+@pytest.fixture(autouse=True)
+def _use_path(request):
+    CURRENT['path'] = request.getfixturevalue('path') if 'path' in request.fixturenames \
+        else 'cursor'
+
+
+def csv_text(report, params=None, escape=True, limit=None):
     definition = registry.get(report)
-    with open_rows(definition.query(definition.parse(params or {})), db.obj) as (header, rows):
-        return b''.join(CsvStream(header, rows, escape=escape, chunk_rows=2)).decode('utf-8')
+    query = definition.query(definition.parse(params or {}))
+    with open_csv(query, db.obj, escape=escape, limit=limit, chunk_rows=2,
+                  copy=CURRENT['path'] == 'copy') as stream:
+        text = b''.join(stream).decode('utf-8')
+    CURRENT['stream'] = stream
+    return text
 
 
-def test_orders_csv_exact_text(tricky_rows):
+def test_orders_csv_exact_text(tricky_rows, path):
     assert csv_text('orders') == (
-        'id,created_at,customer_name,customer_email,status,amount\r\n'
-        '1,2025-03-04 05:06:07,"Smith, Jr.",smith@example.org,paid,12.50\r\n'
-        '2,2025-03-05 00:00:00,"Say ""hi""",,shipped,0.10\r\n'
-        '3,2025-12-31 23:59:59,"Line\nBreak",lines@example.org,pending,1234567.89\r\n'
-        '4,2026-01-01 00:00:00,Zoë 🦉 Øre,zoe@example.org,refunded,-3.00\r\n'
-        '5,2026-01-02 00:00:00,"\'=HYPERLINK(""http://evil.example"",""x"")",\'@SUM(A1),paid,7.00\r\n'
+        'id,created_at,customer_name,customer_email,status,amount\n'
+        '1,2025-03-04 05:06:07,"Smith, Jr.",smith@example.org,paid,12.50\n'
+        '2,2025-03-05 00:00:00,"Say ""hi""",,shipped,0.10\n'
+        '3,2025-12-31 23:59:59,"Line\nBreak",lines@example.org,pending,1234567.89\n'
+        '4,2026-01-01 00:00:00,Zoë 🦉 Øre,zoe@example.org,refunded,-3.00\n'
+        '5,2026-01-02 00:00:00,"\'=HYPERLINK(""http://evil.example"",""x"")",\'@SUM(A1),paid,7.00\n'
     )
 
 
-def test_params_filter_rows(tricky_rows):
+def test_params_filter_rows(tricky_rows, path):
     text = csv_text('orders', {'since': '2025-03-05', 'until': '2026-01-01', 'status': 'shipped'})
     assert text.splitlines()[1:] == ['2,2025-03-05 00:00:00,"Say ""hi""",,shipped,0.10']
 
 
-def test_escaping_can_be_turned_off(tricky_rows):
+def test_escaping_can_be_turned_off(tricky_rows, path):
     text = csv_text('orders', {'since': '2026-01-02'}, escape=False)
     assert text.splitlines()[1] == \
         '5,2026-01-02 00:00:00,"=HYPERLINK(""http://evil.example"",""x"")",@SUM(A1),paid,7.00'
 
 
-def test_aggregate_report_formats_totals(tricky_rows):
+def test_aggregate_report_formats_totals(tricky_rows, path):
     Customer.create(name='No Orders', email='none@example.org')
     lines = csv_text('customers').splitlines()
     assert lines[0] == 'id,name,email,orders,total_spent'
@@ -63,9 +89,9 @@ def test_aggregate_report_formats_totals(tricky_rows):
     assert csv_text('customers', {'min_orders': '1'}).count('No Orders') == 0
 
 
-def test_empty_result_is_just_the_header(database):
+def test_empty_result_is_just_the_header(database, path):
     assert csv_text('orders') == \
-        'id,created_at,customer_name,customer_email,status,amount\r\n'
+        'id,created_at,customer_name,customer_email,status,amount\n'
 
 
 @pytest.mark.parametrize('cell, expected', [
@@ -79,7 +105,9 @@ def test_empty_result_is_just_the_header(database):
     ('%0A', "'%0A"),
     ('-12.5', '-12.5'),
     ('-3', '-3'),
-    ('-1e5', '-1e5'),
+    ('-1e5', "'-1e5"),
+    ('-.5', "'-.5"),
+    ('-', "'-"),
     ('plain', 'plain'),
     ('', ''),
     (-12.5, -12.5),
@@ -87,6 +115,33 @@ def test_empty_result_is_just_the_header(database):
 ])
 def test_formula_escaping(cell, expected):
     assert escape_formula(cell) == expected
+
+
+def test_row_limit_cuts_and_tells(tricky_rows, path):
+    import csv
+    import io
+    text = csv_text('orders', limit=3)
+    assert len(list(csv.reader(io.StringIO(text, newline='')))) == 4
+    assert CURRENT['stream'].truncated
+    assert CURRENT['stream'].rows == 3
+    csv_text('orders', limit=5)
+    assert not CURRENT['stream'].truncated
+
+
+def test_database_and_python_escaping_agree(database, path):
+    """The SQL CASE and escape_formula() decide every cell the same way."""
+    cells = ['=1', '+1', '-1', '-1.5', '-1.2.3', '-', '--1', '-1a', '-a', '@x', '|x', '%x',
+             '\tx', '\rx', '\nx', 'x', '', ' =x', "'=x", '-0', '1-', '=']
+    for cell in cells:
+        Customer.create(name=cell, email=None)
+    from models import Customer as C
+    query = C.select(C.name).order_by(C.id)
+    with open_csv(query, db.obj, escape=True, copy=path == 'copy') as stream:
+        text = b''.join(stream).decode('utf-8')
+    import csv
+    import io
+    got = [row[0] if row else '' for row in csv.reader(io.StringIO(text, newline=''))][1:]
+    assert got == [escape_formula(c) for c in cells]
 
 
 def test_write_file_is_atomic_and_reports_progress(tmp_path):

@@ -160,7 +160,7 @@ def test_outbox_backend_writes_the_message(make_settings, database, database_url
     body = message.get_body(('plain',)).get_content()
     assert 'Rows: 50' in body and '<br>' not in body
     filename, data = attachment(message)
-    assert filename.startswith('orders-') and data.count(b'\r\n') == 51
+    assert filename.startswith('orders-') and data.count(b'\n') == 51
     assert Run.get_by_id(run_id).status == 'delivered'
 
 

@@ -57,7 +57,7 @@ def test_reaper_runs_again_what_a_dead_worker_held(settings, jobs, shop, smtp_si
     [sent] = smtp_sink.messages
     run = Run.get_by_id(run_id)
     assert (run.status, run.attempts, run.error) == ('delivered', 2, None)
-    assert attachment(sent['message'])[1].count(b'\r\n') == 3001
+    assert attachment(sent['message'])[1].count(b'\n') == 3001
 
 
 def test_reaper_leaves_live_runs_alone(settings, jobs, shop):
@@ -133,7 +133,7 @@ def test_database_errors_in_a_task_are_retried(make_settings, database_url, redi
         run_queued(jobs, limit=1)
         done = Run.get_by_id(run.id)
         assert (done.status, done.attempts, done.rows) == ('delivered', 2, 1)
-        assert attachment(smtp_sink.messages[0]['message'])[1] == b'\xef\xbb\xbfn\r\n7\r\n'
+        assert attachment(smtp_sink.messages[0]['message'])[1] == b'\xef\xbb\xbfn\n7\n'
     finally:
         db.execute_sql('DROP TABLE late_table')
 

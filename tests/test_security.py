@@ -156,9 +156,9 @@ def test_a_report_can_opt_out_of_escaping(settings, jobs, database, smtp_sink):
 
     Customer.create(name='=SUM(1,2)', email='a@example.org')
     app = webtest.TestApp(create_app(settings, Jobs(settings, registry=raw), registry=raw))
-    assert app.get('/reports/formulas.csv').body.endswith(b'"=SUM(1,2)"\r\n')
+    assert app.get('/reports/formulas.csv').body.endswith(b'"=SUM(1,2)"\n')
     assert app.get('/reports/formulas.csv?escape_formulas=true').body.endswith(
-        b'"\'=SUM(1,2)"\r\n')
+        b'"\'=SUM(1,2)"\n')
     run = runs.create_run(raw, settings, 'formulas', {}, ['a@example.org'])
     assert run.escape_formulas is False
 
@@ -176,11 +176,11 @@ def test_row_cap_cuts_and_says_so(make_settings, database, database_url, redis_u
     message = smtp_sink.messages[0]['message']
     assert 'cut' in message['Subject']
     assert 'cut at 25 rows' in message.get_body(('plain',)).get_content()
-    assert attachment(message)[1].count(b'\r\n') == 26
+    assert attachment(message)[1].count(b'\n') == 26
     run = Run.get_by_id(run.id)
     assert (run.rows, run.truncated) == (25, True)
     app = webtest.TestApp(create_app(settings, jobs))
-    assert app.get('/reports/orders.csv').body.count(b'\r\n') == 26
+    assert app.get('/reports/orders.csv').body.count(b'\n') == 26
 
 
 def test_runs_of_one_report_are_bounded(make_settings, database, database_url, redis_url,
