@@ -86,7 +86,7 @@ class SmtpSink:
         message = email.message_from_bytes(envelope.original_content or envelope.content,
                                            policy=email.policy.default)
         with self._lock:
-            self.messages.append({'from': envelope.mail_from,
+            self.messages.append({'from': envelope.mail_from, 'at': time.perf_counter(),
                                   'to': list(envelope.rcpt_tos), 'message': message})
         return '250 Message accepted'
 

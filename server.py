@@ -436,10 +436,15 @@ def main(argv=None):
         sys.exit('nightshift: bad settings: %s' % exc)
     bind_database(settings.database_url)
     app = create_app(settings, jobs)
+    # A streamed report can be written faster than the client reads it;
+    # waitress then buffers up to 16 MB a connection by default. 2 MB keeps
+    # the web server's memory flat whatever the report's size.
+    options = dict(host=host, port=port, threads=settings.web_threads,
+                   outbuf_high_watermark=2 * 1024 * 1024)
     if not args.worker:
-        waitress.serve(app, host=host, port=port, threads=settings.web_threads)
+        waitress.serve(app, **options)
         return
-    server = create_server(app, host=host, port=port, threads=settings.web_threads)
+    server = create_server(app, **options)
     web = threading.Thread(target=server.run, name='waitress', daemon=True)
     web.start()
     logger.info('serving on http://%s:%d with %d consumer threads', host, port,
