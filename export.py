@@ -75,12 +75,15 @@ def column_kind(node):
             return 'unknown', None
 
 
+# One GLOB on the first character settles almost every cell: the class holds
+# the triggers, with a real tab, CR and LF in it ("-" last, so it is literal).
+_SQLITE_TRIGGER = "'[=+@|%\t\r\n-]*'"
+
+
 def _sqlite_escape(x):
     return NodeList([
-        SQL('(CASE WHEN substr('), x,
-        SQL(", 1, 1) IN ('=', '+', '@', '|', '%', char(9), char(13), char(10)) "
-            "OR (substr("), x, SQL(", 1, 1) = '-' AND NOT ("), x,
-        SQL(" GLOB '-[0-9]*' AND NOT "), x, SQL(" GLOB '-*[^0-9.]*')) THEN " + QUOTE + " || "),
+        SQL('(CASE WHEN '), x, SQL(' GLOB ' + _SQLITE_TRIGGER + ' AND NOT ('), x,
+        SQL(" GLOB '-[0-9]*' AND NOT "), x, SQL(" GLOB '-*[^0-9.]*') THEN " + QUOTE + " || "),
         x, SQL(' ELSE '), x, SQL(' END)')], glue='')
 
 

@@ -168,7 +168,13 @@ class Jobs:
             raise QueueUnavailable(reason) from exc
 
     def queue_ok(self):
-        self.huey.storage.queue_size()
+        """Raises when the queue's storage does not answer. A ping, not a
+        count: health checks come often and must stay cheap."""
+        storage = self.huey.storage
+        if self.settings.queue == 'redis':
+            storage.conn.ping()
+        else:
+            storage.sql('SELECT 1', results=True)
         return True
 
 
