@@ -127,6 +127,16 @@ def hand_back(run_id, reason):
                 .where(Run.id == run_id, Run.status == 'running').execute())
 
 
+def wait_while_running(run_id, seconds, clock=time.monotonic):
+    """Wait up to `seconds` for a running run to finish (or stop running)."""
+    deadline = clock() + seconds
+    while clock() < deadline:
+        run = Run.get_or_none(Run.id == run_id)
+        if run is None or run.status != 'running':
+            return
+        time.sleep(0.05)
+
+
 class Heartbeat:
     """While a run is in hand, record that it is alive, and how far it has
     got, from a side thread with its own connection.

@@ -25,6 +25,10 @@ from settings import install_log_redaction
 logger = logging.getLogger('nightshift.tasks')
 
 
+# Seconds a stopping consumer gives a run in hand before handing it back.
+HAND_BACK_GRACE = 5.0
+
+
 class QueueUnavailable(Exception):
     """The queue could not take a task (e.g. Redis is down)."""
 
@@ -74,6 +78,11 @@ class Jobs:
             # give the run back so another worker takes it in a moment.
             if isinstance(task, run_report.task_class):
                 run_id = task.args[0]
+                # The worker thread is still going until this process exits,
+                # and killing it mid-SMTP would send the report twice (the
+                # server accepted, nothing recorded it). A short grace lets
+                # a run that is nearly done finish.
+                runs.wait_while_running(run_id, HAND_BACK_GRACE)
                 if runs.hand_back(run_id, 'worker stopped during the run; running it again'):
                     # Straight into the schedule, not the queue: a worker thread
                     # of this dying process could pop it from the queue and die

@@ -81,13 +81,15 @@ def test_killed_terminated_and_stopped_consumers_lose_nothing(app, consumers, sm
     second = consumers.start()
     wait_until(lambda: delivered(killed), timeout=60, message='killed run to complete')
 
-    # SIGTERM (interrupt) hands the run back at once.
+    # SIGTERM (interrupt): the run gets a few seconds' grace, then is handed
+    # back; either way it is sent once.
     terminated = post()
     wait_until(lambda: writing(terminated), timeout=30, message='second run to be writing')
     second.send_signal(signal.SIGTERM)
     second.wait(20)
     run = Run.get_by_id(terminated)
-    assert run.status == 'queued' and 'worker stopped' in run.error
+    assert run.status == 'delivered' or (run.status == 'queued' and
+                                         'worker stopped' in run.error)
     third = consumers.start()
     wait_until(lambda: delivered(terminated), timeout=60, message='handed-back run')
 
@@ -105,7 +107,8 @@ def test_killed_terminated_and_stopped_consumers_lose_nothing(app, consumers, sm
     assert ids == sorted('<nightshift-run-%d@nightshift>' % i for i in (killed, terminated,
                                                                          graceful))
     attempts = {i: Run.get_by_id(i).attempts for i in (killed, terminated, graceful)}
-    assert attempts == {killed: 2, terminated: 2, graceful: 1}
+    assert attempts[killed] == 2 and attempts[graceful] == 1
+    assert attempts[terminated] in (1, 2)
     for message in smtp_sink.messages:
         body = message['message'].get_body(('plain',)).get_content()
         assert 'Rows: 400,000' in body
