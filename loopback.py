@@ -26,6 +26,24 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message='condition'):
     raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, message))
 
 
+def call(method, url, body=None):
+    """(status, JSON body) of an HTTP request on loopback; (None, None) when
+    nothing answers."""
+    import json
+    import urllib.error
+    import urllib.request
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as res:
+            return res.status, json.load(res)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except OSError:
+        return None, None
+
+
 class RedisServer:
     def __init__(self):
         self.port = free_port()

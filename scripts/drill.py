@@ -13,7 +13,6 @@ requested, refused at the door (503 while Redis was down), delivered,
 failed, duplicate emails, lost. Needs requirements-dev.txt (aiosmtpd).
 """
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -21,29 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from loopback import RedisServer, SmtpSink, free_port, wait_until  # noqa: E402
+from loopback import RedisServer, SmtpSink, call, free_port, wait_until  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get('NIGHTSHIFT_TEST_PG', 'postgresql://postgres@127.0.0.1:5432/test')
-
-
-def call(method, url, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={'Content-Type': 'application/json'})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as res:
-            return res.status, json.load(res)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-    except OSError:
-        return None, None
 
 
 class System:

@@ -1,16 +1,14 @@
 """Fault drills with real processes: kill -9, SIGTERM, SIGINT, Redis and SMTP
 outages. Each run must end delivered exactly once."""
-import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 import demo
 from conftest import free_port, wait_until
+from loopback import call
 from models import Run
 from test_e2e import spawn, stop
 
@@ -133,14 +131,7 @@ def test_smtp_outage_then_back_delivers_once(app, consumers, smtp_sink):
 
 
 def _request(url, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method='POST' if body else 'GET',
-                                     headers={'Content-Type': 'application/json'})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as res:
-            return res.status, json.load(res)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+    return call('POST' if body else 'GET', url, body)
 
 
 def test_redis_outage_under_running_web_and_consumer(consumers, fault_env, redis_server,
@@ -181,7 +172,4 @@ def test_redis_outage_under_running_web_and_consumer(consumers, fault_env, redis
 
 
 def _healthy(base):
-    try:
-        return _request(base + '/healthz')[0] == 200
-    except OSError:
-        return False
+    return _request(base + '/healthz')[0] == 200
