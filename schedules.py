@@ -14,7 +14,7 @@ from peewee import IntegrityError
 
 import cron
 import runs
-from models import Run, Schedule, db, utcnow
+from models import Run, Schedule, db
 from params import InputError, dump_params
 from reports import UnknownReport
 from settings import SettingsError

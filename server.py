@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 
-from bottle import Bottle, HTTPError, HTTPResponse, request, response
+from bottle import Bottle, HTTPResponse, request, response
 from peewee import DatabaseError, InterfaceError, OperationalError
 
 import links

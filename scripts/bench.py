@@ -188,7 +188,6 @@ def export_table(args, workdir):
     rows = args.rows
     sqlite_url = make_sqlite(os.path.join(workdir, 'bench.db'), rows)
     pg_url, drop_pg = make_postgres(rows) if not args.no_postgres else (None, None)
-    sql, params = None, None
     from models import bind_database
     bind_database(sqlite_url, create=False)
     query_sql, query_params = _orders_query().sql()
