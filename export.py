@@ -140,7 +140,13 @@ def open_rows(query, database, escape=True, batch=2000):
     """Run `query` and yield (header, rows): fetched lazily, escaped, decimals
     formatted. PostgreSQL gets a server-side (named) cursor in a transaction,
     so the driver never loads the whole result."""
-    query, leftover = prepare_query(query, database, escape)
+    prepared, leftover = prepare_query(query, database, escape)
+    with _prepared_rows(prepared, leftover, database, batch) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def _prepared_rows(query, leftover, database, batch=2000):
     if isinstance(database, PostgresqlDatabase):
         sql, params = query.sql()
         with database.atomic():
@@ -168,17 +174,16 @@ def open_csv(query, database, escape=True, bom=False, limit=None, chunk_rows=200
     """The report as a stream of CSV byte chunks (with .rows, .bytes and
     .truncated). PostgreSQL writes it itself with COPY when every column's
     type is known; otherwise rows are written here."""
-    if copy and isinstance(database, PostgresqlDatabase):
-        prepared, leftover = prepare_query(query, database, escape)
-        if not leftover:
-            with database.atomic():
-                cursor = database.connection().cursor()
-                try:
-                    yield CopyStream(cursor, prepared, database, bom, limit)
-                finally:
-                    cursor.close()
-            return
-    with open_rows(query, database, escape) as (header, rows):
+    prepared, leftover = prepare_query(query, database, escape)
+    if copy and not leftover and isinstance(database, PostgresqlDatabase):
+        with database.atomic():
+            cursor = database.connection().cursor()
+            try:
+                yield CopyStream(cursor, prepared, database, bom, limit)
+            finally:
+                cursor.close()
+        return
+    with _prepared_rows(prepared, leftover, database) as (header, rows):
         yield CsvStream(header, rows, escape=False, chunk_rows=chunk_rows, bom=bom,
                         limit=limit)
 

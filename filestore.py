@@ -12,8 +12,6 @@ Both stream in chunks: nothing holds a whole file in memory.
 import os
 import shutil
 
-from peewee import fn
-
 from models import ReportFileChunk, db
 
 CHUNK = 1 << 20
@@ -41,9 +39,6 @@ class LocalFileStore:
 
     def exists(self, key):
         return os.path.isfile(self._path(key))
-
-    def size(self, key):
-        return os.path.getsize(self._path(key))
 
     def open_chunks(self, key):
         path = self._path(key)
@@ -87,10 +82,6 @@ class DatabaseFileStore:
 
     def exists(self, key):
         return ReportFileChunk.select().where(ReportFileChunk.key == key).exists()
-
-    def size(self, key):
-        return (ReportFileChunk.select(fn.COALESCE(fn.SUM(fn.LENGTH(ReportFileChunk.data)), 0))
-                .where(ReportFileChunk.key == key).scalar())
 
     def open_chunks(self, key):
         seqs = [s for (s,) in ReportFileChunk.select(ReportFileChunk.seq)

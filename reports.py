@@ -73,9 +73,6 @@ class Registry:
     def __iter__(self):
         return iter(sorted(self._reports.values(), key=lambda r: r.name))
 
-    def __contains__(self, name):
-        return name in self._reports
-
 
 registry = Registry()
 report = registry.report

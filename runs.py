@@ -93,6 +93,11 @@ def record_retry(run_id, reason, next_attempt_at):
         .where(Run.id == run_id, Run.status.not_in(('delivered', 'failed'))).execute()
 
 
+def record_wait(run_id, next_attempt_at):
+    """The run waits for a turn (not a failure): the reaper leaves it alone."""
+    Run.update(next_attempt_at=next_attempt_at).where(Run.id == run_id).execute()
+
+
 def retry_delay(attempts, settings, rng=random):
     """Exponential backoff with jitter: half the delay is random, so many
     runs failing together do not come back together."""

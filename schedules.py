@@ -193,6 +193,15 @@ def plan(schedule, now, window):
     return None, slots, latest
 
 
+def claim_slots(schedule, latest):
+    """Move the schedule's mark to `latest`, only if no one moved it since
+    `schedule` was read: the one consumer that succeeds handles the slots."""
+    return bool(Schedule.update(checked_through=latest)
+                .where(Schedule.id == schedule.id,
+                       Schedule.checked_through == schedule.checked_through)
+                .execute())
+
+
 def tick(registry, settings, jobs, now):
     """Create the runs that are due at `now` (naive UTC). Returns them."""
     window = datetime.timedelta(hours=settings.catchup_hours)
@@ -203,11 +212,7 @@ def tick(registry, settings, jobs, now):
             continue
         try:
             with db.atomic():
-                claimed = (Schedule.update(checked_through=latest)
-                           .where(Schedule.id == schedule.id,
-                                  Schedule.checked_through == schedule.checked_through)
-                           .execute())
-                if not claimed:
+                if not claim_slots(schedule, latest):
                     continue  # another consumer handled these slots
                 for slot in skipped:
                     Run.create(report=schedule.report, params=schedule.params,

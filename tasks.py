@@ -120,10 +120,8 @@ class Jobs:
             runs.execute_run(run_id, self.registry, self.settings, self.mailer, self.store)
         except runs.Busy:
             # Not a failure: wait for a turn, without using up an attempt.
-            delay = runs.retry_delay(1, self.settings) or 0
-            delay = max(delay, 1.0)
-            Run.update(next_attempt_at=utcnow() + datetime.timedelta(seconds=delay)) \
-                .where(Run.id == run_id).execute()
+            delay = max(runs.retry_delay(1, self.settings), 1.0)
+            runs.record_wait(run_id, utcnow() + datetime.timedelta(seconds=delay))
             raise RetryTask(delay=delay)
         except runs.PermanentFailure as exc:
             self._give_up(run_id, self.settings.redact(str(exc)))
