@@ -75,6 +75,9 @@ def _components(report_names):
                         'schedule': NULLABLE_STRING, 'slot_at': NULLABLE_STRING,
                         'created_at': {'type': 'string'}, 'started_at': NULLABLE_STRING,
                         'finished_at': NULLABLE_STRING, 'file_name': NULLABLE_STRING,
+                        'file_bytes': {'type': 'integer', 'nullable': True},
+                        'file_url': NULLABLE_STRING, 'sent_as': NULLABLE_STRING,
+                        'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
                         'escape_formulas': {'type': 'boolean'},
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
@@ -123,6 +126,9 @@ def build_spec(registry):
     not_found = _error('no such schedule')
     conflict = _error('declared in config.ini, or the name is taken')
     common = {'401': unauthorized, '503': unavailable}
+    file_ok = {'description': 'the file', 'content': {
+        'text/csv': {'schema': {'type': 'string'}},
+        'application/zip': {'schema': {'type': 'string', 'format': 'binary'}}}}
 
     paths = {
         '/healthz': {'get': {'summary': 'database and queue health', 'security': [],
@@ -189,16 +195,20 @@ def build_spec(registry):
         'responses': dict(common, **{
             '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
             '400': bad, '404': not_found})}}
+    paths['/api/runs/{id}/file'] = {'get': {
+        'summary': "a finished run's file, while it is kept",
+        'parameters': [
+            {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}],
+        'responses': dict(common, **{'200': file_ok,
+                                     '404': _error('no such run, or no file kept')})}}
     paths['/files/{id}'] = {'get': {
         'summary': 'a report file, by the signed link from its email', 'security': [],
         'parameters': [
             {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}},
             {'name': 'expires', 'in': 'query', 'required': True, 'schema': {'type': 'string'}},
             {'name': 'sig', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
-        'responses': {'200': {'description': 'the file', 'content': {
-            'text/csv': {'schema': {'type': 'string'}},
-            'application/zip': {'schema': {'type': 'string', 'format': 'binary'}}}},
-            '403': _error('not valid or expired'), '404': _error('no longer kept')}}}
+        'responses': {'200': file_ok,
+                      '403': _error('not valid or expired'), '404': _error('no longer kept')}}}
     for report in registry:
         parameters = [{'name': p.name, 'in': 'query', 'required': p.required,
                        'description': p.help, 'schema': _param_schema(p)}
@@ -211,6 +221,14 @@ def build_spec(registry):
             'responses': dict(common, **{
                 '200': {'description': 'the report, streamed',
                         'content': {'text/csv': {'schema': {'type': 'string'}}}},
+                '400': bad})}}
+        paths['/api/reports/%s/check' % report.name] = {'get': {
+            'summary': 'check download parameters without running the report',
+            'parameters': parameters,
+            'responses': dict(common, **{
+                '200': {'description': 'the parameters are valid; `url` downloads',
+                        'content': _json({'type': 'object',
+                                          'required': ['report', 'params', 'url']})},
                 '400': bad})}}
     return {
         'openapi': '3.0.3',

@@ -395,6 +395,11 @@ def _iso(value):
     return value.isoformat() + 'Z' if value is not None else None
 
 
+def file_ready(run):
+    """True when the run's complete file is kept (built, and not past retention)."""
+    return bool(run.file_key) and run.file_bytes is not None
+
+
 def run_as_dict(run, deliveries=None):
     if deliveries is None:
         deliveries = run.deliveries.order_by(Delivery.id)
@@ -415,6 +420,11 @@ def run_as_dict(run, deliveries=None):
         'started_at': _iso(run.started_at),
         'finished_at': _iso(run.finished_at),
         'file_name': run.file_name,
+        'file_bytes': run.file_bytes,
+        'file_url': '/api/runs/%d/file' % run.id if file_ready(run) else None,
+        'sent_as': run.sent_as,
+        'duration_seconds': round((run.finished_at - run.started_at).total_seconds(), 3)
+        if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
         'escape_formulas': run.escape_formulas,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,

@@ -26,7 +26,7 @@ import schedules
 from export import open_csv
 from models import RUN_STATUSES, Run, Schedule, bind_database, db, utcnow
 from openapi import build_spec
-from params import InputError
+from params import InputError, dump_params
 from reports import UnknownReport, registry as default_registry
 from settings import SettingsError, install_log_redaction, load_settings
 from tasks import Jobs, QueueUnavailable
@@ -125,6 +125,57 @@ class TokenAuth:
         return wrapper
 
 
+LOOPBACK_NAMES = ('localhost', '127.0.0.1', '[::1]', '::1')
+UNSAFE_METHODS = ('POST', 'PUT', 'PATCH', 'DELETE')
+
+
+def _host_name(host):
+    if host.startswith('['):
+        return host.split(']')[0] + ']'
+    return host.rsplit(':', 1)[0] if host.count(':') == 1 else host
+
+
+class BrowserGuard:
+    """Bottle plugin: what a browser session needs beside the token.
+
+    - No cross-site writes. Once a browser has logged in with Basic auth it
+      sends the credentials on every request to this host, including a form
+      another site posts here; so a write whose Origin (or Sec-Fetch-Site)
+      says it came from elsewhere is refused.
+    - No DNS rebinding: without a token the server only listens on loopback,
+      and a request naming another host in its Host header came through a
+      name that was made to point here.
+    """
+    name = 'browser_guard'
+    api = 2
+
+    def __init__(self, tokens):
+        self.open = not tokens
+
+    def refusal(self):
+        host = request.get_header('X-Forwarded-Host') or request.get_header('Host', '')
+        if self.open and _host_name(host.lower()) not in LOOPBACK_NAMES:
+            return ('misdirected', 'this server answers to localhost only while no API '
+                    'token is set')
+        if request.method in UNSAFE_METHODS:
+            site = request.get_header('Sec-Fetch-Site')
+            if site is not None and site not in ('same-origin', 'none'):
+                return 'cross_site', 'a write from another site is refused'
+            origin = request.get_header('Origin')
+            if origin is not None and origin.partition('://')[2].lower() != host.lower():
+                return 'cross_site', 'a write from another origin is refused'
+        return None
+
+    def apply(self, callback, route):
+        @functools.wraps(callback)
+        def wrapper(*args, **kwargs):
+            refused = self.refusal()
+            if refused:
+                return error_response(403, refused[0], refused[1])
+            return callback(*args, **kwargs)
+        return wrapper
+
+
 def _error_handler(res):
     """Every error Bottle raises itself (404, 405, 500) as JSON, no traceback."""
     response.content_type = 'application/json'
@@ -188,6 +239,7 @@ def create_app(settings, jobs, registry=default_registry):
     app = Bottle()
     app.install(api_errors)
     app.install(TokenAuth(settings.tokens))
+    app.install(BrowserGuard(settings.tokens))
     app.default_error_handler = _error_handler
 
     @app.get('/healthz', auth=False)
@@ -219,15 +271,30 @@ def create_app(settings, jobs, registry=default_registry):
     def list_reports():
         return json_response(200, {'reports': [r.describe() for r in registry]})
 
-    @app.get('/reports/<name>.csv')
-    def download(name):
+    def download_request(name):
+        """(report, typed params, output options) from a download's query string."""
         try:
             definition = registry.get(name)
         except UnknownReport:
             raise InputError('report', 'no report named %r' % name, code='unknown_report')
         raw = query_params(prefix='params.')
         options = {key: flag(raw.pop(key), key) for key in OUTPUT_OPTIONS if key in raw}
-        query = definition.query(definition.parse(raw))
+        return definition, definition.parse(raw), options
+
+    @app.get('/api/reports/<name>/check')
+    def check_download(name):
+        # Lets a page find a mistake before it starts a download, where the
+        # error would otherwise replace the page.
+        definition, typed, options = download_request(name)
+        query = '?' + request.query_string if request.query_string else ''
+        return json_response(200, {'report': definition.name, 'params': dump_params(typed),
+                                   'options': options,
+                                   'url': '/reports/%s.csv%s' % (definition.name, query)})
+
+    @app.get('/reports/<name>.csv')
+    def download(name):
+        definition, typed, options = download_request(name)
+        query = definition.query(typed)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
         response.content_type = 'text/csv; charset=utf-8'
         response.set_header('Content-Disposition',
@@ -307,14 +374,17 @@ def create_app(settings, jobs, registry=default_registry):
             raise InputError('limit', 'must be a whole number from 1 to 500')
         return json_response(200, {'runs': runs.runs_as_dicts(query.limit(int(limit)))})
 
-    @app.get('/files/<run_id:int>', auth=False)  # the signature is the credential
-    def download_file(run_id):
-        # The link in a report email: signed, expiring, for one run's file.
-        # Any mismatch gets the same 403, so a probe learns nothing.
+    @app.get('/api/runs/<run_id:int>/file')
+    def run_file(run_id):
         run = find_run(run_id)
-        if not links.check(settings, run, request.query.get('expires', ''),
-                           request.query.get('sig', '')):
-            raise ApiError(403, 'forbidden', 'this link is not valid or has expired')
+        if run is None:
+            raise ApiError(404, 'not_found', 'no run %d' % run_id, 'id')
+        if not runs.file_ready(run):
+            raise ApiError(404, 'not_found', 'run %d has no file: it is not finished, or '
+                           'its file is past retention' % run_id)
+        return send_stored_file(run)
+
+    def send_stored_file(run):
         try:
             chunks = jobs.store.open_chunks(run.file_key)
         except FileNotFoundError:
@@ -324,6 +394,16 @@ def create_app(settings, jobs, registry=default_registry):
         return HTTPResponse(chunks, status=200, headers={
             'Content-Type': content_type,
             'Content-Disposition': 'attachment; filename="%s"' % run.file_name})
+
+    @app.get('/files/<run_id:int>', auth=False)  # the signature is the credential
+    def download_file(run_id):
+        # The link in a report email: signed, expiring, for one run's file.
+        # Any mismatch gets the same 403, so a probe learns nothing.
+        run = find_run(run_id)
+        if not links.check(settings, run, request.query.get('expires', ''),
+                           request.query.get('sig', '')):
+            raise ApiError(403, 'forbidden', 'this link is not valid or has expired')
+        return send_stored_file(run)
 
     def find_schedule(name):
         schedule = Schedule.get_or_none(Schedule.name == name)

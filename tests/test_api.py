@@ -86,6 +86,32 @@ def test_post_run_emails_the_csv(app, jobs, shop, smtp_sink):
     for key in ('created_at', 'started_at', 'finished_at'):
         assert run[key].endswith('Z')
     assert [d['status'] for d in run['deliveries']] == ['sent', 'sent']
+    assert run['duration_seconds'] >= 0 and run['sent_as'] == 'csv'
+    assert run['file_bytes'] == len(data)
+
+    # The same file, downloadable while it is kept.
+    assert run['file_url'] == '/api/runs/%d/file' % run_id
+    kept = app.get(run['file_url'])
+    assert kept.headers['Content-Disposition'] == 'attachment; filename="%s"' % name
+    assert kept.body == data
+
+
+def test_a_run_file_is_offered_only_while_kept(app, jobs, settings, shop):
+    import datetime
+
+    import runs
+    from models import utcnow
+    run_id = app.post_json('/api/runs', {'report': 'customers', 'to': ['a@example.org']}).json['id']
+    res = app.get('/api/runs/%d/file' % run_id, expect_errors=True)
+    assert res.status_int == 404 and 'not finished' in res.json['message']
+    assert app.get('/api/runs/%d' % run_id).json['file_url'] is None
+    run_queued(jobs)
+    assert app.get('/api/runs/%d/file' % run_id).status_int == 200
+    later = utcnow() + datetime.timedelta(days=settings.retention_days + 1)
+    assert runs.remove_expired_files(settings, jobs.store, later) == 1
+    assert app.get('/api/runs/%d' % run_id).json['file_url'] is None
+    assert app.get('/api/runs/%d/file' % run_id, expect_errors=True).status_int == 404
+    assert app.get('/api/runs/99999/file', expect_errors=True).json['field'] == 'id'
 
 
 def test_rerunning_a_delivered_run_sends_nothing(app, jobs, shop, smtp_sink):
@@ -183,6 +209,17 @@ def test_download_bad_params(app, shop):
     res = app.get('/reports/orders.csv?status=paid&status=shipped', expect_errors=True)
     assert (res.status_int, res.json['field']) == (400, 'params.status')
     res = app.get('/reports/secret.csv', expect_errors=True)
+    assert (res.status_int, res.json['error']) == (404, 'unknown_report')
+
+
+def test_download_parameters_can_be_checked_first(app, shop):
+    res = app.get('/api/reports/orders/check', {'since': '2025-01-01', 'status': 'paid'})
+    assert res.json['params'] == {'since': '2025-01-01', 'until': None, 'status': 'paid'}
+    assert res.json['url'] == '/reports/orders.csv?since=2025-01-01&status=paid'
+    res = app.get('/api/reports/orders/check', {'since': '2025-02-01', 'until': '2025-01-01'},
+                  expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'params.until')
+    res = app.get('/api/reports/nope/check', expect_errors=True)
     assert (res.status_int, res.json['error']) == (404, 'unknown_report')
 
 

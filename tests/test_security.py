@@ -70,6 +70,36 @@ def test_health_spec_and_signed_links_need_no_token(secured):
     assert res.status_int == 403  # the signature, not a token, guards it
 
 
+def test_writes_from_another_site_are_refused(secured):
+    """A browser logged in with Basic auth sends the credentials with a form
+    another site posts here; such writes carry that site's Origin."""
+    settings, jobs, secured_app = secured
+    auth = {'Authorization': basic(TOKEN)}
+    body = {'report': 'customers', 'to': ['a@example.org']}
+    for headers in ({'Origin': 'https://evil.example'}, {'Origin': 'null'},
+                    {'Sec-Fetch-Site': 'cross-site'}, {'Sec-Fetch-Site': 'same-site'}):
+        res = secured_app.post_json('/api/runs', body, headers=dict(auth, **headers),
+                                    expect_errors=True)
+        assert (res.status_int, res.json['error']) == (403, 'cross_site'), headers
+    assert Run.select().count() == 0
+    # The page's own requests: same origin.
+    res = secured_app.post_json('/api/runs', body, headers=dict(
+        auth, Origin='http://localhost:80', **{'Sec-Fetch-Site': 'same-origin'}))
+    assert res.status_int == 202
+    # Reading stays possible from anywhere with the token (e.g. a dashboard).
+    assert secured_app.get('/api/runs', headers=dict(auth, Origin='https://x.example')).json
+
+
+def test_without_a_token_only_loopback_host_names_are_served(app):
+    """DNS rebinding: a page on evil.example whose name now points at
+    127.0.0.1 would send Host: evil.example."""
+    for host in ('evil.example', 'evil.example:8080', '127.0.0.1.evil.example'):
+        res = app.get('/api/runs', headers={'Host': host}, expect_errors=True)
+        assert (res.status_int, res.json['error']) == (403, 'misdirected'), host
+    for host in ('localhost:8080', '127.0.0.1:8080', '[::1]:8080', 'localhost'):
+        assert app.get('/api/runs', headers={'Host': host}).status_int == 200, host
+
+
 def test_no_token_means_loopback_only():
     from settings import Settings
     open_settings = Settings()
