@@ -251,12 +251,23 @@ def _iso(value):
     return value.isoformat() + 'Z' if value is not None else None
 
 
-def schedule_as_dict(schedule, now):
+def next_run(schedule, now):
+    """(UTC, local aware) of the schedule's next slot; (None, None) when paused."""
+    if not schedule.enabled:
+        return None, None
     zone = cron.check_timezone(schedule.timezone)
-    upcoming = cron.next_slot(schedule.cron, zone, max(now, schedule.checked_through)) \
-        if schedule.enabled else None
-    last = (Run.select().where(Run.schedule == schedule.name, Run.status != 'skipped')
+    upcoming = cron.next_slot(schedule.cron, zone, max(now, schedule.checked_through))
+    return upcoming, cron.to_local(upcoming, zone) if upcoming else None
+
+
+def last_run(schedule):
+    return (Run.select().where(Run.schedule == schedule.name, Run.status != 'skipped')
             .order_by(Run.id.desc()).first())
+
+
+def schedule_as_dict(schedule, now):
+    upcoming, local = next_run(schedule, now)
+    last = last_run(schedule)
     return {
         'name': schedule.name,
         'report': schedule.report,
@@ -267,7 +278,7 @@ def schedule_as_dict(schedule, now):
         'enabled': schedule.enabled,
         'managed_by': schedule.managed_by,
         'next_run_at': _iso(upcoming),
-        'next_run_local': cron.to_local(upcoming, zone).isoformat() if upcoming else None,
+        'next_run_local': local.isoformat() if local else None,
         'last_run': None if last is None else {
             'id': last.id, 'status': last.status, 'trigger': last.trigger,
             'slot_at': _iso(last.slot_at), 'created_at': _iso(last.created_at),

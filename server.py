@@ -23,6 +23,7 @@ from peewee import DatabaseError, InterfaceError, OperationalError
 import links
 import runs
 import schedules
+import web
 from export import open_csv
 from models import RUN_STATUSES, Run, Schedule, bind_database, db, utcnow
 from openapi import build_spec
@@ -459,6 +460,7 @@ def create_app(settings, jobs, registry=default_registry):
                                        schedule.recipients, trigger='web',
                                        schedule=schedule.name))
 
+    web.install_pages(app, settings, jobs, registry)
     return app
 
 

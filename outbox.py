@@ -1,0 +1,77 @@
+"""Read the messages the outbox mail backend wrote, for the page that shows
+them the way MailHog shows caught mail."""
+import csv
+import email
+import email.policy
+import io
+import os
+import re
+
+# The names OutboxMailer gives its files; anything else is not ours to show.
+MESSAGE_NAME = re.compile(r'\d{8}-\d{6}-[0-9a-f]{8}\.eml\Z')
+
+
+class Message:
+    def __init__(self, name, parsed, size):
+        self.name = name
+        self.size = size
+        self.parsed = parsed
+
+    def header(self, key):
+        return str(self.parsed.get(key, ''))
+
+    @property
+    def attachments(self):
+        return [part for part in self.parsed.walk() if part.get_filename()]
+
+    @property
+    def text(self):
+        body = self.parsed.get_body(('plain',))
+        return body.get_content() if body is not None else ''
+
+
+def _path(folder, name):
+    if not isinstance(name, str) or not MESSAGE_NAME.match(name):
+        return None
+    path = os.path.join(folder, name)
+    return path if os.path.isfile(path) else None
+
+
+def read_message(folder, name):
+    """The message called `name`, or None when there is no such message."""
+    path = _path(folder, name)
+    if path is None:
+        return None
+    with open(path, 'rb') as source:
+        parsed = email.message_from_binary_file(source, policy=email.policy.default)
+    return Message(name, parsed, os.path.getsize(path))
+
+
+def list_messages(folder, limit=200):
+    """Newest first (the names start with the time they were written)."""
+    try:
+        names = sorted((n for n in os.listdir(folder) if MESSAGE_NAME.match(n)), reverse=True)
+    except FileNotFoundError:
+        return []
+    found = (read_message(folder, name) for name in names[:limit])
+    return [message for message in found if message is not None]
+
+
+def attachment(message, index):
+    """(filename, content type, bytes) of the attachment at `index`, or None."""
+    parts = message.attachments
+    if not 0 <= index < len(parts):
+        return None
+    part = parts[index]
+    return part.get_filename(), part.get_content_type(), part.get_payload(decode=True)
+
+
+def preview_rows(data, limit=21):
+    """The header and first rows of a CSV attachment, for a glance without downloading."""
+    text = data[:256 * 1024].decode('utf-8-sig', 'replace')
+    rows = []
+    for row in csv.reader(io.StringIO(text, newline='')):
+        if len(rows) == limit:
+            break
+        rows.append(row)
+    return rows
