@@ -200,7 +200,9 @@ def build_spec(registry):
         'parameters': [
             {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}],
         'responses': dict(common, **{'200': file_ok,
-                                     '404': _error('no such run, or no file kept')})}}
+                                     '404': _error('no such run'),
+                                     '409': _error('the run has no file yet'),
+                                     '410': _error('the file is past retention')})}}
     paths['/files/{id}'] = {'get': {
         'summary': 'a report file, by the signed link from its email', 'security': [],
         'parameters': [

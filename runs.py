@@ -396,8 +396,11 @@ def _iso(value):
 
 
 def file_ready(run):
-    """True when the run's complete file is kept (built, and not past retention)."""
-    return bool(run.file_key) and run.file_bytes is not None
+    """True when the run is over and its complete file is kept (not past retention).
+    While it is still being mailed or retried it is not offered: a re-run may
+    rebuild it."""
+    return run.status in ('delivered', 'failed') and bool(run.file_key) \
+        and run.file_bytes is not None
 
 
 def run_as_dict(run, deliveries=None):

@@ -381,8 +381,14 @@ def create_app(settings, jobs, registry=default_registry):
         if run is None:
             raise ApiError(404, 'not_found', 'no run %d' % run_id, 'id')
         if not runs.file_ready(run):
-            raise ApiError(404, 'not_found', 'run %d has no file: it is not finished, or '
-                           'its file is past retention' % run_id)
+            if run.status in ('delivered', 'failed') and run.file_name and not run.file_key:
+                raise ApiError(410, 'gone', 'run %d\'s file was removed after %g days'
+                               % (run_id, settings.retention_days))
+            if run.status in ('delivered', 'failed', 'skipped'):
+                raise ApiError(404, 'not_found', 'run %d is %s and has no file'
+                               % (run_id, run.status))
+            raise ApiError(409, 'not_ready', 'run %d is %s; it has no file yet'
+                           % (run_id, run.status))
         return send_stored_file(run)
 
     def send_stored_file(run):

@@ -15,6 +15,7 @@ from bottle import HTTPResponse, static_file, template
 
 import charts
 import outbox
+import runs
 import schedules
 from models import Run, Schedule, utcnow
 from reports import UnknownReport
@@ -79,7 +80,8 @@ def run_duration(run, now):
 
 
 HELPERS = dict(human_size=human_size, ago=ago, utc_text=utc_text, iso=iso,
-               seconds_text=charts.seconds_text, run_duration=run_duration)
+               seconds_text=charts.seconds_text, run_duration=run_duration,
+               file_ready=runs.file_ready)
 
 
 # --- what the pages show --------------------------------------------------

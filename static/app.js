@@ -184,7 +184,10 @@
             var after = statusesOf(self.body);
             Object.keys(after).forEach(function (id) {
               var was = before[id], now = after[id];
-              if (was && was.status !== now.status) {
+              // A run can be queued and finished between two looks: new
+              // and already final counts as a change too.
+              var changed = was ? was.status !== now.status : FINAL.indexOf(now.status) >= 0;
+              if (changed) {
                 announce('Run #' + id + ' (' + now.report + ') is ' + now.status + '.');
                 if (FINAL.indexOf(now.status) >= 0) { refreshChart(now.report); }
               }

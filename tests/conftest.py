@@ -143,6 +143,17 @@ def app(settings, jobs):
     return webtest.TestApp(bottle_app)
 
 
+@pytest.fixture
+def consumer_env(settings, database_url, redis_url, smtp_sink, tmp_path):
+    config = tmp_path / 'consumer.ini'
+    config.write_text('[nightshift]\nreports_dir = %s\nretry_delay = 0\n'
+                      % settings.reports_dir)
+    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
+            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
+            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
+            'MAIL_FROM': 'reports@nightshift.test'}
+
+
 def run_queued(jobs, limit=10):
     """Step the queue by hand: dequeue and execute what is there."""
     done = 0

@@ -103,14 +103,22 @@ def test_a_run_file_is_offered_only_while_kept(app, jobs, settings, shop):
     from models import utcnow
     run_id = app.post_json('/api/runs', {'report': 'customers', 'to': ['a@example.org']}).json['id']
     res = app.get('/api/runs/%d/file' % run_id, expect_errors=True)
-    assert res.status_int == 404 and 'not finished' in res.json['message']
+    assert (res.status_int, res.json['error']) == (409, 'not_ready')
+    assert res.json['message'] == 'run %d is queued; it has no file yet' % run_id
     assert app.get('/api/runs/%d' % run_id).json['file_url'] is None
     run_queued(jobs)
     assert app.get('/api/runs/%d/file' % run_id).status_int == 200
+    # Mid-retry (back in the queue with its file built) it is not offered:
+    # a re-run may rebuild it.
+    Run.update(status='queued').where(Run.id == run_id).execute()
+    assert app.get('/api/runs/%d' % run_id).json['file_url'] is None
+    assert app.get('/api/runs/%d/file' % run_id, expect_errors=True).status_int == 409
+    Run.update(status='delivered').where(Run.id == run_id).execute()
     later = utcnow() + datetime.timedelta(days=settings.retention_days + 1)
     assert runs.remove_expired_files(settings, jobs.store, later) == 1
     assert app.get('/api/runs/%d' % run_id).json['file_url'] is None
-    assert app.get('/api/runs/%d/file' % run_id, expect_errors=True).status_int == 404
+    res = app.get('/api/runs/%d/file' % run_id, expect_errors=True)
+    assert (res.status_int, res.json['error']) == (410, 'gone')
     assert app.get('/api/runs/99999/file', expect_errors=True).json['field'] == 'id'
 
 

@@ -32,17 +32,6 @@ def stop(proc):
             proc.wait()
 
 
-@pytest.fixture
-def consumer_env(settings, database_url, redis_url, smtp_sink, tmp_path):
-    config = tmp_path / 'consumer.ini'
-    config.write_text('[nightshift]\nreports_dir = %s\nretry_delay = 0\n'
-                      % settings.reports_dir)
-    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
-            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-            'MAIL_FROM': 'reports@nightshift.test'}
-
-
 def test_huey_consumer_process_delivers_a_posted_run(app, consumer_env, smtp_sink, tmp_path):
     demo.seed(customers=30, orders=2000)
     with open(tmp_path / 'consumer.log', 'wb') as log:

@@ -3,7 +3,7 @@
 % end
 % for run in runs:
 % seconds = run_duration(run, now)
-% ready = bool(run.file_key) and run.file_bytes is not None
+% ready = file_ready(run)
 <tr id="run-{{run.id}}" data-run="{{run.id}}" data-status="{{run.status}}" data-report="{{run.report}}">
   <td data-label="Run">#{{run.id}}<br><small><time datetime="{{iso(run.created_at)}}" title="{{utc_text(run.created_at)}}">{{ago(run.created_at, now)}}</time></small></td>
   <td data-label="Report">{{run.report}}<br><small>{{'schedule ' + run.schedule if run.schedule else run.trigger}}</small></td>
