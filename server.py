@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import threading
+import urllib.parse
 
 from bottle import Bottle, HTTPResponse, request, response
 from peewee import DatabaseError, InterfaceError, OperationalError
@@ -150,8 +151,11 @@ class BrowserGuard:
     name = 'browser_guard'
     api = 2
 
-    def __init__(self, tokens):
+    def __init__(self, tokens, public_url):
         self.open = not tokens
+        # Behind a proxy that does not pass the Host on, the page's origin is
+        # the public URL.
+        self.public_host = urllib.parse.urlsplit(public_url).netloc.lower()
 
     def refusal(self):
         host = request.get_header('X-Forwarded-Host') or request.get_header('Host', '')
@@ -163,7 +167,8 @@ class BrowserGuard:
             if site is not None and site not in ('same-origin', 'none'):
                 return 'cross_site', 'a write from another site is refused'
             origin = request.get_header('Origin')
-            if origin is not None and origin.partition('://')[2].lower() != host.lower():
+            if origin is not None and \
+                    origin.partition('://')[2].lower() not in (host.lower(), self.public_host):
                 return 'cross_site', 'a write from another origin is refused'
         return None
 
@@ -240,7 +245,7 @@ def create_app(settings, jobs, registry=default_registry):
     app = Bottle()
     app.install(api_errors)
     app.install(TokenAuth(settings.tokens))
-    app.install(BrowserGuard(settings.tokens))
+    app.install(BrowserGuard(settings.tokens, settings.public_url))
     app.default_error_handler = _error_handler
 
     @app.get('/healthz', auth=False)

@@ -6,7 +6,6 @@ the page's script fetches again while runs are moving, so there is one
 renderer for each table, here, and the script stays small. Every write
 goes through the JSON API, with its validation and its field names.
 """
-import datetime
 import functools
 import os
 import zoneinfo
@@ -79,7 +78,15 @@ def run_duration(run, now):
     return (end - run.started_at).total_seconds() if end else None
 
 
-HELPERS = dict(human_size=human_size, ago=ago, utc_text=utc_text, iso=iso,
+def next_run_text(row, now):
+    """'Wed 25 Nov 2026, 02:30 (in 4 h 32 min)' in the schedule's own timezone."""
+    local = row['next_local']
+    if local is None:
+        return ''
+    return '%s (%s)' % (local.strftime('%a %d %b %Y, %H:%M'), ago(row['next_utc'], now))
+
+
+HELPERS = dict(next_run_text=next_run_text, human_size=human_size, ago=ago, utc_text=utc_text, iso=iso,
                seconds_text=charts.seconds_text, run_duration=run_duration,
                file_ready=runs.file_ready)
 
@@ -181,13 +188,3 @@ def install_pages(app, settings, jobs, registry):
             'Content-Type': content_type,
             'Content-Disposition': 'attachment; filename="%s"' % safe})
 
-
-def next_run_text(row, now):
-    local = row['next_local']
-    if local is None:
-        return ''
-    return '%s (%s)' % (local.strftime('%a %d %b %Y, %H:%M'), ago(row['next_utc'], now))
-
-
-HELPERS['next_run_text'] = next_run_text
-HELPERS['today'] = lambda: datetime.date.today().isoformat()

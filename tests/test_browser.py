@@ -277,6 +277,12 @@ def test_create_pause_resume_edit_and_run_a_schedule(page, live, smtp_sink):
                                                                timeout=20000)
     expect(row).to_contain_text('#%d' % run.id)
 
+    page.once('dialog', lambda dialog: dialog.accept())  # "Delete schedule …?"
+    page.get_by_role('button', name='Delete weekday-paid').click()
+    expect(row).to_have_count(0)
+    expect(page.locator('#announcer')).to_have_text('Schedule weekday-paid deleted.')
+    assert Schedule.select().count() == 0
+
 
 CONTRAST_CHECK = '''() => {
   const parse = (c) => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;

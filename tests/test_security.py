@@ -86,6 +86,10 @@ def test_writes_from_another_site_are_refused(secured):
     res = secured_app.post_json('/api/runs', body, headers=dict(
         auth, Origin='http://localhost:80', **{'Sec-Fetch-Site': 'same-origin'}))
     assert res.status_int == 202
+    # Behind a proxy that sends its own Host, the public URL is the page's origin.
+    res = secured_app.post_json('/api/runs', body, headers=dict(
+        auth, Origin=settings.public_url, Host='127.0.0.1:9999'))
+    assert res.status_int == 202
     # Reading stays possible from anywhere with the token (e.g. a dashboard).
     assert secured_app.get('/api/runs', headers=dict(auth, Origin='https://x.example')).json
 
