@@ -11,6 +11,7 @@ medians and ratios as one Markdown table (also written to --out). Memory is
 the peak RSS of a fresh process per export. Loopback only; bounded in time.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -453,8 +454,9 @@ def _load(url, seconds, connections=8):
         'print(sum(counts) / seconds)\n')
     from urllib.parse import urlparse
     parsed = urlparse(url)
+    path = parsed.path + ('?' + parsed.query if parsed.query else '')
     out = subprocess.run(pin + [sys.executable, '-c', code, parsed.hostname, str(parsed.port),
-                                parsed.path, str(seconds), str(connections)],
+                                path, str(seconds), str(connections)],
                          capture_output=True, text=True, check=True).stdout
     return float(out.strip())
 
@@ -463,42 +465,104 @@ def _can_pin():
     return shutil.which('taskset') is not None and (os.cpu_count() or 1) >= 2
 
 
+@contextlib.contextmanager
+def serving(command, env, name):
+    """A server started from `command` ('{port}' filled in), pinned to core 0
+    when the load can have core 1; yields its base URL."""
+    from loopback import free_port, wait_until
+    pin = ['taskset', '-c', '0'] if _can_pin() else []
+    port = free_port()
+    proc = subprocess.Popen(pin + [c.format(port=port) for c in command], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = 'http://127.0.0.1:%d' % port
+        wait_until(lambda: _answers(base + '/healthz'), timeout=30, message=name)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _server_env(workdir, db_url, name):
+    config = os.path.join(workdir, '%s.ini' % name)
+    with open(config, 'w') as out:
+        out.write('[nightshift]\nqueue_path = %sq.db\noutbox_dir = o\nreports_dir = r\n' % name)
+    return dict(os.environ, NIGHTSHIFT_CONFIG=config, DATABASE_URL=db_url, REDIS_URL='',
+                SMTP_HOST='', NIGHTSHIFT_API_TOKEN='')
+
+
 def health_table(args, workdir):
     """/healthz against a bare Bottle route, servers pinned to core 0 and the
     load generator to core 1."""
-    from loopback import free_port, wait_until
     db_url = make_sqlite(os.path.join(workdir, 'health.db'), 10)
-    config = os.path.join(workdir, 'health.ini')
-    with open(config, 'w') as out:
-        out.write('[nightshift]\nqueue_path = hq.db\noutbox_dir = o\nreports_dir = r\n')
-    env = dict(os.environ, NIGHTSHIFT_CONFIG=config, DATABASE_URL=db_url, REDIS_URL='',
-               SMTP_HOST='', NIGHTSHIFT_API_TOKEN='')
-    pin = ['taskset', '-c', '0'] if _can_pin() else []
+    env = _server_env(workdir, db_url, 'health')
     rates = {}
     for name, command in (
             ('bare', [sys.executable, 'scripts/bench_bare.py', '{port}', '4']),
             ('healthz', [sys.executable, 'server.py', '--port', '{port}'])):
         samples = []
         for _ in range(args.repeat):
-            port = free_port()
-            proc = subprocess.Popen(pin + [c.format(port=port) for c in command], cwd=ROOT,
-                                    env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            try:
-                url = 'http://127.0.0.1:%d/healthz' % port
-                wait_until(lambda: _answers(url), timeout=30, message=name)
-                samples.append(_load(url, args.load_seconds))
-            finally:
-                proc.terminate()
-                proc.wait(20)
+            with serving(command, env, name) as base:
+                samples.append(_load(base + '/healthz', args.load_seconds))
         rates[name] = median(samples)
     tool = 'wrk' if shutil.which('wrk') else 'a Python keep-alive client'
     lines = ['| route (waitress, 4 threads%s; load: %s) | requests/s | ratio |'
-             % (', pinned to core 0' if pin else '', tool), '|---|---|---|',
+             % (', pinned to core 0' if _can_pin() else '', tool), '|---|---|---|',
              '| bare Bottle route | %s | 1.00× |' % '{:,.0f}'.format(rates['bare']),
              '| Nightshift /healthz (database and queue checked) | %s | %.2f× |'
              % ('{:,.0f}'.format(rates['healthz']), rates['healthz'] / rates['bare'])]
     return lines, rates['healthz'] / rates['bare']
+
+
+PAGE_URLS = (
+    ('JSON API: `GET /api/runs?limit=25` (baseline)', '/api/runs?limit=25'),
+    ('the poll: `GET /ui/runs` (25 rows as HTML)', '/ui/runs'),
+    ('a chart: `GET /ui/charts/orders` (30 runs as SVG)', '/ui/charts/orders'),
+    ('the whole page: `GET /`', '/'),
+)
+
+
+def page_table(args, workdir):
+    """What the page costs the server: its fragments against the JSON API
+    for the same runs, on a history of `args.page_runs` runs."""
+    import datetime
+    import urllib.request
+
+    from models import Run, Schedule, utcnow
+    db_url = make_sqlite(os.path.join(workdir, 'page.db'), 10)  # binds it too
+    now = utcnow()
+    for i in range(args.page_runs):
+        started = now - datetime.timedelta(minutes=args.page_runs - i)
+        Run.create(report=('orders', 'customers')[i % 2], params={}, recipients=['a@example.org'],
+                   status='failed' if i % 17 == 0 else 'delivered', rows=1000 + i,
+                   bytes=90000 + i, attempts=1, started_at=started,
+                   finished_at=started + datetime.timedelta(seconds=2))
+    for i in range(5):
+        Schedule.create(name='s%d' % i, report='orders', params={}, recipients=['a@example.org'],
+                        cron='%d 2 * * *' % i, timezone='Europe/Lisbon', enabled=True,
+                        managed_by='api', checked_through=now, created_at=now, updated_at=now)
+    env = _server_env(workdir, db_url, 'page')
+    command = [sys.executable, 'server.py', '--port', '{port}']
+    rates = {path: [] for _, path in PAGE_URLS}
+    sizes = {}
+    for _ in range(args.repeat):
+        with serving(command, env, 'page') as base:
+            for _, path in PAGE_URLS:
+                with urllib.request.urlopen(base + path) as res:
+                    sizes[path] = len(res.read())
+                rates[path].append(_load(base + path, args.load_seconds))
+    baseline = median(rates[PAGE_URLS[0][1]])
+    lines = ['| request (%d runs in the history, 5 schedules) | bytes | requests/s | ratio |'
+             % args.page_runs, '|---|---|---|---|']
+    for label, path in PAGE_URLS:
+        rate = median(rates[path])
+        lines.append('| %s | %s | %s | %.2f× |' % (label, '{:,}'.format(sizes[path]),
+                                                 '{:,.0f}'.format(rate), rate / baseline))
+    poll = median(rates['/ui/runs'])
+    lines += ['', 'An open page polls `/ui/runs` every 1.5 s while a run is queued or '
+              'running, every 10 s otherwise: one server process answers the polls of '
+              'about %s pages with runs moving.' % '{:,.0f}'.format(poll * 1.5)]
+    return lines, poll / baseline
 
 
 def _answers(url):
@@ -525,6 +589,8 @@ def main(argv=None):
     parser.add_argument('--throughput-runs', type=int, default=300)
     parser.add_argument('--consumer-workers', type=int, default=4)
     parser.add_argument('--load-seconds', type=float, default=5)
+    parser.add_argument('--page-runs', type=int, default=2000,
+                        help='runs in the history for the page benchmark')
     parser.add_argument('--smoke', action='store_true', help='tiny sizes, one round')
     parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'benchmarks.md'))
     args = parser.parse_args(argv)
@@ -533,6 +599,7 @@ def main(argv=None):
         args.memory_small, args.memory_large = 2000, 10000
         args.latency_runs, args.throughput_runs = 10, 20
         args.load_seconds = 1
+        args.page_runs = 100
         args.out = os.path.join(tempfile.gettempdir(), 'nightshift-bench-smoke.md')
     workdir = tempfile.mkdtemp(prefix='nightshift-bench-')
     started = time.monotonic()
@@ -542,6 +609,7 @@ def main(argv=None):
         memory_lines, growth = memory_table(args, workdir)
         queue_lines, p50, queue_ratio = queue_table(args, workdir)
         health_lines, health_ratio = health_table(args, workdir)
+        page_lines, page_ratio = page_table(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = ['# Benchmarks', '',
@@ -556,6 +624,7 @@ def main(argv=None):
               '', '## Queue: Redis and a running consumer (`-k thread -w %d -q`)'
               % args.consumer_workers, ''] + queue_lines + [
               '', '## /healthz', ''] + health_lines + [
+              '', '## The web page', ''] + page_lines + [
               '', 'Took %.0f s.' % (time.monotonic() - started)]
     text = '\n'.join(report) + '\n'
     print(text)
