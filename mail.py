@@ -51,11 +51,14 @@ class Mail(NamedTuple):
     message_id: str
 
 
-def _human_size(n):
+def human_size(n):
+    """Decimal units, as the size settings (zip_over_mb, mail_max_mb) count."""
+    if n is None:
+        return '-'
     for unit in ('B', 'KB', 'MB', 'GB'):
-        if n < 1024 or unit == 'GB':
+        if n < 1000 or unit == 'GB':
             return ('%d %s' % (n, unit)) if unit == 'B' else ('%.1f %s' % (n, unit))
-        n /= 1024.0
+        n /= 1000.0
 
 
 def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_mb=None,
@@ -70,7 +73,7 @@ def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_m
         '',
         'Parameters: %s' % params,
         'Rows: {:,}'.format(run.rows),
-        'Size: %s' % _human_size(run.bytes),
+        'Size: %s' % human_size(run.bytes),
         'Took: %.1f s' % seconds,
     ]
     if cut_at:
@@ -79,7 +82,7 @@ def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_m
     if link:
         lines += [
             'File: %s (%s) is too large to attach: the mail provider takes %s MB.'
-            % (name, _human_size(os.path.getsize(path)), ('%g' % limit_mb)),
+            % (name, human_size(os.path.getsize(path)), ('%g' % limit_mb)),
             'Download it here until %s UTC:' % link_expires.strftime('%Y-%m-%d %H:%M'),
             link,
         ]

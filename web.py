@@ -16,6 +16,7 @@ import charts
 import outbox
 import runs
 import schedules
+from mail import human_size
 from models import Run, Schedule, utcnow
 from reports import UnknownReport
 
@@ -31,15 +32,6 @@ render = functools.partial(template, template_lookup=[VIEWS])
 
 
 # --- formatting shared by the templates ---------------------------------
-
-def human_size(n):
-    if n is None:
-        return '-'
-    for unit in ('B', 'KB', 'MB', 'GB'):
-        if n < 1000 or unit == 'GB':
-            return ('%d %s' if unit == 'B' else '%.1f %s') % (n, unit)
-        n /= 1000.0
-
 
 def ago(moment, now):
     """'3 min ago' / 'in 2 h 5 min' for a naive UTC time."""
@@ -86,8 +78,8 @@ def next_run_text(row, now):
     return '%s (%s)' % (local.strftime('%a %d %b %Y, %H:%M'), ago(row['next_utc'], now))
 
 
-HELPERS = dict(next_run_text=next_run_text, human_size=human_size, ago=ago, utc_text=utc_text, iso=iso,
-               seconds_text=charts.seconds_text, run_duration=run_duration,
+HELPERS = dict(next_run_text=next_run_text, human_size=human_size, ago=ago, utc_text=utc_text,
+               iso=iso, seconds_text=charts.seconds_text, run_duration=run_duration,
                file_ready=runs.file_ready)
 
 
