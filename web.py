@@ -11,13 +11,14 @@ import os
 import zoneinfo
 
 from bottle import HTTPResponse, static_file, template
+from peewee import DatabaseError, InterfaceError
 
 import charts
 import outbox
 import runs
 import schedules
 from mail import human_size
-from models import Run, Schedule, utcnow
+from models import Run, Schedule, db, utcnow
 from reports import UnknownReport
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,10 +116,18 @@ def install_pages(app, settings, jobs, registry):
     def index():
         now = utcnow()
         reports = list(registry)
-        return page('index', reports=reports, charts={r.name: chart_for(r) for r in reports},
-                    runs=recent_runs(), schedules=schedule_rows(now), now=now,
-                    timezones=TIMEZONES, default_timezone=settings.timezone,
-                    retention_days=settings.retention_days)
+        try:
+            return page('index', reports=reports,
+                        charts={r.name: chart_for(r) for r in reports},
+                        runs=recent_runs(), schedules=schedule_rows(now), now=now,
+                        timezones=TIMEZONES, default_timezone=settings.timezone,
+                        retention_days=settings.retention_days)
+        except (InterfaceError, DatabaseError):
+            # A person, not a program, is reading: say it in a page. (The API
+            # answers the same with JSON.)
+            db.close()
+            return HTTPResponse(page('unavailable'), status=503,
+                                headers={'Retry-After': '10'})
 
     @app.get('/ui/runs')
     def runs_fragment():

@@ -288,6 +288,9 @@ def test_database_down_is_503_everywhere(app, shop):
     res = app.get('/reports/orders.csv', expect_errors=True)
     assert (res.status_int, res.json['error']) == (503, 'database_unavailable')
     assert app.get('/api/runs', expect_errors=True).status_int == 503
+    page = app.get('/', expect_errors=True)  # a person reads this one
+    assert (page.status_int, page.content_type) == (503, 'text/html')
+    assert 'The database is not answering' in page.text
     health = app.get('/healthz', expect_errors=True)
     assert health.status_int == 503 and health.json['database'].startswith('down')
     assert health.json['queue'] == 'ok'
