@@ -82,7 +82,7 @@ def run_chart(report, runs):
     parts.extend('<circle cx="%.1f" cy="%.1f" r="2.5" fill="%s"/>' % (x, y, ROWS_COLOUR)
                  for x, y in points)
     parts.append('<text x="%d" y="10" class="chart-label">longest %s</text>'
-                 % (LEFT, escape(seconds_text(longest))))
+                 % (LEFT, escape(seconds_text(max(durations)))))
     parts.append('<text x="%d" y="10" text-anchor="end" class="chart-label">'
                  'most rows %s</text>' % (WIDTH - RIGHT, '{:,}'.format(most_rows)))
     parts.append('</svg>')

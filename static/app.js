@@ -74,6 +74,11 @@
       if (given) { message = '“' + given + '”: ' + message; }
     }
     var box = document.getElementById(input.id + '-error');
+    if (!box) {  // a field without a place for messages (a checkbox)
+      setStatus(form, data.field + ': ' + message, true);
+      input.focus();
+      return;
+    }
     box.textContent = message;
     box.hidden = false;
     input.setAttribute('aria-invalid', 'true');
