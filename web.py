@@ -27,9 +27,14 @@ STATIC = os.path.join(HERE, 'static')
 RECENT_RUNS = 25
 CHART_RUNS = 30
 FINISHED = ('delivered', 'failed')
-TIMEZONES = sorted(zoneinfo.available_timezones())
 
 render = functools.partial(template, template_lookup=[VIEWS])
+
+
+@functools.lru_cache(maxsize=1)
+def timezone_names():
+    # Read from disk once, at the first page view rather than at import.
+    return sorted(zoneinfo.available_timezones())
 
 
 # --- formatting shared by the templates ---------------------------------
@@ -120,7 +125,7 @@ def install_pages(app, settings, jobs, registry):
             return page('index', reports=reports,
                         charts={r.name: chart_for(r) for r in reports},
                         runs=recent_runs(), schedules=schedule_rows(now), now=now,
-                        timezones=TIMEZONES, default_timezone=settings.timezone,
+                        timezones=timezone_names(), default_timezone=settings.timezone,
                         retention_days=settings.retention_days)
         except (InterfaceError, DatabaseError):
             # A person, not a program, is reading: say it in a page. (The API
