@@ -13,7 +13,7 @@ import threading
 import time
 import zipfile
 
-from peewee import fn
+from peewee import Case, fn
 
 import links
 from export import open_csv, write_file
@@ -169,7 +169,12 @@ class Heartbeat:
             while not self._stop.wait(self.every):
                 values = {Run.heartbeat_at: utcnow()}
                 if self.rows is not None:
-                    values.update({Run.rows: self.rows, Run.bytes: self.bytes})
+                    # Only while the file is unfinished: the beat goes on while
+                    # the file is zipped and mailed, and its last "so far" must
+                    # not overwrite the final count recorded with the file.
+                    writing = Run.file_key.is_null()
+                    values.update({Run.rows: Case(None, [(writing, self.rows)], Run.rows),
+                                   Run.bytes: Case(None, [(writing, self.bytes)], Run.bytes)})
                 try:
                     Run.update(values) \
                         .where(Run.id == self.run_id, Run.status == 'running').execute()

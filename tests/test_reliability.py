@@ -60,6 +60,30 @@ def test_reaper_runs_again_what_a_dead_worker_held(settings, jobs, shop, smtp_si
     assert attachment(sent['message'])[1].count(b'\n') == 3001
 
 
+def test_the_last_progress_beat_does_not_overwrite_the_final_count(settings, jobs, shop):
+    """The heartbeat goes on while the finished file is zipped and mailed; its
+    last "rows so far" (taken mid-file) must not replace the final count."""
+    run_id = queued_run(jobs, settings)
+    runs.claim(run_id, utcnow())
+
+    def beats_seen(since):
+        wait_until = utcnow() + datetime.timedelta(seconds=5)
+        while Run.get_by_id(run_id).heartbeat_at <= since:
+            assert utcnow() < wait_until, 'no heartbeat recorded'
+        return Run.get_by_id(run_id)
+
+    with runs.Heartbeat(run_id, every=0.02) as heartbeat:
+        heartbeat.progress(1200, 90000)  # mid-file
+        run = beats_seen(Run.get_by_id(run_id).heartbeat_at)
+        assert (run.rows, run.bytes) == (1200, 90000)
+        # The file is done: its count goes in with it, as prepare_file does.
+        Run.update(rows=3000, bytes=240000, file_key='run-%d/x.csv' % run_id) \
+            .where(Run.id == run_id).execute()
+        run = beats_seen(Run.get_by_id(run_id).heartbeat_at)
+        run = beats_seen(run.heartbeat_at)
+    assert (run.rows, run.bytes) == (3000, 240000)
+
+
 def test_reaper_leaves_live_runs_alone(settings, jobs, shop):
     run_id = queued_run(jobs, settings)
     runs.claim(run_id, utcnow())
