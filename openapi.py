@@ -125,6 +125,8 @@ def build_spec(registry):
     schedule_ok = {'description': 'the schedule', 'content': _json(_ref('Schedule'))}
     not_found = _error('no such schedule')
     conflict = _error('declared in config.ini, or the name is taken')
+    too_large = _error('body too large')
+    not_json = _error('body not sent as application/json')
     common = {'401': unauthorized, '503': unavailable}
     file_ok = {'description': 'the file', 'content': {
         'text/csv': {'schema': {'type': 'string'}},
@@ -158,7 +160,7 @@ def build_spec(registry):
                     '202': {'description': 'queued', 'content': _json(_ref('Accepted')),
                             'headers': {'Location': {'schema': {'type': 'string'}}}},
                     '400': bad, '404': _error('no such report'),
-                    '413': _error('body too large')})}},
+                    '413': too_large, '415': not_json})}},
         '/api/runs/{id}': {'get': {
             'summary': 'one run', 'parameters': [
                 {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}],
@@ -173,7 +175,7 @@ def build_spec(registry):
             'post': {'summary': 'create a schedule', 'requestBody': json_body,
                      'responses': dict(common, **{
                          '201': schedule_ok, '400': bad, '409': conflict,
-                         '413': _error('body too large')})}},
+                         '413': too_large, '415': not_json})}},
         '/api/schedules/{name}': {
             'parameters': [name_param],
             'get': {'summary': 'one schedule', 'responses': dict(
@@ -181,7 +183,7 @@ def build_spec(registry):
             'put': {'summary': 'change a schedule', 'requestBody': json_body,
                     'responses': dict(common, **{
                         '200': schedule_ok, '400': bad, '404': not_found, '409': conflict,
-                        '413': _error('body too large')})},
+                        '413': too_large, '415': not_json})},
             'delete': {'summary': 'delete a schedule', 'responses': dict(common, **{
                 '204': {'description': 'deleted'}, '404': not_found, '409': conflict})}},
     }

@@ -137,6 +137,10 @@ def _host_name(host):
     return host.rsplit(':', 1)[0] if host.count(':') == 1 else host
 
 
+CONTENT_POLICY = ("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                  "base-uri 'none'; form-action 'self'")
+
+
 class BrowserGuard:
     """Bottle plugin: what a browser session needs beside the token.
 
@@ -158,7 +162,9 @@ class BrowserGuard:
         self.public_host = urllib.parse.urlsplit(public_url).netloc.lower()
 
     def refusal(self):
-        host = request.get_header('X-Forwarded-Host') or request.get_header('Host', '')
+        # Host only: X-Forwarded-Host is the client's to write (waitress drops
+        # it from untrusted peers), so a rebinding page could name loopback in it.
+        host = request.get_header('Host', '')
         if self.open and _host_name(host.lower()) not in LOOPBACK_NAMES:
             return ('misdirected', 'this server answers to localhost only while no API '
                     'token is set')
@@ -194,6 +200,12 @@ def _error_handler(res):
 
 
 def read_json_body(max_bytes):
+    # Only JSON: a browser cannot send that type to another site without a
+    # preflight this server never grants, so a forged form post cannot write.
+    kind = request.content_type.split(';', 1)[0].strip().lower()
+    if kind != 'application/json':
+        raise ApiError(415, 'unsupported_media_type',
+                       'send the body as application/json', 'Content-Type')
     length = request.content_length
     if length > max_bytes:
         raise ApiError(413, 'body_too_large', 'request body over %d bytes' % max_bytes, 'body')
@@ -247,6 +259,15 @@ def create_app(settings, jobs, registry=default_registry):
     app.install(TokenAuth(settings.tokens))
     app.install(BrowserGuard(settings.tokens, settings.public_url))
     app.default_error_handler = _error_handler
+
+    @app.hook('after_request')
+    def protective_headers():
+        # The page's buttons send mail: no other site may frame it and steer
+        # a click. Scripts and styles come from our own files only.
+        response.set_header('Content-Security-Policy', CONTENT_POLICY)
+        response.set_header('X-Frame-Options', 'DENY')
+        response.set_header('X-Content-Type-Options', 'nosniff')
+        response.set_header('Referrer-Policy', 'same-origin')
 
     @app.get('/healthz', auth=False)
     def healthz():

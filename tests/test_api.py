@@ -196,6 +196,20 @@ def test_malformed_bodies(app, body, content_type, status):
     assert Run.select().count() == 0
 
 
+@pytest.mark.parametrize('content_type', ['text/plain', 'application/x-www-form-urlencoded',
+                                          'multipart/form-data; boundary=x', ''])
+def test_a_body_that_is_not_declared_json_is_refused(app, shop, content_type):
+    body = json.dumps({'report': 'orders', 'to': ['a@example.org']}).encode()
+    res = app.post('/api/runs', body, headers={'Content-Type': content_type},
+                   expect_errors=True)
+    assert res.status_int == 415
+    assert res.json['field'] == 'Content-Type'
+    assert Run.select().count() == 0
+    res = app.post('/api/runs', body, content_type='application/json; charset=utf-8')
+    assert res.status_int == 202
+    assert Run.select().count() == 1
+
+
 def test_output_options(app, shop):
     plain = app.get('/reports/orders.csv', {'bom': 'false', 'status': 'paid'}).body
     assert plain.startswith(b'id,created_at,')

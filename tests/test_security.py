@@ -102,6 +102,31 @@ def test_without_a_token_only_loopback_host_names_are_served(app):
         assert (res.status_int, res.json['error']) == (403, 'misdirected'), host
     for host in ('localhost:8080', '127.0.0.1:8080', '[::1]:8080', 'localhost'):
         assert app.get('/api/runs', headers={'Host': host}).status_int == 200, host
+    # The client writes X-Forwarded-Host too: naming loopback there opens nothing.
+    res = app.get('/outbox', headers={'Host': 'evil.example:8080',
+                                      'X-Forwarded-Host': 'localhost:8080'},
+                  expect_errors=True)
+    assert (res.status_int, res.json['error']) == (403, 'misdirected')
+    res = app.post_json('/api/runs', {'report': 'customers', 'to': ['a@example.org']},
+                        headers={'Host': 'localhost:8080', 'Origin': 'http://evil.example',
+                                 'X-Forwarded-Host': 'evil.example'}, expect_errors=True)
+    assert (res.status_int, res.json['error']) == (403, 'cross_site')
+    assert Run.select().count() == 0
+
+
+@pytest.mark.parametrize('path', ['/', '/api/runs', '/static/app.js', '/no/such/page',
+                                  '/reports/customers.csv'])
+def test_no_other_site_may_frame_the_page_or_inject_scripts(app, path):
+    """Clickjacking: the page's buttons send mail, so it must not show inside
+    another site's frame; its scripts and styles come from its own files."""
+    res = app.get(path, expect_errors=True)
+    assert res.status_int in (200, 404), path
+    assert res.headers['X-Frame-Options'] == 'DENY'
+    policy = dict(part.strip().split(' ', 1)
+                  for part in res.headers['Content-Security-Policy'].split(';'))
+    assert policy['frame-ancestors'] == "'none'"
+    assert policy['default-src'] == "'self'"
+    assert res.headers['X-Content-Type-Options'] == 'nosniff'
 
 
 def test_no_token_means_loopback_only():
