@@ -1,6 +1,6 @@
 """A report's recent runs as a small inline SVG: duration as bars, rows as a
 line, failures marked. Drawn on the server so the page needs no chart library."""
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 WIDTH, HEIGHT = 320, 96
 TOP, BOTTOM, LEFT, RIGHT = 14, 14, 4, 4
@@ -8,6 +8,8 @@ MIN_SLOTS = 15
 DURATION_COLOUR = '#4a6fa5'
 ROWS_COLOUR = '#9a4d00'
 FAILED_COLOUR = '#b91c1c'
+SVG_ATTRIBUTES = ('xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+                  'viewBox="0 0 %d %d" width="%d" height="%d"' % (WIDTH, HEIGHT, WIDTH, HEIGHT))
 
 
 def seconds_text(seconds):
@@ -31,11 +33,13 @@ def run_chart(report, runs):
     """SVG markup for `runs` (oldest first; finished runs of one report)."""
     label = 'Recent runs of %s' % report.title
     if not runs:
-        return ('<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 %d %d" width="%d" height="%d" '
-                'aria-label="%s: none yet"><text x="%d" y="%d" class="chart-empty">'
+        return ('<svg %s aria-label=%s><text x="%d" y="%d" class="chart-empty">'
                 'No finished runs yet</text></svg>'
-                % (WIDTH, HEIGHT, WIDTH, HEIGHT, escape(label), LEFT, HEIGHT // 2))
+                % (SVG_ATTRIBUTES, quoteattr(label + ': none yet'), LEFT, HEIGHT // 2))
     durations = [_duration(run) or 0.0 for run in runs]
+    # What the labels say, and what the plot scales by (never zero).
+    longest_text = seconds_text(max(durations) if any(durations) else None)
+    rows_text = '{:,}'.format(max(run.rows for run in runs))
     longest = max(durations) or 1.0
     most_rows = max(run.rows for run in runs) or 1
     plot_height = HEIGHT - TOP - BOTTOM
@@ -47,11 +51,9 @@ def run_chart(report, runs):
     bar = max(step * 0.6, 1.0)
     failed = [run for run in runs if run.status == 'failed']
     summary = '%d runs, %d failed; longest %s; most rows %s' % (
-        len(runs), len(failed), seconds_text(longest if any(durations) else None),
-        '{:,}'.format(max(run.rows for run in runs)))
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 %d %d" width="%d" height="%d" '
-             'aria-labelledby="chart-%s-title chart-%s-desc">'
-             % (WIDTH, HEIGHT, WIDTH, HEIGHT, report.name, report.name),
+        len(runs), len(failed), longest_text, rows_text)
+    parts = ['<svg %s aria-labelledby="chart-%s-title chart-%s-desc">'
+             % (SVG_ATTRIBUTES, report.name, report.name),
              '<title id="chart-%s-title">%s</title>' % (report.name, escape(label)),
              '<desc id="chart-%s-desc">%s</desc>' % (report.name, escape(summary)),
              '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#6b7280" stroke-width="1"/>'
@@ -82,8 +84,8 @@ def run_chart(report, runs):
     parts.extend('<circle cx="%.1f" cy="%.1f" r="2.5" fill="%s"/>' % (x, y, ROWS_COLOUR)
                  for x, y in points)
     parts.append('<text x="%d" y="10" class="chart-label">longest %s</text>'
-                 % (LEFT, escape(seconds_text(max(durations)))))
+                 % (LEFT, escape(longest_text)))
     parts.append('<text x="%d" y="10" text-anchor="end" class="chart-label">'
-                 'most rows %s</text>' % (WIDTH - RIGHT, '{:,}'.format(most_rows)))
+                 'most rows %s</text>' % (WIDTH - RIGHT, rows_text))
     parts.append('</svg>')
     return ''.join(parts)

@@ -2,6 +2,7 @@
 them the way MailHog shows caught mail."""
 import csv
 import email
+import email.parser
 import email.policy
 import io
 import os
@@ -47,23 +48,55 @@ def read_message(folder, name):
     return Message(name, parsed, os.path.getsize(path))
 
 
+def read_headers(path, most=64 * 1024):
+    """Only the header block: a listing must not read 25 MB attachments."""
+    with open(path, 'rb') as source:
+        head = source.read(most)
+    for blank in (b'\r\n\r\n', b'\n\n'):
+        end = head.find(blank)
+        if end >= 0:
+            head = head[:end + len(blank)]
+            break
+    return email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+
+
 def list_messages(folder, limit=200):
-    """Newest first (the names start with the time they were written)."""
+    """Newest first (the names start with the time they were written); headers only."""
     try:
         names = sorted((n for n in os.listdir(folder) if MESSAGE_NAME.match(n)), reverse=True)
     except FileNotFoundError:
         return []
-    found = (read_message(folder, name) for name in names[:limit])
-    return [message for message in found if message is not None]
+    found = []
+    for name in names[:limit]:
+        path = _path(folder, name)
+        if path is not None:
+            found.append(Message(name, read_headers(path), os.path.getsize(path)))
+    return found
+
+
+class Attachment:
+    """One attached file, decoded once."""
+
+    def __init__(self, part):
+        self.filename = part.get_filename()
+        self.content_type = part.get_content_type()
+        self.data = part.get_payload(decode=True) or b''
+
+    @property
+    def is_csv(self):
+        return self.content_type == 'text/csv' or self.filename.lower().endswith('.csv')
+
+
+def attachments(message):
+    return [Attachment(part) for part in message.attachments]
 
 
 def attachment(message, index):
-    """(filename, content type, bytes) of the attachment at `index`, or None."""
+    """The Attachment at `index`, or None."""
     parts = message.attachments
     if not 0 <= index < len(parts):
         return None
-    part = parts[index]
-    return part.get_filename(), part.get_content_type(), part.get_payload(decode=True)
+    return Attachment(parts[index])
 
 
 def preview_rows(data, limit=21):

@@ -7,6 +7,7 @@ renderer for each table, here, and the script stays small. Every write
 goes through the JSON API, with its validation and its field names.
 """
 import functools
+import json
 import os
 import zoneinfo
 
@@ -148,7 +149,9 @@ def install_pages(app, settings, jobs, registry):
         try:
             report = registry.get(name)
         except UnknownReport:
-            return HTTPResponse('no such report', status=404)
+            return HTTPResponse(json.dumps({'error': 'not_found', 'field': 'report',
+                                            'message': 'no report named %r' % name}),
+                                status=404, headers={'Content-Type': 'application/json'})
         return HTTPResponse(chart_for(report), headers={'Content-Type': 'image/svg+xml'})
 
     @app.get('/static/<path:path>')
@@ -173,11 +176,10 @@ def install_pages(app, settings, jobs, registry):
         message = outbox.read_message(settings.outbox_dir, name)
         if message is None:
             return HTTPResponse(page('no_message', name=name), status=404)
-        previews = {}
-        for index, part in enumerate(message.attachments):
-            if part.get_content_type() == 'text/csv' or part.get_filename().endswith('.csv'):
-                previews[index] = outbox.preview_rows(part.get_payload(decode=True))
-        return page('message', message=message, previews=previews)
+        files = outbox.attachments(message)
+        previews = {index: outbox.preview_rows(item.data)
+                    for index, item in enumerate(files) if item.is_csv}
+        return page('message', message=message, files=files, previews=previews)
 
     @app.get('/outbox/<name>/<index:int>')
     def outbox_attachment(name, index):
@@ -188,9 +190,8 @@ def install_pages(app, settings, jobs, registry):
         found = outbox.attachment(message, index) if message else None
         if found is None:
             return HTTPResponse(page('no_message', name=name), status=404)
-        filename, content_type, data = found
-        safe = ''.join(c for c in filename if c.isalnum() or c in '.-_ ') or 'attachment'
-        return HTTPResponse(data, headers={
-            'Content-Type': content_type,
+        safe = ''.join(c for c in found.filename if c.isalnum() or c in '.-_ ') or 'attachment'
+        return HTTPResponse(found.data, headers={
+            'Content-Type': found.content_type,
             'Content-Disposition': 'attachment; filename="%s"' % safe})
 

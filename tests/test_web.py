@@ -124,8 +124,23 @@ def test_chart_draws_recent_runs_and_marks_failures(app, shop):
     assert len(list(svg.iter(ns + 'circle'))) == 6
     # The page embeds the same drawing; an unknown report is a 404.
     assert 'Recent runs of Orders' in app.get('/').text
-    assert app.get('/ui/charts/nope', expect_errors=True).status_int == 404
+    unknown = app.get('/ui/charts/nope', expect_errors=True)
+    assert (unknown.status_int, unknown.json['field']) == (404, 'report')
     assert 'No finished runs yet' in app.get('/ui/charts/customers').text
+
+
+def test_chart_labels_say_what_the_runs_did_even_when_they_did_nothing(app, shop):
+    """Empty results and instant runs: the labels say 0 rows and "-", not
+    the 1 the plot scales by."""
+    now = utcnow()
+    for _ in range(3):
+        Run.create(report='customers', params={}, recipients=['a@example.org'],
+                   status='delivered', rows=0, started_at=now, finished_at=now)
+    svg = ElementTree.fromstring(app.get('/ui/charts/customers').text)
+    ns = '{http://www.w3.org/2000/svg}'
+    assert svg.find(ns + 'desc').text == '3 runs, 0 failed; longest -; most rows 0'
+    labels = [text.text for text in svg.iter(ns + 'text')]
+    assert labels == ['longest -', 'most rows 0']
 
 
 def test_static_files_are_served(app):
@@ -151,6 +166,8 @@ def test_outbox_lists_messages_and_serves_their_attachments(outbox_app, shop):
     import email
     import email.policy
     import os
+
+    import outbox
     settings, jobs, app = outbox_app
     assert 'No messages yet' in app.get('/outbox').text
     run_id = app.post_json('/api/runs', {'report': 'orders', 'params': {'status': 'paid'},
@@ -162,9 +179,12 @@ def test_outbox_lists_messages_and_serves_their_attachments(outbox_app, shop):
     filename, data = attachment(written)
 
     listing = app.get('/outbox').text
-    assert 'href="/outbox/%s"' % name in listing and filename in listing
+    assert 'href="/outbox/%s"' % name in listing and written['Subject'] in listing
     assert 'ana@example.org' in listing
+    [listed] = outbox.list_messages(settings.outbox_dir)
+    assert listed.parsed.get_payload() == ''  # the listing read headers only
     page = app.get('/outbox/%s' % name).text
+    assert '>%s</a>' % filename in page
     assert '&lt;nightshift-run-%d@nightshift&gt;' % run_id in page
     first_line = data.decode('utf-8-sig').splitlines()[1].split(',')
     assert '<td>%s</td>' % first_line[0] in page  # the preview table

@@ -9,13 +9,13 @@
 <h2>Message</h2>
 <pre class="body">{{message.text}}</pre>
 <h2>Attachments</h2>
-% if not message.attachments:
+% if not files:
 <p>None.</p>
 % end
-% for index, part in enumerate(message.attachments):
-<section class="card" aria-label="Attachment {{part.get_filename()}}">
-  <p><a href="/outbox/{{message.name}}/{{index}}" download>{{part.get_filename()}}</a>
-     <small>{{part.get_content_type()}}, {{human_size(len(part.get_payload(decode=True) or b''))}}</small></p>
+% for index, item in enumerate(files):
+<section class="card" aria-label="Attachment {{item.filename}}">
+  <p><a href="/outbox/{{message.name}}/{{index}}" download>{{item.filename}}</a>
+     <small>{{item.content_type}}, {{human_size(len(item.data))}}</small></p>
   % if index in previews and previews[index]:
   % rows = previews[index]
   <div class="table-wrap">

@@ -3,7 +3,7 @@
 <p class="lead">Mail the development backend wrote instead of sending ({{len(messages)}} message{{'' if len(messages) == 1 else 's'}}, newest first). With <code>mail_backend = smtp</code> mail goes to a real server and this page is off.</p>
 <div class="table-wrap">
   <table class="stack">
-    <thead><tr><th scope="col">Written</th><th scope="col">To</th><th scope="col">Subject</th><th scope="col">Attachments</th></tr></thead>
+    <thead><tr><th scope="col">Written</th><th scope="col">To</th><th scope="col">Subject</th><th scope="col">Size</th></tr></thead>
     <tbody>
     % if not messages:
       <tr class="empty"><td colspan="4">No messages yet. Email a report from the <a href="/">reports page</a>.</td></tr>
@@ -13,11 +13,7 @@
         <td data-label="Written">{{m.header('Date')}}</td>
         <td data-label="To">{{m.header('To')}}</td>
         <td data-label="Subject"><a href="/outbox/{{m.name}}">{{m.header('Subject') or '(no subject)'}}</a></td>
-        <td data-label="Attachments">
-        % for part in m.attachments:
-          {{part.get_filename()}}<br>
-        % end
-        </td>
+        <td data-label="Size">{{human_size(m.size)}}</td>
       </tr>
     % end
     </tbody>
