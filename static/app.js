@@ -175,13 +175,16 @@
     body: document.getElementById('runs-body'),
     timer: null,
     last: '',
+    asked: 0,  // numbers the requests: a slow older answer must not undo a newer one
     refresh: function () {
       var self = this;
       if (!self.body) { return; }
       clearTimeout(self.timer);
+      var ticket = ++self.asked;
       fetch(self.body.getAttribute('data-source'), {credentials: 'same-origin'})
         .then(function (res) { return res.ok ? res.text() : null; })
         .then(function (html) {
+          if (ticket !== self.asked) { return; }
           if (html !== null && html !== self.last) {
             var before = statusesOf(self.body);
             replaceRows(self.body, html);
@@ -199,26 +202,54 @@
             });
           }
         }, function () { /* the next poll tries again */ })
-        .then(function () { self.schedule(); });
+        .then(function () { if (ticket === self.asked) { self.schedule(); } });
     },
     schedule: function () {
       var self = this;
       var moving = self.body.querySelector('tr[data-status="queued"], tr[data-status="running"]');
       clearTimeout(self.timer);
+      // A hidden tab does not poll; showing it again refreshes at once.
+      if (document.hidden) { return; }
       self.timer = setTimeout(function () { self.refresh(); }, moving ? FAST : SLOW);
     }
   };
 
+  // The server knows each schedule's timezone, not the reader's: add the
+  // reader's own clock time where the two differ.
+  function showReaderTime(root) {
+    var zone;
+    try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch (e) { return; }
+    var format = new Intl.DateTimeFormat(undefined, {
+      weekday: 'short', day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit'});
+    root.querySelectorAll('time[data-zone]').forEach(function (el) {
+      var moment = new Date(el.getAttribute('datetime'));
+      if (!zone || el.getAttribute('data-zone') === zone || isNaN(moment)) { return; }
+      var note = document.createElement('small');
+      note.className = 'reader-time';
+      note.textContent = format.format(moment) + ' your time (' + zone + ')';
+      el.parentNode.appendChild(document.createElement('br'));
+      el.parentNode.appendChild(note);
+    });
+  }
+
   var schedules = {
     body: document.getElementById('schedules-body'),
+    asked: 0,
     refresh: function () {
-      var body = this.body;
+      var self = this, body = this.body;
       if (!body) { return Promise.resolve(); }
+      var ticket = ++self.asked;
       return fetch(body.getAttribute('data-source'), {credentials: 'same-origin'})
         .then(function (res) { return res.ok ? res.text() : null; })
-        .then(function (html) { if (html !== null) { replaceRows(body, html); } });
+        .then(function (html) {
+          if (html !== null && ticket === self.asked) {
+            replaceRows(body, html);
+            showReaderTime(body);
+          }
+        }, function () { /* the next refresh tries again */ });
     }
   };
+  if (schedules.body) { showReaderTime(schedules.body); }
 
   if (runs.body) {
     runs.schedule();
@@ -327,7 +358,8 @@
       var url = '/api/schedules/' + encodeURIComponent(name);
       if (action === 'edit') {
         api('GET', url).then(function (result) {
-          if (result.ok) { openEditor(result.data); } else { announce(result.data.message); }
+          if (result.ok) { openEditor(result.data); }
+          else { announce((result.data || {}).message || 'That schedule could not be read.'); }
         });
         return;
       }

@@ -11,17 +11,20 @@ import io
 import os
 import re
 import shutil
+import zoneinfo
 
 import pytest
 
 import demo
+import schedules
 from conftest import ROOT, attachment, free_port, missing, wait_until
-from models import Customer, Order, Run, Schedule
+from models import Customer, Order, Run, Schedule, utcnow
 from test_e2e import _get_json, spawn, stop
 
 pytestmark = pytest.mark.slow
 ON_POSTGRES = pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
 TOKEN = 'browser-token-0123456789'
+READER_ZONE = 'Asia/Tokyo'
 ARTIFACTS = os.environ.get('NIGHTSHIFT_ARTIFACTS', os.path.join(ROOT, 'test-artifacts'))
 # Chromium without these reaches for Google's services, which a closed network
 # refuses many times a second; as root it needs --no-sandbox.
@@ -104,11 +107,16 @@ def live(consumer_env, tmp_path):
 
 @pytest.fixture
 def page(browser, live):
+    # A reader in another timezone than the schedules', to see both clocks.
     context = browser.new_context(http_credentials={'username': 'me', 'password': TOKEN},
-                                  accept_downloads=True, viewport={'width': 1280, 'height': 900})
+                                  accept_downloads=True, viewport={'width': 1280, 'height': 900},
+                                  timezone_id=READER_ZONE, locale='en-GB')
     page = context.new_page()
     errors = []
     page.on('pageerror', lambda exc: errors.append(str(exc)))
+    # What the content policy blocks shows only on the console.
+    page.on('console', lambda message: errors.append(message.text)
+            if 'Content Security Policy' in message.text else None)
     page.goto(live.base + '/')
     yield page
     context.close()
@@ -260,6 +268,10 @@ def test_create_pause_resume_edit_and_run_a_schedule(page, live, smtp_sink):
     stored = Schedule.get(Schedule.name == 'weekday-paid')
     assert (stored.cron, stored.timezone, stored.params['status']) == (
         '30 6 * * 1-5', 'America/New_York', 'paid')
+    upcoming, _ = schedules.next_run(stored, utcnow())
+    in_tokyo = upcoming.replace(tzinfo=datetime.timezone.utc).astimezone(
+        zoneinfo.ZoneInfo(READER_ZONE))
+    expect(row).to_contain_text(in_tokyo.strftime('%H:%M') + ' your time (Asia/Tokyo)')
 
     page.get_by_role('button', name='Pause weekday-paid').click()
     expect(row).to_contain_text('paused')
@@ -290,6 +302,43 @@ def test_create_pause_resume_edit_and_run_a_schedule(page, live, smtp_sink):
     expect(row).to_have_count(0)
     expect(page.locator('#announcer')).to_have_text('Schedule weekday-paid deleted.')
     assert Schedule.select().count() == 0
+
+
+@pytest.mark.parametrize('database_url', ['sqlite'], indirect=True)
+def test_a_running_run_shows_its_rows_so_far(page, live, smtp_sink):
+    """A long export: the table shows the rows written so far, growing,
+    while the worker writes; then the total."""
+    from playwright.sync_api import expect
+    demo.seed(customers=200, orders=10000)
+    # Double the orders in SQL to 640,000: a few seconds of writing.
+    for _ in range(6):
+        Order.raw('INSERT INTO "order" (customer_id, status, amount, created_at) '
+                  'SELECT customer_id, status, amount, created_at FROM "order"').execute()
+    total = Order.select().count()
+    live.start_consumer()
+    card = page.locator('#report-orders')
+    card.get_by_label('Email to').fill('ana@example.org')
+    card.get_by_role('button', name='Email it').click()
+    status = card.locator('.form-status')
+    expect(status).to_contain_text('queued')
+    row = page.locator('#run-%s' % re.search(r'Run #(\d+)', status.inner_text()).group(1))
+    rows_cell = row.locator('td[data-label="Rows"]')
+
+    so_far = []
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=60)
+    while row.get_attribute('data-status') != 'delivered':
+        assert datetime.datetime.now() < deadline, 'not delivered; saw %s' % so_far
+        found = re.fullmatch(r'([\d,]+) so far', rows_cell.inner_text().strip())
+        if row.get_attribute('data-status') == 'running' and found:
+            count = int(found.group(1).replace(',', ''))
+            if not so_far or so_far[-1] != count:
+                so_far.append(count)
+        page.wait_for_timeout(100)
+    assert len(so_far) >= 2 and so_far == sorted(so_far), so_far
+    assert any(0 < count < total for count in so_far) and so_far[-1] < total, so_far
+    expect(rows_cell).to_have_text('{:,}'.format(total))
+    [sent] = smtp_sink.wait_for(1, timeout=30)
+    assert sent['to'] == ['ana@example.org']
 
 
 CONTRAST_CHECK = '''() => {
@@ -329,11 +378,14 @@ def test_usable_on_a_phone_accessible_and_screenshotted(page, live, browser):
     card = page.locator('#report-customers')
     card.get_by_label('Email to').fill('ana@example.org')
     card.get_by_role('button', name='Email it').click()
-    expect(page.locator('tr[data-run]').first).to_have_attribute('data-status', 'delivered',
-                                                                 timeout=20000)
+    status = card.locator('.form-status')
+    expect(status).to_contain_text('queued')
+    run_id = int(re.search(r'Run #(\d+)', status.inner_text()).group(1))
+    expect(page.locator('#run-%d' % run_id)).to_have_attribute('data-status', 'delivered',
+                                                               timeout=20000)
     # Even when the run finished before the table first saw it, its chart is redrawn.
     expect(page.locator('[data-chart="customers"] svg title').filter(
-        has_text='Run #1: delivered')).to_have_count(1)
+        has_text='Run #%d: delivered' % run_id)).to_have_count(1)
     page.get_by_role('button', name='New schedule').click()
     page.get_by_label('Name').fill('nightly')
     page.locator('#s-to').fill('ops@example.org')

@@ -13,7 +13,7 @@
   <td data-label="When"><code>{{s.cron}}</code><br><small>{{s.timezone}}</small></td>
   <td data-label="Next run">
     % if s.enabled and row['next_utc']:
-    <time datetime="{{iso(row['next_utc'])}}" title="{{utc_text(row['next_utc'])}}">{{next_run_text(row, now)}}</time><br><small>{{s.timezone}} time</small>
+    <time datetime="{{iso(row['next_utc'])}}" title="{{utc_text(row['next_utc'])}}" data-zone="{{s.timezone}}">{{next_run_text(row, now)}}</time><br><small>{{s.timezone}} time</small>
     % elif s.enabled:
     never
     % else:
