@@ -150,6 +150,16 @@ def expect_field_error(scope, label, message):
     expect(scope.locator('#' + error_id)).to_have_text(message)
 
 
+def email_from_card(card, to):
+    """Press "Email it" on a report's card; the run id the page says it queued."""
+    from playwright.sync_api import expect
+    card.get_by_label('Email to').fill(to)
+    card.get_by_role('button', name='Email it').click()
+    status = card.locator('.form-status')
+    expect(status).to_contain_text('queued')
+    return int(re.search(r'Run #(\d+)', status.inner_text()).group(1))
+
+
 def statuses_of(page, selector):
     """Every value the row's data-status takes, sampled until it is final."""
     seen = []
@@ -171,11 +181,7 @@ def test_email_a_report_and_watch_it_go_from_queued_to_delivered(page, live, smt
     card = page.locator('#report-orders')
     card.get_by_label('Since').fill('2025-03-01')
     card.get_by_label('Status').select_option('paid')
-    card.get_by_label('Email to').fill('ana@example.org, bo@example.org')
-    card.get_by_role('button', name='Email it').click()
-    status = card.locator('.form-status')
-    expect(status).to_contain_text('queued')
-    run_id = int(re.search(r'Run #(\d+)', status.inner_text()).group(1))
+    run_id = email_from_card(card, 'ana@example.org, bo@example.org')
 
     # No consumer yet: the table shows the run waiting.
     row = '#run-%d' % run_id
@@ -316,12 +322,8 @@ def test_a_running_run_shows_its_rows_so_far(page, live, smtp_sink):
                   'SELECT customer_id, status, amount, created_at FROM "order"').execute()
     total = Order.select().count()
     live.start_consumer()
-    card = page.locator('#report-orders')
-    card.get_by_label('Email to').fill('ana@example.org')
-    card.get_by_role('button', name='Email it').click()
-    status = card.locator('.form-status')
-    expect(status).to_contain_text('queued')
-    row = page.locator('#run-%s' % re.search(r'Run #(\d+)', status.inner_text()).group(1))
+    row = page.locator('#run-%d' % email_from_card(page.locator('#report-orders'),
+                                                   'ana@example.org'))
     rows_cell = row.locator('td[data-label="Rows"]')
 
     so_far = []
@@ -375,12 +377,7 @@ def test_usable_on_a_phone_accessible_and_screenshotted(page, live, browser):
     from playwright.sync_api import expect
     demo.seed(customers=10, orders=200)
     live.start_consumer()
-    card = page.locator('#report-customers')
-    card.get_by_label('Email to').fill('ana@example.org')
-    card.get_by_role('button', name='Email it').click()
-    status = card.locator('.form-status')
-    expect(status).to_contain_text('queued')
-    run_id = int(re.search(r'Run #(\d+)', status.inner_text()).group(1))
+    run_id = email_from_card(page.locator('#report-customers'), 'ana@example.org')
     expect(page.locator('#run-%d' % run_id)).to_have_attribute('data-status', 'delivered',
                                                                timeout=20000)
     # Even when the run finished before the table first saw it, its chart is redrawn.
@@ -458,10 +455,8 @@ def test_main_command_page_with_the_outbox(browser, tmp_path):
             wait_until(lambda: _get_json(base + '/healthz'), timeout=20, message='the server')
             page = context.new_page()
             page.goto(base + '/')
-            card = page.locator('#report-orders')
-            card.get_by_label('Email to').fill('me@example.org')
-            card.get_by_role('button', name='Email it').click()
-            expect(page.locator('tr[data-run]').first).to_have_attribute(
+            run_id = email_from_card(page.locator('#report-orders'), 'me@example.org')
+            expect(page.locator('#run-%d' % run_id)).to_have_attribute(
                 'data-status', 'delivered', timeout=30000)
             page.get_by_role('link', name='Outbox').click()
             page.get_by_role('link', name=re.compile('Orders report')).click()
