@@ -37,11 +37,11 @@ def run_chart(report, runs):
                 'No finished runs yet</text></svg>'
                 % (SVG_ATTRIBUTES, quoteattr(label + ': none yet'), LEFT, HEIGHT // 2))
     durations = [_duration(run) or 0.0 for run in runs]
-    # What the labels say, and what the plot scales by (never zero).
-    longest_text = seconds_text(max(durations) if any(durations) else None)
-    rows_text = '{:,}'.format(max(run.rows for run in runs))
-    longest = max(durations) or 1.0
-    most_rows = max(run.rows for run in runs) or 1
+    longest, most_rows = max(durations), max(run.rows for run in runs)
+    # The labels say what the runs did; the plot scales by a number never zero.
+    longest_text = seconds_text(longest if longest else None)
+    rows_text = '{:,}'.format(most_rows)
+    longest, most_rows = longest or 1.0, most_rows or 1
     plot_height = HEIGHT - TOP - BOTTOM
     # At least MIN_SLOTS places, newest on the right, so a few runs do not
     # become a few wide blocks.

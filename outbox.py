@@ -38,26 +38,29 @@ def _path(folder, name):
     return path if os.path.isfile(path) else None
 
 
-def read_message(folder, name):
-    """The message called `name`, or None when there is no such message."""
+def read_message(folder, name, headers_only=False):
+    """The message called `name`, or None when there is no such message.
+    `headers_only` reads just the header block: a listing must not read
+    25 MB attachments."""
     path = _path(folder, name)
     if path is None:
         return None
     with open(path, 'rb') as source:
-        parsed = email.message_from_binary_file(source, policy=email.policy.default)
+        if headers_only:
+            parsed = email.parser.BytesHeaderParser(policy=email.policy.default) \
+                .parsebytes(_header_block(source))
+        else:
+            parsed = email.message_from_binary_file(source, policy=email.policy.default)
     return Message(name, parsed, os.path.getsize(path))
 
 
-def read_headers(path, most=64 * 1024):
-    """Only the header block: a listing must not read 25 MB attachments."""
-    with open(path, 'rb') as source:
-        head = source.read(most)
+def _header_block(source, most=64 * 1024):
+    head = source.read(most)
     for blank in (b'\r\n\r\n', b'\n\n'):
         end = head.find(blank)
         if end >= 0:
-            head = head[:end + len(blank)]
-            break
-    return email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+            return head[:end + len(blank)]
+    return head
 
 
 def list_messages(folder, limit=200):
@@ -66,12 +69,8 @@ def list_messages(folder, limit=200):
         names = sorted((n for n in os.listdir(folder) if MESSAGE_NAME.match(n)), reverse=True)
     except FileNotFoundError:
         return []
-    found = []
-    for name in names[:limit]:
-        path = _path(folder, name)
-        if path is not None:
-            found.append(Message(name, read_headers(path), os.path.getsize(path)))
-    return found
+    found = (read_message(folder, name, headers_only=True) for name in names[:limit])
+    return [message for message in found if message is not None]
 
 
 class Attachment:

@@ -2,6 +2,7 @@
 import datetime
 import io
 import random
+import time
 import zipfile
 from urllib.parse import urlparse
 
@@ -70,6 +71,7 @@ def test_the_last_progress_beat_does_not_overwrite_the_final_count(settings, job
         wait_until = utcnow() + datetime.timedelta(seconds=5)
         while Run.get_by_id(run_id).heartbeat_at <= since:
             assert utcnow() < wait_until, 'no heartbeat recorded'
+            time.sleep(0.005)
         return Run.get_by_id(run_id)
 
     with runs.Heartbeat(run_id, every=0.02) as heartbeat:

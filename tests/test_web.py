@@ -76,6 +76,13 @@ def test_runs_fragment_shows_progress_errors_and_kept_files(app, jobs, shop):
     assert '<script>' not in text
     assert 'href="/api/runs/%d/file"' % done['id'] in rows[done['id']]
     assert '/file' not in rows[failed.id] and '/file' not in rows[running.id]
+    assert 'sending' not in rows[running.id]
+    # Written and being mailed: the count is final, no longer "so far".
+    Run.update(rows=20000, file_key='run-%d/orders.csv' % running.id) \
+        .where(Run.id == running.id).execute()
+    sending = app.get('/ui/runs').text.split('data-run="%d"' % running.id)[1].split('</tr>')[0]
+    assert '20,000</td>' in sending and 'so far' not in sending
+    assert 'file written; sending to b@example.org' in sending
 
 
 def test_schedule_rows_show_next_run_in_the_schedules_own_timezone(app, shop):

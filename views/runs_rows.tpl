@@ -4,11 +4,12 @@
 % for run in runs:
 % seconds = run_duration(run, now)
 % ready = file_ready(run)
+% writing = run.status == 'running' and not run.file_key
 <tr id="run-{{run.id}}" data-run="{{run.id}}" data-status="{{run.status}}" data-report="{{run.report}}">
   <td data-label="Run">#{{run.id}}<br><small><time datetime="{{iso(run.created_at)}}" title="{{utc_text(run.created_at)}}">{{ago(run.created_at, now)}}</time></small></td>
   <td data-label="Report">{{run.report}}<br><small>{{'schedule ' + run.schedule if run.schedule else run.trigger}}</small></td>
   <td data-label="Status"><span class="status status-{{run.status}}">{{run.status}}</span></td>
-  <td data-label="Rows" class="num">{{'{:,}'.format(run.rows)}}{{' so far' if run.status == 'running' and not run.file_key else ''}}{{' (cut at the row limit)' if run.truncated else ''}}</td>
+  <td data-label="Rows" class="num">{{'{:,}'.format(run.rows)}}{{' so far' if writing else ''}}{{' (cut at the row limit)' if run.truncated else ''}}</td>
   <td data-label="Size" class="num">{{human_size(run.bytes) if run.bytes else '-'}}</td>
   <td data-label="Duration" class="num">{{seconds_text(seconds)}}</td>
   <td data-label="Attempts" class="num">{{run.attempts}}</td>
@@ -18,7 +19,7 @@
     % if run.status == 'queued' and run.next_attempt_at:
     <br><small>next attempt {{ago(run.next_attempt_at, now)}}</small>
     % end
-    % elif run.status == 'running' and run.file_key:
+    % elif run.status == 'running' and not writing:
     <small>file written; sending to {{', '.join(run.recipients)}}</small>
     % elif run.recipients:
     <small>to {{', '.join(run.recipients)}}</small>
