@@ -77,6 +77,12 @@ def _pings(client):
         return False
 
 
+def _hang_up(server):
+    # After the reply is written: it goes out first, then the connection closes.
+    import asyncio
+    asyncio.get_running_loop().call_soon(server.transport.close)
+
+
 class SmtpSink:
     """aiosmtpd on loopback keeping every message it accepts.
 
@@ -87,6 +93,14 @@ class SmtpSink:
     def __init__(self):
         self.messages = []
         self.refuse = {}
+        # Faults, for the delivery tests: replies the next RCPTs get in turn
+        # (a 421 also hangs up, as real servers do); a reply to DATA instead
+        # of 250; seconds of silence after DATA (the message is kept: only
+        # the reply is late); hang up right after accepting a message.
+        self.rcpt_replies = []
+        self.data_reply = None
+        self.data_delay = 0
+        self.hang_up_after_data = False
         self.logins = []
         self.controller = None
         self.port = free_port()
@@ -94,18 +108,27 @@ class SmtpSink:
 
     # aiosmtpd handler hooks
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        reply = self.refuse.get(address)
+        reply = self.rcpt_replies.pop(0) if self.rcpt_replies else self.refuse.get(address)
         if reply:
+            if reply.startswith('421'):
+                _hang_up(server)
             return reply
         envelope.rcpt_tos.append(address)
         return '250 OK'
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_reply:
+            return self.data_reply
         message = email.message_from_bytes(envelope.original_content or envelope.content,
                                            policy=email.policy.default)
         with self._lock:
             self.messages.append({'from': envelope.mail_from, 'at': time.perf_counter(),
                                   'to': list(envelope.rcpt_tos), 'message': message})
+        if self.data_delay:
+            import asyncio
+            await asyncio.sleep(self.data_delay)
+        if self.hang_up_after_data:
+            _hang_up(server)
         return '250 Message accepted'
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):

@@ -7,7 +7,7 @@ import datetime
 import os
 import re
 import smtplib
-import socket
+import ssl
 import uuid
 from typing import NamedTuple
 
@@ -97,40 +97,14 @@ def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_m
     return Mail(list(to), subject, '\n'.join(lines), None if link else path, run.message_id)
 
 
-class _Client(yagmail.SMTP):
-    """yagmail logs in with the sender address; providers often want another
-    login (SendGrid: "apikey"), so the login user is kept apart."""
-
-    def __init__(self, login_user, **kwargs):
-        self.login_user = login_user
-        super().__init__(**kwargs)
-
-    def _login(self, password):
-        self.smtp = self.connection(self.host, self.port, **self.kwargs)
-        if self.starttls:
-            self.smtp.ehlo()
-            self.smtp.starttls()
-            self.smtp.ehlo()
-        self.is_closed = False
-        if self.login_user:
-            self.smtp.login(self.login_user, password)
-
-
-def _client(settings):
-    ssl = settings.smtp_security == 'ssl'
-    return _Client(
-        login_user=settings.smtp_user,
-        user=settings.mail_from,
-        # Always explicit: a None password makes yagmail prompt on a terminal.
-        password=settings.smtp_password or '',
-        host=settings.smtp_host or 'localhost',
-        port=settings.smtp_port,
-        smtp_ssl=ssl,
-        smtp_starttls=settings.smtp_security == 'starttls',
-        smtp_skip_login=True,
-        soft_email_validation=False,
-        timeout=settings.smtp_timeout,
-    )
+def _builder(settings):
+    """yagmail only builds the message here: its send() reconnects and resends
+    up to three times on a dropped connection, which would put copies in
+    inboxes behind our back. One SMTP transaction per attempt; retries are
+    ours (tasks.py)."""
+    # Always explicit: a None password makes yagmail prompt on a terminal.
+    return yagmail.SMTP(user=settings.mail_from, password='', host='localhost',
+                        smtp_skip_login=True, soft_email_validation=False)
 
 
 def _message_args(mail):
@@ -143,6 +117,15 @@ def _message_args(mail):
                 message_id=mail.message_id, prettify_html=False)
 
 
+def message_text(settings, mail):
+    """The whole message as text, exactly as it goes to the server."""
+    return _builder(settings).prepare_send(**_message_args(mail))[1]
+
+
+# The reply a recipient of a message that went to the outbox gets.
+OUTBOX_REPLY = '250 written to the outbox'
+
+
 class OutboxMailer:
     """Development backend: each message becomes an .eml file in a folder."""
 
@@ -152,14 +135,14 @@ class OutboxMailer:
 
     def send(self, mail):
         os.makedirs(self.folder, exist_ok=True)
-        _, text = _client(self.settings).prepare_send(**_message_args(mail))
+        text = message_text(self.settings, mail)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
         name = '%s-%s.eml' % (stamp, uuid.uuid4().hex[:8])
         tmp = os.path.join(self.folder, '.' + name)
         with open(tmp, 'w', encoding='utf-8') as out:
             out.write(text)
         os.replace(tmp, os.path.join(self.folder, name))
-        return {}
+        return {address: OUTBOX_REPLY for address in mail.to}
 
 
 def _reply(code, message):
@@ -168,35 +151,129 @@ def _reply(code, message):
     return '%s %s' % (code, message)
 
 
-class SmtpMailer:
-    """Real delivery over SMTP through yagmail.
+SECURITY_HINT = ('set NIGHTSHIFT_SMTP_SECURITY to what the server speaks: starttls (port '
+                 '587), ssl (port 465) or none (a plain server, e.g. MailHog on 1025)')
 
-    Returns {address: reply} for recipients the server refused; raises
-    MailError when the message could not be handed over at all.
+
+class SmtpMailer:
+    """Real delivery over SMTP: one connection and one transaction per message.
+
+    `send` returns {address: reply} for every recipient. Only a recipient
+    whose reply starts with 2 got the message: its RCPT was accepted and then
+    the server accepted the DATA that carried it. A recipient with no reply
+    of its own (the server hung up, or never answered after DATA) gets a 4xx
+    reply saying so, so it is tried again, never counted as sent. Raises
+    MailError when nothing could be handed over at all.
     """
 
     def __init__(self, settings):
         self.settings = settings
 
     def send(self, mail):
-        client = _client(self.settings)
+        text = message_text(self.settings, mail)
+        conn = self._connect()
         try:
-            result = client.send(**_message_args(mail))
-        except smtplib.SMTPRecipientsRefused as exc:
-            # Everyone refused: still a per-recipient answer, for the caller to sort.
-            return {addr: _reply(*reply) for addr, reply in exc.recipients.items()}
-        except smtplib.SMTPResponseException as exc:
-            raise MailError('SMTP server replied %s' % _reply(exc.smtp_code, exc.smtp_error),
-                            temporary=400 <= exc.smtp_code < 500)
-        except (smtplib.SMTPException, socket.timeout, OSError) as exc:
-            raise MailError('SMTP server %s:%s unreachable: %s' % (
-                self.settings.smtp_host, self.settings.smtp_port, exc), temporary=True)
+            return self._transaction(conn, mail.to, text)
         finally:
-            client.close()
-        # yagmail answers False, not an exception, when it gave up reconnecting.
-        if result is False:
-            raise MailError('SMTP server kept disconnecting; message not sent', temporary=True)
-        return {addr: _reply(*reply) for addr, reply in (result or {}).items()}
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                conn.close()
+
+    def _where(self):
+        return 'SMTP server %s:%s' % (self.settings.smtp_host, self.settings.smtp_port)
+
+    def _connect(self):
+        s = self.settings
+        context = ssl.create_default_context()
+        try:
+            if s.smtp_security == 'ssl':
+                conn = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                                        context=context)
+            else:
+                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            conn.ehlo()
+            if s.smtp_security == 'starttls':
+                if not conn.has_extn('starttls'):
+                    conn.close()
+                    raise MailError('%s does not offer STARTTLS: %s'
+                                    % (self._where(), SECURITY_HINT), temporary=False)
+                conn.starttls(context=context)
+                conn.ehlo()
+            if s.smtp_user:
+                conn.login(s.smtp_user, s.smtp_password)
+        except MailError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise MailError('%s: its TLS certificate was not accepted (%s)'
+                            % (self._where(), exc.verify_message), temporary=False)
+        except ssl.SSLError as exc:
+            # A TLS handshake with a server that speaks plain SMTP (or the
+            # other way round) is a configuration error, not an outage.
+            raise MailError('%s: TLS failed (%s): %s'
+                            % (self._where(), exc.reason or exc, SECURITY_HINT),
+                            temporary=False)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise MailError('%s refused the login: %s'
+                            % (self._where(), _reply(exc.smtp_code, exc.smtp_error)),
+                            temporary=False)
+        except smtplib.SMTPResponseException as exc:
+            raise MailError('%s replied %s' % (self._where(),
+                                              _reply(exc.smtp_code, exc.smtp_error)),
+                            temporary=not 500 <= exc.smtp_code < 600)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise MailError('%s unreachable: %s' % (self._where(), exc), temporary=True)
+        return conn
+
+    def _transaction(self, conn, recipients, text):
+        replies = {}
+        try:
+            code, message = conn.mail(self.settings.mail_from)
+            if code != 250:
+                raise MailError('%s refused the sender: %s'
+                                % (self._where(), _reply(code, message)),
+                                temporary=not 500 <= code < 600)
+            accepted = []
+            for address in recipients:
+                code, message = conn.rcpt(address)
+                replies[address] = _reply(code, message)
+                if code in (250, 251):
+                    accepted.append(address)
+                elif code == 421:
+                    # The server is closing: no DATA will follow, so nobody
+                    # accepted so far gets it, and nobody after was asked.
+                    for earlier in accepted:
+                        replies[earlier] = '421 not sent: the server closed the connection'
+                    return _unanswered(replies, recipients, 'not sent: the server closed '
+                                       'the connection before this recipient')
+            if not accepted:
+                return _unanswered(replies, recipients, 'not sent: no recipient was accepted')
+            try:
+                code, message = conn.data(text)
+            except smtplib.SMTPDataError as exc:
+                code, message = exc.smtp_code, exc.smtp_error
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                # The message may have arrived and only the reply was lost:
+                # it goes again (same Message-ID) rather than perhaps never.
+                for address in accepted:
+                    replies[address] = ('451 no reply after the message was sent (%s); '
+                                        'sending again' % (str(exc) or type(exc).__name__))
+                return _unanswered(replies, recipients, 'not sent')
+            # The DATA reply is every accepted recipient's answer: 250 sent,
+            # 4xx try again, 5xx refused.
+            for address in accepted:
+                replies[address] = _reply(code, message)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            return _unanswered(replies, recipients, 'not sent: connection lost (%s)' % exc)
+        return _unanswered(replies, recipients, 'not sent')
+
+
+def _unanswered(replies, recipients, why):
+    """Every recipient with a reply: those the server never answered for get
+    a temporary one, so they are tried again."""
+    for address in recipients:
+        replies.setdefault(address, '421 %s' % why)
+    return replies
 
 
 def create_mailer(settings):

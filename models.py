@@ -7,8 +7,10 @@ import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
                     CompositeKey, DatabaseProxy, DateTimeField, DecimalField,
-                    ForeignKeyField, IntegerField, Model, TextField)
-from playhouse.db_url import connect
+                    ForeignKeyField, IntegerField, InterfaceError, Model,
+                    OperationalError, PostgresqlDatabase, TextField)
+from playhouse.db_url import connect, parse
+from playhouse.shortcuts import ReconnectMixin
 
 db = DatabaseProxy()
 _bind_lock = threading.Lock()
@@ -59,6 +61,8 @@ class Order(BaseModel):
 
 # skipped: a schedule slot missed during downtime, recorded but not sent.
 RUN_STATUSES = ('queued', 'running', 'delivered', 'failed', 'skipped')
+# A run in one of these is over: nothing will change it again.
+TERMINAL = ('delivered', 'failed')
 TRIGGERS = ('web', 'schedule', 'cli')
 
 
@@ -161,6 +165,23 @@ class AppSecret(BaseModel):
 ALL_MODELS = (Customer, Order, Run, Delivery, Schedule, ReportFileChunk, AppSecret)
 
 
+class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):
+    """A thread whose connection the server closed (a restart, a failover,
+    pg_terminate_backend) opens a new one at its next statement instead of
+    failing on the dead one forever. Only outside a transaction: inside one,
+    the error goes up and the work is retried whole."""
+    reconnect_errors = (
+        (OperationalError, 'terminating connection'),
+        (OperationalError, 'the connection is closed'),
+        (OperationalError, 'server closed the connection'),
+        (OperationalError, 'connection is lost'),
+        (OperationalError, 'consuming input failed'),
+        (OperationalError, 'sending query failed'),
+        (InterfaceError, 'connection already closed'),
+        (InterfaceError, 'the connection is closed'),
+    )
+
+
 def open_database(url):
     """A Peewee database for a sqlite:// or postgres:// URL."""
     if url.startswith('sqlite'):
@@ -168,7 +189,22 @@ def open_database(url):
         if database.database != ':memory:':
             os.makedirs(os.path.dirname(os.path.abspath(database.database)), exist_ok=True)
         return database
+    if url.split('://', 1)[0] in ('postgres', 'postgresql'):
+        return ReconnectingPostgresqlDatabase(**parse(url))
     return connect(url)
+
+
+def db_now(database=None):
+    """The database's clock as naive UTC. Heartbeats and the reaper both use
+    it, so a worker whose own clock is off cannot make a live run look dead
+    (nor a dead one alive). SQLite lives on one machine: its clock is that
+    machine's."""
+    database = database or db.obj
+    if isinstance(database, PostgresqlDatabase):
+        return database.execute_sql(
+            "SELECT clock_timestamp() AT TIME ZONE 'UTC'").fetchone()[0]
+    text = database.execute_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").fetchone()[0]
+    return datetime.datetime.strptime(text, '%Y-%m-%d %H:%M:%S.%f')
 
 
 def bind_database(url, create=True):

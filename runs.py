@@ -3,7 +3,9 @@
 Plain functions: the Huey task, the web server, the command line and the
 tests all call these.
 """
+import contextlib
 import datetime
+import hashlib
 import logging
 import math
 import os
@@ -12,13 +14,14 @@ import shutil
 import threading
 import time
 import zipfile
+from typing import NamedTuple, Optional
 
-from peewee import Case, fn
+from peewee import Case, PostgresqlDatabase, fn
 
 import links
 from export import open_csv, write_file
 from mail import Mail, MailError, check_address, compose
-from models import Delivery, Run, db, utcnow
+from models import TERMINAL, Delivery, Run, db, db_now, utcnow
 from params import InputError, dump_params
 from reports import UnknownReport
 
@@ -81,16 +84,10 @@ def create_run(registry, settings, report, params=None, to=None, trigger='web',
 
 
 def mark_failed(run_id, reason, now=None):
-    """Record a run as failed for good, with its reason. True if it changed."""
+    """Record a run that is not in a worker's hands as failed for good (its
+    task could not be queued, or the reaper gave up). True if it changed."""
     return bool(Run.update(status='failed', error=reason, finished_at=now or utcnow())
-                .where(Run.id == run_id, Run.status.not_in(('delivered', 'failed')))
-                .execute())
-
-
-def record_retry(run_id, reason, next_attempt_at):
-    """A try failed but another will come: back to queued, keep the reason."""
-    Run.update(status='queued', error=reason, next_attempt_at=next_attempt_at) \
-        .where(Run.id == run_id, Run.status.not_in(('delivered', 'failed'))).execute()
+                .where(Run.id == run_id, Run.status.not_in(TERMINAL)).execute())
 
 
 def record_wait(run_id, next_attempt_at):
@@ -109,21 +106,59 @@ class Busy(Exception):
     """The report already has max_concurrent_per_report runs in progress."""
 
 
-def claim(run_id, now, report=None, limit=None):
-    """queued -> running, for one worker only. False if someone else has it.
+class LostOwnership(Exception):
+    """This attempt was taken back (its worker was silent past stale_after)
+    and another attempt owns the run now: this one must not publish a file,
+    send mail or record anything about the run."""
 
-    With `limit`, the claim also needs fewer than `limit` runs of `report` in
-    progress, checked in the same statement.
-    """
-    condition = (Run.id == run_id) & (Run.status == 'queued')
-    if limit:
-        busy = Run.alias('busy')
-        in_progress = (busy.select(fn.COUNT(busy.id))
-                       .where((busy.report == report) & (busy.status == 'running')))
-        condition &= (in_progress < limit)
-    return bool(Run.update(status='running', attempts=Run.attempts + 1, started_at=now,
+
+class Attempt(NamedTuple):
+    """One worker's turn at a run. The attempt number is the fencing token:
+    every write this worker makes to the run checks it is still the run's
+    current attempt and the run is still running."""
+    run_id: int
+    number: int
+
+    def owned(self):
+        return ((Run.id == self.run_id) & (Run.status == 'running')
+                & (Run.attempts == self.number))
+
+    def update(self, **values):
+        """A fenced write; LostOwnership when the run is no longer ours."""
+        if not Run.update(**values).where(self.owned()).execute():
+            raise LostOwnership('run %d: attempt %d no longer owns it'
+                                % (self.run_id, self.number))
+
+
+def _report_lock_key(report):
+    # A signed 64-bit key for PostgreSQL's advisory locks, stable across processes.
+    digest = hashlib.blake2b(('nightshift-report:' + report).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, 'big', signed=True)
+
+
+def claim(run_id, now=None, report=None, limit=None):
+    """queued -> running, for one worker only: the Attempt, or None if the
+    run is not queued or (with `limit`) `report` already has `limit` runs in
+    progress. `now` defaults to the database's clock, the one every
+    heartbeat and the reaper use."""
+    with db.atomic():
+        condition = (Run.id == run_id) & (Run.status == 'queued')
+        if limit:
+            if isinstance(db.obj, PostgresqlDatabase):
+                # Under READ COMMITTED two claims would each count the other's
+                # run as not yet running: claims of one report take turns.
+                db.execute_sql('SELECT pg_advisory_xact_lock(%s)', (_report_lock_key(report),))
+            busy = Run.alias('busy')
+            in_progress = (busy.select(fn.COUNT(busy.id))
+                           .where((busy.report == report) & (busy.status == 'running')))
+            condition &= (in_progress < limit)
+        now = now or db_now()
+        if not (Run.update(status='running', attempts=Run.attempts + 1, started_at=now,
                            heartbeat_at=now, next_attempt_at=None)
-                .where(condition).execute())
+                .where(condition).execute()):
+            return None
+        number = Run.select(Run.attempts).where(Run.id == run_id).scalar()
+    return Attempt(run_id, number)
 
 
 def hand_back(run_id, reason):
@@ -143,31 +178,38 @@ def wait_while_running(run_id, seconds, clock=time.monotonic):
 
 
 class Heartbeat:
-    """While a run is in hand, record that it is alive, and how far it has
-    got, from a side thread with its own connection.
+    """While an attempt is in hand, record that it is alive, and how far it
+    has got, from a side thread with its own connection.
 
     The writing thread only sets `rows`/`bytes` in memory: it holds a read
     cursor open for the whole export, and a write on that connection would
     wait for the read to end (PostgreSQL: invisible inside its transaction;
     SQLite: refused as a stale snapshot). A killed worker stops beating and
-    the reaper takes the run back.
+    the reaper takes the run back; a paused one finds, at its next beat or
+    progress step, that the run is no longer its own (`lost`), and stops.
     """
 
-    def __init__(self, run_id, every):
-        self.run_id = run_id
+    def __init__(self, attempt, every):
+        self.attempt = attempt
         self.every = every
         self.rows = self.bytes = None
+        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True,
-                                        name='heartbeat-%d' % run_id)
+                                        name='heartbeat-%d' % attempt.run_id)
 
     def progress(self, rows, size):
+        """The writer's progress callback: notes how far it got, and stops
+        the export (LostOwnership) once another attempt owns the run."""
+        if self.lost:
+            raise LostOwnership('run %d: attempt %d was taken back while writing'
+                                % self.attempt)
         self.rows, self.bytes = rows, size
 
     def _beat(self):
         try:
             while not self._stop.wait(self.every):
-                values = {Run.heartbeat_at: utcnow()}
+                values = {Run.heartbeat_at: db_now()}
                 if self.rows is not None:
                     # Only while the file is unfinished: the beat goes on while
                     # the file is zipped and mailed, and its last "so far" must
@@ -176,10 +218,13 @@ class Heartbeat:
                     values.update({Run.rows: Case(None, [(writing, self.rows)], Run.rows),
                                    Run.bytes: Case(None, [(writing, self.bytes)], Run.bytes)})
                 try:
-                    Run.update(values) \
-                        .where(Run.id == self.run_id, Run.status == 'running').execute()
+                    if not Run.update(values).where(self.attempt.owned()).execute():
+                        self.lost = True
+                        logger.warning('run %d: attempt %d was taken back by the reaper; '
+                                       'this worker stops it', *self.attempt)
+                        return
                 except Exception:
-                    logger.warning('heartbeat of run %d not recorded', self.run_id,
+                    logger.warning('heartbeat of run %d not recorded', self.attempt.run_id,
                                    exc_info=True)
         finally:
             db.close()
@@ -193,8 +238,20 @@ class Heartbeat:
         self._thread.join()
 
 
-def work_folder(settings, run):
-    return os.path.join(settings.reports_dir, 'run-%d' % run.id)
+def run_folder(settings, run_id):
+    return os.path.join(settings.reports_dir, 'run-%d' % run_id)
+
+
+def attempt_folder(settings, attempt):
+    """Each attempt writes in a folder of its own, so a taken-back attempt
+    that wakes up cannot write into the file another attempt is building."""
+    return os.path.join(run_folder(settings, attempt.run_id), 'a%d' % attempt.number)
+
+
+def local_path(settings, key):
+    """Where a stored file's working copy lives on this machine: keys are
+    paths under reports_dir (the local store keeps files right there)."""
+    return os.path.join(settings.reports_dir, *key.split('/'))
 
 
 def write_report(registry, settings, run, path, on_progress=None):
@@ -230,34 +287,68 @@ def package(csv_path, settings):
     return path, sent_as
 
 
-def prepare_file(registry, settings, store, run, on_progress=None):
-    """The run's finished file: reused when a complete one is at hand (so a
-    mail-only retry sends every recipient the same data), else rebuilt from
-    scratch. Returns the local path."""
-    if run.file_name and run.file_bytes is not None:
-        path = os.path.join(work_folder(settings, run), run.file_name)
-        if os.path.isfile(path) and os.path.getsize(path) == run.file_bytes:
-            return path
-    folder = work_folder(settings, run)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
-    csv_path = os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
-    Run.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
-               sent_as=None).where(Run.id == run.id).execute()
-    stream = write_report(registry, settings, run, csv_path, on_progress)
-    path, sent_as = package(csv_path, settings)
-    key = 'run-%d/%s' % (run.id, os.path.basename(path))
-    store.save(key, path)
-    Run.update(rows=stream.rows, bytes=stream.bytes, truncated=stream.truncated,
-               file_name=os.path.basename(path), file_key=key,
-               file_bytes=os.path.getsize(path), sent_as=sent_as,
-               heartbeat_at=utcnow()).where(Run.id == run.id).execute()
+def _published_copy(settings, store, run):
+    """The local path of the run's finished file when one is kept, fetched
+    from the store if this machine has no copy (another host built it), so a
+    retry sends every recipient the same data. None if it must be rebuilt."""
+    if not run.file_key or run.file_bytes is None:
+        return None
+    path = local_path(settings, run.file_key)
+    if os.path.isfile(path) and os.path.getsize(path) == run.file_bytes:
+        return path
+    try:
+        chunks = store.open_chunks(run.file_key)
+    except (FileNotFoundError, ValueError):
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.part', 'wb') as out:
+        for chunk in chunks:
+            out.write(chunk)
+    if os.path.getsize(path + '.part') != run.file_bytes:
+        os.unlink(path + '.part')
+        return None
+    os.replace(path + '.part', path)
     return path
 
 
-def deliver(run, title, path, settings, mailer, seconds):
+def prepare_file(registry, settings, store, attempt, heartbeat=None):
+    """The run's finished file: reused when a complete one is kept, else
+    built from scratch in this attempt's own folder and published with a
+    fenced write. Returns the local path; LostOwnership if the run was taken
+    from this attempt (nothing it made is left behind)."""
+    run = Run.get_by_id(attempt.run_id)
+    reused = _published_copy(settings, store, run)
+    if reused:
+        return reused
+    folder = attempt_folder(settings, attempt)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    key = None
+    try:
+        stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
+        csv_path = os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
+        attempt.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
+                       sent_as=None)
+        stream = write_report(registry, settings, run, csv_path,
+                              heartbeat.progress if heartbeat else None)
+        path, sent_as = package(csv_path, settings)
+        key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
+        store.save(key, path)
+        attempt.update(rows=stream.rows, bytes=stream.bytes, truncated=stream.truncated,
+                       file_name=os.path.basename(path), file_key=key,
+                       file_bytes=os.path.getsize(path), sent_as=sent_as,
+                       heartbeat_at=db_now())
+    except LostOwnership:
+        if key is not None:
+            store.delete(key)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return path
+
+
+def deliver(attempt, title, path, settings, mailer, seconds):
     """Mail the file to every recipient who has not got it yet."""
+    run = Run.get_by_id(attempt.run_id)
     targets = [d for d in run.deliveries.order_by(Delivery.id)
                if d.status in ('pending', 'sending')]
     if not targets:
@@ -269,29 +360,51 @@ def deliver(run, title, path, settings, mailer, seconds):
     mail = compose(run, title, [d.address for d in targets], path, seconds,
                    link=link, link_expires=expires, limit_mb=settings.mail_max_mb,
                    cut_at=settings.max_rows if run.truncated else None)
-    # Marked first: a crash after the server accepted shows as "sending", and
-    # the retry sends again with the same Message-ID rather than not at all.
-    Delivery.update(status='sending').where(Delivery.id.in_([d.id for d in targets])).execute()
+    ids = [d.id for d in targets]
+    # Marked first, and only while the run is still this attempt's: a crash
+    # after the server accepted shows as "sending", and the retry sends
+    # again with the same Message-ID rather than not at all.
+    with db.atomic():
+        attempt.update(heartbeat_at=db_now())
+        Delivery.update(status='sending').where(Delivery.id.in_(ids)).execute()
     try:
-        refused = mailer.send(mail)
+        replies = mailer.send(mail)
     except MailError as exc:
         Delivery.update(status='pending', error=str(exc)) \
-            .where(Delivery.id.in_([d.id for d in targets])).execute()
+            .where(Delivery.id.in_(ids), Delivery.status == 'sending').execute()
         raise
-    sent_at = utcnow()
-    for delivery in targets:
-        reply = refused.get(delivery.address)
-        if reply is None:
-            delivery.status, delivery.sent_at, delivery.error = 'sent', sent_at, None
-        elif reply.startswith('4'):
-            delivery.status, delivery.error = 'pending', reply
-        else:
-            delivery.status, delivery.error = 'refused', reply
-        delivery.save()
-    temporary = {a: r for a, r in refused.items() if r.startswith('4')}
+    record_replies(targets, replies, utcnow())
+    temporary = {d.address: d.error for d in targets if d.status == 'pending'}
     if temporary:
         raise MailError('recipients to retry: %s' % '; '.join(
             '%s: %s' % item for item in sorted(temporary.items())), temporary=True)
+
+
+def record_replies(targets, replies, sent_at):
+    """Each recipient's outcome from the server's reply to it: sent only on a
+    2xx (its message accepted), pending on 4xx or no reply (tried again),
+    refused on 5xx. A "sent" is a fact and always recorded; anything else
+    never overwrites a "sent" another attempt recorded meanwhile."""
+    for delivery in targets:
+        reply = replies.get(delivery.address) or '421 no reply for this recipient'
+        if reply.startswith('2'):
+            Delivery.update(status='sent', sent_at=sent_at, error=None) \
+                .where(Delivery.id == delivery.id).execute()
+            delivery.status, delivery.error = 'sent', None
+            continue
+        delivery.status = 'refused' if reply.startswith('5') else 'pending'
+        delivery.error = reply
+        Delivery.update(status=delivery.status, error=reply) \
+            .where(Delivery.id == delivery.id, Delivery.status != 'sent').execute()
+
+
+class Outcome(NamedTuple):
+    """What became of one execution: `status` is delivered, failed (for
+    good), retry (after `delay` seconds), busy (wait `delay` for a turn),
+    lost (taken back; another attempt owns the run) or idle (nothing to do:
+    the run is not queued)."""
+    status: str
+    delay: Optional[float] = None
 
 
 def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic):
@@ -299,47 +412,146 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
 
     Idempotent: a run that is not queued is left alone; a re-run rebuilds an
     unfinished file from scratch and mails only recipients who did not get it.
-    Raises MailError / database errors for the caller to retry, and
-    PermanentFailure when retrying cannot help.
+    Every failure after the claim is recorded on the run (fenced by the
+    attempt) and comes back as an Outcome; database errors before the claim
+    propagate for the caller to retry.
     """
     run = Run.get_or_none(Run.id == run_id)
     if run is None or run.status != 'queued':
-        return run
+        return Outcome('idle')
     try:
         definition = registry.get(run.report)
     except UnknownReport:
-        raise PermanentFailure('report %r no longer exists' % run.report)
-    if not claim(run.id, utcnow(), run.report, settings.max_concurrent_per_report):
-        run = Run.get_by_id(run.id)
-        if run.status == 'queued':
-            raise Busy('%d runs of %s in progress already'
-                       % (settings.max_concurrent_per_report, run.report))
-        return run
-    started = clock()
-    with Heartbeat(run.id, settings.progress_every) as heartbeat:
-        path = prepare_file(registry, settings, store, Run.get_by_id(run.id),
-                            heartbeat.progress)
-        run = Run.get_by_id(run.id)
-        deliver(run, definition.title, path, settings, mailer, clock() - started)
+        mark_failed(run.id, 'report %r no longer exists' % run.report)
+        return Outcome('failed')
+    attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
+    if attempt is None:
+        if Run.select(Run.status).where(Run.id == run_id).scalar() == 'queued':
+            delay = max(retry_delay(1, settings), 1.0)
+            record_wait(run_id, utcnow() + datetime.timedelta(seconds=delay))
+            return Outcome('busy', delay)
+        return Outcome('idle')
+    try:
+        _attempt(attempt, definition, registry, settings, mailer, store, clock)
+    except LostOwnership as exc:
+        logger.warning('%s; it leaves the run to that attempt', exc)
+        return Outcome('lost')
+    except PermanentFailure as exc:
+        return _fail(attempt, settings, store, settings.redact(str(exc)))
+    except MailError as exc:
+        if not exc.temporary:
+            return _fail(attempt, settings, store, settings.redact(str(exc)))
+        return _retry_later(attempt, settings, store, exc)
+    except Exception as exc:
+        return _retry_later(attempt, settings, store, exc)
+    return Outcome('delivered')
 
-    refused = [d for d in run.deliveries if d.status == 'refused']
-    if refused and len(refused) == len(run.recipients):
+
+def _attempt(attempt, definition, registry, settings, mailer, store, clock):
+    started = clock()
+    with Heartbeat(attempt, settings.progress_every) as heartbeat:
+        path = prepare_file(registry, settings, store, attempt, heartbeat)
+        deliver(attempt, definition.title, path, settings, mailer, clock() - started)
+    deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
+    refused = [d for d in deliveries if d.status == 'refused']
+    if refused and len(refused) == len(deliveries):
         raise PermanentFailure('every recipient was refused: %s' % '; '.join(
             '%s: %s' % (d.address, d.error) for d in refused))
     error = None
     if refused:
         error = 'refused: %s' % '; '.join('%s: %s' % (d.address, d.error) for d in refused)
-    Run.update(status='delivered', finished_at=utcnow(), error=error) \
-        .where(Run.id == run.id).execute()
-    return Run.get_by_id(run.id)
+    attempt.update(status='delivered', finished_at=utcnow(), error=error)
+    _drop_working_copy(settings, store, attempt.run_id)
+
+
+def _retry_later(attempt, settings, store, exc):
+    reason = settings.redact('%s: %s' % (type(exc).__name__, exc))
+    if attempt.number >= settings.max_attempts:
+        return _fail(attempt, settings, store,
+                     '%s (gave up after %d attempts)' % (reason, attempt.number))
+    delay = retry_delay(attempt.number, settings)
+    try:
+        attempt.update(status='queued', error=reason,
+                       next_attempt_at=utcnow() + datetime.timedelta(seconds=delay))
+    except LostOwnership:
+        return Outcome('lost')
+    logger.info('run %d: attempt %d failed (%s); retrying in %.1fs',
+                attempt.run_id, attempt.number, reason, delay)
+    return Outcome('retry', delay)
+
+
+def _fail(attempt, settings, store, reason):
+    try:
+        attempt.update(status='failed', error=reason, finished_at=utcnow())
+    except LostOwnership:
+        return Outcome('lost')
+    logger.warning('run %d failed: %s', attempt.run_id, reason)
+    remove_work_files(settings, store, Run.get_by_id(attempt.run_id))
+    return Outcome('failed')
+
+
+def _drop_working_copy(settings, store, run_id):
+    # With a shared store the local copy was only for mailing it; leaving it
+    # would keep it on this machine past retention (only the machine that
+    # expires the run would delete its own copy).
+    if store.kind != 'local':
+        shutil.rmtree(run_folder(settings, run_id), ignore_errors=True)
+
+
+def remove_work_files(settings, store, run):
+    """Everything in the run's folder but its published file (which stays
+    for download while the local store keeps it)."""
+    folder = run_folder(settings, run.id)
+    if not os.path.isdir(folder):
+        return
+    keep = None
+    if run.file_key and store.kind == 'local':
+        keep = os.path.abspath(local_path(settings, run.file_key))
+    for parent, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            path = os.path.join(parent, name)
+            if os.path.abspath(path) != keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(parent)  # only when empty
+
+
+def sweep_orphans(settings, store):
+    """Work folders nothing will use again: of runs that are over (their
+    published file kept), or that no longer exist. Runs still queued or
+    running are left alone. Returns how many folders were cleaned."""
+    try:
+        names = os.listdir(settings.reports_dir)
+    except FileNotFoundError:
+        return 0
+    ids = {}
+    for name in names:
+        if name.startswith('run-') and name[4:].isdecimal() and name[4:].isascii():
+            ids[int(name[4:])] = name
+    if not ids:
+        return 0
+    cleaned = 0
+    known = {run.id: run for run in Run.select(Run.id, Run.status, Run.file_key)
+             .where(Run.id.in_(list(ids)))}
+    for run_id, name in ids.items():
+        run = known.get(run_id)
+        if run is None:
+            shutil.rmtree(os.path.join(settings.reports_dir, name), ignore_errors=True)
+            cleaned += 1
+        elif run.status in TERMINAL + ('skipped',):
+            remove_work_files(settings, store, run)
+            cleaned += 1
+    return cleaned
 
 
 def reap(settings, now, enqueue, on_failed=None):
-    """Take back runs whose worker died (heartbeat stopped) and queued runs
-    whose task was lost; give up on those out of attempts (`on_failed(id)`).
-    Returns the ids queued again."""
+    """Take back runs whose worker went silent (no heartbeat for stale_after,
+    judged on the database's clock so a worker's skewed clock cannot make a
+    live run look dead) and queued runs whose task was lost; give up on those
+    out of attempts (`on_failed(id)`). Returns the ids queued again."""
     requeued = []
-    stale = now - datetime.timedelta(seconds=settings.stale_after)
+    stale = db_now() - datetime.timedelta(seconds=settings.stale_after)
     for run in Run.select().where(Run.status == 'running', Run.heartbeat_at < stale):
         if run.attempts >= settings.max_attempts:
             if mark_failed(run.id, 'worker stopped during attempt %d of %d (no heartbeat '
@@ -353,6 +565,7 @@ def reap(settings, now, enqueue, on_failed=None):
                             error='worker stopped during attempt %d (no heartbeat); '
                                   'running it again' % run.attempts)
                  .where(Run.id == run.id, Run.status == 'running',
+                        Run.attempts == run.attempts,
                         Run.heartbeat_at == run.heartbeat_at).execute())
         if taken:
             requeued.append(run.id)
@@ -377,7 +590,7 @@ def remove_expired_files(settings, store, now):
     removed = 0
     for run in Run.select().where(Run.file_key.is_null(False), Run.finished_at < cutoff):
         store.delete(run.file_key)
-        shutil.rmtree(work_folder(settings, run), ignore_errors=True)
+        shutil.rmtree(run_folder(settings, run.id), ignore_errors=True)
         Run.update(file_key=None).where(Run.id == run.id).execute()
         removed += 1
     return removed
@@ -404,7 +617,7 @@ def file_ready(run):
     """True when the run is over and its complete file is kept (not past retention).
     While it is still being mailed or retried it is not offered: a re-run may
     rebuild it."""
-    return run.status in ('delivered', 'failed') and bool(run.file_key) \
+    return run.status in TERMINAL and bool(run.file_key) \
         and run.file_bytes is not None
 
 

@@ -4,20 +4,20 @@
 time `tasks.huey` is read (PEP 562), so importing this module has no side
 effects and tests build their own with `Jobs(settings)`.
 """
-import datetime
 import logging
 import os
 import threading
+import time
 
 from huey import RedisHuey, SqliteHuey, crontab
-from huey.exceptions import CancelExecution, RetryTask
+from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
-from peewee import IntegrityError
+from peewee import DatabaseError, IntegrityError, InterfaceError, OperationalError
 
 import runs
 import schedules
 from filestore import create_file_store
-from mail import MailError, create_mailer
+from mail import create_mailer
 from models import Run, bind_database, utcnow
 from reports import registry as default_registry
 from settings import install_log_redaction
@@ -29,8 +29,56 @@ logger = logging.getLogger('nightshift.tasks')
 HAND_BACK_GRACE = 5.0
 
 
+DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
+
+
 class QueueUnavailable(Exception):
     """The queue could not take a task (e.g. Redis is down)."""
+
+
+class DatabaseHealth:
+    """Whether the state database answers, as this process last saw it.
+
+    An outage is logged once when it starts and once when it ends (with how
+    many operations failed meanwhile), not once per task: a few hundred
+    tracebacks a minute hide everything else in the log.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.failures = 0
+        self.since = None
+        self._lock = threading.Lock()
+
+    def down(self, exc):
+        with self._lock:
+            self.failures += 1
+            first = self.since is None
+            if first:
+                self.since = self.clock()
+        if first:
+            logger.error('database unavailable (%s: %s); runs wait and are retried until '
+                         'it answers', type(exc).__name__, str(exc).strip().splitlines()[0]
+                         if str(exc).strip() else '')
+        else:
+            logger.debug('database still unavailable: %s', type(exc).__name__)
+
+    def up(self):
+        if self.since is None:
+            return
+        with self._lock:
+            if self.since is None:
+                return
+            failures, lasted = self.failures, self.clock() - self.since
+            self.failures, self.since = 0, None
+        logger.warning('database answers again after %.0f s (%d operations failed meanwhile)',
+                       lasted, failures)
+
+    def retry_in(self, settings):
+        """Seconds before a task that met the outage tries again: grows with
+        the outage, at most retry_max_delay, and at least a second."""
+        lasted = 0 if self.since is None else self.clock() - self.since
+        return max(1.0, min(settings.retry_max_delay, max(settings.retry_delay, lasted / 2)))
 
 
 def create_huey(settings):
@@ -52,6 +100,7 @@ class Jobs:
         self.store = store or create_file_store(settings)
         self.declared_schedules = schedules.declared_schedules(registry, settings)
         self.huey = huey = create_huey(settings)
+        self.database = DatabaseHealth()
         self._started = threading.Lock()
         self._startup_done = False
 
@@ -106,53 +155,39 @@ class Jobs:
         self.tick_schedules.call_local()
 
     def tick(self, now=None):
-        """Every minute: reap lost runs, start due schedule slots, expire files."""
+        """Every minute: reap lost runs, start due schedule slots, expire files.
+        A database that does not answer skips the tick (logged once per
+        outage); the next minute tries again."""
         now = now or utcnow()
-        runs.reap(self.settings, now, self.run_report, self.notify_failed)
-        created = schedules.tick(self.registry, self.settings, self, now)
-        runs.remove_expired_files(self.settings, self.store, now)
+        try:
+            runs.reap(self.settings, now, self.run_report, self.notify_failed)
+            created = schedules.tick(self.registry, self.settings, self, now)
+            runs.remove_expired_files(self.settings, self.store, now)
+            runs.sweep_orphans(self.settings, self.store)
+        except DB_ERRORS as exc:
+            self.database.down(exc)
+            return []
+        self.database.up()
         return created
 
     def execute(self, run_id):
         """Run one report. Temporary failures come back through Huey after a
         backoff; permanent ones, or running out of attempts, fail the run."""
         try:
-            runs.execute_run(run_id, self.registry, self.settings, self.mailer, self.store)
-        except runs.Busy:
-            # Not a failure: wait for a turn, without using up an attempt.
-            delay = max(runs.retry_delay(1, self.settings), 1.0)
-            runs.record_wait(run_id, utcnow() + datetime.timedelta(seconds=delay))
-            raise RetryTask(delay=delay)
-        except runs.PermanentFailure as exc:
-            self._give_up(run_id, self.settings.redact(str(exc)))
-        except MailError as exc:
-            if not exc.temporary:
-                self._give_up(run_id, self.settings.redact(str(exc)))
-            self._retry(run_id, exc)
-        except Exception as exc:
-            self._retry(run_id, exc)
-
-    def _retry(self, run_id, exc):
-        reason = self.settings.redact('%s: %s' % (type(exc).__name__, exc))
-        try:
-            attempts = Run.get_by_id(run_id).attempts
-        except Exception:
-            # The database itself may be what failed: try again later; if the
-            # run stays "running", the reaper hands it back.
-            logger.exception('could not record the failure of run %s', run_id)
-            raise RetryTask(delay=self.settings.retry_delay or None)
-        if attempts >= self.settings.max_attempts:
-            self._give_up(run_id, '%s (gave up after %d attempts)' % (reason, attempts))
-        delay = runs.retry_delay(attempts, self.settings)
-        runs.record_retry(run_id, reason, utcnow() + datetime.timedelta(seconds=delay))
-        logger.info('run %s: attempt %d failed (%s); retrying in %.1fs',
-                    run_id, attempts, reason, delay)
-        raise RetryTask(delay=delay) if delay > 0 else RetryTask()
-
-    def _give_up(self, run_id, reason):
-        if runs.mark_failed(run_id, reason):
+            outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
+                                       self.store)
+        except DB_ERRORS as exc:
+            # The state database is what failed, before anything was claimed
+            # or while recording: nothing to count an attempt against. Try
+            # again later; a run left "running" is handed back by the reaper.
+            self.database.down(exc)
+            raise RetryTask(delay=self.database.retry_in(self.settings))
+        self.database.up()
+        if outcome.status == 'failed':
             self.notify_failed(run_id)
-        raise CancelExecution(retry=False)
+        elif outcome.status in ('retry', 'busy'):
+            raise RetryTask(delay=outcome.delay) if outcome.delay else RetryTask()
+        return outcome.status
 
     def notify_failed(self, run_id):
         """Tell the operator (if one is set) that a run failed for good."""

@@ -65,7 +65,7 @@ def test_the_last_progress_beat_does_not_overwrite_the_final_count(settings, job
     """The heartbeat goes on while the finished file is zipped and mailed; its
     last "rows so far" (taken mid-file) must not replace the final count."""
     run_id = queued_run(jobs, settings)
-    runs.claim(run_id, utcnow())
+    attempt = runs.claim(run_id, utcnow())
 
     def beats_seen(since):
         wait_until = utcnow() + datetime.timedelta(seconds=5)
@@ -74,7 +74,7 @@ def test_the_last_progress_beat_does_not_overwrite_the_final_count(settings, job
             time.sleep(0.005)
         return Run.get_by_id(run_id)
 
-    with runs.Heartbeat(run_id, every=0.02) as heartbeat:
+    with runs.Heartbeat(attempt, every=0.02) as heartbeat:
         heartbeat.progress(1200, 90000)  # mid-file
         run = beats_seen(Run.get_by_id(run_id).heartbeat_at)
         assert (run.rows, run.bytes) == (1200, 90000)
