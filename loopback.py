@@ -123,7 +123,8 @@ class SmtpSink:
                                            policy=email.policy.default)
         with self._lock:
             self.messages.append({'from': envelope.mail_from, 'at': time.perf_counter(),
-                                  'to': list(envelope.rcpt_tos), 'message': message})
+                                  'to': list(envelope.rcpt_tos), 'message': message,
+                                  'reply_late': bool(self.data_delay)})
         if self.data_delay:
             import asyncio
             await asyncio.sleep(self.data_delay)

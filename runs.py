@@ -167,13 +167,21 @@ def hand_back(run_id, reason):
                 .where(Run.id == run_id, Run.status == 'running').execute())
 
 
-def wait_while_running(run_id, seconds, clock=time.monotonic):
-    """Wait up to `seconds` for a running run to finish (or stop running)."""
+def wait_while_running(run_id, seconds, sending_grace=0.0, clock=time.monotonic):
+    """Wait up to `seconds` for a running run to finish (or stop running),
+    and up to `sending_grace` more while it is in the middle of an SMTP
+    transaction: cut there, the server may have the message with nobody
+    recording it, and the retry would send a second copy."""
     deadline = clock() + seconds
-    while clock() < deadline:
+    while True:
         run = Run.get_or_none(Run.id == run_id)
         if run is None or run.status != 'running':
             return
+        if clock() >= deadline:
+            sending = Delivery.select().where(Delivery.run == run_id,
+                                              Delivery.status == 'sending').exists()
+            if not sending or clock() >= deadline + sending_grace:
+                return
         time.sleep(0.05)
 
 

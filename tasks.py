@@ -131,7 +131,8 @@ class Jobs:
                 # and killing it mid-SMTP would send the report twice (the
                 # server accepted, nothing recorded it). A short grace lets
                 # a run that is nearly done finish.
-                runs.wait_while_running(run_id, HAND_BACK_GRACE)
+                runs.wait_while_running(run_id, HAND_BACK_GRACE,
+                                        sending_grace=settings.smtp_timeout + 1)
                 if runs.hand_back(run_id, 'worker stopped during the run; running it again'):
                     # Straight into the schedule, not the queue: a worker thread
                     # of this dying process could pop it from the queue and die

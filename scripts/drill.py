@@ -7,10 +7,15 @@ and count what came out.
 It starts its own redis-server (free port), SMTP sink (aiosmtpd), database
 (a temp SQLite file, or a throwaway PostgreSQL database), web server and two
 consumers, then posts runs while it: kill -9's a consumer mid-run, SIGTERMs
-the other, stops Redis for a few seconds, and stops the SMTP server for a few
-seconds. It waits for every accepted run to finish and prints a table:
+the other, stops Redis for a few seconds, stops the SMTP server for a few
+seconds, answers 421 at RCPT, withholds the reply after DATA past the
+client's timeout, hangs up right after accepting, pauses a consumer with
+SIGSTOP past stale_after, and (PostgreSQL) terminates every database
+connection. It waits for every accepted run to finish and prints a table:
 requested, refused at the door (503 while Redis was down), delivered,
-failed, duplicate emails, lost. Needs requirements-dev.txt (aiosmtpd).
+failed, duplicate emails, copies resent after a lost reply (same Message-ID,
+at least once by design), broken attachments, lost. Needs
+requirements-dev.txt (aiosmtpd).
 """
 import argparse
 import os
@@ -80,6 +85,28 @@ def post_run(system, i):
     return status, (body or {}).get('id')
 
 
+def attachment_matches(message):
+    """The attachment is whole: a zip that opens, a CSV with as many rows
+    as the body says."""
+    import io
+    import re
+    import zipfile
+    body = message.get_body(('plain',)).get_content()
+    said = re.search(r'Rows: ([\d,]+)', body)
+    parts = [p for p in message.walk() if p.get_filename()]
+    if not said or len(parts) != 1:
+        return False
+    data = parts[0].get_payload(decode=True)
+    if parts[0].get_filename().endswith('.zip'):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                [inner] = archive.namelist()
+                data = archive.read(inner)
+        except (zipfile.BadZipFile, ValueError):
+            return False
+    return data.count(b'\n') - 1 == int(said.group(1).replace(',', ''))
+
+
 def drill(args, workdir):
     redis = RedisServer()
     redis.start()
@@ -98,7 +125,7 @@ def drill(args, workdir):
     with open(config, 'w') as out:
         out.write('[nightshift]\nreports_dir = reports\nretry_delay = 0.5\n'
                   'retry_max_delay = 3\nmax_attempts = 30\nstale_after = 3\n'
-                  'progress_every = 0.2\nrequeue_after = 20\n')
+                  'progress_every = 0.2\nrequeue_after = 20\nsmtp_timeout = 2\n')
     env = {'NIGHTSHIFT_CONFIG': config, 'DATABASE_URL': database_url,
            'REDIS_URL': redis.url, 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port),
            'NIGHTSHIFT_SMTP_SECURITY': 'none', 'MAIL_FROM': 'drill@nightshift.test'}
@@ -110,43 +137,98 @@ def drill(args, workdir):
         if seed.returncode:
             sys.exit('drill: seeding failed:\n' + seed.stderr)
         system.start()
-        accepted, refused, events = [], 0, []
-        fifth = max(args.runs // 5, 1)
+        accepted, events = [], []
+        refused = [0]
+
+        def post_during(count, base, pause=0.0):
+            for k in range(count):
+                status, run_id = post_run(system, base + k)
+                refused[0] += status == 503
+                accepted.extend([run_id] if status == 202 else [])
+                time.sleep(pause)
+
+        def kill_consumer():
+            time.sleep(0.5)
+            os.kill(system.procs['consumer-a'].pid, signal.SIGKILL)
+            system.procs['consumer-a'].wait()
+            time.sleep(3.5)
+            system.start_consumer('consumer-a')
+
+        def terminate_consumer():
+            system.signal('consumer-b', signal.SIGTERM)
+            system.start_consumer('consumer-b')
+
+        def redis_down():
+            redis.stop()
+            post_during(3, 10000, pause=1)
+            redis.start()
+
+        def smtp_down():
+            sink.stop()
+            post_during(2, 20000)
+            time.sleep(4)
+            sink.start()
+
+        def refuse_rcpt():
+            sink.rcpt_replies = ['421 4.7.0 too busy, closing'] * 3
+            post_during(2, 30000)
+            wait_until(lambda: not sink.rcpt_replies, timeout=30, message='421s used up')
+
+        def no_data_reply():
+            # Longer than smtp_timeout: the message is kept, the reply is late.
+            sink.data_delay = 3
+            post_during(2, 40000)
+            try:
+                wait_until(lambda: sum(1 for m in sink.messages if m['reply_late']) >= 2,
+                           timeout=20, message='two late replies')
+            finally:
+                sink.data_delay = 0
+
+        def hang_up_after_data():
+            sink.hang_up_after_data = True
+            post_during(2, 50000)
+            time.sleep(2)
+            sink.hang_up_after_data = False
+
+        def pause_consumer():
+            time.sleep(0.5)
+            proc = system.procs['consumer-a']
+            os.kill(proc.pid, signal.SIGSTOP)
+            time.sleep(5)  # past stale_after: the other consumer takes its runs
+            os.kill(proc.pid, signal.SIGCONT)
+
+        def cut_connections():
+            import psycopg
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                for _ in range(5):
+                    admin.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                                  'WHERE datname = current_database() '
+                                  'AND pid <> pg_backend_pid()')
+                    time.sleep(0.3)
+
+        faults = [('kill -9 consumer-a while it works', kill_consumer),
+                  ('SIGTERM consumer-b', terminate_consumer),
+                  ('Redis down 3 s', redis_down),
+                  ('SMTP down 4 s', smtp_down),
+                  ('421 at RCPT', refuse_rcpt),
+                  ('no reply after DATA', no_data_reply),
+                  ('hang-up after accepting', hang_up_after_data),
+                  ('SIGSTOP consumer-a past stale_after', pause_consumer)]
+        if args.database == 'postgres':
+            faults.append(('database connections terminated', cut_connections))
+        step = max(args.runs // (len(faults) + 1), 1)
+        at = {step * (k + 1): fault for k, fault in enumerate(faults)}
         for i in range(args.runs):
-            if i == fifth:
-                events.append('kill -9 consumer-a while it works')
-                time.sleep(0.5)
-                os.kill(system.procs['consumer-a'].pid, signal.SIGKILL)
-                system.procs['consumer-a'].wait()
-                time.sleep(3.5)
-                system.start_consumer('consumer-a')
-            elif i == 2 * fifth:
-                events.append('SIGTERM consumer-b')
-                system.signal('consumer-b', signal.SIGTERM)
-                system.start_consumer('consumer-b')
-            elif i == 3 * fifth:
-                events.append('Redis down 3 s')
-                redis.stop()
-                for _ in range(3):
-                    status, run_id = post_run(system, 10000 + i)
-                    refused += status == 503
-                    accepted += [run_id] if status == 202 else []
-                    time.sleep(1)
-                redis.start()
-            elif i == 4 * fifth:
-                events.append('SMTP down 4 s')
-                sink.stop()
-                for _ in range(2):
-                    status, run_id = post_run(system, 20000 + i)
-                    accepted += [run_id] if status == 202 else []
-                time.sleep(4)
-                sink.start()
-            status, run_id = post_run(system, i)
-            if status == 202:
-                accepted.append(run_id)
-            elif status == 503:
-                refused += 1
+            if i in at:
+                events.append(at[i][0])
+                at[i][1]()
+            post_during(1, i)
             time.sleep(args.pause)
+        # With fewer runs than faults, the rest still happen.
+        for index in sorted(k for k in at if k >= args.runs):
+            events.append(at[index][0])
+            at[index][1]()
+        refused = refused[0]
 
         def finished():
             states = [call('GET', '%s/api/runs/%d' % (system.base, r))[1] for r in accepted]
@@ -161,14 +243,20 @@ def drill(args, workdir):
         expected = {'<nightshift-run-%d@nightshift>' % r for r in accepted}
         delivered = sum(1 for s in states if s and s['status'] == 'delivered')
         failed = sum(1 for s in states if s and s['status'] == 'failed')
-        duplicates = len(ids) - len(set(ids))
+        # A message whose reply never came may have arrived: it goes again
+        # with the same Message-ID (at least once). Those copies are counted
+        # apart; any other second copy is a duplicate.
+        resent = sum(1 for m in sink.messages if m.get('reply_late'))
+        duplicates = len(ids) - len(set(ids)) - resent
+        broken = sum(1 for m in sink.messages if not attachment_matches(m['message']))
         lost = sum(1 for s in states if not s or s['status'] not in ('delivered', 'failed')) \
             + sum(1 for s in states if s and s['status'] == 'delivered'
                   and '<nightshift-run-%d@nightshift>' % s['id'] not in ids)
         stray = len(set(ids) - expected)
         return {'database': args.database, 'events': events, 'requested': len(accepted),
                 'refused': refused, 'delivered': delivered, 'failed': failed,
-                'duplicates': duplicates, 'lost': lost, 'stray': stray,
+                'duplicates': duplicates, 'resent': resent, 'broken': broken,
+                'lost': lost, 'stray': stray,
                 'attempts': sum(s['attempts'] for s in states if s)}
     finally:
         system.stop()
@@ -202,13 +290,15 @@ def main(argv=None):
             print('logs in', workdir)
     print('faults: ' + '; '.join(result['events']))
     print()
-    print('| database | requested | refused (503) | delivered | failed | duplicates | lost | attempts |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('| database | requested | refused (503) | delivered | failed | duplicates '
+          '| resent after a lost reply | broken attachments | lost | attempts |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     print('| {database} | {requested} | {refused} | {delivered} | {failed} | {duplicates} '
-          '| {lost} | {attempts} |'.format(**result))
+          '| {resent} | {broken} | {lost} | {attempts} |'.format(**result))
     print()
     print('%.0f s' % (time.monotonic() - started))
     ok = result['duplicates'] == 0 and result['lost'] == 0 and result['stray'] == 0 \
+        and result['broken'] == 0 \
         and result['delivered'] + result['failed'] == result['requested']
     sys.exit(0 if ok else 1)
 

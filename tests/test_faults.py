@@ -173,3 +173,104 @@ def test_redis_outage_under_running_web_and_consumer(consumers, fault_env, redis
 
 def _healthy(base):
     return _request(base + '/healthz')[0] == 200
+
+
+def _zip_rows(message):
+    import io
+    import zipfile
+    from conftest import attachment
+    name, data = attachment(message)
+    assert name.endswith('.zip'), name
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.testzip() is None
+        [inner] = archive.namelist()
+        return archive.read(inner).count(b'\n') - 1
+
+
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_a_paused_worker_that_wakes_up_publishes_and_mails_nothing(app, consumers, fault_env,
+                                                                    smtp_sink):
+    """SIGSTOP past stale_after in the middle of writing: another consumer
+    takes the run back and delivers it; the first one, resumed while the
+    second is still writing, must not publish its file or send a mail."""
+    demo.seed(customers=2000, orders=300000)
+    consumers.env = dict(fault_env, NIGHTSHIFT_ZIP_OVER_MB='1')
+    paused = consumers.start()
+    run_id = app.post_json('/api/runs', {'report': 'orders',
+                                         'to': ['ops@example.org']}).json['id']
+    wait_until(lambda: writing(run_id), timeout=30, message='run to be writing')
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        time.sleep(3)  # past stale_after (2 s)
+        consumers.start()  # its first tick takes the run back
+        wait_until(lambda: Run.get_by_id(run_id).attempts == 2 and writing(run_id),
+                   timeout=30, message='the second attempt to be writing')
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    wait_until(lambda: delivered(run_id), timeout=90, message='delivery')
+    time.sleep(2)  # room for a wrongly sent second copy to arrive
+    [sent] = smtp_sink.messages
+    assert _zip_rows(sent['message']) == 300000
+    assert 'Rows: 300,000' in sent['message'].get_body(('plain',)).get_content()
+    run = Run.get_by_id(run_id)
+    assert (run.status, run.attempts, run.rows) == ('delivered', 2, 300000)
+    assert '/a2/' in run.file_key
+    assert paused.poll() is None  # it went on serving
+
+
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_a_consumer_with_its_clock_ahead_leaves_a_live_run_alone(app, consumers, fault_env,
+                                                                 smtp_sink):
+    import shutil
+    if shutil.which('faketime') is None:
+        pytest.fail('faketime is needed (Debian package faketime)') if os.environ.get('CI') \
+            else pytest.skip('faketime not installed')
+    demo.seed(customers=2000, orders=300000)
+    consumers.start()
+    run_id = app.post_json('/api/runs', {'report': 'orders',
+                                         'to': ['ops@example.org']}).json['id']
+    wait_until(lambda: writing(run_id), timeout=30, message='run to be writing')
+    log = open(consumers.tmp_path / 'skewed.log', 'wb')
+    import subprocess
+    import sys
+    from test_e2e import ROOT
+    consumers.procs.append(subprocess.Popen(
+        ['faketime', '-f', '+90s', sys.executable] + CONSUMER, cwd=ROOT,
+        env=dict(os.environ, **fault_env), stdout=log, stderr=subprocess.STDOUT))
+    wait_until(lambda: delivered(run_id), timeout=90, message='delivery')
+    time.sleep(2)
+    [sent] = smtp_sink.messages
+    body = sent['message'].get_body(('plain',)).get_content()
+    assert 'Rows: 300,000' in body
+    assert _zip_rows(sent['message']) == 300000
+    assert Run.get_by_id(run_id).attempts == 1
+
+
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_consumers_and_web_come_back_after_connections_are_terminated(
+        app, consumers, smtp_sink, postgres_url, tmp_path):
+    import psycopg
+    demo.seed(customers=10, orders=100)
+    consumers.start()
+
+    def post(to):
+        return app.post_json('/api/runs', {'report': 'customers', 'to': [to]}).json['id']
+
+    def terminate_all():
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute('SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                          'WHERE datname = current_database() AND pid <> pg_backend_pid()')
+
+    first = post('a@example.org')
+    wait_until(lambda: delivered(first), timeout=30, message='first delivery')
+    # A restart, as the consumer and the web see it: every connection cut,
+    # again and again for a few seconds.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        terminate_all()
+        time.sleep(0.2)
+    second = post('b@example.org')  # the web's own connection was cut too
+    wait_until(lambda: delivered(second), timeout=30, message='delivery after the restart')
+    assert len(smtp_sink.messages) == 2
+    log = (tmp_path / 'consumer-0.log').read_text(errors='replace')
+    assert log.count('Traceback') <= 2, log[-3000:]
