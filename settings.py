@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import cron
+from mail import check_address
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PROJECT_DIR / 'config.ini'
@@ -365,11 +366,15 @@ def _check(settings):
     if not settings.public_url.startswith(('http://', 'https://')):
         raise SettingsError('public_url: %r must start with http:// or https://'
                             % settings.public_url)
-    if settings.operator_email and '@' not in settings.operator_email:
-        raise SettingsError('operator_email: %r is not an email address'
-                            % settings.operator_email)
-    if '@' not in settings.mail_from:
-        raise SettingsError('mail_from: %r is not an email address' % settings.mail_from)
+    for name in ('operator_email', 'mail_from'):
+        address = getattr(settings, name)
+        if name == 'operator_email' and not address:
+            continue  # optional
+        try:
+            # The sender may be a development name (nightshift@localhost).
+            check_address(address, single_label_domain=name == 'mail_from')
+        except ValueError as exc:
+            raise SettingsError('%s: %s' % (name, exc))
     try:
         cron.check_timezone(settings.timezone)
     except ValueError as exc:
