@@ -451,7 +451,8 @@ def create_app(settings, jobs, registry=default_registry):
     def list_schedules():
         now = utcnow()
         return json_response(200, {'schedules': [
-            schedules.schedule_as_dict(s, now) for s in Schedule.select().order_by(Schedule.name)]})
+            schedules.schedule_as_dict(s, now)
+            for s in schedules.with_last_runs(Schedule.select().order_by(Schedule.name))]})
 
     @app.post('/api/schedules')
     def create_schedule():

@@ -87,6 +87,8 @@ class Settings:
     csv_bom: bool = True
     timezone: str = 'UTC'
     catchup_hours: float = 24.0
+    max_schedules: int = 200
+    max_runs_per_tick: int = 100
     # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
     schedules: tuple = field(default=(), repr=False)
 
@@ -168,6 +170,9 @@ HELP = {
     'csv_bom': 'Start files meant for people (emails, downloads) with a UTF-8 BOM for Excel.',
     'timezone': 'Default IANA timezone of schedules.',
     'catchup_hours': 'After downtime, the latest missed slot still runs if it is this recent.',
+    'max_schedules': 'Most schedules kept (config.ini and API together); one more is refused.',
+    'max_runs_per_tick': 'Most scheduled runs one tick (each minute) creates; the rest wait '
+                         'for the next tick, oldest first.',
 }
 SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled')
 
@@ -363,6 +368,8 @@ def _check(settings):
                                 'print(secrets.token_urlsafe())")')
     if settings.max_attempts < 1:
         raise SettingsError('max_attempts: must be at least 1')
+    if settings.max_runs_per_tick < 1:
+        raise SettingsError('max_runs_per_tick: must be at least 1, or schedules never run')
     if not settings.public_url.startswith(('http://', 'https://')):
         raise SettingsError('public_url: %r must start with http:// or https://'
                             % settings.public_url)

@@ -1,20 +1,23 @@
 """Hardening: schedule limits, DST intervals, source-routed addresses, TLS
 Redis as Heroku sets it up, export to standard output, the oversize mail."""
+import logging
 import os
 import subprocess
 import sys
-from datetime import datetime as dt
+import threading
+from datetime import datetime as dt, timedelta
 
 import pytest
 import webtest
 
 import demo
-import runs
+import schedules
 from conftest import ROOT
+from cron import check_timezone, next_slot, slots_between
 from mail import check_address, compose
-from models import Run
+from models import Run, Schedule
 from reports import registry
-from settings import SettingsError
+from settings import SettingsError, load_settings
 
 # --- addresses (issue item 15) ----------------------------------------------
 
@@ -111,3 +114,204 @@ def test_export_dash_writes_to_standard_output(app, settings, database_url, redi
     assert done.stdout == app.get('/reports/orders.csv', {'status': 'paid'}).body
     assert b'rows' in done.stderr  # the summary, out of the data's way
     assert not (tmp_path / '-').exists()
+
+
+# --- DST: intervals keep their interval (issue item 14) -----------------------
+
+LISBON = check_timezone('Europe/Lisbon')
+NEW_YORK = check_timezone('America/New_York')
+SYDNEY = check_timezone('Australia/Sydney')
+
+
+def every(minutes, first, last):
+    out, slot = [], first
+    while slot <= last:
+        out.append(slot)
+        slot += timedelta(minutes=minutes)
+    return out
+
+
+@pytest.mark.parametrize('zone, after, until', [
+    # Lisbon falls back 2025-10-26 at 01:00 UTC: wall 01:00-02:00 happens twice.
+    (LISBON, dt(2025, 10, 25, 23, 50), dt(2025, 10, 26, 2, 30)),
+    # Sydney falls back 2025-04-06 at 16:00 UTC (03:00 AEDT -> 02:00 AEST).
+    (SYDNEY, dt(2025, 4, 5, 14, 50), dt(2025, 4, 5, 17, 30)),
+    # New York falls back 2025-11-02 at 06:00 UTC.
+    (NEW_YORK, dt(2025, 11, 2, 4, 50), dt(2025, 11, 2, 7, 30)),
+])
+def test_intervals_run_through_the_repeated_hour(zone, after, until):
+    first = after + timedelta(minutes=10)  # the next quarter and hour after `after`
+    assert slots_between('*/15 * * * *', zone, after, until) == every(15, first, until)
+    assert slots_between('0 * * * *', zone, after, until) == every(60, first, until)
+    assert slots_between('@hourly', zone, after, until) == every(60, first, until)
+
+
+@pytest.mark.parametrize('zone, after, until', [
+    (LISBON, dt(2025, 3, 29, 23, 50), dt(2025, 3, 30, 2, 30)),  # 01:00 UTC: 01:00 -> 02:00
+    (SYDNEY, dt(2025, 10, 4, 14, 50), dt(2025, 10, 4, 17, 30)),  # 16:00 UTC: 02:00 -> 03:00
+])
+def test_intervals_through_the_spring_gap_have_no_hole_and_no_double(zone, after, until):
+    first = after + timedelta(minutes=10)
+    assert slots_between('*/15 * * * *', zone, after, until) == every(15, first, until)
+    assert slots_between('0 * * * *', zone, after, until) == every(60, first, until)
+
+
+@pytest.mark.parametrize('expression, zone, day, expected', [
+    # A named hour inside the repeated hour runs once, at its first occurrence.
+    ('30 1 * * *', LISBON, dt(2025, 10, 26), [dt(2025, 10, 26, 0, 30)]),
+    ('30 2 * * *', SYDNEY, dt(2025, 4, 6), [dt(2025, 4, 5, 15, 30)]),
+    ('*/30 1 * * *', NEW_YORK, dt(2025, 11, 2), [dt(2025, 11, 2, 5), dt(2025, 11, 2, 5, 30)]),
+    # One in the spring gap runs once, an hour later on the new clock.
+    ('30 2 * * *', SYDNEY, dt(2025, 10, 5), [dt(2025, 10, 4, 16, 30)]),
+    ('0 7 * * *', LISBON, dt(2025, 10, 26), [dt(2025, 10, 26, 7)]),
+])
+def test_named_hours_run_once_a_day_across_the_change(expression, zone, day, expected):
+    assert slots_between(expression, zone, day - timedelta(hours=14),
+                         day + timedelta(hours=14)) == expected
+
+
+def test_the_next_slot_inside_the_repeated_hour():
+    # 05:45 UTC is 01:45 EDT; the next quarter is 01:00 EST, not 02:00 EST.
+    assert next_slot('*/15 * * * *', NEW_YORK, dt(2025, 11, 2, 5, 45)) == dt(2025, 11, 2, 6)
+    assert next_slot('0 * * * *', NEW_YORK, dt(2025, 11, 2, 5, 30)) == dt(2025, 11, 2, 6)
+    assert next_slot('0 * * * *', NEW_YORK, dt(2025, 11, 2, 6)) == dt(2025, 11, 2, 7)
+    assert next_slot('30 1 * * *', NEW_YORK, dt(2025, 11, 2, 5, 45)) == dt(2025, 11, 3, 6, 30)
+    assert next_slot('0 3 * * *', SYDNEY, dt(2025, 10, 4, 15, 30)) == dt(2025, 10, 4, 16)
+
+
+def test_a_quarter_hourly_schedule_ticks_through_the_lisbon_fall_back(settings, jobs, database):
+    schedules.create_schedule(registry, settings, dict(
+        name='quarterly', report='customers', to=['a@example.org'], cron='*/15 * * * *',
+        timezone='Europe/Lisbon'), dt(2025, 10, 25, 23, 50))
+    start = dt(2025, 10, 25, 23, 50, 5)
+    created = [run for minute in range(0, 161)
+               for run in jobs.tick(start + timedelta(minutes=minute))]
+    assert [run.slot_at for run in created] == \
+        every(15, dt(2025, 10, 26), dt(2025, 10, 26, 2, 30))
+    assert Run.select().where(Run.status == 'skipped').count() == 0
+
+
+# --- limits on schedules (issue item 8) ----------------------------------------
+
+@pytest.fixture
+def limited(make_settings, database, database_url, redis_url, smtp_sink):
+    """Settings, jobs and app with the schedule limits given."""
+    from server import create_app
+    from tasks import Jobs
+
+    def build(**values):
+        settings = make_settings({
+            'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
+            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'},
+            retry_delay=0, **values)
+        jobs = Jobs(settings)
+        return settings, jobs, webtest.TestApp(create_app(settings, jobs))
+    return build
+
+
+def hourly(name, **changes):
+    return dict({'name': name, 'report': 'customers', 'to': ['a@example.org'],
+                 'cron': '0 * * * *', 'timezone': 'UTC'}, **changes)
+
+
+def test_one_schedule_over_max_schedules_is_refused(limited):
+    settings, jobs, app = limited(max_schedules=3)
+    for i in range(3):
+        assert app.post_json('/api/schedules', hourly('s%d' % i)).status_int == 201
+    res = app.post_json('/api/schedules', hourly('s3'), expect_errors=True)
+    assert (res.status_int, res.json['error'], res.json['field']) == (409, 'conflict', 'name')
+    assert 'max_schedules = 3' in res.json['message']
+    assert Schedule.select().count() == 3
+    app.delete('/api/schedules/s0')
+    assert app.post_json('/api/schedules', hourly('s3')).status_int == 201
+
+
+def test_config_declaring_more_than_max_schedules_stops_start_up(make_settings, tmp_path):
+    from tasks import Jobs
+    sections = ''.join('[schedule:s%d]\nreport = customers\nto = a@example.org\n'
+                       'cron = @daily\n\n' % i for i in range(3))
+    config = tmp_path / 'many.ini'
+    for limit in (3, 2):
+        config.write_text('[nightshift]\nmax_schedules = %d\nqueue_path = %s\n\n%s'
+                          % (limit, tmp_path / 'q.db', sections))
+        if limit == 3:
+            assert len(Jobs(load_settings(config, environ={})).declared_schedules) == 3
+            continue
+        with pytest.raises(SettingsError, match='max_schedules = 2'):
+            Jobs(load_settings(config, environ={}))
+
+
+def test_a_tick_creates_at_most_max_runs_per_tick_and_the_rest_wait(limited):
+    settings, jobs, app = limited(max_runs_per_tick=3)
+    created = dt(2025, 1, 10, 10, 0, 30)
+    for i in range(7):
+        schedules.create_schedule(registry, settings, hourly('s%d' % i), created)
+    first = jobs.tick(dt(2025, 1, 10, 11, 0, 5))
+    assert [r.schedule for r in first] == ['s0', 's1', 's2']
+    # The others' marks did not move over the slot they did not run.
+    waiting = Schedule.select().where(Schedule.checked_through == created)
+    assert sorted(s.name for s in waiting) == ['s3', 's4', 's5', 's6']
+    second = jobs.tick(dt(2025, 1, 10, 11, 1, 5))
+    third = jobs.tick(dt(2025, 1, 10, 11, 2, 5))
+    assert [r.schedule for r in second + third] == ['s3', 's4', 's5', 's6']
+    assert jobs.tick(dt(2025, 1, 10, 11, 3, 5)) == []
+    every_run = list(Run.select().order_by(Run.id))
+    assert [(r.slot_at, r.status) for r in every_run] == [(dt(2025, 1, 10, 11), 'queued')] * 7
+    assert jobs.huey.pending_count() == 7
+
+
+def test_catching_up_a_long_outage_walks_a_bounded_number_of_slots(settings, jobs, database):
+    """An every-minute schedule last checked twenty years ago: ten million
+    slots. The tick looks at the latest hundred, and says there were more."""
+    schedules.create_schedule(registry, settings, hourly('busy', cron='* * * * *'),
+                              dt(2005, 1, 1))
+    done = {}
+    worker = threading.Thread(
+        target=lambda: done.update(runs=jobs.tick(dt(2025, 1, 1, 12, 0, 5))), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), 'the tick walked every missed slot'
+    [run] = done['runs']
+    assert run.slot_at == dt(2025, 1, 1, 12)
+    skipped = list(Run.select().where(Run.status == 'skipped').order_by(Run.slot_at))
+    assert len(skipped) == schedules.SKIPPED_RECORD_LIMIT
+    assert skipped[0].slot_at == dt(2025, 1, 1, 10, 20)
+    assert 'earlier slots since 2005-01-01 00:00 UTC were missed too' in skipped[0].error
+    assert 'earlier slots' not in skipped[1].error
+    assert Schedule.get(Schedule.name == 'busy').checked_through == dt(2025, 1, 1, 12)
+
+
+def count_queries(call):
+    queries = []
+    handler = logging.Handler()
+    handler.emit = queries.append
+    logger = logging.getLogger('peewee')
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        call()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return len(queries)
+
+
+def test_the_schedule_list_takes_the_same_queries_for_5_and_50(limited):
+    settings, jobs, app = limited()
+    counts = []
+    for total in (5, 50):
+        for i in range(Schedule.select().count(), total):
+            schedules.create_schedule(registry, settings, hourly('s%02d' % i, cron='* * * * *'),
+                                      dt(2025, 1, 1))
+            Run.create(report='customers', schedule='s%02d' % i, slot_at=dt(2025, 1, 1, 0, 1),
+                       status='delivered', trigger='schedule')
+        listed = []
+        api = count_queries(lambda: listed.append(app.get('/api/schedules').json))
+        page = count_queries(lambda: app.get('/ui/schedules'))
+        counts.append((api, page))
+        assert len(listed[0]['schedules']) == total
+        assert all(s['last_run']['status'] == 'delivered' for s in listed[0]['schedules'])
+        assert all(s['next_run_at'] for s in listed[0]['schedules'])
+    assert counts[0] == counts[1]
+    assert counts[0][0] <= 4
