@@ -36,6 +36,7 @@ CHOICES = {
     'mail_backend': ('outbox', 'smtp'),
     'smtp_security': ('starttls', 'ssl', 'none'),
     'file_store': ('local', 'database'),
+    'redis_ssl_cert_reqs': ('required', 'none'),
 }
 PATH_KEYS = ('queue_path', 'outbox_dir', 'reports_dir')
 
@@ -50,6 +51,7 @@ class Settings:
     queue: str = 'sqlite'
     queue_path: str = 'var/queue.db'
     redis_url: str = ''
+    redis_ssl_cert_reqs: str = 'required'
     queue_name: str = 'nightshift'
     mail_backend: str = 'outbox'
     outbox_dir: str = 'var/outbox'
@@ -133,6 +135,8 @@ HELP = {
     'queue': 'Where Huey keeps its queue: sqlite (embedded) or redis. REDIS_URL set means redis.',
     'queue_path': 'SQLite file of the embedded queue.',
     'redis_url': 'redis:// or rediss:// URL of the queue. Env: REDIS_URL',
+    'redis_ssl_cert_reqs': 'rediss:// only: required (the certificate must verify) or none '
+                           '(Heroku Redis: its certificate is self-signed).',
     'queue_name': 'Huey queue name (keys are prefixed with it in Redis).',
     'mail_backend': 'outbox (write .eml files) or smtp. SMTP_HOST set means smtp.',
     'outbox_dir': 'Folder the outbox backend writes messages to.',

@@ -1,19 +1,25 @@
 """Hardening: schedule limits, DST intervals, source-routed addresses, TLS
 Redis as Heroku sets it up, export to standard output, the oversize mail."""
+import json
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from datetime import datetime as dt, timedelta
+from pathlib import Path
 
 import pytest
 import webtest
 
 import demo
 import schedules
-from conftest import ROOT
+from conftest import ROOT, free_port, run_queued, wait_until
 from cron import check_timezone, next_slot, slots_between
+from loopback import call
 from mail import check_address, compose
 from models import Run, Schedule
 from reports import registry
@@ -315,3 +321,138 @@ def test_the_schedule_list_takes_the_same_queries_for_5_and_50(limited):
         assert all(s['next_run_at'] for s in listed[0]['schedules'])
     assert counts[0] == counts[1]
     assert counts[0][0] <= 4
+
+
+# --- Redis over TLS with a self-signed certificate (Heroku Redis) ------------
+
+@pytest.fixture(scope='module')
+def tls_redis(tmp_path_factory):
+    """A redis-server speaking only TLS, with a self-signed certificate, as
+    Heroku Redis does. Yields its rediss:// URL, with no options in it."""
+    from conftest import missing
+    if not (shutil.which('redis-server') and shutil.which('openssl')):
+        missing('redis-server and openssl')
+    folder = tmp_path_factory.mktemp('tls-redis')
+    cert, key = folder / 'cert.pem', folder / 'key.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
+                    '-subj', '/CN=localhost', '-keyout', str(key), '-out', str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    port = free_port()
+    server = subprocess.Popen(
+        ['redis-server', '--port', '0', '--tls-port', str(port), '--bind', '127.0.0.1',
+         '--tls-cert-file', str(cert), '--tls-key-file', str(key),
+         '--tls-ca-cert-file', str(cert), '--tls-auth-clients', 'no',
+         '--save', '', '--appendonly', 'no', '--dir', str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        import redis
+        client = redis.Redis(port=port, ssl=True, ssl_cert_reqs='none')
+
+        def pings():
+            if server.poll() is not None:
+                missing('redis-server with TLS (%s)' % server.stdout.read().decode()[-300:])
+            try:
+                return client.ping()
+            except redis.ConnectionError:
+                return False
+        wait_until(pings, timeout=15, message='redis-server with TLS to start')
+        yield 'rediss://127.0.0.1:%d/0' % port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def tls_env(database_url, tls_redis, smtp_sink, **more):
+    return dict({'DATABASE_URL': database_url, 'REDIS_URL': tls_redis,
+                 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
+                 'NIGHTSHIFT_SMTP_SECURITY': 'none'}, **more)
+
+
+def test_tls_redis_with_a_self_signed_certificate_queues_and_runs(
+        make_settings, database, database_url, tls_redis, smtp_sink):
+    from server import create_app
+    from tasks import Jobs
+    settings = make_settings(tls_env(database_url, tls_redis, smtp_sink,
+                                     NIGHTSHIFT_REDIS_SSL_CERT_REQS='none'), retry_delay=0)
+    jobs = Jobs(settings)
+    jobs.huey.flush()
+    app = webtest.TestApp(create_app(settings, jobs))
+    assert app.get('/healthz').json['queue'] == 'ok'
+    run_id = app.post_json('/api/runs', {'report': 'customers',
+                                         'to': ['a@example.org']}).json['id']
+    assert jobs.huey.pending_count() == 1
+    assert run_queued(jobs) == 1
+    assert Run.get_by_id(run_id).status == 'delivered'
+    assert [m['to'] for m in smtp_sink.messages] == [['a@example.org']]
+
+
+def test_a_certificate_that_does_not_verify_is_named_in_healthz_and_logged_once(
+        make_settings, database, database_url, tls_redis, smtp_sink, caplog):
+    from server import create_app
+    from tasks import Jobs
+    settings = make_settings(tls_env(database_url, tls_redis, smtp_sink))
+    assert settings.redis_ssl_cert_reqs == 'required'  # the default: verify
+    app = webtest.TestApp(create_app(settings, Jobs(settings)))
+    caplog.set_level(logging.INFO, logger='nightshift.queue')
+    for _ in range(3):
+        res = app.get('/healthz', expect_errors=True)
+        assert res.status_int == 503
+        assert res.json['queue'] == 'down: certificate verify failed: self-signed certificate'
+    said = [r.getMessage() for r in caplog.records if r.name == 'nightshift.queue']
+    assert len(said) == 1 and 'certificate verify failed: self-signed certificate' in said[0]
+    res = app.post_json('/api/runs', {'report': 'customers', 'to': ['a@example.org']},
+                        expect_errors=True)
+    assert res.status_int == 503
+
+
+def test_an_ssl_cert_reqs_in_the_url_still_wins(make_settings, tls_redis):
+    import redis
+    from queueconf import redis_options
+    settings = make_settings({'REDIS_URL': tls_redis + '?ssl_cert_reqs=none'})
+    assert settings.redis_ssl_cert_reqs == 'required'
+    pool = redis_options(settings)['connection_pool']
+    assert redis.Redis(connection_pool=pool).ping()
+
+
+@pytest.mark.slow
+def test_the_procfile_runs_on_heroku_redis_as_the_platform_sets_it_up(
+        database, database_url, tls_redis, smtp_sink, tmp_path):
+    """Both Procfile lines through bash, as the platform runs them, with the
+    environment it gives: a bare rediss:// REDIS_URL and PORT."""
+    token = 'heroku-token-0123456789'
+    config = tmp_path / 'deploy.ini'
+    config.write_text('[nightshift]\nreports_dir = %s\n' % (tmp_path / 'reports'))
+    port = free_port()
+    env = dict(os.environ, **tls_env(
+        database_url, tls_redis, smtp_sink, PORT=str(port), NIGHTSHIFT_API_TOKEN=token,
+        NIGHTSHIFT_CONFIG=str(config),
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']))
+    env.pop('NIGHTSHIFT_REDIS_SSL_CERT_REQS', None)
+    lines = dict(line.split(': ', 1) for line in
+                 (Path(ROOT) / 'Procfile').read_text().splitlines() if line.strip())
+    processes = []
+    try:
+        for name in ('web', 'worker'):
+            log = open(tmp_path / ('%s.log' % name), 'wb')
+            processes.append(subprocess.Popen(['bash', '-c', lines[name]], cwd=ROOT, env=env,
+                                              stdout=log, stderr=subprocess.STDOUT))
+        base = 'http://127.0.0.1:%d' % port
+        wait_until(lambda: call('GET', base + '/healthz')[0] == 200, timeout=30,
+                   message='the web process to be healthy')
+        request = urllib.request.Request(
+            base + '/api/runs', method='POST', headers={
+                'Content-Type': 'application/json', 'Authorization': 'Bearer ' + token},
+            data=json.dumps({'report': 'customers', 'to': ['a@example.org']}).encode())
+        with urllib.request.urlopen(request, timeout=10) as res:
+            assert res.status == 202
+        smtp_sink.wait_for(1, timeout=60)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    logs = ''.join((tmp_path / ('%s.log' % n)).read_text() for n in ('web', 'worker'))
+    assert [m['to'] for m in smtp_sink.messages] == [['a@example.org']], logs
+    assert Run.get().status == 'delivered', logs
