@@ -21,7 +21,7 @@ from conftest import ROOT, free_port, run_queued, wait_until
 from cron import check_timezone, next_slot, slots_between
 from loopback import call
 from mail import check_address, compose
-from models import Run, Schedule
+from models import Customer, Order, Run, Schedule
 from reports import registry
 from settings import SettingsError, load_settings
 
@@ -456,3 +456,21 @@ def test_the_procfile_runs_on_heroku_redis_as_the_platform_sets_it_up(
     logs = ''.join((tmp_path / ('%s.log' % n)).read_text() for n in ('web', 'worker'))
     assert [m['to'] for m in smtp_sink.messages] == [['a@example.org']], logs
     assert Run.get().status == 'delivered', logs
+
+
+# --- scripts/seed.py on a seeded database ----------------------------------------
+
+def test_seeding_a_seeded_database_says_why_not(settings, database_url, redis_url, tmp_path):
+    env = cli_env(settings, database_url, redis_url, tmp_path)
+    seed = [sys.executable, os.path.join(ROOT, 'scripts', 'seed.py'),
+            '--customers', '20', '--orders', '50']
+    first = subprocess.run(seed, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(seed, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1
+    assert 'already has 20 customers and 50 orders' in again.stderr
+    assert 'Traceback' not in again.stderr
+    quiet = subprocess.run(seed + ['--if-empty'], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert quiet.returncode == 0 and 'leaving it alone' in quiet.stdout
+    assert (Customer.select().count(), Order.select().count()) == (20, 50)
