@@ -370,6 +370,7 @@ def create_app(settings, jobs, registry=default_registry):
             jobs.enqueue_run(run)
         except QueueUnavailable as exc:
             logger.warning('run %d not queued: %s', run.id, exc)
+            queue_log.down(exc.__cause__ or exc)
             return error_response(503, 'queue_unavailable',
                                   'the job queue is not answering; run %d was recorded as '
                                   'failed, nothing will be sent. Try again shortly.' % run.id)
