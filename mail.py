@@ -14,9 +14,15 @@ from typing import NamedTuple
 import yagmail
 
 MAX_ADDRESS_LENGTH = 254
+# RFC 5321 4.5.3.1.1; longer local parts are a sign of abuse, not of a person.
+MAX_LOCAL_LENGTH = 64
+# `%` and `!` route mail onwards from the named host (a%b@relay, relay!b):
+# allowed_domains would check the relay, not where the mail really goes.
+SOURCE_ROUTING = '%!'
 _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _LABEL = r'[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
 _ADDRESS = re.compile(r'(%s)@(%s(\.%s)+)\Z' % (_LOCAL, _LABEL, _LABEL))
+_SENDER = re.compile(r'(%s)@(%s(\.%s)*)\Z' % (_LOCAL, _LABEL, _LABEL))
 
 
 class MailError(Exception):
@@ -27,9 +33,11 @@ class MailError(Exception):
         self.temporary = temporary
 
 
-def check_address(address):
+def check_address(address, single_label_domain=False):
     """Return the address if it is exactly one plain ASCII address, else
-    raise ValueError saying what is wrong. No display names, no lists."""
+    raise ValueError saying what is wrong. No display names, no lists, no
+    source routing. `single_label_domain` lets a sender such as
+    nightshift@localhost through; recipients always need a dotted domain."""
     if not isinstance(address, str):
         raise ValueError('must be a string')
     if any(c in address for c in '\r\n\x00'):
@@ -38,8 +46,15 @@ def check_address(address):
         raise ValueError('must be a plain ASCII address (no look-alike characters)')
     if len(address) > MAX_ADDRESS_LENGTH:
         raise ValueError('is longer than %d characters' % MAX_ADDRESS_LENGTH)
-    if not _ADDRESS.match(address):
+    pattern = _SENDER if single_label_domain else _ADDRESS
+    if not pattern.match(address):
         raise ValueError('%r is not a single email address like name@example.org' % address)
+    local = address.rsplit('@', 1)[0]
+    if len(local) > MAX_LOCAL_LENGTH:
+        raise ValueError('the part before @ is longer than %d characters' % MAX_LOCAL_LENGTH)
+    if any(c in local for c in SOURCE_ROUTING):
+        raise ValueError('%r routes mail through another host (%% or ! before the @); '
+                         'give the final address' % address)
     return address
 
 
@@ -80,9 +95,15 @@ def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_m
         lines.insert(4, 'NOTE: this report was cut at {:,} rows (the max_rows limit); '
                         'the data has more.'.format(cut_at))
     if link:
+        size = os.path.getsize(path)
+        # Providers count the message after base64 (4 bytes per 3, CRLF every
+        # 76): say so, or "372.8 KB is over 0.5 MB" reads as a mistake.
+        encoded = -(-size // 3) * 4
+        encoded += -(-encoded // 76) * 2
         lines += [
-            'File: %s (%s) is too large to attach: the mail provider takes %s MB.'
-            % (name, human_size(os.path.getsize(path)), ('%g' % limit_mb)),
+            'File: %s is %s: too large to attach. As an attachment it would take '
+            '%s after base64 encoding, plus headers, over the mail provider\'s %g MB '
+            'limit.' % (name, human_size(size), human_size(encoded), limit_mb),
             'Download it here until %s UTC:' % link_expires.strftime('%Y-%m-%d %H:%M'),
             link,
         ]

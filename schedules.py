@@ -10,7 +10,7 @@ import datetime
 import logging
 import re
 
-from peewee import IntegrityError
+from peewee import IntegrityError, fn
 
 import cron
 import runs
@@ -23,8 +23,11 @@ logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
 FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled')
-# Missed slots recorded one by one after downtime; older ones are summarised.
+# Missed slots recorded one by one after downtime; older ones are summarised
+# on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
+MISSED = ('missed: not run at its time (no consumer was running, or the tick had '
+          'reached max_runs_per_tick); only the latest missed slot is caught up')
 
 
 class Conflict(Exception):
@@ -92,12 +95,23 @@ def clean(registry, settings, data, current=None):
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
     fields = clean(registry, settings, data)
+    check_room(settings)
     try:
         with db.atomic():
             return Schedule.create(managed_by=managed_by, checked_through=now,
                                    created_at=now, updated_at=now, **fields)
     except IntegrityError:
         raise Conflict('a schedule named %r exists already' % fields['name'], 'name')
+
+
+def check_room(settings):
+    """Conflict when max_schedules exist already: every schedule costs each
+    tick and each listing something, so their number is bounded."""
+    count = Schedule.select().count()
+    if count >= settings.max_schedules:
+        raise Conflict('there are %d schedules, the most allowed (max_schedules = %d); '
+                       'delete one first, or raise NIGHTSHIFT_MAX_SCHEDULES'
+                       % (count, settings.max_schedules), 'name')
 
 
 def _check_writable(schedule):
@@ -142,6 +156,10 @@ def declared_schedules(registry, settings):
 
     Raises SettingsError naming the section, so a bad one stops start-up.
     """
+    if len(settings.schedules) > settings.max_schedules:
+        raise SettingsError('max_schedules: config.ini declares %d schedules, more than '
+                            'max_schedules = %d' % (len(settings.schedules),
+                                                    settings.max_schedules))
     declared = {}
     for spec in settings.schedules:
         data = {'name': spec['name'], 'report': spec['report'], 'params': spec['params'],
@@ -182,15 +200,22 @@ def sync_config(declared, now):
 
 def plan(schedule, now, window):
     """(due slot or None, skipped slots, newest slot seen) for one schedule."""
+    return plan_slots(schedule, now, window)[:3]
+
+
+def plan_slots(schedule, now, window):
+    """plan(), and whether older missed slots were left out. The walk back is
+    bounded: after long downtime only the latest SKIPPED_RECORD_LIMIT missed
+    slots are looked at."""
     zone = cron.check_timezone(schedule.timezone)
-    slots = cron.slots_between(schedule.cron, zone, schedule.checked_through, now,
-                               limit=SKIPPED_RECORD_LIMIT + 1)
+    slots, more = cron.recent_slots(schedule.cron, zone, schedule.checked_through, now,
+                                    limit=SKIPPED_RECORD_LIMIT + 1)
     if not slots:
-        return None, [], None
+        return None, [], None, False
     latest = slots[-1]
     if now - latest <= window:
-        return latest, slots[:-1], latest
-    return None, slots, latest
+        return latest, slots[:-1], latest, more
+    return None, slots, latest, more
 
 
 def claim_slots(schedule, latest):
@@ -203,35 +228,67 @@ def claim_slots(schedule, latest):
 
 
 def tick(registry, settings, jobs, now):
-    """Create the runs that are due at `now` (naive UTC). Returns them."""
+    """Create the runs that are due at `now` (naive UTC). Returns them.
+
+    At most max_runs_per_tick runs are created; the schedules left over keep
+    their mark and are first in line at the next tick (the oldest mark goes
+    first), so a burst of schedules at the same minute is spread, not lost.
+    """
     window = datetime.timedelta(hours=settings.catchup_hours)
-    created = []
-    for schedule in Schedule.select().where(Schedule.enabled == True):  # noqa: E712
-        due, skipped, latest = plan(schedule, now, window)
+    budget = settings.max_runs_per_tick
+    created, deferred = [], 0
+    enabled = Schedule.select().where(Schedule.enabled == True)  # noqa: E712
+    for schedule in enabled.order_by(Schedule.checked_through, Schedule.id):
+        due, skipped, latest, more = plan_slots(schedule, now, window)
         if latest is None:
             continue
-        try:
-            with db.atomic():
-                if not claim_slots(schedule, latest):
-                    continue  # another consumer handled these slots
-                for slot in skipped:
-                    Run.create(report=schedule.report, params=schedule.params,
-                               recipients=schedule.recipients, status='skipped',
-                               trigger='schedule', schedule=schedule.name, slot_at=slot,
-                               finished_at=now, error='missed: no consumer was running at '
-                               'this time; only the latest missed slot is caught up')
-                run = _create_slot_run(registry, settings, schedule, due, now) if due else None
-        except IntegrityError:
-            logger.info('schedule %s: slot already taken by another consumer', schedule.name)
+        if due is not None and budget <= 0:
+            deferred += 1  # its mark stays: the next tick takes it first
             continue
-        if run is not None and run.status == 'queued':
+        run = _handle_slots(registry, settings, schedule, due, skipped, latest, more, now)
+        if run is None:
+            continue
+        budget -= 1
+        if run.status == 'queued':
             try:
                 jobs.enqueue_run(run)
             except Exception:
                 logger.exception('schedule %s: run %d could not be queued',
                                  schedule.name, run.id)
             created.append(run)
+    if deferred:
+        logger.warning('max_runs_per_tick (%d) reached: %d due schedules wait for the '
+                       'next tick', settings.max_runs_per_tick, deferred)
     return created
+
+
+def _handle_slots(registry, settings, schedule, due, skipped, latest, more, now):
+    """Claim the schedule's slots up to `latest`; record the skipped ones and
+    create the due one's run. None when another consumer claimed them."""
+    try:
+        with db.atomic():
+            if not claim_slots(schedule, latest):
+                return None  # another consumer handled these slots
+            _record_skipped(schedule, skipped, more, now)
+            return _create_slot_run(registry, settings, schedule, due, now) if due else None
+    except IntegrityError:
+        logger.info('schedule %s: slot already taken by another consumer', schedule.name)
+        return None
+
+
+def _record_skipped(schedule, skipped, more, now):
+    """One row per missed slot, in one statement; when there were more than
+    were walked, the oldest row says so."""
+    rows = [dict(report=schedule.report, params=schedule.params,
+                 recipients=schedule.recipients, status='skipped', trigger='schedule',
+                 schedule=schedule.name, slot_at=slot, finished_at=now, error=MISSED)
+            for slot in skipped]
+    if rows and more:
+        rows[0]['error'] = MISSED + ('; earlier slots since %s UTC were missed too and are '
+                                     'not listed one by one'
+                                     % schedule.checked_through.strftime('%Y-%m-%d %H:%M'))
+    if rows:
+        Run.insert_many(rows).execute()
 
 
 def _create_slot_run(registry, settings, schedule, slot, now):
@@ -260,7 +317,29 @@ def next_run(schedule, now):
     return upcoming, cron.to_local(upcoming, zone) if upcoming else None
 
 
+_NOT_FETCHED = object()
+
+
+def with_last_runs(query):
+    """The schedules of `query`, each with its last run fetched beside it:
+    two queries for any number of schedules, where last_run() one by one
+    would make one per schedule."""
+    found = list(query)
+    names = [s.name for s in found]
+    latest = (Run.select(fn.MAX(Run.id))
+              .where(Run.schedule.in_(names), Run.status != 'skipped')
+              .group_by(Run.schedule))
+    last = {run.schedule: run for run in Run.select().where(Run.id.in_(latest))} \
+        if names else {}
+    for schedule in found:
+        schedule._last_run = last.get(schedule.name)
+    return found
+
+
 def last_run(schedule):
+    fetched = getattr(schedule, '_last_run', _NOT_FETCHED)
+    if fetched is not _NOT_FETCHED:
+        return fetched
     return (Run.select().where(Run.schedule == schedule.name, Run.status != 'skipped')
             .order_by(Run.id.desc()).first())
 

@@ -29,6 +29,7 @@ from export import open_csv
 from models import RUN_STATUSES, Run, Schedule, bind_database, db, utcnow
 from openapi import build_spec
 from params import InputError, dump_params
+from queueconf import FailureLog
 from reports import UnknownReport, registry as default_registry
 from settings import SettingsError, install_log_redaction, load_settings
 from tasks import Jobs, QueueUnavailable
@@ -259,6 +260,7 @@ def create_app(settings, jobs, registry=default_registry):
     app.install(TokenAuth(settings.tokens))
     app.install(BrowserGuard(settings.tokens, settings.public_url))
     app.default_error_handler = _error_handler
+    queue_log = FailureLog(settings)
 
     @app.hook('after_request')
     def protective_headers():
@@ -281,8 +283,9 @@ def create_app(settings, jobs, registry=default_registry):
         try:
             jobs.queue_ok()
             checks['queue'] = 'ok'
+            queue_log.up()
         except Exception as exc:
-            checks['queue'] = 'down: %s' % type(exc).__name__
+            checks['queue'] = 'down: %s' % queue_log.down(exc)
         ok = all(v == 'ok' for v in checks.values())
         return json_response(200 if ok else 503,
                              dict(checks, status='ok' if ok else 'unavailable',
@@ -367,6 +370,7 @@ def create_app(settings, jobs, registry=default_registry):
             jobs.enqueue_run(run)
         except QueueUnavailable as exc:
             logger.warning('run %d not queued: %s', run.id, exc)
+            queue_log.down(exc.__cause__ or exc)
             return error_response(503, 'queue_unavailable',
                                   'the job queue is not answering; run %d was recorded as '
                                   'failed, nothing will be sent. Try again shortly.' % run.id)
@@ -451,7 +455,8 @@ def create_app(settings, jobs, registry=default_registry):
     def list_schedules():
         now = utcnow()
         return json_response(200, {'schedules': [
-            schedules.schedule_as_dict(s, now) for s in Schedule.select().order_by(Schedule.name)]})
+            schedules.schedule_as_dict(s, now)
+            for s in schedules.with_last_runs(Schedule.select().order_by(Schedule.name))]})
 
     @app.post('/api/schedules')
     def create_schedule():

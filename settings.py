@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import cron
+from mail import check_address
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PROJECT_DIR / 'config.ini'
@@ -35,6 +36,7 @@ CHOICES = {
     'mail_backend': ('outbox', 'smtp'),
     'smtp_security': ('starttls', 'ssl', 'none'),
     'file_store': ('local', 'database'),
+    'redis_ssl_cert_reqs': ('required', 'none'),
 }
 PATH_KEYS = ('queue_path', 'outbox_dir', 'reports_dir')
 
@@ -49,6 +51,7 @@ class Settings:
     queue: str = 'sqlite'
     queue_path: str = 'var/queue.db'
     redis_url: str = ''
+    redis_ssl_cert_reqs: str = 'required'
     queue_name: str = 'nightshift'
     mail_backend: str = 'outbox'
     outbox_dir: str = 'var/outbox'
@@ -86,6 +89,8 @@ class Settings:
     csv_bom: bool = True
     timezone: str = 'UTC'
     catchup_hours: float = 24.0
+    max_schedules: int = 200
+    max_runs_per_tick: int = 100
     # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
     schedules: tuple = field(default=(), repr=False)
 
@@ -130,6 +135,8 @@ HELP = {
     'queue': 'Where Huey keeps its queue: sqlite (embedded) or redis. REDIS_URL set means redis.',
     'queue_path': 'SQLite file of the embedded queue.',
     'redis_url': 'redis:// or rediss:// URL of the queue. Env: REDIS_URL',
+    'redis_ssl_cert_reqs': 'rediss:// only: required (the certificate must verify) or none '
+                           '(Heroku Redis: its certificate is self-signed).',
     'queue_name': 'Huey queue name (keys are prefixed with it in Redis).',
     'mail_backend': 'outbox (write .eml files) or smtp. SMTP_HOST set means smtp.',
     'outbox_dir': 'Folder the outbox backend writes messages to.',
@@ -167,6 +174,9 @@ HELP = {
     'csv_bom': 'Start files meant for people (emails, downloads) with a UTF-8 BOM for Excel.',
     'timezone': 'Default IANA timezone of schedules.',
     'catchup_hours': 'After downtime, the latest missed slot still runs if it is this recent.',
+    'max_schedules': 'Most schedules kept (config.ini and API together); one more is refused.',
+    'max_runs_per_tick': 'Most scheduled runs one tick (each minute) creates; the rest wait '
+                         'for the next tick, oldest first.',
 }
 SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled')
 
@@ -362,14 +372,20 @@ def _check(settings):
                                 'print(secrets.token_urlsafe())")')
     if settings.max_attempts < 1:
         raise SettingsError('max_attempts: must be at least 1')
+    if settings.max_runs_per_tick < 1:
+        raise SettingsError('max_runs_per_tick: must be at least 1, or schedules never run')
     if not settings.public_url.startswith(('http://', 'https://')):
         raise SettingsError('public_url: %r must start with http:// or https://'
                             % settings.public_url)
-    if settings.operator_email and '@' not in settings.operator_email:
-        raise SettingsError('operator_email: %r is not an email address'
-                            % settings.operator_email)
-    if '@' not in settings.mail_from:
-        raise SettingsError('mail_from: %r is not an email address' % settings.mail_from)
+    for name in ('operator_email', 'mail_from'):
+        address = getattr(settings, name)
+        if name == 'operator_email' and not address:
+            continue  # optional
+        try:
+            # The sender may be a development name (nightshift@localhost).
+            check_address(address, single_label_domain=name == 'mail_from')
+        except ValueError as exc:
+            raise SettingsError('%s: %s' % (name, exc))
     try:
         cron.check_timezone(settings.timezone)
     except ValueError as exc:

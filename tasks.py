@@ -19,6 +19,7 @@ import schedules
 from filestore import create_file_store
 from mail import create_mailer
 from models import Run, bind_database, utcnow
+from queueconf import redis_options
 from reports import registry as default_registry
 from settings import install_log_redaction
 
@@ -85,7 +86,7 @@ def create_huey(settings):
     # results=False: a run's outcome lives in the database, not in the queue.
     if settings.queue == 'redis':
         # No silent fallback: a Redis that is configured but down is an error.
-        return RedisHuey(settings.queue_name, url=settings.redis_url, results=False)
+        return RedisHuey(settings.queue_name, results=False, **redis_options(settings))
     os.makedirs(os.path.dirname(settings.queue_path), exist_ok=True)
     return SqliteHuey(settings.queue_name, filename=settings.queue_path, results=False)
 

@@ -104,7 +104,7 @@ def chart_for(report):
 
 def schedule_rows(now):
     rows = []
-    for schedule in Schedule.select().order_by(Schedule.name):
+    for schedule in schedules.with_last_runs(Schedule.select().order_by(Schedule.name)):
         upcoming, local = schedules.next_run(schedule, now)
         rows.append({'schedule': schedule, 'next_utc': upcoming, 'next_local': local,
                      'last': schedules.last_run(schedule)})

@@ -2,6 +2,7 @@
 """Run a report from the shell, to a file or by email, with a progress bar.
 
     python scripts/export.py orders --param since=2025-01-01 --out orders.csv
+    python scripts/export.py orders -o - | gzip > orders.csv.gz
     python scripts/export.py customers --to a@example.org [--queue]
 
 By email the run is recorded in the run history (trigger "cli") and built
@@ -29,7 +30,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('report', help='report name (see --list)', nargs='?')
     parser.add_argument('--param', '-p', action='append', default=[], metavar='NAME=VALUE')
-    parser.add_argument('--out', '-o', help='write the CSV to this file')
+    parser.add_argument('--out', '-o', help='write the CSV to this file (- for standard output)')
     parser.add_argument('--to', action='append', default=[], metavar='ADDRESS',
                         help='email the CSV (repeat for more recipients)')
     parser.add_argument('--queue', action='store_true', help='let the worker send it')
@@ -59,21 +60,42 @@ def params_from(pairs):
 
 
 def export_file(definition, params, path, escape, bom, limit, quiet):
+    """Write the report to `path`, or to standard output when it is `-`
+    (then the progress bar and the summary go to standard error)."""
     query = definition.query(definition.parse(params))
     total = None if quiet else query.count()
+    to_stdout = path == '-'
+    report = sys.stderr if to_stdout else sys.stdout
     started = time.perf_counter()
-    with tqdm(total=total, unit=' rows', unit_scale=True, disable=quiet) as bar:
+    with tqdm(total=total, unit=' rows', unit_scale=True, disable=quiet,
+              file=sys.stderr) as bar:
         def progress(rows, size):
             bar.update(rows - bar.n)
         with open_csv(query, db.obj, escape=escape, bom=bom, limit=limit) as stream:
-            rows, size = write_file(stream, path, on_progress=progress, every=0.2)
+            if to_stdout:
+                rows, size = write_stdout(stream, progress)
+            else:
+                rows, size = write_file(stream, path, on_progress=progress, every=0.2)
         rows = stream.rows
         bar.update(rows - bar.n)
     seconds = time.perf_counter() - started
     print('%s: %d rows, %d bytes in %.1f s (%.0f rows/s)' % (
-        path, rows, size, seconds, rows / seconds if seconds else 0))
+        'stdout' if to_stdout else path, rows, size, seconds,
+        rows / seconds if seconds else 0), file=report)
     if stream.truncated:
-        print('cut at %d rows (max_rows); the data has more' % limit)
+        print('cut at %d rows (max_rows); the data has more' % limit, file=report)
+
+
+def write_stdout(stream, on_progress, every=0.2):
+    out = sys.stdout.buffer
+    last = time.monotonic()
+    for chunk in stream:
+        out.write(chunk)
+        if time.monotonic() - last >= every:
+            on_progress(stream.rows, stream.bytes)
+            last = time.monotonic()
+    out.flush()
+    return stream.rows, stream.bytes
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import demo  # noqa: E402
-from models import bind_database  # noqa: E402
+from models import Customer, Order, bind_database  # noqa: E402
 from settings import SettingsError, load_settings  # noqa: E402
 
 
@@ -28,9 +28,17 @@ def main(argv=None):
     except SettingsError as exc:
         sys.exit('seed: bad settings: %s' % exc)
     bind_database(settings.database_url)
-    if args.if_empty and not demo.is_empty():
-        print('seed: database already has data; leaving it alone')
-        return
+    if not demo.is_empty():
+        # The demo rows have fixed ids (the same data every time), so a second
+        # seed would collide with the first; say so instead of a traceback.
+        message = ('seed: the database already has %d customers and %d orders; demo data '
+                   'goes only into an empty database' % (Customer.select().count(),
+                                                         Order.select().count()))
+        if args.if_empty:
+            print(message + '; leaving it alone')
+            return
+        sys.exit(message + ' (drop the customer and order tables, or point '
+                 'DATABASE_URL at a new database)')
     started = time.perf_counter()
     demo.seed(customers=args.customers, orders=args.orders)
     print('seed: %d customers, %d orders in %.1f s' % (

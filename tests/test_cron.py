@@ -64,9 +64,10 @@ def test_hourly_across_dst_changes_has_no_duplicates():
     assert slots_between('0 * * * *', NEW_YORK, dt(2025, 3, 9, 4, 30), dt(2025, 3, 9, 9)) == \
         [dt(2025, 3, 9, 5), dt(2025, 3, 9, 6), dt(2025, 3, 9, 7), dt(2025, 3, 9, 8),
          dt(2025, 3, 9, 9)]
-    # Autumn: wall 01:00 happens twice; it runs at the first.
+    # Autumn: wall 01:00 happens twice; an hourly schedule runs at both.
     assert slots_between('0 * * * *', NEW_YORK, dt(2025, 11, 2, 3, 30), dt(2025, 11, 2, 8)) == \
-        [dt(2025, 11, 2, 4), dt(2025, 11, 2, 5), dt(2025, 11, 2, 7), dt(2025, 11, 2, 8)]
+        [dt(2025, 11, 2, 4), dt(2025, 11, 2, 5), dt(2025, 11, 2, 6), dt(2025, 11, 2, 7),
+         dt(2025, 11, 2, 8)]
 
 
 def test_aliases():
