@@ -262,7 +262,10 @@ def test_consumers_and_web_come_back_after_connections_are_terminated(
                           'WHERE datname = current_database() AND pid <> pg_backend_pid()')
 
     first = post('a@example.org')
-    wait_until(lambda: delivered(first), timeout=30, message='first delivery')
+    try:
+        wait_until(lambda: delivered(first), timeout=60, message='first delivery')
+    except AssertionError:
+        raise AssertionError((tmp_path / 'consumer-0.log').read_text(errors='replace')[-4000:])
     # A restart, as the consumer and the web see it: every connection cut,
     # again and again for a few seconds.
     deadline = time.monotonic() + 3
