@@ -172,3 +172,29 @@ def attachment(message):
     parts = [p for p in message.walk() if p.get_filename()]
     assert len(parts) == 1, [p.get_content_type() for p in message.walk()]
     return parts[0].get_filename(), parts[0].get_payload(decode=True)
+
+
+# --- MariaDB / MySQL ---------------------------------------------------------
+
+MARIADB_ADMIN = os.environ.get('NIGHTSHIFT_TEST_MARIADB', 'mysql://root@127.0.0.1:3306/test')
+
+
+@pytest.fixture(scope='session')
+def mariadb_url():
+    """A throwaway database on the MariaDB server, dropped at the end."""
+    import urllib.parse
+    try:
+        import pymysql
+        parts = urllib.parse.urlsplit(MARIADB_ADMIN)
+        admin = pymysql.connect(host=parts.hostname, port=parts.port or 3306,
+                                user=parts.username or 'root', password=parts.password or '',
+                                autocommit=True, connect_timeout=5)
+    except Exception as exc:
+        missing('MariaDB at %s (%s)' % (MARIADB_ADMIN, exc))
+    name = 'nightshift_test_%s' % uuid.uuid4().hex[:10]
+    with admin.cursor() as cursor:
+        cursor.execute('CREATE DATABASE %s CHARACTER SET utf8mb4 COLLATE utf8mb4_bin' % name)
+    yield '%s/%s' % (MARIADB_ADMIN.rsplit('/', 1)[0], name)
+    with admin.cursor() as cursor:
+        cursor.execute('DROP DATABASE IF EXISTS %s' % name)
+    admin.close()

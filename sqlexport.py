@@ -1,0 +1,429 @@
+"""A report's query on its source, streamed as CSV that reads the same on
+every engine.
+
+The same SQL over the same rows gives the same bytes on SQLite, PostgreSQL
+and MariaDB:
+
+- NULL and the empty string are an empty cell;
+- booleans are `true` / `false`;
+- decimals are exact to their column's scale (`12.50`), never through float;
+- floats are the shortest text that reads back as the same number (3, 0.1,
+  1e+20);
+- dates are `YYYY-MM-DD`; timestamps `YYYY-MM-DDTHH:MM:SS.ffffff`, always
+  with microseconds, and those with a time zone converted to UTC with a `Z`;
+- binary values are `\\x` and hex;
+- text is written as it is, but a cell a spreadsheet would run as a formula
+  is escaped (see export.escape_formula) unless the report opts out.
+
+PostgreSQL writes the CSV itself (COPY) from a SELECT that formats each
+column by its type; MariaDB rows come from an unbuffered server-side cursor
+and SQLite rows from its cursor, formatted here. Memory does not grow with
+rows on any engine.
+"""
+import contextlib
+import datetime
+import decimal
+
+import sources
+from export import CHUNK_BYTES, CsvStream, escape_formula
+from sources import ReportSQLError
+
+ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
+
+
+@contextlib.contextmanager
+def open_query_csv(source, sql, params, escape=True, bom=False, limit=None, timeout=None):
+    """The rows of `sql` (bound `params`) on `source` as a stream of CSV
+    byte chunks with .rows, .bytes and .truncated. Raises ReportSQLError
+    for the SQL's own failures and SourceUnavailable for the database's."""
+    timeout = effective_timeout(source, timeout)
+    conn = sources.connect(source, timeout)
+    source = source._replace(query_timeout=timeout)
+    opener = {'postgres': _postgres, 'mysql': _mysql, 'sqlite': _sqlite}[source.engine]
+    errors = sources.driver_errors(source.engine)
+    finished = False
+    try:
+        with opener(source, conn, sql, params, escape, bom, limit) as stream:
+            yield _Guarded(stream, source, conn, errors)
+        finished = True
+    except errors as exc:
+        raise sources.classify(source, exc, getattr(conn, 'deadline', None)) from exc
+    finally:
+        _close(source, conn, finished)
+
+
+def effective_timeout(source, report_timeout):
+    """A report may lower its source's time limit, never raise it (0: none)."""
+    limits = [t for t in (source.query_timeout, report_timeout) if t]
+    return min(limits) if limits else 0
+
+
+class _Guarded:
+    """Passes the stream on, turning driver errors met while iterating into
+    the right Source error."""
+
+    def __init__(self, stream, source, conn, errors):
+        self._stream, self._source, self._conn, self._errors = stream, source, conn, errors
+
+    def __iter__(self):
+        try:
+            yield from self._stream
+        except self._errors as exc:
+            raise sources.classify(self._source, exc,
+                                   getattr(self._conn, 'deadline', None)) from exc
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _close(source, conn, finished):
+    # An abandoned stream (a client that went away) must stop its query on
+    # the server, not leave it running to the end.
+    if not finished:
+        with contextlib.suppress(Exception):
+            if source.engine == 'postgres':
+                conn.cancel_safe(timeout=5)
+            elif source.engine == 'mysql':
+                _kill_query(source, conn.thread_id())
+    with contextlib.suppress(Exception):
+        conn.rollback()
+    with contextlib.suppress(Exception):
+        if source.engine == 'mysql' and not finished:
+            conn._force_close()  # close() would first read every remaining row
+        else:
+            conn.close()
+
+
+def _kill_query(source, thread_id):
+    killer = sources.connect(source, 10)
+    try:
+        with killer.cursor() as cursor:
+            cursor.execute('KILL QUERY %d' % int(thread_id))
+    finally:
+        killer.close()
+
+
+# --- PostgreSQL: the server formats and writes the CSV -----------------------
+
+_PG_BOOL, _PG_TIMESTAMP, _PG_TIMESTAMPTZ, _PG_BYTEA = 16, 1114, 1184, 17
+_PG_AS_IS = {20, 21, 23, 26, 700, 701, 1700, 1082}  # numbers, oid, date
+
+
+def _pg_identifier(name):
+    return '"%s"' % name.replace('"', '""')
+
+
+def _pg_column(position, oid, escape):
+    """SQL that prints column c<position> in the canonical form."""
+    c = 'q.c%d' % position
+    if oid == _PG_BOOL:
+        return "CASE WHEN %s THEN 'true' WHEN NOT %s THEN 'false' END" % (c, c)
+    if oid == _PG_TIMESTAMP:
+        return "to_char(%s, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')" % c
+    if oid == _PG_TIMESTAMPTZ:
+        return "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')" % c
+    if oid in _PG_AS_IS or oid == _PG_BYTEA:
+        return c
+    text = "NULLIF(%s::text, '')" % c
+    return pg_escape_sql(text) if escape else text
+
+
+def pg_escape_sql(x):
+    """The formula escape (export.escape_formula) as a PostgreSQL expression."""
+    # \x25 is "%": a literal one would clash with the driver's placeholders.
+    return ("(CASE WHEN %s ~ '^[=+@|\\x25\\t\\r\\n]' OR (%s ~ '^-' AND %s !~ '^-[0-9][0-9.]*$') "
+            "THEN '''' || %s ELSE %s END)" % (x, x, x, x, x))
+
+
+@contextlib.contextmanager
+def _postgres(source, conn, sql, params, escape, bom, limit):
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
+        columns = [(d.name, d.type_code) for d in cursor.description]
+        aliases = ', '.join('c%d' % i for i in range(len(columns)))
+        select = ', '.join('%s AS %s' % (_pg_column(i, oid, escape), _pg_identifier(name))
+                           for i, (name, oid) in enumerate(columns))
+        wrapped = 'SELECT %s FROM (\n%s\n) AS q(%s)' % (select, sql, aliases)
+        yield _CopyStream(cursor, wrapped, sql, params, bom, limit)
+
+
+class _CopyStream:
+    def __init__(self, cursor, wrapped, sql, params, bom, limit):
+        self.cursor, self.wrapped, self.sql, self.params = cursor, wrapped, sql, params
+        self.bom, self.limit = bom, limit
+        self.rows = self.bytes = 0
+        self.truncated = False
+
+    def __iter__(self):
+        statement = self.wrapped
+        if self.limit is not None:
+            statement += ' LIMIT %d' % self.limit
+        buffer = bytearray(b'\xef\xbb\xbf' if self.bom else b'')
+        copy_sql = 'COPY (%s) TO STDOUT WITH (FORMAT csv, HEADER true)' % statement
+        with self.cursor.copy(copy_sql, self.params) as copy:
+            for data in copy:
+                buffer += data
+                if len(buffer) >= CHUNK_BYTES:
+                    self.bytes += len(buffer)
+                    yield bytes(buffer)
+                    buffer.clear()
+        if buffer:
+            self.bytes += len(buffer)
+            yield bytes(buffer)
+        self.rows = self.cursor.rowcount
+        if self.limit is not None and self.rows >= self.limit:
+            self.cursor.execute('SELECT 1 FROM (\n%s\n) AS q OFFSET %d LIMIT 1'
+                                % (self.sql, self.limit), self.params)
+            self.truncated = self.cursor.fetchone() is not None
+
+
+# --- MariaDB / MySQL and SQLite: rows formatted here -------------------------
+
+def text_cell(escape):
+    def cell(value):
+        if value is None or value == '':
+            return None
+        if value.__class__ is bytes:
+            return '\\x' + value.hex()
+        text = value if value.__class__ is str else str(value)
+        return escape_formula(text) if escape else text
+    return cell
+
+
+def bool_cell(value):
+    if value is None:
+        return None
+    return 'true' if value else 'false'
+
+
+def decimal_cell(places=None):
+    quantum = decimal.Decimal(1).scaleb(-places) if places is not None else None
+
+    def cell(value):
+        if value is None or value == '':
+            return None
+        if not isinstance(value, decimal.Decimal):
+            # SQLite keeps DECIMAL as REAL or INTEGER: its shortest text is
+            # the number that was stored, then shown at the column's scale.
+            value = decimal.Decimal(repr(value) if isinstance(value, float) else str(value))
+        if quantum is not None and value.is_finite():
+            value = value.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)
+        return format(value, 'f')
+    return cell
+
+
+def timestamp_cell(utc=False):
+    suffix = 'Z' if utc else ''
+
+    def cell(value):
+        if value is None or value == '':
+            return None
+        if isinstance(value, str):
+            parsed = _parse_timestamp(value)
+            if parsed is None:
+                return value
+            value = parsed
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is not None:
+                value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+                return value.strftime(ISO_SECONDS) + 'Z'
+            return value.strftime(ISO_SECONDS) + suffix
+        if isinstance(value, datetime.date):
+            return datetime.datetime(value.year, value.month, value.day).strftime(ISO_SECONDS)
+        return str(value)
+    return cell
+
+
+def _parse_timestamp(text):
+    try:
+        return datetime.datetime.fromisoformat(text.strip().replace('Z', '+00:00'))
+    except ValueError:
+        return None
+
+
+def date_cell(value):
+    if value is None or value == '':
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.date().isoformat()
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return str(value)
+
+
+def number_cell(value):
+    if value is None or value == '':
+        return None
+    if value.__class__ is float:
+        return float_text(value)
+    return str(value)
+
+
+_FLOAT_WORDS = {'inf': 'Infinity', '-inf': '-Infinity', 'nan': 'NaN'}
+
+
+def float_text(value):
+    """PostgreSQL's way: the shortest text that reads back as the same
+    number, without a trailing .0 (3, not 3.0)."""
+    text = repr(value)
+    if text.endswith('.0'):
+        return text[:-2]
+    return _FLOAT_WORDS.get(text, text)
+
+
+def _formatted(rows, cells):
+    for row in rows:
+        yield [cell(value) for cell, value in zip(cells, row)]
+
+
+@contextlib.contextmanager
+def _mysql(source, conn, sql, params, escape, bom, limit):
+    import pymysql.cursors
+    cursor = conn.cursor(pymysql.cursors.SSCursor)
+    cursor.execute(sql, params)
+    header = [d[0] for d in cursor.description]
+    cells = [_mysql_cell(d, escape) for d in cursor.description]
+    yield CsvStream(header, _formatted(_fetching(cursor), cells), escape=False,
+                    chunk_rows=2000, bom=bom, limit=limit)
+
+
+def _fetching(cursor, size=2000):
+    while True:
+        batch = cursor.fetchmany(size)
+        if not batch:
+            return
+        yield from batch
+
+
+def _mysql_cell(description, escape):
+    from pymysql.constants import FIELD_TYPE as T
+    _, code, _, length, _, scale, _ = description
+    if code in (T.DECIMAL, T.NEWDECIMAL):
+        return decimal_cell(scale)
+    if code == T.TINY and length == 1:
+        return bool_cell  # BOOLEAN is TINYINT(1)
+    if code in (T.TINY, T.SHORT, T.LONG, T.LONGLONG, T.INT24, T.YEAR, T.FLOAT, T.DOUBLE):
+        return number_cell
+    if code == T.TIMESTAMP:
+        return timestamp_cell(utc=True)  # stored in UTC; the session reads it in UTC
+    if code == T.DATETIME:
+        return timestamp_cell()
+    if code in (T.DATE, T.NEWDATE):
+        return date_cell
+    return text_cell(escape)
+
+
+@contextlib.contextmanager
+def _sqlite(source, conn, sql, params, escape, bom, limit):
+    types = sqlite_column_types(source, sql)
+    cursor = conn.cursor()
+    cursor.execute(sql, params)
+    header = [d[0] for d in cursor.description]
+    if types is None or len(types) != len(header):
+        types = [None] * len(header)
+    cells = [_sqlite_cell(kind, escape) for kind in types]
+    yield CsvStream(header, _formatted(cursor, cells), escape=False, chunk_rows=2000,
+                    bom=bom, limit=limit)
+
+
+def _sqlite_cell(kind, escape):
+    if kind is None:
+        return _dynamic_cell(escape)
+    name, places = kind
+    if name == 'decimal':
+        return decimal_cell(places)
+    if name == 'bool':
+        return bool_cell
+    if name == 'timestamp':
+        return timestamp_cell()
+    if name == 'date':
+        return date_cell
+    if name == 'number':
+        return number_cell
+    return _dynamic_cell(escape)
+
+
+def _dynamic_cell(escape):
+    text = text_cell(escape)
+
+    def cell(value):
+        if value.__class__ in (int, float):
+            return number_cell(value)
+        return text(value)
+    return cell
+
+
+def sqlite_column_types(source, sql):
+    """[(kind, places) or None per column] from the tables' declared types,
+    traced through the query by sqlglot: SQLite itself forgets that a column
+    was DECIMAL(12,2) or BOOLEAN once it hands back a float or an int. None
+    when the query cannot be traced (each cell is then printed by its own
+    type)."""
+    import sqlite3
+
+    import sqlglot
+    from sqlglot.optimizer.annotate_types import annotate_types
+    from sqlglot.optimizer.qualify import qualify
+    try:
+        conn = sqlite3.connect('file:%s?mode=ro' % sources.sqlite_path(source.url), uri=True)
+        try:
+            schema = {}
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+            for table in tables:
+                columns = conn.execute('SELECT name, type FROM pragma_table_info(?)',
+                                       (table,)).fetchall()
+                schema[table] = {name: (kind or 'TEXT') for name, kind in columns}
+        finally:
+            conn.close()
+        tree = sqlglot.parse_one(sql, read='sqlite')
+        tree = annotate_types(qualify(tree, schema=schema, dialect='sqlite',
+                                      validate_qualify_columns=False),
+                              schema=schema, dialect='sqlite')
+        return [_kind(projection.type) for projection in tree.selects]
+    except Exception:
+        return None
+
+
+def _kind(data_type):
+    from sqlglot import exp
+    if data_type is None:
+        return None
+    t = exp.DataType.Type
+    this = data_type.this
+    if this in (t.DECIMAL, t.BIGDECIMAL, t.MONEY):
+        places = None
+        if len(data_type.expressions) >= 2:
+            try:
+                places = int(data_type.expressions[1].sql())
+            except ValueError:
+                places = None
+        return ('decimal', places)
+    if this == t.BOOLEAN:
+        return ('bool', None)
+    if this in (t.DATETIME, t.TIMESTAMP, t.DATETIME64, t.TIMESTAMPNTZ):
+        return ('timestamp', None)
+    if this == t.DATE:
+        return ('date', None)
+    return None
+
+
+def check_query(source, sql, params):
+    """Prepare the query on its source without reading a row: ReportSQLError
+    for an unknown table or column, bad syntax or a refused statement."""
+    conn = sources.connect(source, min(source.query_timeout or 30, 30))
+    errors = sources.driver_errors(source.engine)
+    try:
+        cursor = conn.cursor()
+        if source.engine == 'sqlite':
+            cursor.execute('SELECT * FROM (\n%s\n) LIMIT 0' % sql, params)
+        else:
+            cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
+            cursor.fetchall()
+    except errors as exc:
+        raise sources.classify(source, exc, getattr(conn, 'deadline', None)) from exc
+    finally:
+        _close(source, conn, True)
+
+
+__all__ = ['open_query_csv', 'check_query', 'ReportSQLError']

@@ -1,0 +1,260 @@
+"""Sources on real servers: read-only, time-limited, and the same bytes from
+the same SQL on SQLite, PostgreSQL and MariaDB."""
+import datetime
+import decimal
+import sqlite3
+import textwrap
+
+import pytest
+
+import sources
+import sqlexport
+import sqlfiles
+
+D = decimal.Decimal
+ROWS = [
+    (1, 'Zoë Müller', D('12.50'), 0.1, True, datetime.date(2025, 1, 31),
+     datetime.datetime(2025, 1, 31, 10, 0), '=SUM(A1:A9)'),
+    (2, None, None, None, None, None, None, None),
+    (3, '', D('0.00'), 1e20, False, datetime.date(2024, 2, 29),
+     datetime.datetime(2025, 6, 1, 9, 30, 0, 123456), '-5'),
+    (4, 'a,b "quoted"\nnext line', D('-3.10'), -2.5, True, datetime.date(1999, 12, 31),
+     datetime.datetime(1999, 12, 31, 23, 59, 59, 999999), '-x'),
+    (5, '日本語 ✓', D('1234567890.99'), 1.5e-07, False, datetime.date(2025, 1, 1),
+     datetime.datetime(2025, 1, 1), '@home'),
+    (6, '+1 555', D('0.01'), 3.0, None, datetime.date(2025, 3, 30),
+     datetime.datetime(2025, 3, 30, 1, 0, 0, 500000), '| pipe'),
+]
+DDL = {
+    'sqlite': 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, amount DECIMAL(12,2), '
+              'price REAL, paid BOOLEAN, day DATE, at DATETIME, note TEXT)',
+    'postgres': 'CREATE TABLE items (id integer PRIMARY KEY, name text, amount numeric(12,2), '
+                'price double precision, paid boolean, day date, at timestamp, note text)',
+    'mysql': 'CREATE TABLE items (id int PRIMARY KEY, name varchar(200), amount decimal(12,2), '
+             'price double, paid boolean, day date, at datetime(6), note text) '
+             'CHARACTER SET utf8mb4',
+}
+QUERY = 'SELECT id, name, amount, price, paid, day, at, note FROM items ORDER BY id'
+
+
+def _fill(engine, url):
+    """Create and fill the table as the source's owner would (not through
+    Nightshift, which never writes a source)."""
+    placeholders = ', '.join(['?' if engine == 'sqlite' else '%s'] * 8)
+    if engine == 'sqlite':
+        conn = sqlite3.connect(sources.sqlite_path(url))
+        rows = [tuple(float(v) if isinstance(v, D) else
+                      (v.isoformat(' ') if isinstance(v, datetime.datetime) else
+                       (v.isoformat() if isinstance(v, datetime.date) else v)) for v in row)
+                for row in ROWS]
+    elif engine == 'postgres':
+        import psycopg
+        conn = psycopg.connect(url)
+        rows = ROWS
+    else:
+        import pymysql
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        conn = pymysql.connect(host=parts.hostname, port=parts.port, user=parts.username,
+                               password=parts.password or '', database=parts.path[1:],
+                               charset='utf8mb4')
+        rows = ROWS
+    cursor = conn.cursor()
+    cursor.execute('DROP TABLE IF EXISTS items')
+    cursor.execute(DDL[engine])
+    cursor.executemany('INSERT INTO items VALUES (%s)' % placeholders, rows)
+    conn.commit()
+    conn.close()
+
+
+@pytest.fixture
+def engines(tmp_path, postgres_url, mariadb_url):
+    urls = {'sqlite': 'sqlite:///%s' % (tmp_path / 'source.db'),
+            'postgres': postgres_url, 'mysql': mariadb_url}
+    for engine, url in urls.items():
+        _fill(engine, url)
+    yield {engine: sources.Source(engine, url, 10) for engine, url in urls.items()}
+    import psycopg
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute('DROP TABLE IF EXISTS items')
+
+
+def export(source, sql, params=None, **options):
+    with sqlexport.open_query_csv(source, sql, params or {}, **options) as stream:
+        return b''.join(stream), stream
+
+
+EXPECTED = textwrap.dedent('''\
+    id,name,amount,price,paid,day,at,note
+    1,Zoë Müller,12.50,0.1,true,2025-01-31,2025-01-31T10:00:00.000000,'=SUM(A1:A9)
+    2,,,,,,,
+    3,,0.00,1e+20,false,2024-02-29,2025-06-01T09:30:00.123456,-5
+    4,"a,b ""quoted""
+    next line",-3.10,-2.5,true,1999-12-31,1999-12-31T23:59:59.999999,'-x
+    5,日本語 ✓,1234567890.99,1.5e-07,false,2025-01-01,2025-01-01T00:00:00.000000,'@home
+    6,'+1 555,0.01,3,,2025-03-30,2025-03-30T01:00:00.500000,'| pipe
+    ''').encode()
+
+
+def test_the_same_sql_gives_the_same_bytes_on_every_engine(engines):
+    results = {engine: export(source, QUERY)[0] for engine, source in engines.items()}
+    assert results['sqlite'] == EXPECTED
+    assert results['postgres'] == EXPECTED
+    assert results['mysql'] == EXPECTED
+
+
+def test_sums_and_casts_keep_their_scale_everywhere(engines):
+    sql = ('SELECT COUNT(*) AS n, SUM(amount) AS total, '
+           'CAST(AVG(amount) AS DECIMAL(12,2)) AS mean FROM items WHERE amount IS NOT NULL')
+    results = {engine: export(source, sql)[0] for engine, source in engines.items()}
+    assert set(results.values()) == {b'n,total,mean\n5,1234567900.40,246913580.08\n'}
+
+
+@pytest.mark.parametrize('engine', ['sqlite', 'postgres', 'mysql'])
+@pytest.mark.parametrize('sql', [
+    'DELETE FROM items',
+    "UPDATE items SET name = 'x'",
+    'CREATE TABLE stolen (x int)',
+    'DROP TABLE items',
+    'SELECT 1; DELETE FROM items',
+])
+def test_a_write_is_refused_by_the_database_and_changes_nothing(engines, engine, sql):
+    source = engines[engine]
+    with pytest.raises(sources.ReportSQLError):
+        export(source, sql)
+    assert export(source, QUERY)[0] == EXPECTED
+
+
+def test_a_data_modifying_cte_is_refused_on_postgres(engines):
+    with pytest.raises(sources.ReportSQLError) as info:
+        export(engines['postgres'], 'WITH gone AS (DELETE FROM items RETURNING id) '
+                                    'SELECT * FROM gone')
+    # Even sent as it is, with no wrapper around it, the connection refuses it.
+    source = engines['postgres']
+    conn = sources.connect(source)
+    try:
+        with pytest.raises(Exception) as raw:
+            conn.cursor().execute('WITH gone AS (DELETE FROM items RETURNING id) '
+                                  'SELECT * FROM gone')
+        assert 'read-only' in sources.classify(source, raw.value).message
+    finally:
+        conn.close()
+    assert export(engines['postgres'], QUERY)[0] == EXPECTED
+
+
+@pytest.mark.parametrize('engine, slow', [
+    ('postgres', 'SELECT pg_sleep(5) AS slept'),
+    ('mysql', 'SELECT SLEEP(5) AS slept'),
+    ('sqlite', 'WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) '
+               'SELECT count(*) FROM r'),
+])
+def test_the_time_limit_stops_a_slow_query(engines, engine, slow):
+    source = engines[engine]._replace(query_timeout=1)
+    with pytest.raises(sources.ReportSQLError) as info:
+        export(source, slow)
+    assert 'time limit of 1s hit' in str(info.value)
+    assert export(source, QUERY)[0] == EXPECTED  # and the next one runs
+
+
+def test_a_report_may_lower_the_time_limit_but_not_raise_it(engines):
+    source = engines['postgres']._replace(query_timeout=1)
+    assert sqlexport.effective_timeout(source, 60) == 1
+    assert sqlexport.effective_timeout(source, 0.5) == 0.5
+    with pytest.raises(sources.ReportSQLError):
+        export(source, 'SELECT pg_sleep(3)', timeout=60)
+
+
+def test_a_source_that_does_not_answer_is_unavailable_not_the_reports_fault(tmp_path):
+    from conftest import free_port
+    for url in ['postgresql://postgres@127.0.0.1:%d/x' % free_port(),
+                'mysql://root@127.0.0.1:%d/x' % free_port(),
+                'sqlite:///%s' % (tmp_path / 'missing.db')]:
+        with pytest.raises(sources.SourceUnavailable):
+            export(sources.Source('gone', url, 5), 'SELECT 1')
+
+
+@pytest.mark.parametrize('engine', ['sqlite', 'postgres', 'mysql'])
+def test_an_unknown_table_is_the_reports_error_with_the_databases_words(engines, engine):
+    with pytest.raises(sources.ReportSQLError) as info:
+        export(engines[engine], 'SELECT * FROM no_such_table')
+    assert 'no_such_table' in str(info.value)
+
+
+def test_limit_cuts_and_says_so(engines):
+    for source in engines.values():
+        data, stream = export(source, QUERY, limit=3)
+        assert data == b''.join(EXPECTED.split(b'\n4,')[:1]) + b'\n'
+        assert (stream.rows, stream.truncated) == (3, True)
+
+
+def test_escaping_can_be_turned_off_and_a_bom_added(engines):
+    for source in engines.values():
+        data, _ = export(source, 'SELECT note FROM items WHERE id = 1', escape=False,
+                         bom=True)
+        assert data == b'\xef\xbb\xbfnote\n=SUM(A1:A9)\n'
+
+
+# --- report files -------------------------------------------------------------
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+ORDERS = '''\
+    /*
+    title: Items since a day
+    description: Items on or after a day, optionally only paid ones.
+    source: shop
+    params:
+      since: {type: date, required: true, help: First day included.}
+      min_amount: {type: decimal, help: Smallest amount.}
+      paid: {type: bool}
+    */
+    SELECT id, name, amount FROM items
+    WHERE day >= :since
+      AND (:min_amount IS NULL OR amount >= :min_amount)
+      AND (:paid IS NULL OR paid = :paid)
+      AND name NOT LIKE '%:nope%'  -- a colon in a string or comment is not a :placeholder
+    ORDER BY id
+    '''
+
+
+def test_a_report_file_binds_typed_parameters_on_every_engine(engines, tmp_path):
+    report = sqlfiles.read_report_file(write(tmp_path, 'items_since.sql', ORDERS))
+    assert (report.name, report.title, report.source) == ('items_since', 'Items since a day',
+                                                          'shop')
+    typed = {'since': datetime.date(2025, 1, 1), 'min_amount': D('1.5'), 'paid': None}
+    for engine, source in engines.items():
+        sql, params = sqlfiles.bind(report, engine, typed)
+        data, _ = export(source, sql, params)
+        assert data == 'id,name,amount\n1,Zoë Müller,12.50\n5,日本語 ✓,1234567890.99\n'.encode(), \
+            engine
+        sql, params = sqlfiles.bind(report, engine, dict(typed, min_amount=None, paid=False))
+        data, _ = export(source, sql, params)
+        assert data == b'id,name,amount\n5,\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xe2\x9c\x93,' \
+                       b'1234567890.99\n', engine
+
+
+@pytest.mark.parametrize('text, line, words', [
+    ('SELECT 1', 1, 'starts with a /* ... */ header'),
+    ('/*\ntitle: T\n*/\nDELETE FROM items', 4, 'this starts with DELETE'),
+    ('/*\ntitle: T\n*/\nSELECT 1;\nDELETE FROM items', 5, 'one statement per report'),
+    ('/*\ntitle: T\ncolour: red\n*/\nSELECT 1', 3, "unknown header key 'colour'"),
+    ('/*\ntitle: T\nparams:\n  since: {type: when}\n*/\nSELECT :since', 4, 'type must be'),
+    ('/*\ntitle: T\n*/\nSELECT * FROM t WHERE a = :since', 4, ':since is not a declared'),
+    ('/*\ntitle: T\nparams:\n  since: {type: date}\n*/\nSELECT 1', 4, 'never uses :since'),
+    ('/*\ntitle: [unclosed\n*/\nSELECT 1', 2, 'not valid YAML'),
+    ('/*\ndescription: no title\n*/\nSELECT 1', 1, 'title: give the report a title'),
+    ('/*\ntitle: T\nparams:\n  s: {type: choice}\n*/\nSELECT :s', 4, 'needs choices'),
+    ("/*\ntitle: T\nparams:\n  n: {type: int, min: x}\n*/\nSELECT :n", 4, "min 'x'"),
+    ('/*\ntitle: T\n*/\nSELECT \'unclosed', 4, 'cannot be read'),
+])
+def test_a_broken_report_file_says_which_line_and_why(tmp_path, text, line, words):
+    path = write(tmp_path, 'broken.sql', text)
+    with pytest.raises(sqlfiles.ReportFileError) as info:
+        sqlfiles.read_report_file(path)
+    assert info.value.line == line, str(info.value)
+    assert words in info.value.message
+    assert str(info.value).startswith('%s:%d: ' % (path, line))
