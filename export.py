@@ -18,14 +18,22 @@ from itertools import islice
 from peewee import (SQL, Alias, CharField, DecimalField, Field, Function, NodeList,
                     PostgresqlDatabase, TextField)
 
-# OWASP's list of characters a spreadsheet may read as the start of a formula.
-FORMULA_TRIGGERS = frozenset('=+-@\t\r\n|%')
+# OWASP's list of characters a spreadsheet may read as the start of a
+# formula, and their full-width forms (＝＋－＠), which spreadsheets in East
+# Asian locales may take as the ASCII ones. "-" is last so that it stays
+# literal inside a character class.
+FORMULA_TRIGGERS = '=+@\t\r\n|%\uff1d\uff0b\uff20\uff0d-'
+# Blanks a spreadsheet may skip before it looks for one: spaces, no-break
+# and ideographic spaces, a byte order mark.
+LEADING_BLANKS = ' \u00a0\u3000\ufeff'
+_TRIGGERED = re.compile('[%s]*[%s]' % (LEADING_BLANKS, re.escape(FORMULA_TRIGGERS)))
 # A "-" cell that is a plain negative number (digits and dots) stays a number.
-_PLAIN_NEGATIVE = re.compile(r'-\d[\d.]*\Z')
+_PLAIN_NEGATIVE = re.compile(r'-[0-9][0-9.]*\Z')
 CHUNK_BYTES = 1 << 18
 # Line feeds end rows everywhere (PostgreSQL's COPY writes them too), so both
 # databases give the same bytes.
 LINE_END = '\n'
+NUL_STANDIN = '\ufffd'  # what a NUL in a text cell is written as
 QUOTE = "''''"  # SQL for a string holding one apostrophe
 
 # Functions whose result has the type of their first argument.
@@ -35,7 +43,7 @@ COUNTS = {'count'}
 
 def escape_formula(value):
     """Neutralise a text cell a spreadsheet would run as a formula."""
-    if value.__class__ is str and value[:1] in FORMULA_TRIGGERS \
+    if value.__class__ is str and _TRIGGERED.match(value) \
             and not _PLAIN_NEGATIVE.match(value):
         return "'" + value
     return value
@@ -75,23 +83,34 @@ def column_kind(node):
             return 'unknown', None
 
 
-# One GLOB on the first character settles almost every cell: the class holds
-# the triggers, with a real tab, CR and LF in it ("-" last, so it is literal).
-_SQLITE_TRIGGER = "'[=+@|%\t\r\n-]*'"
+# The same rule as escape_formula(), in each database's own pattern language,
+# built from the same two lists. SQLite: trim the blanks, then one GLOB on the
+# first character (the class holds a real tab, CR and LF).
+_SQLITE_BLANKS = "'%s'" % LEADING_BLANKS
+_SQLITE_TRIGGER = "'[%s]*'" % FORMULA_TRIGGERS
 
 
 def _sqlite_escape(x):
     return NodeList([
-        SQL('(CASE WHEN '), x, SQL(' GLOB ' + _SQLITE_TRIGGER + ' AND NOT ('), x,
-        SQL(" GLOB '-[0-9]*' AND NOT "), x, SQL(" GLOB '-*[^0-9.]*') THEN " + QUOTE + " || "),
+        SQL('(CASE WHEN ltrim('), x, SQL(', ' + _SQLITE_BLANKS + ') GLOB ' + _SQLITE_TRIGGER +
+                                         ' AND NOT ('),
+        x, SQL(" GLOB '-[0-9]*' AND NOT "), x, SQL(" GLOB '-*[^0-9.]*') THEN " + QUOTE + " || "),
         x, SQL(' ELSE '), x, SQL(' END)')], glue='')
 
 
+def _regex_class(chars):
+    # Every character as a \uXXXX escape: no "%" for the driver to take as a
+    # placeholder, no quote, no raw control character in the SQL.
+    return ''.join('\\u%04x' % ord(c) for c in chars)
+
+
+_POSTGRES_TRIGGER = "'^[%s]*[%s]'" % (_regex_class(LEADING_BLANKS), _regex_class(FORMULA_TRIGGERS))
+
+
 def _postgres_escape(x):
-    # \x25 is "%": a literal one would clash with the driver's placeholders.
     return NodeList([
-        SQL('(CASE WHEN '), x, SQL(" ~ '^[=+@|\\x25\\t\\r\\n]' OR ("), x,
-        SQL(" ~ '^-' AND "), x, SQL(" !~ '^-[0-9][0-9.]*$') THEN " + QUOTE + " || "), x,
+        SQL('(CASE WHEN '), x, SQL(' ~ ' + _POSTGRES_TRIGGER + ' AND '), x,
+        SQL(" !~ '^-[0-9][0-9.]*$' THEN " + QUOTE + " || "), x,
         SQL(' ELSE '), x, SQL(' END)')], glue='')
 
 
@@ -205,13 +224,14 @@ class CopyStream:
         sql, params = query.sql()
         statement = 'COPY (%s) TO STDOUT WITH (FORMAT csv, HEADER true)' % sql
         buffer = bytearray(b'\xef\xbb\xbf' if self.bom else b'')
+        ends = RowEnds()
         with self.cursor.copy(statement, params or None) as copy:
             for data in copy:
                 buffer += data
                 if len(buffer) >= CHUNK_BYTES:
-                    # Line feeds: an approximation while writing (a quoted
-                    # value may hold one); exact once COPY is done.
-                    self.rows += buffer.count(b'\n')
+                    # Rows finished so far, the header not counted; exact
+                    # once COPY is done.
+                    self.rows = max(0, ends.count(buffer) - 1)
                     self.bytes += len(buffer)
                     yield bytes(buffer)
                     buffer.clear()
@@ -222,6 +242,23 @@ class CopyStream:
         if self.limit is not None and self.rows >= self.limit:
             more = self.query.offset(self.limit).limit(1)
             self.truncated = self.database.execute(more).fetchone() is not None
+
+
+class RowEnds:
+    """Counts the line feeds that end CSV rows: those outside quotes. A quote
+    opens or closes a quoted value (a doubled one does both), so the line
+    feeds between an odd and the next even quote are inside a value."""
+
+    def __init__(self):
+        self.total = 0
+        self.quoted = False
+
+    def count(self, data):
+        pieces = data.split(b'"')
+        start = 1 if self.quoted else 0
+        self.total += sum(piece.count(b'\n') for piece in pieces[start::2])
+        self.quoted = (len(pieces) - 1 + self.quoted) % 2 == 1
+        return self.total
 
 
 class _Buffer(io.StringIO):
@@ -277,7 +314,12 @@ class CsvStream:
                 # csv.writer quotes only the line terminator's characters, so
                 # a lone CR would go out bare: redo this batch row by row.
                 text = ''.join(_row_text(row, writer, buffer) for row in batch)
-            data = (head + text).encode('utf-8')
+            data = head + text
+            if '\x00' in data:
+                # PostgreSQL cannot store a NUL in text; SQLite can, and a raw
+                # one in a CSV file cuts the cell short in many readers.
+                data = data.replace('\x00', NUL_STANDIN)
+            data = data.encode('utf-8')
             head = ''
             if data:
                 self.bytes += len(data)

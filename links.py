@@ -6,6 +6,7 @@ stretched in time or pointed at another run's file.
 import datetime
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from urllib.parse import urlencode
@@ -15,6 +16,8 @@ from peewee import IntegrityError
 from models import AppSecret, db
 
 _cache = {}
+_EXPIRES = re.compile(r'[0-9]{1,12}\Z')
+_SIGNATURE = re.compile(r'[0-9a-f]{64}\Z')
 
 
 def signing_key(settings):
@@ -49,7 +52,10 @@ def download_url(settings, run, expires_at):
 
 def check(settings, run, expires, sig, now=None):
     """True when `sig` is this run's current file's signature and not expired."""
-    if run is None or not run.file_key or not expires.isdigit() or not sig:
+    # ASCII only: "²".isdigit() is true and int() refuses it; a signature
+    # with other characters cannot be compared in constant time as text.
+    if run is None or not run.file_key or not _EXPIRES.match(expires) \
+            or not _SIGNATURE.match(sig):
         return False
     expected = _signature(signing_key(settings), run.id, run.file_key, int(expires))
     if not hmac.compare_digest(expected, sig):

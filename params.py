@@ -29,15 +29,24 @@ def _parse_date(raw):
         raise ValueError('expected a date as YYYY-MM-DD')
 
 
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+
+
 def _parse_int(raw):
     if isinstance(raw, bool):
         raise ValueError('expected an integer')
     if isinstance(raw, int):
-        return raw
-    try:
-        return int(str(raw).strip())
-    except ValueError:
-        raise ValueError('expected an integer')
+        value = raw
+    else:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError('expected an integer')
+    # What both databases store: past it SQLite raises OverflowError on every
+    # try of a run, and PostgreSQL refuses the query.
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError('out of range (a 64-bit integer: %d to %d)' % (INT64_MIN, INT64_MAX))
+    return value
 
 
 def _parse_decimal(raw):

@@ -8,12 +8,16 @@ command runs the whole system on one machine.
 import argparse
 import base64
 import binascii
+import contextlib
 import datetime
+import errno
 import functools
 import hmac
 import ipaddress
 import json
 import logging
+import os
+import re
 import sys
 import threading
 import urllib.parse
@@ -71,7 +75,10 @@ def api_errors(callback):
         try:
             return callback(*args, **kwargs)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.field)
+            res = error_response(exc.status, exc.code, exc.message, exc.field)
+            if exc.status == 503:
+                res.set_header('Retry-After', '5')
+            return res
         except InputError as exc:
             status = 404 if exc.code == 'unknown_report' else 400
             return error_response(status, exc.code, exc.message, exc.field)
@@ -83,6 +90,34 @@ def api_errors(callback):
             return error_response(503, 'database_unavailable',
                                   'the database is not answering; try again shortly')
     return wrapper
+
+
+# The headers this app reads through Bottle, which decodes them as UTF-8.
+# Others (a cookie another app on localhost set, say) are left alone.
+READ_HEADERS = ('Authorization', 'Host', 'Origin', 'Sec-Fetch-Site', 'Content-Type',
+                'X-Nightshift-Raw', 'X-Forwarded-Proto')
+
+
+def header_bytes(callback):
+    """Bottle plugin: a header that is not UTF-8 is the client's mistake (400
+    naming it), not a crash wherever the header is first read."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        for name in READ_HEADERS:
+            key = name.upper().replace('-', '_')
+            value = request.environ.get(key if key == 'CONTENT_TYPE' else 'HTTP_' + key, '')
+            try:
+                value.encode('latin-1').decode('utf-8')
+            except UnicodeError:
+                raise InputError(name, 'is not valid UTF-8')
+        return callback(*args, **kwargs)
+    return wrapper
+
+
+def bearer_given():
+    """True when the request names a Bearer token: a header that a page on
+    another site cannot make a browser send (Basic credentials it can)."""
+    return request.get_header('Authorization', '').partition(' ')[0].lower() == 'bearer'
 
 
 class TokenAuth:
@@ -138,6 +173,25 @@ def _host_name(host):
     return host.rsplit(':', 1)[0] if host.count(':') == 1 else host
 
 
+DEFAULT_PORTS = {'http': 80, 'https': 443}
+
+
+def origin_of(url):
+    """(scheme, host, port) of a URL or an Origin header; None when it is not one."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.scheme.lower(), parts.hostname.lower(), port
+
+
+def is_json_request():
+    return request.content_type.split(';', 1)[0].strip().lower() == 'application/json'
+
+
 CONTENT_POLICY = ("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                   "base-uri 'none'; form-action 'self'")
 
@@ -159,32 +213,47 @@ class BrowserGuard:
     def __init__(self, tokens, public_url):
         self.open = not tokens
         # Behind a proxy that does not pass the Host on, the page's origin is
-        # the public URL.
-        self.public_host = urllib.parse.urlsplit(public_url).netloc.lower()
+        # the public URL. Settings derive it from the port listened on unless
+        # it was set, so it never names some other server on this machine.
+        self.public_origin = origin_of(public_url)
 
     def refusal(self):
+        """The ApiError this request gets instead of an answer, or None."""
         # Host only: X-Forwarded-Host is the client's to write (waitress drops
         # it from untrusted peers), so a rebinding page could name loopback in it.
         host = request.get_header('Host', '')
         if self.open and _host_name(host.lower()) not in LOOPBACK_NAMES:
-            return ('misdirected', 'this server answers to localhost only while no API '
-                    'token is set')
-        if request.method in UNSAFE_METHODS:
-            site = request.get_header('Sec-Fetch-Site')
-            if site is not None and site not in ('same-origin', 'none'):
-                return 'cross_site', 'a write from another site is refused'
-            origin = request.get_header('Origin')
-            if origin is not None and \
-                    origin.partition('://')[2].lower() not in (host.lower(), self.public_host):
-                return 'cross_site', 'a write from another origin is refused'
+            return ApiError(403, 'misdirected', 'this server answers to localhost only '
+                            'while no API token is set')
+        if request.method not in UNSAFE_METHODS:
+            return None
+        site = request.get_header('Sec-Fetch-Site')
+        if site is not None and site not in ('same-origin', 'none'):
+            return ApiError(403, 'cross_site', 'a write from another site is refused')
+        origin = request.get_header('Origin')
+        if origin is not None:
+            given = origin_of(origin)  # None for "null" and the like
+            if given is None or given not in (self.own_origin(host), self.public_origin):
+                return ApiError(403, 'cross_site', 'a write from another origin is refused')
+        if not (is_json_request() or bearer_given()):
+            # A form from another site may come without Origin (older
+            # browsers, some redirects); it cannot come with this type.
+            return ApiError(415, 'unsupported_media_type',
+                            'send writes with Content-Type: application/json', 'Content-Type')
         return None
+
+    @staticmethod
+    def own_origin(host):
+        scheme = request.environ.get('HTTP_X_FORWARDED_PROTO') or \
+            request.environ.get('wsgi.url_scheme', 'http')
+        return origin_of('%s://%s' % (scheme, host))
 
     def apply(self, callback, route):
         @functools.wraps(callback)
         def wrapper(*args, **kwargs):
             refused = self.refusal()
             if refused:
-                return error_response(403, refused[0], refused[1])
+                raise refused
             return callback(*args, **kwargs)
         return wrapper
 
@@ -203,8 +272,7 @@ def _error_handler(res):
 def read_json_body(max_bytes):
     # Only JSON: a browser cannot send that type to another site without a
     # preflight this server never grants, so a forged form post cannot write.
-    kind = request.content_type.split(';', 1)[0].strip().lower()
-    if kind != 'application/json':
+    if not is_json_request():
         raise ApiError(415, 'unsupported_media_type',
                        'send the body as application/json', 'Content-Type')
     length = request.content_length
@@ -215,15 +283,26 @@ def read_json_body(max_bytes):
         raise ApiError(413, 'body_too_large', 'request body over %d bytes' % max_bytes, 'body')
     try:
         data = json.loads(raw.decode('utf-8'))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, 'invalid_json', 'the body must be a JSON object', 'body')
     if not isinstance(data, dict):
         raise ApiError(400, 'invalid_json', 'the body must be a JSON object', 'body')
     return data
 
 
+# ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+WHOLE_NUMBER = re.compile(r'[0-9]{1,18}\Z')
+# A header a link cannot carry: a page on another site cannot make a browser
+# send it without a preflight this server never grants.
+RAW_HEADER = 'X-Nightshift-Raw'
 # Output switches a request may give beside the report's own parameters.
 OUTPUT_OPTIONS = ('escape_formulas', 'bom')
+
+
+def raw_allowed():
+    """May this download turn formula escaping off? Only when the request
+    carries what a crafted link in a mail or a chat cannot."""
+    return request.get_header(RAW_HEADER, '').strip() == '1' or bearer_given()
 
 
 def flag(value, field):
@@ -236,15 +315,77 @@ def flag(value, field):
 
 
 def query_params(prefix=''):
-    """The query string as {name: str}; a repeated name is an error naming
-    `prefix + name`."""
+    """The query string as {name: str}; a repeated name or bytes that are not
+    UTF-8 are an error naming `prefix + name` (never a filter dropped)."""
     params = {}
-    for name in request.query.keys():
-        values = request.query.getall(name)
+    for raw_name in request.query.keys():
+        values = request.query.getall(raw_name)
+        try:
+            name = raw_name.encode('latin-1').decode('utf-8')
+        except UnicodeError:
+            raise InputError('query', 'a parameter name is not valid UTF-8')
+        field = name if name in OUTPUT_OPTIONS else prefix + name
         if len(values) > 1:
-            raise InputError(prefix + name, 'given more than once')
-        params[name] = request.query.getunicode(name)
+            raise InputError(field, 'given more than once')
+        value = request.query.getunicode(raw_name)
+        if value is None:
+            raise InputError(field, 'is not valid UTF-8')
+        params[name] = value
     return params
+
+
+class DownloadSlots:
+    """How many downloads stream at once. A client that reads slowly holds a
+    web thread for as long as it takes (waitress blocks the writer once its
+    buffer is full), so downloads get only some of the threads and health
+    checks and the API keep the rest."""
+
+    def __init__(self, count):
+        self.free = threading.BoundedSemaphore(count)
+
+    def take(self):
+        if not self.free.acquire(blocking=False):
+            raise ApiError(503, 'busy', 'every download slot is in use; try again shortly')
+        return Held(self.free)
+
+
+class Held:
+    """A taken download slot, given back when the response is done with,
+    however it ends: finished, failed, or closed by waitress when the client
+    went away."""
+
+    def __init__(self, slot):
+        self.slot, self.body = slot, None
+
+    def wrap(self, body):
+        self.body = iter(body)
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            item = next(self.body)
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(item, HTTPResponse):
+            # An error in place of the body: Bottle sends it and never
+            # closes what it came from.
+            self.close()
+        return item
+
+    def close(self):
+        slot, self.slot = self.slot, None
+        if slot is None:
+            return
+        try:
+            # Closing the generator runs its `with` blocks: the cursor and the
+            # transaction end, so the database stops working for nobody.
+            getattr(self.body, 'close', lambda: None)()
+        finally:
+            slot.release()
 
 
 def find_run(run_id):
@@ -257,10 +398,12 @@ def find_run(run_id):
 def create_app(settings, jobs, registry=default_registry):
     app = Bottle()
     app.install(api_errors)
+    app.install(header_bytes)
     app.install(TokenAuth(settings.tokens))
     app.install(BrowserGuard(settings.tokens, settings.public_url))
     app.default_error_handler = _error_handler
     queue_log = FailureLog(settings)
+    slots = DownloadSlots(max(1, min(settings.download_slots, settings.web_threads - 1)))
 
     @app.hook('after_request')
     def protective_headers():
@@ -309,6 +452,10 @@ def create_app(settings, jobs, registry=default_registry):
             raise InputError('report', 'no report named %r' % name, code='unknown_report')
         raw = query_params(prefix='params.')
         options = {key: flag(raw.pop(key), key) for key in OUTPUT_OPTIONS if key in raw}
+        if options.get('escape_formulas') is False and not raw_allowed():
+            raise InputError('escape_formulas', 'false needs the header %s: 1 or a Bearer '
+                             'token, so that a link alone cannot turn escaping off'
+                             % RAW_HEADER)
         return definition, definition.parse(raw), options
 
     @app.get('/api/reports/<name>/check')
@@ -321,17 +468,28 @@ def create_app(settings, jobs, registry=default_registry):
                                    'options': options,
                                    'url': '/reports/%s.csv%s' % (definition.name, query)})
 
-    @app.get('/reports/<name>.csv')
-    def download(name):
-        definition, typed, options = download_request(name)
-        query = definition.query(typed)
+    def download_headers(name):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
         response.content_type = 'text/csv; charset=utf-8'
         response.set_header('Content-Disposition',
                             'attachment; filename="%s-%s.csv"' % (name, stamp))
-        return _stream_csv(query, escape=options.get('escape_formulas',
-                                                      definition.escape_formulas),
-                           bom=options.get('bom', settings.csv_bom))
+
+    @app.route('/reports/<name>.csv', method='HEAD')
+    def download_head(name):
+        # What a GET would answer, without running the report.
+        download_request(name)
+        download_headers(name)
+        return ''
+
+    @app.get('/reports/<name>.csv')
+    def download(name):
+        definition, typed, options = download_request(name)
+        query = definition.query(typed)
+        held = slots.take()
+        download_headers(name)
+        return held.wrap(_stream_csv(query, escape=options.get('escape_formulas',
+                                                                definition.escape_formulas),
+                                     bom=options.get('bom', settings.csv_bom)))
 
     def _stream_csv(query, escape, bom):
         # Bottle reads the first chunk before it sends headers, so a database
@@ -339,8 +497,9 @@ def create_app(settings, jobs, registry=default_registry):
         started = False
         try:
             with open_csv(query, db.obj, escape=escape, bom=bom,
-                          limit=settings.max_rows) as stream:
-                for chunk in stream:
+                          limit=settings.max_rows) as stream, \
+                    contextlib.closing(iter(stream)) as chunks:
+                for chunk in chunks:
                     started = True
                     yield chunk
         except DB_ERRORS:
@@ -401,7 +560,7 @@ def create_app(settings, jobs, registry=default_registry):
             if status not in RUN_STATUSES:
                 raise InputError('status', 'must be one of %s' % ', '.join(RUN_STATUSES))
             query = query.where(Run.status == status)
-        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+        if not WHOLE_NUMBER.match(limit) or not 1 <= int(limit) <= 500:
             raise InputError('limit', 'must be a whole number from 1 to 500')
         return json_response(200, {'runs': runs.runs_as_dicts(query.limit(int(limit)))})
 
@@ -422,13 +581,15 @@ def create_app(settings, jobs, registry=default_registry):
         return send_stored_file(run)
 
     def send_stored_file(run):
+        held = slots.take()
         try:
             chunks = jobs.store.open_chunks(run.file_key)
         except FileNotFoundError:
+            held.close()
             raise ApiError(404, 'not_found', 'the file is no longer kept')
         content_type = 'application/zip' if run.file_name.endswith('.zip') \
             else 'text/csv; charset=utf-8'
-        return HTTPResponse(chunks, status=200, headers={
+        return HTTPResponse(held.wrap(chunks), status=200, headers={
             'Content-Type': content_type,
             'Content-Disposition': 'attachment; filename="%s"' % run.file_name})
 
@@ -530,15 +691,45 @@ def check_exposure(host, settings):
             'print(secrets.token_urlsafe())")), or listen on 127.0.0.1.' % host)
 
 
+BODY_MARGIN = 64 * 1024
+
+
+def server_options(settings, host, port):
+    """waitress's options: what main() serves with, and the tests too."""
+    # A streamed report can be written faster than the client reads it;
+    # waitress then buffers up to 16 MB a connection by default. 2 MB keeps
+    # the web server's memory flat whatever the report's size.
+    #
+    # Bodies: waitress would read (and spool to disk) up to 1 GiB before the
+    # app could say 401 or 413. Ours are small JSON, so it refuses anything
+    # past max_body_bytes (plus room for the app's own, clearer 413) from the
+    # Content-Length, or as soon as a chunked body passes it.
+    #
+    # Connections: reading is asynchronous, so a slow client costs a socket,
+    # not a thread; poll() is not limited to 1024 descriptors as select() is,
+    # and idle ones are dropped after a minute.
+    return dict(host=host, port=port, threads=settings.web_threads,
+                outbuf_high_watermark=2 * 1024 * 1024,
+                max_request_body_size=settings.max_body_bytes + BODY_MARGIN,
+                connection_limit=settings.web_connections, asyncore_use_poll=True,
+                channel_timeout=60, cleanup_interval=10)
+
+
 def main(argv=None):
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    # The command line outranks the environment: given as environment, it
+    # also moves what follows the port (the default public_url).
+    environ = dict(os.environ)
+    if args.host:
+        environ['NIGHTSHIFT_HOST'] = args.host
+    if args.port is not None:
+        environ['PORT'] = str(args.port)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, environ=environ)
     except SettingsError as exc:
         sys.exit('nightshift: bad settings: %s' % exc)
-    host = args.host or settings.host
-    port = args.port if args.port is not None else settings.port
+    host, port = settings.host, settings.port
     try:
         check_exposure(host, settings)
     except SettingsError as exc:
@@ -546,7 +737,6 @@ def main(argv=None):
     install_log_redaction(settings)
     logger.info('settings: %s', settings.describe())
 
-    import waitress
     from waitress.server import create_server
 
     try:
@@ -555,15 +745,17 @@ def main(argv=None):
         sys.exit('nightshift: bad settings: %s' % exc)
     bind_database(settings.database_url)
     app = create_app(settings, jobs)
-    # A streamed report can be written faster than the client reads it;
-    # waitress then buffers up to 16 MB a connection by default. 2 MB keeps
-    # the web server's memory flat whatever the report's size.
-    options = dict(host=host, port=port, threads=settings.web_threads,
-                   outbuf_high_watermark=2 * 1024 * 1024)
+    try:
+        server = create_server(app, **server_options(settings, host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        sys.exit('nightshift: port %d is in use on %s; stop what is listening there or '
+                 'give another with --port or PORT' % (port, host))
     if not args.worker:
-        waitress.serve(app, **options)
+        server.print_listen('Serving on http://{}:{}')
+        server.run()
         return
-    server = create_server(app, **options)
     web = threading.Thread(target=server.run, name='waitress', daemon=True)
     web.start()
     logger.info('serving on http://%s:%d with %d consumer threads', host, port,

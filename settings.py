@@ -66,6 +66,8 @@ class Settings:
     host: str = '127.0.0.1'
     port: int = 8080
     web_threads: int = 4
+    download_slots: int = 2
+    web_connections: int = 500
     workers: int = 2
     max_recipients: int = 20
     max_body_bytes: int = 65536
@@ -151,6 +153,8 @@ HELP = {
     'host': 'Address the web server binds to.',
     'port': 'Port the web server listens on. Env: PORT',
     'web_threads': 'waitress worker threads.',
+    'download_slots': 'Downloads streamed at once (at most web_threads - 1); more get 503 with Retry-After.',
+    'web_connections': 'Open connections waitress keeps at most, slow clients included.',
     'workers': 'Consumer threads run by `server.py --worker`.',
     'max_recipients': 'Most recipients one run may have.',
     'max_body_bytes': 'Largest JSON request body accepted.',
@@ -164,7 +168,7 @@ HELP = {
     'mail_max_mb': 'Largest message the SMTP provider takes (after base64); larger go as a link.',
     'file_store': 'local (a folder, one machine) or database (shared by web and workers).',
     'retention_days': 'How long finished report files are kept for download.',
-    'public_url': 'Base URL of the web server, for download links in emails.',
+    'public_url': 'Base URL of the web server, for download links in emails (default http://127.0.0.1:<port>).',
     'secret_key': 'Signs download links; only from NIGHTSHIFT_SECRET_KEY (else one is made and kept in the database).',
     'operator_email': 'Optional address told about every run that fails for good.',
     'api_tokens': 'API tokens, comma-separated; only from NIGHTSHIFT_API_TOKEN.',
@@ -305,6 +309,8 @@ def load_settings(path=None, environ=None):
     if environ.get('SMTP_HOST'):
         values['mail_backend'] = 'smtp'
 
+    # Unset, links follow the port actually listened on.
+    values.setdefault('public_url', 'http://127.0.0.1:%d' % values.get('port', Settings.port))
     base = path.resolve().parent
     for key in PATH_KEYS:
         values[key] = str((base / values.get(key, getattr(Settings, key))).resolve())

@@ -15,8 +15,12 @@
   function api(method, url, body) {
     var options = {method: method, headers: {'Accept': 'application/json'},
                    credentials: 'same-origin'};
-    if (body !== undefined) {
+    // Every write says JSON, a body or not: a form another site posts
+    // cannot, and the server refuses writes that do not.
+    if (method !== 'GET') {
       options.headers['Content-Type'] = 'application/json';
+    }
+    if (body !== undefined) {
       options.body = JSON.stringify(body);
     }
     return fetch(url, options).then(function (res) {

@@ -212,11 +212,12 @@ def test_config_schedules_are_read_only_through_the_api(config_jobs, settings, s
         if method == 'put':
             res = app.put_json(path, {'cron': '@hourly'}, expect_errors=True)
         else:
-            res = getattr(app, method)(path, expect_errors=True)
+            res = getattr(app, method)(path, content_type='application/json',
+                                       expect_errors=True)
         assert res.status_int == 409, path
         assert res.json['error'] == 'conflict' and 'config.ini' in res.json['message']
     # A test send is still allowed.
-    assert app.post('/api/schedules/nightly/run').status_int == 202
+    assert app.post('/api/schedules/nightly/run', content_type='application/json').status_int == 202
     run_queued(jobs)
     assert smtp_sink.messages[0]['to'] == ['a@example.org', 'b@example.org']
 
@@ -241,11 +242,14 @@ def test_schedule_api_round_trip(app, jobs, shop, smtp_sink):
     assert res.json['next_run_local'][11:] == '07:15:00-03:00'
     assert res.json['params'] == {'since': None, 'until': None, 'status': 'paid'}
 
-    assert app.post('/api/schedules/nightly-orders/pause').json['enabled'] is False
+    as_json = 'application/json'  # every write says JSON, a body or not
+    assert app.post('/api/schedules/nightly-orders/pause', content_type=as_json).json['enabled'] \
+        is False
     assert app.get('/api/schedules/nightly-orders').json['next_run_at'] is None
-    assert app.post('/api/schedules/nightly-orders/resume').json['enabled'] is True
+    assert app.post('/api/schedules/nightly-orders/resume', content_type=as_json).json['enabled'] \
+        is True
 
-    res = app.post('/api/schedules/nightly-orders/run')
+    res = app.post('/api/schedules/nightly-orders/run', content_type=as_json)
     assert res.status_int == 202
     run_queued(jobs)
     assert len(smtp_sink.messages) == 1
@@ -253,7 +257,7 @@ def test_schedule_api_round_trip(app, jobs, shop, smtp_sink):
     assert (last['id'], last['status']) == (res.json['id'], 'delivered')
     assert app.get(res.headers['Location']).json['schedule'] == 'nightly-orders'
 
-    assert app.delete('/api/schedules/nightly-orders').status_int == 204
+    assert app.delete('/api/schedules/nightly-orders', content_type=as_json).status_int == 204
     assert app.get('/api/schedules/nightly-orders', expect_errors=True).status_int == 404
 
 

@@ -92,7 +92,7 @@ def test_schedule_rows_show_next_run_in_the_schedules_own_timezone(app, shop):
     app.post_json('/api/schedules', {'name': 'tokyo', 'report': 'customers',
                                      'cron': '30 2 * * *', 'timezone': 'Asia/Tokyo',
                                      'to': ['a@example.org']})
-    app.post('/api/schedules/tokyo/pause')
+    app.post('/api/schedules/tokyo/pause', content_type='application/json')
     Schedule.create(name='from-config', report='customers', params={}, recipients=['o@x.org'],
                     cron='0 6 * * *', timezone='UTC', enabled=True, managed_by='config',
                     checked_through=utcnow(), created_at=utcnow(), updated_at=utcnow())
