@@ -1,14 +1,55 @@
-"""Demo shop data, so Nightshift has something to export on day one.
+"""The demo shop: a source of its own, so Nightshift has something to export
+on day one. Its reports are SQL files in reports/ like any team's.
 
-Rows go in through the driver's bulk paths (executemany on SQLite, COPY on
-PostgreSQL): a million orders take seconds, not minutes.
+The shop is a database Nightshift made for itself (var/demo.db by default,
+the `demo` source), so seeding it is the one write Nightshift makes to a
+source. Rows go in through the driver's bulk paths (executemany on SQLite,
+COPY on PostgreSQL): a million orders take seconds, not minutes.
 """
 import datetime
 import random
 
-from peewee import PostgresqlDatabase
+from peewee import (CharField, DatabaseProxy, DateTimeField, DecimalField,
+                    ForeignKeyField, Model, PostgresqlDatabase)
 
-from models import Customer, Order, db
+from models import open_database, utcnow
+
+demo_db = DatabaseProxy()
+
+
+class DemoModel(Model):
+    class Meta:
+        database = demo_db
+
+
+class Customer(DemoModel):
+    name = CharField()
+    email = CharField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class Order(DemoModel):
+    customer = ForeignKeyField(Customer, backref='orders', index=True)
+    status = CharField(index=True)
+    amount = DecimalField(max_digits=12, decimal_places=2)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = 'order'
+
+
+DEMO_MODELS = (Customer, Order)
+
+
+def open_shop(url_or_database):
+    """Bind the demo models to the shop's database (a URL, or an open Peewee
+    database) and create its two tables if they are missing."""
+    database = url_or_database
+    if isinstance(url_or_database, str):
+        database = open_database(url_or_database)
+    demo_db.initialize(database)
+    database.create_tables(DEMO_MODELS, safe=True)
+    return database
 
 FIRST = ['Ana', 'João', 'Zoë', 'Li', 'Mary-Jane', 'Olúwadámilọ́lá', 'Søren', 'Chloé',
          'Dmitri', 'Aiko', 'Bob', 'Fatima']
@@ -36,9 +77,9 @@ def _orders(rng, count, customers):
 
 
 def seed(customers=1000, orders=10000, seed_value=42):
-    """Insert demo customers and orders into the bound database."""
+    """Insert demo customers and orders into the shop (open_shop first)."""
     rng = random.Random(seed_value)
-    database = db.obj
+    database = demo_db.obj
     customer_rows = _customers(rng, customers)
     order_rows = _orders(rng, orders, customers)
     if isinstance(database, PostgresqlDatabase):

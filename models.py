@@ -6,9 +6,9 @@ import os
 import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
-                    CompositeKey, DatabaseProxy, DateTimeField, DecimalField,
-                    ForeignKeyField, IntegerField, InterfaceError, Model,
-                    OperationalError, PostgresqlDatabase, TextField)
+                    CompositeKey, DatabaseProxy, DateTimeField, ForeignKeyField,
+                    IntegerField, InterfaceError, Model, MySQLDatabase, OperationalError,
+                    PostgresqlDatabase, TextField)
 from playhouse.db_url import connect, parse
 from playhouse.shortcuts import ReconnectMixin
 
@@ -41,22 +41,6 @@ class JSONField(TextField):
 class BaseModel(Model):
     class Meta:
         database = db
-
-
-class Customer(BaseModel):
-    name = CharField()
-    email = CharField(null=True)
-    created_at = DateTimeField(default=utcnow)
-
-
-class Order(BaseModel):
-    customer = ForeignKeyField(Customer, backref='orders', index=True)
-    status = CharField(index=True)
-    amount = DecimalField(max_digits=12, decimal_places=2)
-    created_at = DateTimeField(default=utcnow, index=True)
-
-    class Meta:
-        table_name = 'order'
 
 
 # skipped: a schedule slot missed during downtime, recorded but not sent.
@@ -100,6 +84,7 @@ class Run(BaseModel):
     truncated = BooleanField(default=False)
 
     class Meta:
+        table_name = 'nightshift_run'
         indexes = (
             (('schedule', 'slot_at'), True),
             (('status', 'created_at'), False),
@@ -126,6 +111,7 @@ class Delivery(BaseModel):
     sent_at = DateTimeField(null=True)
 
     class Meta:
+        table_name = 'nightshift_delivery'
         indexes = ((('run', 'address'), True),)
 
 
@@ -144,6 +130,9 @@ class Schedule(BaseModel):
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
 
+    class Meta:
+        table_name = 'nightshift_schedule'
+
 
 class ReportFileChunk(BaseModel):
     """Report files kept in the database (the shared file store)."""
@@ -152,6 +141,7 @@ class ReportFileChunk(BaseModel):
     data = BlobField()
 
     class Meta:
+        table_name = 'nightshift_file_chunk'
         primary_key = CompositeKey('key', 'seq')
 
 
@@ -161,8 +151,13 @@ class AppSecret(BaseModel):
     name = CharField(primary_key=True)
     value = CharField()
 
+    class Meta:
+        table_name = 'nightshift_secret'
 
-ALL_MODELS = (Customer, Order, Run, Delivery, Schedule, ReportFileChunk, AppSecret)
+
+# Nightshift's own state. Every table is named nightshift_*, so the database
+# can be one the team already uses: nothing else in it is touched.
+ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret)
 
 
 class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):
@@ -182,15 +177,29 @@ class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):
     )
 
 
+class ReconnectingMySQLDatabase(ReconnectMixin, MySQLDatabase):
+    """The same for MySQL/MariaDB (server gone away, lost connection).
+    Microsecond timestamps and blobs large enough for a 1 MB file chunk."""
+    field_types = {'DATETIME': 'DATETIME(6)', 'BLOB': 'LONGBLOB'}
+
+
+STATE_SCHEMES = ('sqlite', 'postgres', 'postgresql', 'mysql', 'mariadb')
+
+
 def open_database(url):
-    """A Peewee database for a sqlite:// or postgres:// URL."""
-    if url.startswith('sqlite'):
+    """A Peewee database for a sqlite://, postgres:// or mysql:// URL."""
+    scheme = url.split('://', 1)[0].split('+', 1)[0]
+    if scheme == 'sqlite':
         database = connect(url, pragmas=SQLITE_PRAGMAS, timeout=10)
         if database.database != ':memory:':
             os.makedirs(os.path.dirname(os.path.abspath(database.database)), exist_ok=True)
         return database
-    if url.split('://', 1)[0] in ('postgres', 'postgresql'):
+    if scheme in ('postgres', 'postgresql'):
         return ReconnectingPostgresqlDatabase(**parse(url))
+    if scheme in ('mysql', 'mariadb'):
+        options = parse(url.replace('mariadb://', 'mysql://', 1))
+        options.setdefault('charset', 'utf8mb4')
+        return ReconnectingMySQLDatabase(**options)
     return connect(url)
 
 
@@ -203,12 +212,16 @@ def db_now(database=None):
     if isinstance(database, PostgresqlDatabase):
         return database.execute_sql(
             "SELECT clock_timestamp() AT TIME ZONE 'UTC'").fetchone()[0]
+    if isinstance(database, MySQLDatabase):
+        return database.execute_sql('SELECT UTC_TIMESTAMP(6)').fetchone()[0]
     text = database.execute_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").fetchone()[0]
     return datetime.datetime.strptime(text, '%Y-%m-%d %H:%M:%S.%f')
 
 
-def bind_database(url, create=True):
-    """Point the models at `url` (once per process) and create missing tables."""
+def bind_database(url, create=True, auto=True):
+    """Point the models at `url` (once per process) and, with `create`,
+    bring Nightshift's own tables up to date (migrations.migrate: logged,
+    versioned, never touching a table that is not Nightshift's)."""
     with _bind_lock:
         current = db.obj
         if current is None or getattr(current, '_nightshift_url', None) != url:
@@ -218,29 +231,6 @@ def bind_database(url, create=True):
             database._nightshift_url = url
             db.initialize(database)
         if create:
-            add_missing_columns(db.obj)
-            db.create_tables(ALL_MODELS, safe=True)
+            import migrations
+            migrations.migrate(db.obj, auto=auto)
     return db.obj
-
-
-def add_missing_columns(database):
-    """Bring tables made by an older Nightshift up to date: columns added since
-    are added as NULL-able and filled with their default (a plain ADD COLUMN,
-    which every database does in place)."""
-    from playhouse.migrate import SchemaMigrator, migrate
-    migrator = None
-    for model in ALL_MODELS:
-        table = model._meta.table_name
-        if not database.table_exists(table):
-            continue
-        present = {c.name for c in database.get_columns(table)}
-        for field in model._meta.sorted_fields:
-            if field.column_name in present:
-                continue
-            migrator = migrator or SchemaMigrator.from_database(database)
-            column = field.clone()
-            column.null, column.default = True, None
-            migrate(migrator.add_column(table, field.column_name, column))
-            if field.default is not None:
-                default = field.default() if callable(field.default) else field.default
-                model.update({field: default}).execute()

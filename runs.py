@@ -19,11 +19,13 @@ from typing import NamedTuple, Optional
 from peewee import Case, PostgresqlDatabase, fn
 
 import links
-from export import open_csv, write_file
+from sqlexport import open_query_csv
+from export import write_file
 from mail import Mail, MailError, check_address, compose
 from models import TERMINAL, Delivery, Run, db, db_now, utcnow
 from params import InputError, dump_params
-from reports import UnknownReport
+from reports import BrokenReport, UnknownReport, find_report
+from sources import ReportSQLError, UnknownSource
 
 logger = logging.getLogger('nightshift.runs')
 
@@ -64,12 +66,7 @@ def parse_recipients(to, settings):
 def create_run(registry, settings, report, params=None, to=None, trigger='web',
                schedule=None, slot_at=None, escape_formulas=None, bom=None):
     """Validate a request and record it as a queued run (one transaction)."""
-    if not isinstance(report, str) or not report:
-        raise InputError('report', 'give the name of a report', code='required')
-    try:
-        definition = registry.get(report)
-    except UnknownReport:
-        raise InputError('report', 'no report named %r' % report, code='unknown_report')
+    definition = find_report(registry, report)
     typed = definition.parse(params)
     recipients = parse_recipients(to, settings)
     with db.atomic():
@@ -262,14 +259,41 @@ def local_path(settings, key):
     return os.path.join(settings.reports_dir, *key.split('/'))
 
 
+def open_report(definition, settings, typed, escape, bom):
+    """The report's rows on its source as a CSV stream (a context manager).
+    Raises ReportSQLError / SourceUnavailable from the source, and
+    UnknownSource for a report that names a source nobody configured."""
+    source = settings.source(definition.source)
+    sql, params = definition.statement(source.engine, typed)
+    return open_query_csv(source, sql, params, escape=escape, bom=bom, limit=settings.max_rows,
+                          timeout=definition.timeout)
+
+
 def write_report(registry, settings, run, path, on_progress=None):
     """Write the run's CSV to `path`; `on_progress(rows, bytes)` as it goes.
-    Returns the finished CsvStream (rows, bytes, truncated)."""
-    definition = registry.get(run.report)
-    query = definition.query(definition.parse(run.params))
-    with open_csv(query, db.obj, escape=run.escape_formulas, bom=run.bom,
-                  limit=settings.max_rows) as stream:
-        write_file(stream, path, on_progress=on_progress, every=0.1)
+    Returns the finished stream (rows, bytes, truncated). A report that
+    cannot work (its SQL fails, its file is broken, its source is not
+    configured) is a PermanentFailure; a source that does not answer is not."""
+    try:
+        definition = registry.get(run.report)
+        with open_report(definition, settings, definition.parse(run.params),
+                         run.escape_formulas, run.bom) as stream:
+            write_file(stream, path, on_progress=on_progress, every=0.1)
+    except UnknownReport:
+        raise PermanentFailure('report %r no longer exists' % run.report)
+    except BrokenReport as exc:
+        raise PermanentFailure('report %s cannot be used: %s' % (run.report, exc.error))
+    except UnknownSource as exc:
+        raise PermanentFailure('report %s reads source %r, which is not configured'
+                               % (run.report, str(exc.args[0])))
+    except ReportSQLError as exc:
+        logger.warning('report %s (%s) failed on source %s: %s', run.report,
+                       getattr(definition, 'path', None) or 'python', exc.source, exc.message)
+        raise PermanentFailure('report %s failed on source %s: %s'
+                               % (run.report, exc.source, exc.message))
+    except InputError as exc:
+        raise PermanentFailure('report %s: its parameters no longer fit: %s'
+                               % (run.report, exc))
     return stream
 
 
@@ -429,8 +453,10 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
         return Outcome('idle')
     try:
         definition = registry.get(run.report)
-    except UnknownReport:
-        mark_failed(run.id, 'report %r no longer exists' % run.report)
+    except (UnknownReport, BrokenReport) as exc:
+        mark_failed(run.id, 'report %r no longer exists' % run.report
+                    if isinstance(exc, UnknownReport)
+                    else 'report %s cannot be used: %s' % (run.report, exc.error))
         return Outcome('failed')
     attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
     if attempt is None:

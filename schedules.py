@@ -16,7 +16,7 @@ import cron
 import runs
 from models import Run, Schedule, db
 from params import InputError, dump_params
-from reports import UnknownReport
+from reports import find_report
 from settings import SettingsError
 
 logger = logging.getLogger('nightshift.schedules')
@@ -67,13 +67,11 @@ def clean(registry, settings, data, current=None):
     if not isinstance(name, str) or not NAME.match(name):
         raise InputError('name', 'use 1-64 lowercase letters, digits, - or _ '
                                  '(starting with a letter or digit)')
-    report = merged.get('report')
-    if not isinstance(report, str) or not report:
-        raise InputError('report', 'give the name of a report', code='required')
     try:
-        definition = registry.get(report)
-    except UnknownReport:
-        raise InputError('report', 'no report named %r' % report)
+        definition = find_report(registry, merged.get('report'))
+    except InputError as exc:
+        # The schedule exists (or is being made); its report field is wrong.
+        raise InputError('report', exc.message, code='invalid')
     typed = definition.parse(merged.get('params'))
     recipients = runs.parse_recipients(merged.get('to'), settings)
     try:
@@ -88,7 +86,7 @@ def clean(registry, settings, data, current=None):
     enabled = merged.get('enabled', True)
     if not isinstance(enabled, bool):
         raise InputError('enabled', 'must be true or false')
-    return {'name': name, 'report': report, 'params': dump_params(typed),
+    return {'name': name, 'report': definition.name, 'params': dump_params(typed),
             'recipients': recipients, 'cron': expression, 'timezone': timezone,
             'enabled': enabled}
 

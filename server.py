@@ -29,12 +29,13 @@ import links
 import runs
 import schedules
 import web
-from export import open_csv
 from models import RUN_STATUSES, Run, Schedule, bind_database, db, utcnow
+from migrations import SchemaBehind
 from openapi import build_spec
 from params import InputError, dump_params
 from queueconf import FailureLog
-from reports import UnknownReport, registry as default_registry
+from reports import find_report
+from sources import ReportSQLError, SourceUnavailable, UnknownSource
 from settings import SettingsError, install_log_redaction, load_settings
 from tasks import Jobs, QueueUnavailable
 
@@ -395,7 +396,8 @@ def find_run(run_id):
     return Run.get_or_none(Run.id == run_id)
 
 
-def create_app(settings, jobs, registry=default_registry):
+def create_app(settings, jobs, registry=None):
+    registry = registry or jobs.registry
     app = Bottle()
     app.install(api_errors)
     app.install(header_bytes)
@@ -434,22 +436,24 @@ def create_app(settings, jobs, registry=default_registry):
                              dict(checks, status='ok' if ok else 'unavailable',
                                   queue_backend=settings.queue))
 
-    spec = build_spec(registry)
-
     @app.get('/api/openapi.json', auth=False)
     def openapi_spec():
-        return json_response(200, spec)
+        # Built per request: report files may be added while the server runs.
+        return json_response(200, build_spec(registry))
 
     @app.get('/api/reports')
     def list_reports():
-        return json_response(200, {'reports': [r.describe() for r in registry]})
+        # A report file with an error is listed with it, so its owner sees
+        # why it is missing; the others work as usual.
+        return json_response(200, {
+            'reports': [r.describe() for r in registry],
+            'broken': [{'name': name, 'file': error.path, 'line': error.line,
+                        'error': error.message}
+                       for name, error in sorted(registry.broken.items())]})
 
     def download_request(name):
         """(report, typed params, output options) from a download's query string."""
-        try:
-            definition = registry.get(name)
-        except UnknownReport:
-            raise InputError('report', 'no report named %r' % name, code='unknown_report')
+        definition = find_report(registry, name)
         raw = query_params(prefix='params.')
         options = {key: flag(raw.pop(key), key) for key in OUTPUT_OPTIONS if key in raw}
         if options.get('escape_formulas') is False and not raw_allowed():
@@ -484,30 +488,44 @@ def create_app(settings, jobs, registry=default_registry):
     @app.get('/reports/<name>.csv')
     def download(name):
         definition, typed, options = download_request(name)
-        query = definition.query(typed)
         held = slots.take()
         download_headers(name)
-        return held.wrap(_stream_csv(query, escape=options.get('escape_formulas',
-                                                                definition.escape_formulas),
+        return held.wrap(_stream_csv(definition, typed,
+                                     escape=options.get('escape_formulas',
+                                                        definition.escape_formulas),
                                      bom=options.get('bom', settings.csv_bom)))
 
-    def _stream_csv(query, escape, bom):
-        # Bottle reads the first chunk before it sends headers, so a database
-        # that is down before anything was written still becomes a clean 503.
+    def _stream_csv(definition, typed, escape, bom):
+        # Bottle reads the first chunk before it sends headers, so a report
+        # that fails before anything was written still becomes a clean JSON
+        # error: the report's own (422) or its source's (503).
         started = False
         try:
-            with open_csv(query, db.obj, escape=escape, bom=bom,
-                          limit=settings.max_rows) as stream, \
+            with runs.open_report(definition, settings, typed, escape, bom) as stream, \
                     contextlib.closing(iter(stream)) as chunks:
                 for chunk in chunks:
                     started = True
                     yield chunk
-        except DB_ERRORS:
-            _forget_connection()
+        except (ReportSQLError, SourceUnavailable, UnknownSource) as exc:
             if started:
                 raise
-            yield error_response(503, 'database_unavailable',
-                                 'the database is not answering; try again shortly')
+            yield report_failure(definition, exc)
+
+    def report_failure(definition, exc):
+        if isinstance(exc, ReportSQLError):
+            logger.warning('report %s (%s) failed on source %s: %s', definition.name,
+                           definition.path or 'python', exc.source, exc.message)
+            return error_response(422, 'report_failed', 'report %s failed on source %s: %s'
+                                  % (definition.name, exc.source, exc.message), 'report')
+        if isinstance(exc, UnknownSource):
+            return error_response(422, 'unknown_source', 'report %s reads source %r, which '
+                                  'is not configured' % (definition.name, str(exc.args[0])),
+                                  'report')
+        logger.warning('source %s unavailable: %s', exc.source, exc.message)
+        res = error_response(503, 'source_unavailable', 'source %s is not answering; try again '
+                             'shortly' % exc.source)
+        res.set_header('Retry-After', '5')
+        return res
 
     @app.post('/api/runs')
     def create_run():
@@ -743,7 +761,10 @@ def main(argv=None):
         jobs = Jobs(settings)
     except SettingsError as exc:
         sys.exit('nightshift: bad settings: %s' % exc)
-    bind_database(settings.database_url)
+    try:
+        bind_database(settings.database_url, auto=settings.auto_migrate)
+    except SchemaBehind as exc:
+        sys.exit('nightshift: %s' % exc)
     app = create_app(settings, jobs)
     try:
         server = create_server(app, **server_options(settings, host, port))

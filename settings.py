@@ -6,6 +6,7 @@ parts that need it. Nothing here runs at import time.
 import configparser
 import logging
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -93,8 +94,26 @@ class Settings:
     catchup_hours: float = 24.0
     max_schedules: int = 200
     max_runs_per_tick: int = 100
+    report_paths: str = 'reports'
+    python_reports: str = ''
+    query_timeout: float = 300.0
+    auto_migrate: bool = True
     # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
     schedules: tuple = field(default=(), repr=False)
+    # The databases reports read: sources.Source(name, url, query_timeout), ...
+    sources: tuple = field(default=(), repr=False)
+
+    @property
+    def report_folders(self):
+        return tuple(p.strip() for p in self.report_paths.split(',') if p.strip())
+
+    def source(self, name):
+        """The named source; sources.UnknownSource if there is none."""
+        for candidate in self.sources:
+            if candidate.name == name:
+                return candidate
+        import sources
+        raise sources.UnknownSource(name)
 
     @property
     def tokens(self):
@@ -107,7 +126,7 @@ class Settings:
     def secrets(self):
         """Every secret value, for scrubbing from logs and errors."""
         values = list(self.tokens) + [self.smtp_password, self.secret_key]
-        for url in (self.database_url, self.redis_url):
+        for url in (self.database_url, self.redis_url) + tuple(s.url for s in self.sources):
             password = url_password(url)
             values.append(password)
         return tuple(v for v in values if v and len(v) >= 4)
@@ -121,7 +140,7 @@ class Settings:
         """Settings as text for logs, with secrets and URL passwords masked."""
         shown = []
         for f in fields(self):
-            if f.name == 'schedules':
+            if f.name in ('schedules', 'sources'):
                 continue
             value = getattr(self, f.name)
             if f.name in SECRET_ENV:
@@ -181,6 +200,13 @@ HELP = {
     'max_schedules': 'Most schedules kept (config.ini and API together); one more is refused.',
     'max_runs_per_tick': 'Most scheduled runs one tick (each minute) creates; the rest wait '
                          'for the next tick, oldest first.',
+    'report_paths': 'Folders of report .sql files, comma-separated (relative to the config '
+                    'file).',
+    'python_reports': 'Modules of Python reports to import, comma-separated (on PYTHONPATH).',
+    'query_timeout': 'Seconds a report\'s query may run on its source before it is stopped '
+                     '(0: no limit); a report may set less.',
+    'auto_migrate': 'Bring Nightshift\'s own tables up to date at start; false: refuse to '
+                    'start until scripts/migrate.py --apply has.',
 }
 SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled')
 
@@ -276,7 +302,8 @@ def load_settings(path=None, environ=None):
     environ = os.environ if environ is None else environ
     path = Path(path or environ.get(ENV_PREFIX + 'CONFIG') or DEFAULT_CONFIG)
     parser = read_config(path)
-    kind_of = {f.name: f.type for f in fields(Settings) if f.name != 'schedules'}
+    kind_of = {f.name: f.type for f in fields(Settings)
+               if f.name not in ('schedules', 'sources')}
 
     values = {}
     if parser.has_section(SECTION):
@@ -288,12 +315,16 @@ def load_settings(path=None, environ=None):
                 raise SettingsError('unknown setting %r in [%s] of %s'
                                     % (key, SECTION, path))
             values[key] = _convert(key, raw, kind_of[key], path.name)
-    schedules = []
+    schedules, source_specs = [], {}
     for section in parser.sections():
         if section.startswith('schedule:'):
             schedules.append(_read_schedule(section, parser.items(section), path))
+        elif section.startswith('source:'):
+            name, spec = _read_source(section, parser.items(section), path)
+            source_specs[name] = spec
         elif section != SECTION:
-            raise SettingsError('unknown section [%s] in %s' % (section, path))
+            raise SettingsError('unknown section [%s] in %s; expected [%s], [schedule:NAME] '
+                                'or [source:NAME]' % (section, path, SECTION))
     values['schedules'] = tuple(schedules)
 
     for name, kind in kind_of.items():
@@ -316,10 +347,69 @@ def load_settings(path=None, environ=None):
         values[key] = str((base / values.get(key, getattr(Settings, key))).resolve())
     values['database_url'] = _resolve_sqlite_url(
         values.get('database_url', Settings.database_url), base)
+    values['report_paths'] = ','.join(
+        str((base / folder.strip()).resolve())
+        for folder in values.get('report_paths', Settings.report_paths).split(',')
+        if folder.strip())
+    values['sources'] = _sources(source_specs, environ, values, base)
 
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+SOURCE_KEYS = ('url', 'query_timeout')
+SOURCE_ENV = re.compile(r'NIGHTSHIFT_SOURCE_([A-Z0-9_]+)_URL\Z')
+
+
+def _read_source(section, items, path):
+    """One [source:<name>] section: its url (secrets belong in the
+    environment: NIGHTSHIFT_SOURCE_<NAME>_URL) and optional query_timeout."""
+    name = section.split(':', 1)[1].strip()
+    where = '[%s] of %s' % (section, path.name)
+    if not re.match(r'[a-z][a-z0-9_]{0,63}\Z', name):
+        raise SettingsError('%s: a source name is lower case letters, digits and _' % where)
+    spec = {}
+    for key, raw in items:
+        if key not in SOURCE_KEYS:
+            raise SettingsError('unknown key %r in %s; expected %s'
+                                % (key, where, ', '.join(SOURCE_KEYS)))
+        spec[key] = raw.strip()
+    if 'url' in spec and url_password(spec['url']):
+        raise SettingsError('url: %s holds a password; give it in the environment as '
+                            'NIGHTSHIFT_SOURCE_%s_URL instead' % (where, name.upper()))
+    if 'query_timeout' in spec:
+        spec['query_timeout'] = _convert('query_timeout', spec['query_timeout'], float, where)
+    return name, spec
+
+
+def _sources(specs, environ, values, base):
+    """The sources from config sections and NIGHTSHIFT_SOURCE_<NAME>_URL;
+    `default` is the state database unless said otherwise."""
+    import sources
+    specs = {name: dict(spec) for name, spec in specs.items()}
+    for key, url in environ.items():
+        found = SOURCE_ENV.match(key)
+        if found and url:
+            specs.setdefault(found.group(1).lower(), {})['url'] = url
+    specs.setdefault('default', {}).setdefault('url', values['database_url'])
+    timeout = values.get('query_timeout', Settings.query_timeout)
+    result = []
+    for name in sorted(specs):
+        spec = specs[name]
+        if not spec.get('url'):
+            raise SettingsError('[source:%s]: no url; give url = ... or '
+                                'NIGHTSHIFT_SOURCE_%s_URL' % (name, name.upper()))
+        url = _resolve_sqlite_url(spec['url'], base)
+        try:
+            sources.engine_of(url)
+        except ValueError as exc:
+            if url == values['database_url']:
+                raise SettingsError('database_url: %s is not a sqlite://, postgres:// or '
+                                    'mysql:// URL' % mask_url(url))
+            raise SettingsError('[source:%s] url: %s' % (name, exc))
+        result.append(sources.Source(name, url, spec.get('query_timeout', timeout)))
+    return tuple(result)
 
 
 def _read_schedule(section, items, path):
@@ -359,9 +449,9 @@ def _resolve_sqlite_url(url, base):
 
 
 def _check(settings):
-    if not settings.database_url.split('://', 1)[0] in (
-            'sqlite', 'postgres', 'postgresql'):
-        raise SettingsError('database_url: %s is not a sqlite:// or postgres:// URL'
+    if not settings.database_url.split('://', 1)[0].split('+', 1)[0] in (
+            'sqlite', 'postgres', 'postgresql', 'mysql', 'mariadb'):
+        raise SettingsError('database_url: %s is not a sqlite://, postgres:// or mysql:// URL'
                             % mask_url(settings.database_url))
     if settings.queue == 'redis' and not settings.redis_url.startswith(
             ('redis://', 'rediss://', 'unix://')):

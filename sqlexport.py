@@ -25,7 +25,7 @@ import datetime
 import decimal
 
 import sources
-from export import CHUNK_BYTES, CsvStream, escape_formula
+from export import _POSTGRES_TRIGGER, CHUNK_BYTES, CsvStream, RowEnds, escape_formula
 from sources import ReportSQLError
 
 ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
@@ -129,10 +129,10 @@ def _pg_column(position, oid, escape):
 
 
 def pg_escape_sql(x):
-    """The formula escape (export.escape_formula) as a PostgreSQL expression."""
-    # \x25 is "%": a literal one would clash with the driver's placeholders.
-    return ("(CASE WHEN %s ~ '^[=+@|\\x25\\t\\r\\n]' OR (%s ~ '^-' AND %s !~ '^-[0-9][0-9.]*$') "
-            "THEN '''' || %s ELSE %s END)" % (x, x, x, x, x))
+    """The formula escape (export.escape_formula) as a PostgreSQL expression:
+    the same pattern the export module builds for COPY."""
+    return ("(CASE WHEN %s ~ %s AND %s !~ '^-[0-9][0-9.]*$' THEN '''' || %s ELSE %s END)"
+            % (x, _POSTGRES_TRIGGER, x, x, x))
 
 
 @contextlib.contextmanager
@@ -160,10 +160,14 @@ class _CopyStream:
             statement += ' LIMIT %d' % self.limit
         buffer = bytearray(b'\xef\xbb\xbf' if self.bom else b'')
         copy_sql = 'COPY (%s) TO STDOUT WITH (FORMAT csv, HEADER true)' % statement
+        ends = RowEnds()
         with self.cursor.copy(copy_sql, self.params) as copy:
             for data in copy:
                 buffer += data
                 if len(buffer) >= CHUNK_BYTES:
+                    # Rows finished so far (the header not counted); exact
+                    # once COPY is done.
+                    self.rows = max(0, ends.count(buffer) - 1)
                     self.bytes += len(buffer)
                     yield bytes(buffer)
                     buffer.clear()

@@ -40,7 +40,7 @@ HEADER_KEYS = {
     'escape_formulas': 'false for a report whose text is meant for programs, not spreadsheets',
     'params': 'the parameters, name: {type: ..., ...}',
 }
-PARAM_KEYS = ('type', 'required', 'default', 'choices', 'min', 'max', 'help')
+PARAM_KEYS = ('type', 'required', 'default', 'choices', 'min', 'max', 'after', 'help')
 RESERVED_PARAMS = ('escape_formulas', 'bom', 'format')
 # What a report's statement may start with: a query, nothing else.
 QUERY_STARTS = {TokenType.SELECT, TokenType.WITH, TokenType.VALUES, TokenType.TABLE,
@@ -74,6 +74,7 @@ class SqlReport(NamedTuple):
     params: tuple
     sql: str
     placeholders: tuple
+    sql_line: int = 1  # where the query starts in the file
 
 
 def read_report_file(path):
@@ -96,6 +97,11 @@ def read_report_file(path):
     shifted = tuple(Placeholder(p.name, p.start - body_offset, p.end - body_offset)
                     for p in placeholders)
     declared = {p.name for p in params}
+    for param in params:
+        if param.after is not None and param.after not in declared:
+            raise ReportFileError(path, header_line + _key_line(header, param.name),
+                                  'parameter %r: after: %r is not a parameter'
+                                  % (param.name, param.after))
     for placeholder in placeholders:
         if placeholder.name not in declared:
             raise ReportFileError(path, _line_of(text, placeholder.start),
@@ -111,7 +117,21 @@ def read_report_file(path):
         name=name, path=path, title=meta['title'], description=meta.get('description', ''),
         source=meta.get('source', 'default'), timeout=meta.get('timeout'),
         escape_formulas=meta.get('escape_formulas', True), params=params, sql=sql,
-        placeholders=shifted)
+        placeholders=shifted, sql_line=_line_of(text, body_offset + len(sql) - len(sql.lstrip())))
+
+
+def query_report(name, sql, params, where):
+    """A report's query given as text by Python code, checked by the same
+    rules as a file's (one query, every placeholder declared)."""
+    placeholders = _read_query(where, sql, 0)
+    declared = {p.name for p in params}
+    for placeholder in placeholders:
+        if placeholder.name not in declared:
+            raise ReportFileError(where, _line_of(sql, placeholder.start),
+                                  ':%s is not a declared parameter' % placeholder.name)
+    return SqlReport(name=name, path=where, title=name, description='', source='default',
+                     timeout=None, escape_formulas=True, params=tuple(params), sql=sql,
+                     placeholders=placeholders)
 
 
 def _line_of(text, offset):
@@ -233,9 +253,16 @@ def _read_param(path, header, first_line, name, spec):
     if spec.get('required') and 'default' in bounds:
         raise ReportFileError(path, line, 'parameter %r: required, so a default is never '
                               'used; drop one of them' % name)
-    return Param(name, kind, required=spec.get('required', False),
-                 default=bounds.get('default'), choices=choices, min=bounds.get('min'),
-                 max=bounds.get('max'), help=' '.join(spec.get('help', '').split()))
+    after = spec.get('after')
+    if after is not None and (kind not in ('int', 'decimal', 'date', 'datetime')
+                              or not isinstance(after, str)):
+        raise ReportFileError(path, line, 'parameter %r: after names another parameter this '
+                              'one must be greater than (numbers and dates)' % name)
+    param = Param(name, kind, required=spec.get('required', False),
+                  default=bounds.get('default'), choices=choices, min=bounds.get('min'),
+                  max=bounds.get('max'), help=' '.join(spec.get('help', '').split()))
+    param.after = after
+    return param
 
 
 def _read_query(path, text, offset):

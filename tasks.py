@@ -20,7 +20,7 @@ from filestore import create_file_store
 from mail import create_mailer
 from models import Run, bind_database, utcnow
 from queueconf import redis_options
-from reports import registry as default_registry
+from reports import create_catalogue
 from settings import install_log_redaction
 
 logger = logging.getLogger('nightshift.tasks')
@@ -94,9 +94,9 @@ def create_huey(settings):
 class Jobs:
     """The Huey instance with Nightshift's tasks registered on it."""
 
-    def __init__(self, settings, registry=default_registry, mailer=None, store=None):
+    def __init__(self, settings, registry=None, mailer=None, store=None):
         self.settings = settings
-        self.registry = registry
+        self.registry = registry = registry or create_catalogue(settings)
         self.mailer = mailer or create_mailer(settings)
         self.store = store or create_file_store(settings)
         self.declared_schedules = schedules.declared_schedules(registry, settings)
@@ -108,7 +108,7 @@ class Jobs:
         @huey.on_startup()
         def start_worker():
             install_log_redaction(settings)
-            bind_database(settings.database_url)
+            bind_database(settings.database_url, auto=settings.auto_migrate)
             self.startup()
 
         # Retries are decided in execute() from the run's own attempt count,

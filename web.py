@@ -20,7 +20,7 @@ import runs
 import schedules
 from mail import human_size
 from models import Run, Schedule, db, utcnow
-from reports import UnknownReport
+from reports import BrokenReport, UnknownReport
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VIEWS = os.path.join(HERE, 'views')
@@ -148,7 +148,7 @@ def install_pages(app, settings, jobs, registry):
     def chart_fragment(name):
         try:
             report = registry.get(name)
-        except UnknownReport:
+        except (UnknownReport, BrokenReport):
             return HTTPResponse(json.dumps({'error': 'not_found', 'field': 'report',
                                             'message': 'no report named %r' % name}),
                                 status=404, headers={'Content-Type': 'application/json'})

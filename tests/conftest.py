@@ -81,13 +81,30 @@ def database_url(request, tmp_path):
     return request.getfixturevalue('postgres_url')
 
 
+REPORTS_DIR = os.path.join(ROOT, 'reports')
+# Processes the tests start (consumers, the web server, scripts) read the
+# repository's report files whatever config file they are given.
+os.environ.setdefault('NIGHTSHIFT_REPORT_PATHS', REPORTS_DIR)
+
+
 @pytest.fixture
 def database(database_url):
+    """Nightshift's state tables in a throwaway database, with the demo shop
+    in the same database (the tests' `demo` source is this database)."""
+    import demo
     database = models.bind_database(database_url)
+    demo.open_shop(database)
     yield database
     models.bind_database(database_url, create=False)  # a test may have rebound it
-    database.drop_tables(models.ALL_MODELS, safe=True)
+    database.drop_tables(demo.DEMO_MODELS + models.ALL_MODELS, safe=True)
+    database.execute_sql('DROP TABLE IF EXISTS nightshift_schema')
     database.close()
+
+
+def demo_catalogue():
+    """The repository's own reports (reports/*.sql), as a deployment has them."""
+    from reports import Catalogue
+    return Catalogue([REPORTS_DIR])
 
 
 # --- SMTP (loopback.SmtpSink) ------------------------------------------------
@@ -107,12 +124,17 @@ def make_settings(tmp_path):
     """Build Settings from a config file in tmp_path plus an env dict."""
     def make(env=None, **values):
         values.setdefault('reports_dir', str(tmp_path / 'reports'))
+        values.setdefault('report_paths', REPORTS_DIR)
         values.setdefault('outbox_dir', str(tmp_path / 'outbox'))
         values.setdefault('queue_path', str(tmp_path / 'queue.db'))
         lines = ['[nightshift]'] + ['%s = %s' % item for item in values.items()]
         path = tmp_path / ('config-%s.ini' % uuid.uuid4().hex[:6])
         path.write_text('\n'.join(lines) + '\n')
-        return load_settings(path, environ=dict(env or {}))
+        env = dict(env or {})
+        if 'DATABASE_URL' in env:
+            # The demo shop lives in the test's own database.
+            env.setdefault('NIGHTSHIFT_SOURCE_DEMO_URL', env['DATABASE_URL'])
+        return load_settings(path, environ=env)
     return make
 
 
@@ -125,6 +147,7 @@ def settings(make_settings, database, database_url, redis_url, smtp_sink):
         'SMTP_PORT': str(smtp_sink.port),
         'NIGHTSHIFT_SMTP_SECURITY': 'none',
         'MAIL_FROM': 'reports@nightshift.test',
+        'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
     }, retry_delay=0)
 
 
@@ -146,9 +169,10 @@ def app(settings, jobs):
 @pytest.fixture
 def consumer_env(settings, database_url, redis_url, smtp_sink, tmp_path):
     config = tmp_path / 'consumer.ini'
-    config.write_text('[nightshift]\nreports_dir = %s\nretry_delay = 0\n'
-                      % settings.reports_dir)
+    config.write_text('[nightshift]\nreports_dir = %s\nreport_paths = %s\nretry_delay = 0\n'
+                      % (settings.reports_dir, REPORTS_DIR))
     return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
+            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
             'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
             'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
             'MAIL_FROM': 'reports@nightshift.test'}

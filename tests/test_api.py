@@ -8,7 +8,8 @@ import webtest
 
 import demo
 from conftest import attachment, run_queued
-from models import Customer, Order, Run
+from demo import Customer, Order
+from models import Run
 from server import create_app
 
 
@@ -17,7 +18,7 @@ def order_rows(status=None):
     query = Order.select(Order, Customer).join(Customer).order_by(Order.id)
     if status:
         query = query.where(Order.status == status)
-    return [[str(o.id), str(o.created_at), o.customer.name, o.customer.email or '',
+    return [[str(o.id), o.created_at.strftime('%Y-%m-%dT%H:%M:%S.%f'), o.customer.name, o.customer.email or '',
              o.status, '%.2f' % o.amount] for o in query]
 
 
@@ -299,8 +300,8 @@ def test_database_down_is_503_everywhere(app, shop):
     res = app.post_json('/api/runs', {'report': 'orders', 'to': ['a@example.org']},
                         expect_errors=True)
     assert (res.status_int, res.json['error']) == (503, 'database_unavailable')
-    res = app.get('/reports/orders.csv', expect_errors=True)
-    assert (res.status_int, res.json['error']) == (503, 'database_unavailable')
+    # A download reads its source, not Nightshift's own database.
+    assert app.get('/reports/orders.csv').status_int == 200
     assert app.get('/api/runs', expect_errors=True).status_int == 503
     page = app.get('/', expect_errors=True)  # a person reads this one
     assert (page.status_int, page.content_type) == (503, 'text/html')
@@ -308,3 +309,35 @@ def test_database_down_is_503_everywhere(app, shop):
     health = app.get('/healthz', expect_errors=True)
     assert health.status_int == 503 and health.json['database'].startswith('down')
     assert health.json['queue'] == 'ok'
+
+
+def test_a_source_that_does_not_answer_is_503_naming_it(make_settings, database_url,
+                                                       redis_url, smtp_sink, database):
+    from conftest import free_port
+    from tasks import Jobs
+    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
+                              'NIGHTSHIFT_SOURCE_DEMO_URL':
+                                  'postgresql://postgres@127.0.0.1:%d/gone' % free_port()})
+    app = webtest.TestApp(create_app(settings, Jobs(settings)))
+    res = app.get('/reports/orders.csv', expect_errors=True)
+    assert (res.status_int, res.json['error']) == (503, 'source_unavailable')
+    assert 'source demo is not answering' in res.json['message']
+    assert res.headers['Retry-After'] == '5'
+
+
+def test_a_reports_sql_error_is_that_reports_error_not_an_outage(make_settings, database_url,
+                                                                redis_url, database, tmp_path,
+                                                                caplog):
+    from tasks import Jobs
+    (tmp_path / 'sql').mkdir()
+    (tmp_path / 'sql' / 'lost.sql').write_text(
+        '/*\ntitle: Lost\nsource: demo\n*/\nSELECT * FROM no_such_table\n')
+    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url},
+                             report_paths=str(tmp_path / 'sql'))
+    app = webtest.TestApp(create_app(settings, Jobs(settings)))
+    res = app.get('/reports/lost.csv', expect_errors=True)
+    assert (res.status_int, res.json['error'], res.json['field']) == (422, 'report_failed',
+                                                                      'report')
+    assert 'report lost failed on source demo' in res.json['message']
+    assert 'no_such_table' in res.json['message']
+    assert any('lost.sql' in r.getMessage() for r in caplog.records)

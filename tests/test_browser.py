@@ -18,7 +18,8 @@ import pytest
 import demo
 import schedules
 from conftest import ROOT, attachment, free_port, missing, wait_until
-from models import Customer, Order, Run, Schedule, utcnow
+from demo import Customer, Order
+from models import Run, Schedule, utcnow
 from test_e2e import _get_json, spawn, stop
 
 pytestmark = pytest.mark.slow
@@ -130,7 +131,7 @@ def orders_csv(status=None, since=None):
     if since:
         query = query.where(Order.created_at >= since)
     return [['id', 'created_at', 'customer_name', 'customer_email', 'status', 'amount']] + [
-        [str(o.id), str(o.created_at), o.customer.name, o.customer.email or '', o.status,
+        [str(o.id), o.created_at.strftime('%Y-%m-%dT%H:%M:%S.%f'), o.customer.name, o.customer.email or '', o.status,
          '%.2f' % o.amount] for o in query]
 
 
@@ -440,7 +441,8 @@ def test_main_command_page_with_the_outbox(browser, tmp_path):
     config = tmp_path / 'config.ini'
     config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
                       'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
-                      'outbox_dir = data/outbox\nreports_dir = data/reports\n')
+                      'outbox_dir = data/outbox\nreports_dir = data/reports\n'
+                      '[source:demo]\nurl = sqlite:///data/demo.db\n')
     env = {'NIGHTSHIFT_CONFIG': str(config)}
     for name in ('REDIS_URL', 'DATABASE_URL', 'SMTP_HOST', 'PORT', 'NIGHTSHIFT_API_TOKEN'):
         env[name] = ''

@@ -18,6 +18,7 @@ def cli_env(settings, database_url, redis_url, smtp_sink, tmp_path):
     config = tmp_path / 'cli.ini'
     config.write_text('[nightshift]\nreports_dir = %s\n' % settings.reports_dir)
     return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
+            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
             'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
             'NIGHTSHIFT_SMTP_SECURITY': 'none'}
 

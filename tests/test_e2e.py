@@ -11,7 +11,7 @@ import pytest
 
 import demo
 from conftest import ROOT, attachment, free_port, wait_until
-from models import Customer, Order
+from demo import Customer, Order
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,8 @@ def test_main_command_serves_web_and_worker_on_embedded_defaults(tmp_path):
     config = tmp_path / 'config.ini'
     config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
                       'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
-                      'outbox_dir = data/outbox\nreports_dir = data/reports\n')
+                      'outbox_dir = data/outbox\nreports_dir = data/reports\n'
+                      '[source:demo]\nurl = sqlite:///data/demo.db\n')
     env = {'NIGHTSHIFT_CONFIG': str(config)}
     for name in ('REDIS_URL', 'DATABASE_URL', 'SMTP_HOST', 'PORT'):
         env[name] = ''

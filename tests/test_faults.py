@@ -24,6 +24,7 @@ def fault_env(settings, database_url, redis_url, smtp_sink, tmp_path):
         'retry_delay = 0.3', 'retry_max_delay = 2', 'max_attempts = 20',
         'stale_after = 2', 'progress_every = 0.1', '']))
     return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
+            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
             'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
             'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
             'MAIL_FROM': 'reports@nightshift.test'}

@@ -12,8 +12,11 @@ import pytest
 import demo
 import runs
 from conftest import attachment, run_queued
-from models import Delivery, Order, Run, db, db_now, utcnow
-from reports import registry
+from demo import Order
+from models import Delivery, Run, db, db_now, utcnow
+from conftest import demo_catalogue
+
+registry = demo_catalogue()
 
 THREE = ['a@example.org', 'b@example.org', 'c@example.org']
 
@@ -238,7 +241,7 @@ def test_a_failed_run_leaves_no_work_files(make_settings, database_url, redis_ur
                                            database):
     from peewee import SQL
 
-    from models import Customer
+    from demo import Customer
     from reports import Registry
     from tasks import Jobs
     broken = Registry()

@@ -21,9 +21,12 @@ from conftest import ROOT, free_port, run_queued, wait_until
 from cron import check_timezone, next_slot, slots_between
 from loopback import call
 from mail import check_address, compose
-from models import Customer, Order, Run, Schedule
-from reports import registry
+from demo import Customer, Order
+from models import Run, Schedule
+from conftest import REPORTS_DIR, demo_catalogue
 from settings import SettingsError, load_settings
+
+registry = demo_catalogue()
 
 # --- addresses (issue item 15) ----------------------------------------------
 
@@ -105,6 +108,7 @@ def cli_env(settings, database_url, redis_url, tmp_path):
     config = tmp_path / 'cli.ini'
     config.write_text('[nightshift]\nreports_dir = %s\n' % settings.reports_dir)
     return dict(os.environ, NIGHTSHIFT_CONFIG=str(config), DATABASE_URL=database_url,
+                NIGHTSHIFT_SOURCE_DEMO_URL=database_url,
                 REDIS_URL=redis_url)
 
 
@@ -228,7 +232,7 @@ def test_one_schedule_over_max_schedules_is_refused(limited):
     assert (res.status_int, res.json['error'], res.json['field']) == (409, 'conflict', 'name')
     assert 'max_schedules = 3' in res.json['message']
     assert Schedule.select().count() == 3
-    app.delete('/api/schedules/s0')
+    app.delete('/api/schedules/s0', content_type='application/json')
     assert app.post_json('/api/schedules', hourly('s3')).status_int == 201
 
 
@@ -238,8 +242,9 @@ def test_config_declaring_more_than_max_schedules_stops_start_up(make_settings, 
                        'cron = @daily\n\n' % i for i in range(3))
     config = tmp_path / 'many.ini'
     for limit in (3, 2):
-        config.write_text('[nightshift]\nmax_schedules = %d\nqueue_path = %s\n\n%s'
-                          % (limit, tmp_path / 'q.db', sections))
+        config.write_text('[nightshift]\nmax_schedules = %d\nqueue_path = %s\n'
+                          'report_paths = %s\n\n%s'
+                          % (limit, tmp_path / 'q.db', REPORTS_DIR, sections))
         if limit == 3:
             assert len(Jobs(load_settings(config, environ={})).declared_schedules) == 3
             continue
@@ -364,6 +369,7 @@ def tls_redis(tmp_path_factory):
 
 def tls_env(database_url, tls_redis, smtp_sink, **more):
     return dict({'DATABASE_URL': database_url, 'REDIS_URL': tls_redis,
+                 'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
                  'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
                  'NIGHTSHIFT_SMTP_SECURITY': 'none'}, **more)
 

@@ -10,7 +10,9 @@ import runs
 from conftest import attachment, run_queued
 from mail import MailError, SmtpMailer, check_address
 from models import Run
-from reports import registry
+from conftest import demo_catalogue
+
+registry = demo_catalogue()
 
 
 @pytest.fixture

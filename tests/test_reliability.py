@@ -13,8 +13,11 @@ import demo
 import runs
 from conftest import attachment, run_queued
 from models import Delivery, Run, db, utcnow
-from reports import Registry, registry
+from reports import Registry
+from conftest import demo_catalogue
 from server import create_app
+
+registry = demo_catalogue()
 
 
 @pytest.fixture
@@ -28,13 +31,13 @@ def queued_run(jobs, settings, report='orders', to=('a@example.org',)):
     return run.id
 
 
-def jobs_with(make_settings, database_url, redis_url, smtp_sink, **values):
+def jobs_with(make_settings, database_url, redis_url, smtp_sink, env=None, **values):
     from tasks import Jobs
     values.setdefault('retry_delay', 0)
-    settings = make_settings({
+    settings = make_settings(dict({
         'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
         'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-        'MAIL_FROM': 'reports@nightshift.test'}, **values)
+        'MAIL_FROM': 'reports@nightshift.test'}, **(env or {})), **values)
     return Jobs(settings)
 
 
@@ -134,34 +137,61 @@ def test_permanent_failure_emails_the_operator(make_settings, database_url, redi
     assert 'Run #%d' % run_id in body and '550 5.1.1 no such user' in body
 
 
-def test_database_errors_in_a_task_are_retried(make_settings, database_url, redis_url,
-                                               smtp_sink, database):
-    """A real database error (a table that is not there yet), then success."""
+def test_a_report_over_a_missing_table_fails_at_once_with_the_databases_words(
+        make_settings, database_url, redis_url, smtp_sink, database, caplog):
+    """The report's own fault, not an outage: no retries, the database's
+    message on the run and in the log."""
     from tasks import Jobs
     late = Registry()
 
     @late.report('late', 'Late table')
     def late_report():
-        from peewee import SQL
-        from models import Customer
-        return Customer.select(SQL('*')).from_(SQL('late_table'))
+        return 'SELECT * FROM late_table'
 
     jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink)
     jobs = Jobs(jobs.settings, registry=late)
     run = runs.create_run(late, jobs.settings, 'late', {}, ['a@example.org'])
     jobs.enqueue_run(run)
-    run_queued(jobs, limit=1)
+    run_queued(jobs)
     failed = Run.get_by_id(run.id)
-    assert failed.status == 'queued' and 'late_table' in failed.error
-    db.execute_sql('CREATE TABLE late_table (n INTEGER)')
-    db.execute_sql('INSERT INTO late_table VALUES (7)')
-    try:
-        run_queued(jobs, limit=1)
-        done = Run.get_by_id(run.id)
-        assert (done.status, done.attempts, done.rows) == ('delivered', 2, 1)
-        assert attachment(smtp_sink.messages[0]['message'])[1] == b'\xef\xbb\xbfn\n7\n'
-    finally:
-        db.execute_sql('DROP TABLE late_table')
+    assert (failed.status, failed.attempts) == ('failed', 1)
+    assert 'late_table' in failed.error and 'report late failed on source default' in \
+        failed.error
+    assert jobs.huey.pending_count() == 0 and jobs.huey.scheduled_count() == 0
+    assert any('late_table' in r.getMessage() and r.name == 'nightshift.runs'
+               for r in caplog.records)
+    assert smtp_sink.messages == []
+
+
+def test_a_source_that_does_not_answer_is_retried(make_settings, database_url, redis_url,
+                                                  smtp_sink, database, tmp_path):
+    """The source's fault is temporary: the run waits and goes when it answers."""
+    import sqlite3
+    path = tmp_path / 'later.db'
+    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink,
+                     env={'NIGHTSHIFT_SOURCE_LATER_URL': 'sqlite:///%s' % path})
+    later = Registry()
+
+    @later.report('later', 'Later', source='later')
+    def later_report():
+        return 'SELECT n FROM t'
+
+    from tasks import Jobs
+    jobs = Jobs(jobs.settings, registry=later)
+    run = runs.create_run(later, jobs.settings, 'later', {}, ['a@example.org'])
+    jobs.enqueue_run(run)
+    run_queued(jobs, limit=1)
+    waiting = Run.get_by_id(run.id)
+    assert waiting.status == 'queued' and 'SourceUnavailable' in waiting.error
+    conn = sqlite3.connect(str(path))
+    conn.execute('CREATE TABLE t (n INTEGER)')
+    conn.execute('INSERT INTO t VALUES (7)')
+    conn.commit()
+    conn.close()
+    run_queued(jobs, limit=1)
+    done = Run.get_by_id(run.id)
+    assert (done.status, done.attempts, done.rows) == ('delivered', 2, 1)
+    assert attachment(smtp_sink.messages[0]['message'])[1] == b'\xef\xbb\xbfn\n7\n'
 
 
 def test_a_recipient_in_sending_state_gets_it_again_with_the_same_message_id(

@@ -8,8 +8,10 @@ import demo
 import schedules
 from conftest import attachment, run_queued
 from models import Run, Schedule
-from reports import registry
+from conftest import demo_catalogue
 from settings import SettingsError
+
+registry = demo_catalogue()
 
 NIGHTLY = {'name': 'nightly-orders', 'report': 'orders', 'params': {'status': 'paid'},
            'to': ['boss@example.org'], 'cron': '0 2 * * *', 'timezone': 'Europe/Lisbon'}
@@ -151,12 +153,14 @@ def config_jobs(make_settings, database, database_url, redis_url, smtp_sink, tmp
             'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'}, **values)
         path = tmp_path / 'with-schedules.ini'
         lines = ['[nightshift]'] + ['%s = %s' % (k, getattr(settings, k))
-                                   for k in ('reports_dir', 'queue_path', 'outbox_dir')]
+                                   for k in ('reports_dir', 'queue_path', 'outbox_dir',
+                                             'report_paths')]
         path.write_text('\n'.join(lines) + '\n' + extra)
         from settings import load_settings
         settings = load_settings(path, environ={
             'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'})
+            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
+            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url})
         jobs = Jobs(settings)
         jobs.startup()
         return jobs

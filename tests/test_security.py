@@ -11,7 +11,8 @@ import webtest
 import demo
 import runs
 from conftest import ROOT, attachment, free_port, run_queued
-from models import Customer, Order, Run
+from demo import Customer, Order
+from models import Run
 from reports import Registry
 from server import check_exposure, create_app, is_loopback
 from settings import SettingsError

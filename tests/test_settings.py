@@ -50,7 +50,7 @@ def test_platform_services_pick_the_parts(tmp_path):
     ('[nightshift]\nqueue = redis\n', {}, ['redis_url']),
     ('[nightshift]\nmail_backend = smtp\n', {}, ['smtp_host']),
     ('[nightshift]\n', {'SMTP_HOST': 'h', 'SMTP_USER': 'u'}, ['smtp_password']),
-    ('[nightshift]\ndatabase_url = mysql://x/y\n', {}, ['database_url']),
+    ('[nightshift]\ndatabase_url = oracle://x/y\n', {}, ['database_url']),
     ('[other]\nx = 1\n', {}, ['unknown section [other]']),
     ('[nightshift\n', {}, ['config file']),
 ])

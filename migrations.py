@@ -1,0 +1,201 @@
+"""Nightshift's own schema, in explicit, numbered steps.
+
+The state database may be one the team already uses for other things, so a
+step only ever creates or changes tables named nightshift_*; every other
+table is read at most (to carry over what an earlier release kept), never
+created, altered or written. `nightshift_schema` records each step applied,
+and each step is logged as it runs.
+
+    python scripts/migrate.py            # say where the schema is
+    python scripts/migrate.py --apply    # apply what is missing
+
+Web and worker apply missing steps at start (one process at a time, under a
+lock) unless `auto_migrate = false`, in which case they refuse to start on a
+schema that is behind and say which command brings it up to date.
+"""
+import datetime
+import logging
+
+from peewee import MySQLDatabase, PostgresqlDatabase, SqliteDatabase
+
+logger = logging.getLogger('nightshift.migrations')
+
+SCHEMA_TABLE = 'nightshift_schema'
+
+
+def _quote(database, name):
+    opening, closing = database.quote[0], database.quote[-1]
+    return '%s%s%s' % (opening, name.replace(closing, closing * 2), closing)
+
+
+class SchemaBehind(Exception):
+    """The database's schema is older than this release and may not be
+    changed without being told to."""
+
+
+def _models():
+    from models import ALL_MODELS
+    return ALL_MODELS
+
+
+def create_tables(database):
+    database.create_tables(_models(), safe=True)
+
+
+# The tables a release before the nightshift_ prefix kept, by the columns that
+# make them recognisably its own. A table of the same name with any other
+# column is the team's own and is left alone.
+LEGACY = (
+    ('run', 'Run', {'id', 'report', 'params', 'recipients', 'status', 'attempts', 'trigger',
+                    'created_at'}),
+    ('delivery', 'Delivery', {'id', 'run_id', 'address', 'status'}),
+    ('schedule', 'Schedule', {'id', 'name', 'report', 'cron', 'timezone', 'checked_through'}),
+    ('reportfilechunk', 'ReportFileChunk', {'key', 'seq', 'data'}),
+    ('appsecret', 'AppSecret', {'name', 'value'}),
+)
+
+
+def carry_over_legacy(database):
+    """Copy the run history, deliveries, schedules, kept files and link
+    secret of a release that named its tables run, delivery, ... into the
+    nightshift_* tables. The old tables are left as they were."""
+    import models
+    carried = []
+    skipped_runs = False
+    for table, model_name, signature in LEGACY:
+        model = getattr(models, model_name)
+        if not database.table_exists(table):
+            continue
+        present = {c.name for c in database.get_columns(table)}
+        ours = {f.column_name for f in model._meta.sorted_fields}
+        if not signature <= present or not present <= ours:
+            logger.warning('schema: table %r is not one Nightshift made (columns %s); left '
+                           'alone', table, ', '.join(sorted(present - ours) or present))
+            skipped_runs |= table == 'run'
+            continue
+        if table == 'delivery' and skipped_runs:
+            continue
+        if model.select().exists():
+            continue  # carried over already
+        count = _copy_rows(database, table, model, present)
+        carried.append('%s: %d' % (table, count))
+    if carried:
+        logger.warning('schema: carried over from the previous release (%s); the old tables '
+                       'are left as they were and can be dropped once you are satisfied',
+                       ', '.join(carried))
+
+
+def _copy_rows(database, table, model, present):
+    fields = model._meta.sorted_fields
+    columns, values, params = [], [], []
+    for field in fields:
+        columns.append(_quote(database, field.column_name))
+        if field.column_name in present:
+            values.append(_quote(database, field.column_name))
+        else:
+            default = field.default() if callable(field.default) else field.default
+            values.append(database.param)
+            params.append(field.db_value(default))
+    database.execute_sql('INSERT INTO %s (%s) SELECT %s FROM %s' % (
+        _quote(database, model._meta.table_name), ', '.join(columns), ', '.join(values),
+        _quote(database, table)), params)
+    if isinstance(database, PostgresqlDatabase) and model._meta.primary_key.name == 'id':
+        # Ids were copied: the sequence goes on after the last one.
+        database.execute_sql(
+            "SELECT setval(pg_get_serial_sequence(%s, 'id'), "
+            "COALESCE((SELECT MAX(id) FROM {0}), 0) + 1, false)".format(
+                _quote(database, model._meta.table_name)), (model._meta.table_name,))
+    return model.select().count()
+
+
+# (version, what it does, the step). Append only: a released step never changes.
+MIGRATIONS = (
+    (1, "create Nightshift's tables (nightshift_*)", create_tables),
+    (2, 'carry over the run history, schedules and files of the previous release',
+     carry_over_legacy),
+)
+LATEST = MIGRATIONS[-1][0]
+
+
+def _ensure_schema_table(database):
+    database.execute_sql(
+        'CREATE TABLE IF NOT EXISTS %s (version INTEGER NOT NULL PRIMARY KEY, '
+        'name VARCHAR(255) NOT NULL, applied_at VARCHAR(32) NOT NULL)'
+        % _quote(database, SCHEMA_TABLE))
+
+
+def applied_versions(database):
+    if not database.table_exists(SCHEMA_TABLE):
+        return set()
+    return {row[0] for row in database.execute_sql(
+        'SELECT version FROM %s' % _quote(database, SCHEMA_TABLE))}
+
+
+def pending(database):
+    done = applied_versions(database)
+    return [m for m in MIGRATIONS if m[0] not in done]
+
+
+def migrate(database, auto=True):
+    """Apply the steps this database has not had, each logged, one process
+    at a time. With auto=False a database that has Nightshift tables but is
+    behind raises SchemaBehind; a database with none of them is set up."""
+    todo = pending(database)
+    if not todo:
+        return []
+    fresh = not applied_versions(database) and not any(
+        database.table_exists(m._meta.table_name) for m in _models())
+    if not auto and not fresh:
+        raise SchemaBehind(
+            'the database schema is at version %d, this release needs %d (%s). Back it up, '
+            'then run: python scripts/migrate.py --apply'
+            % (max(applied_versions(database) or {0}), LATEST,
+               '; '.join('%d: %s' % (v, name) for v, name, _ in todo)))
+    with _lock(database):
+        _ensure_schema_table(database)
+        applied = []
+        for version, name, step in todo:
+            with _transaction(database):
+                if version in applied_versions(database):
+                    continue  # another process applied it meanwhile
+                logger.warning('schema: applying step %d: %s', version, name)
+                step(database)
+                database.execute_sql(
+                    'INSERT INTO %s (version, name, applied_at) VALUES (%s, %s, %s)'
+                    % (_quote(database, SCHEMA_TABLE), database.param, database.param,
+                       database.param),
+                    (version, name, datetime.datetime.now(datetime.timezone.utc)
+                     .strftime('%Y-%m-%dT%H:%M:%SZ')))
+            applied.append(version)
+        if applied:
+            logger.warning('schema: now at version %d', LATEST)
+        return applied
+
+
+def _transaction(database):
+    if isinstance(database, SqliteDatabase):
+        # Taken before reading: two processes cannot both see a step missing.
+        return database.atomic(lock_type='IMMEDIATE')
+    return database.atomic()
+
+
+class _lock:
+    """Two processes starting together take turns at migrating."""
+
+    def __init__(self, database):
+        self.database = database
+
+    def __enter__(self):
+        db = self.database
+        if isinstance(db, PostgresqlDatabase):
+            db.execute_sql('SELECT pg_advisory_lock(%s)', (0x6e73686d69677261,))
+        elif isinstance(db, MySQLDatabase):
+            db.execute_sql("SELECT GET_LOCK('nightshift_migrate', 120)")
+        return self
+
+    def __exit__(self, *exc):
+        db = self.database
+        if isinstance(db, PostgresqlDatabase):
+            db.execute_sql('SELECT pg_advisory_unlock(%s)', (0x6e73686d69677261,))
+        elif isinstance(db, MySQLDatabase):
+            db.execute_sql("SELECT RELEASE_LOCK('nightshift_migrate')")
