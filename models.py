@@ -180,7 +180,7 @@ class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):
 class ReconnectingMySQLDatabase(ReconnectMixin, MySQLDatabase):
     """The same for MySQL/MariaDB (server gone away, lost connection).
     Microsecond timestamps and blobs large enough for a 1 MB file chunk."""
-    field_types = {'DATETIME': 'DATETIME(6)', 'BLOB': 'LONGBLOB'}
+    field_types = dict(MySQLDatabase.field_types, DATETIME='DATETIME(6)', BLOB='LONGBLOB')
 
 
 STATE_SCHEMES = ('sqlite', 'postgres', 'postgresql', 'mysql', 'mariadb')
@@ -197,10 +197,20 @@ def open_database(url):
     if scheme in ('postgres', 'postgresql'):
         return ReconnectingPostgresqlDatabase(**parse(url))
     if scheme in ('mysql', 'mariadb'):
+        from pymysql.constants import CLIENT
         options = parse(url.replace('mariadb://', 'mysql://', 1))
         options.setdefault('charset', 'utf8mb4')
+        # Every compare-and-set here reads the row count: it must count the
+        # rows matched, not only those whose values changed (MySQL's default).
+        options['client_flag'] = options.get('client_flag', 0) | CLIENT.FOUND_ROWS
         return ReconnectingMySQLDatabase(**options)
     return connect(url)
+
+
+def mask_database_url(url):
+    """The URL without its password, for messages."""
+    from settings import mask_url
+    return mask_url(url)
 
 
 def db_now(database=None):

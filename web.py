@@ -123,7 +123,7 @@ def install_pages(app, settings, jobs, registry):
         now = utcnow()
         reports = list(registry)
         try:
-            return page('index', reports=reports,
+            return page('index', reports=reports, broken=sorted(registry.broken.items()),
                         charts={r.name: chart_for(r) for r in reports},
                         runs=recent_runs(), schedules=schedule_rows(now), now=now,
                         timezones=timezone_names(), default_timezone=settings.timezone,

@@ -125,8 +125,10 @@ def drill(args, workdir):
     with open(config, 'w') as out:
         out.write('[nightshift]\nreports_dir = reports\nretry_delay = 0.5\n'
                   'retry_max_delay = 3\nmax_attempts = 30\nstale_after = 3\n'
-                  'progress_every = 0.2\nrequeue_after = 20\nsmtp_timeout = 2\n')
+                  'progress_every = 0.2\nrequeue_after = 20\nsmtp_timeout = 2\n'
+                  'report_paths = %s\n' % os.path.join(ROOT, 'reports'))
     env = {'NIGHTSHIFT_CONFIG': config, 'DATABASE_URL': database_url,
+           'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
            'REDIS_URL': redis.url, 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port),
            'NIGHTSHIFT_SMTP_SECURITY': 'none', 'MAIL_FROM': 'drill@nightshift.test'}
     system = System(workdir, env)

@@ -149,3 +149,90 @@ def test_two_consumers_and_a_restart_send_each_slot_once(app, consumer_env, smtp
     assert len(smtp_sink.messages) == len(delivered)
     ids = [m['message']['Message-ID'] for m in smtp_sink.messages]
     assert len(ids) == len(set(ids))
+
+
+SALES = '''/*
+title: Sales by day
+description: One row per day with its total, from the team's own database.
+source: team
+params:
+  since: {type: date, required: true, help: First day included.}
+*/
+SELECT day, total, note FROM sales WHERE day >= :since ORDER BY day
+'''
+TYPO = '''/*
+title: Broken
+params:
+  since: {type: dat}
+*/
+SELECT * FROM sales WHERE day >= :since
+'''
+
+
+def test_a_report_file_added_while_running_is_served_and_a_broken_one_listed(tmp_path):
+    """The team's own SQLite database as a source, their SQL file dropped into
+    the report folder while web and worker run: listed, downloaded, emailed;
+    a broken file beside it is listed with its error and cannot run."""
+    import email
+    import email.policy
+    import sqlite3
+    from loopback import call
+    team = tmp_path / 'team.db'
+    conn = sqlite3.connect(str(team))
+    conn.execute('CREATE TABLE sales (day DATE, total DECIMAL(10,2), note TEXT)')
+    conn.executemany('INSERT INTO sales VALUES (?, ?, ?)', [
+        ('2025-06-01', 10.5, 'first'), ('2025-06-02', 3, None), ('2025-06-03', 0.1, '=1+1')])
+    conn.commit()
+    conn.close()
+    folder = tmp_path / 'team-reports'
+    folder.mkdir()
+    config = tmp_path / 'config.ini'
+    config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
+                      'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
+                      'outbox_dir = data/outbox\nreports_dir = data/reports\n'
+                      'report_paths = team-reports\n'
+                      '[source:team]\nurl = sqlite:///team.db\n')
+    env = {'NIGHTSHIFT_CONFIG': str(config), 'NIGHTSHIFT_REPORT_PATHS': str(folder)}
+    for name in ('REDIS_URL', 'DATABASE_URL', 'SMTP_HOST', 'PORT'):
+        env[name] = ''
+    port = free_port()
+    base = 'http://127.0.0.1:%d' % port
+    with open(tmp_path / 'server.log', 'wb') as log:
+        server = spawn(['server.py', '--worker', '--port', str(port)], env, log)
+        try:
+            wait_until(lambda: _get_json(base + '/healthz'), timeout=20,
+                       message='server to answer')
+            assert _get_json(base + '/api/reports') == {'reports': [], 'broken': []}
+            (folder / 'sales.sql').write_text(SALES)
+            (folder / 'typo.sql').write_text(TYPO)
+            listing = wait_until(lambda: (_get_json(base + '/api/reports') or {}).get('reports')
+                                 and _get_json(base + '/api/reports'), timeout=10,
+                                 message='the new file to be listed')
+            assert [r['name'] for r in listing['reports']] == ['sales']
+            [broken] = listing['broken']
+            assert (broken['name'], broken['line']) == ('typo', 4)
+            assert 'type must be one of' in broken['error']
+
+            with urllib.request.urlopen(base + '/reports/sales.csv?since=2025-06-02') as res:
+                downloaded = res.read()
+            assert downloaded == b"\xef\xbb\xbfday,total,note\n2025-06-02,3.00,\n" \
+                                 b"2025-06-03,0.10,'=1+1\n"
+            status, body = call('POST', base + '/api/runs', {
+                'report': 'sales', 'params': {'since': '2025-06-02'}, 'to': ['me@example.org']})
+            assert status == 202
+            outbox = tmp_path / 'data' / 'outbox'
+            [name] = wait_until(lambda: os.path.isdir(outbox) and
+                                [n for n in os.listdir(outbox) if n.endswith('.eml')],
+                                timeout=30, message='the email in the outbox')
+            with open(outbox / name, 'rb') as f:
+                message = email.message_from_binary_file(f, policy=email.policy.default)
+            assert attachment(message)[1] == downloaded
+
+            status, body = call('POST', base + '/api/runs', {'report': 'typo',
+                                                             'to': ['me@example.org']})
+            assert (status, body['error'], body['field']) == (400, 'broken_report', 'report')
+            with urllib.request.urlopen(base + '/') as res:
+                page = res.read().decode()
+            assert 'Report files with errors' in page and 'typo.sql:4' in page
+        finally:
+            stop(server)

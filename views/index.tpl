@@ -40,6 +40,17 @@
   </article>
   % end
   </div>
+  % if broken:
+  <div class="card broken-reports" role="alert">
+    <h2>Report files with errors</h2>
+    <p>These cannot run until their file is fixed; the others work as usual.</p>
+    <ul>
+      % for name, error in broken:
+      <li><strong>{{name}}</strong>: <code>{{error.path}}:{{error.line}}</code> {{error.message}}</li>
+      % end
+    </ul>
+  </div>
+  % end
 </section>
 
 <section id="runs" aria-labelledby="runs-title">
