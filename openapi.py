@@ -6,6 +6,7 @@ part of the contract that schemathesis checks in CI.
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
+    'datetime': {'type': 'string', 'pattern': r'^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?$'},
     'int': {'type': 'integer'},
     'decimal': {'type': 'string', 'pattern': r'^-?\d+(\.\d+)?$'},
     'str': {'type': 'string', 'maxLength': 1000},

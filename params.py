@@ -32,6 +32,21 @@ def _parse_date(raw):
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 
+_DATETIME = re.compile(r'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?\Z')
+
+
+def _parse_datetime(raw):
+    if isinstance(raw, datetime.datetime):
+        return raw.replace(tzinfo=None) if raw.tzinfo is None else raw
+    # A wall time, to the second: 2025-06-01T07:00 or 2025-06-01 07:00:00.
+    if not isinstance(raw, str) or not _DATETIME.match(raw):
+        raise ValueError('expected a date and time as YYYY-MM-DDTHH:MM[:SS]')
+    try:
+        return datetime.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError('expected a date and time as YYYY-MM-DDTHH:MM[:SS]')
+
+
 def _parse_int(raw):
     if isinstance(raw, bool):
         raise ValueError('expected an integer')
@@ -83,6 +98,7 @@ def _parse_bool(raw):
 
 PARSERS = {
     'date': _parse_date,
+    'datetime': _parse_datetime,
     'int': _parse_int,
     'decimal': _parse_decimal,
     'str': _parse_str,

@@ -14,7 +14,7 @@
     % end
   </select>
   % else:
-  % kind = {'date': 'date', 'int': 'number'}.get(param.type, 'text')
+  % kind = {'date': 'date', 'datetime': 'datetime-local', 'int': 'number'}.get(param.type, 'text')
   <input id="{{fid}}" name="{{param.name}}" data-field="params.{{param.name}}" type="{{kind}}"
          aria-describedby="{{described}}"
     % if param.type == 'int':
