@@ -258,3 +258,97 @@ def test_a_broken_report_file_says_which_line_and_why(tmp_path, text, line, word
     assert info.value.line == line, str(info.value)
     assert words in info.value.message
     assert str(info.value).startswith('%s:%d: ' % (path, line))
+
+
+# --- the catalogue as a deployment uses it --------------------------------------
+
+PY_REPORTS = '''
+from params import Param
+from reports import report
+
+
+@report('paid_items', 'Paid items', source='shop',
+        params=[Param('min_amount', 'decimal', default=0)])
+def paid_items(min_amount):
+    """Items paid for, from a Python module the settings name."""
+    return 'SELECT id, amount FROM items WHERE paid AND amount >= :min_amount ORDER BY id'
+'''
+
+
+def test_python_reports_come_from_a_module_the_settings_name(engines, make_settings, tmp_path,
+                                                             monkeypatch):
+    import sys
+    from reports import create_catalogue
+    (tmp_path / 'team_reports_mod.py').write_text(PY_REPORTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for engine, source in engines.items():
+        sys.modules.pop('team_reports_mod', None)
+        settings = make_settings({'NIGHTSHIFT_SOURCE_SHOP_URL': source.url},
+                                 python_reports='team_reports_mod',
+                                 report_paths=str(tmp_path / 'none'))
+        catalogue = create_catalogue(settings)
+        definition = catalogue.get('paid_items')
+        assert definition.describe()['description'] == \
+            'Items paid for, from a Python module the settings name.'
+        import runs
+        typed = definition.parse({'min_amount': '5'})
+        with runs.open_report(definition, settings, typed, True, False) as stream:
+            assert b''.join(stream) == b'id,amount\n1,12.50\n', engine
+
+
+def test_check_prepares_every_report_and_names_file_and_line(engines, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    folder = tmp_path / 'sql'
+    folder.mkdir()
+    (folder / 'good.sql').write_text('/*\ntitle: Good\nsource: shop\n*/\nSELECT id FROM items\n')
+    (folder / 'typo.sql').write_text('/*\ntitle: Typo\nsource: shop\n*/\n\nSELECT id FROM itemz\n')
+    (folder / 'header.sql').write_text('/*\ntitle: H\nsource: shop\ncolour: red\n*/\nSELECT 1\n')
+    (folder / 'elsewhere.sql').write_text('/*\ntitle: E\nsource: nowhere\n*/\nSELECT 1\n')
+    config = tmp_path / 'c.ini'
+    config.write_text('[nightshift]\nreport_paths = sql\n')
+    env = dict(os.environ, NIGHTSHIFT_CONFIG=str(config),
+               NIGHTSHIFT_SOURCE_SHOP_URL=engines['postgres'].url)
+    env.pop('NIGHTSHIFT_REPORT_PATHS', None)
+    done = subprocess.run([sys.executable, 'scripts/export.py', '--check'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert 'ok  good (shop)' in lines
+    assert '%s:6: report typo on source shop: relation "itemz" does not exist' \
+        % (folder / 'typo.sql') in lines
+    assert "%s:4: unknown header key 'colour'; expected title, description, source, " \
+        "timeout, escape_formulas, params" % (folder / 'header.sql') in lines
+    assert "%s:5: report elsewhere reads source 'nowhere', which is not configured" \
+        % (folder / 'elsewhere.sql') in lines
+
+
+def test_a_run_that_hits_the_time_limit_fails_and_the_worker_goes_on(
+        engines, make_settings, database_url, redis_url, smtp_sink, database, tmp_path):
+    import runs
+    from conftest import run_queued
+    from models import Run
+    from tasks import Jobs
+    folder = tmp_path / 'sql'
+    folder.mkdir()
+    (folder / 'slow.sql').write_text('/*\ntitle: Slow\nsource: shop\n*/\n'
+                                     'SELECT pg_sleep(3) AS slept\n')
+    (folder / 'quick.sql').write_text('/*\ntitle: Quick\nsource: shop\n*/\n'
+                                      'SELECT id FROM items ORDER BY id\n')
+    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
+                              'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
+                              'NIGHTSHIFT_SMTP_SECURITY': 'none',
+                              'NIGHTSHIFT_SOURCE_SHOP_URL': engines['postgres'].url},
+                             report_paths=str(folder), query_timeout=1, retry_delay=0)
+    jobs = Jobs(settings)
+    slow = runs.create_run(jobs.registry, settings, 'slow', {}, ['a@example.org'])
+    quick = runs.create_run(jobs.registry, settings, 'quick', {}, ['a@example.org'])
+    jobs.enqueue_run(slow)
+    jobs.enqueue_run(quick)
+    run_queued(jobs)
+    slow, quick = Run.get_by_id(slow.id), Run.get_by_id(quick.id)
+    assert (slow.status, slow.attempts) == ('failed', 1)
+    assert 'time limit of 1s hit' in slow.error
+    assert (quick.status, quick.rows) == ('delivered', 6)
