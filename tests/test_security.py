@@ -336,7 +336,8 @@ def test_schemathesis_finds_no_5xx_and_every_response_matches_the_spec(tmp_path)
     assert st, 'schemathesis is in requirements-dev.txt'
     config = tmp_path / 'st.ini'
     config.write_text('[nightshift]\ndatabase_url = sqlite:///st.db\nqueue_path = q.db\n'
-                      'outbox_dir = outbox\nreports_dir = reports\n')
+                      'outbox_dir = outbox\nreports_dir = reports\n'
+                      '[source:demo]\nurl = sqlite:///demo.db\n')
     env = dict(os.environ, NIGHTSHIFT_CONFIG=str(config), NIGHTSHIFT_API_TOKEN=TOKEN,
                REDIS_URL='', SMTP_HOST='', DATABASE_URL='')
     subprocess.run([sys.executable, 'scripts/seed.py', '--orders', '300'], cwd=ROOT, env=env,
