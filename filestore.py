@@ -11,10 +11,33 @@ Both stream in chunks: nothing holds a whole file in memory.
 """
 import os
 import shutil
+from typing import Iterator, Protocol
 
 from models import ReportFileChunk, db
 
 CHUNK = 1 << 20
+
+
+class FileStore(Protocol):
+    """Where finished report files are kept. Keys are made by Nightshift
+    ("run-12/a1/orders-20250601-070000.csv"), never by users."""
+
+    kind: str  # 'local' or 'database'
+
+    def save(self, key: str, source_path: str) -> None:
+        """Keep the file at `source_path` under `key`, replacing what was
+        there; all or nothing. Raises OSError or a database error; ValueError
+        for a key that would leave the store."""
+
+    def exists(self, key: str) -> bool:
+        """Whether a file is kept under `key`."""
+
+    def open_chunks(self, key: str) -> Iterator[bytes]:
+        """The file's bytes in chunks of at most 1 MB. Raises
+        FileNotFoundError now (not while iterating) when nothing is kept."""
+
+    def delete(self, key: str) -> None:
+        """Forget the file; nothing happens when there is none."""
 
 
 class LocalFileStore:
@@ -101,7 +124,7 @@ class DatabaseFileStore:
         ReportFileChunk.delete().where(ReportFileChunk.key == key).execute()
 
 
-def create_file_store(settings):
+def create_file_store(settings) -> FileStore:
     if settings.file_store == 'database':
         return DatabaseFileStore()
     return LocalFileStore(settings.reports_dir)

@@ -9,7 +9,7 @@ import re
 import smtplib
 import ssl
 import uuid
-from typing import NamedTuple
+from typing import Dict, NamedTuple, Protocol
 
 import yagmail
 
@@ -56,6 +56,16 @@ def check_address(address, single_label_domain=False):
         raise ValueError('%r routes mail through another host (%% or ! before the @); '
                          'give the final address' % address)
     return address
+
+
+class Mailer(Protocol):
+    """A way out for messages: the outbox folder, or an SMTP server."""
+
+    def send(self, mail: 'Mail') -> Dict[str, str]:
+        """Hand the message over, in one attempt, and return each recipient's
+        reply ("250 ..." when it was accepted, "4xx ..." to try again later,
+        "5xx ..." refused). Raises MailError when nothing could be handed over
+        at all; its `temporary` says whether trying later may help."""
 
 
 class Mail(NamedTuple):
@@ -297,7 +307,7 @@ def _unanswered(replies, recipients, why):
     return replies
 
 
-def create_mailer(settings):
+def create_mailer(settings) -> Mailer:
     if settings.mail_backend == 'smtp':
         return SmtpMailer(settings)
     return OutboxMailer(settings)
