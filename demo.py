@@ -76,7 +76,7 @@ def _orders(rng, count, customers):
                '%d.%02d' % divmod(cents, 100), created.strftime('%Y-%m-%d %H:%M:%S'))
 
 
-def seed(customers=1000, orders=10000, seed_value=42):
+def seed(customers: int = 1000, orders: int = 10000, seed_value: int = 42) -> None:
     """Insert demo customers and orders into the shop (open_shop first)."""
     rng = random.Random(seed_value)
     database = demo_db.obj
@@ -109,5 +109,5 @@ def _copy(database, customer_rows, order_rows):
                            "(SELECT COALESCE(MAX(id), 1) FROM \"%s\"))" % (table, table))
 
 
-def is_empty():
+def is_empty() -> bool:
     return not Order.select().exists() and not Customer.select().exists()

@@ -16,7 +16,9 @@ schema that is behind and say which command brings it up to date.
 import datetime
 import logging
 
-from peewee import MySQLDatabase, PostgresqlDatabase, SqliteDatabase
+from typing import List, Set
+
+from peewee import Database, MySQLDatabase, PostgresqlDatabase, SqliteDatabase
 
 logger = logging.getLogger('nightshift.migrations')
 
@@ -124,19 +126,19 @@ def _ensure_schema_table(database):
         % _quote(database, SCHEMA_TABLE))
 
 
-def applied_versions(database):
+def applied_versions(database: Database) -> Set[int]:
     if not database.table_exists(SCHEMA_TABLE):
         return set()
     return {row[0] for row in database.execute_sql(
         'SELECT version FROM %s' % _quote(database, SCHEMA_TABLE))}
 
 
-def pending(database):
+def pending(database: Database) -> List[tuple]:
     done = applied_versions(database)
     return [m for m in MIGRATIONS if m[0] not in done]
 
 
-def migrate(database, auto=True):
+def migrate(database: Database, auto: bool = True) -> List[int]:
     """Apply the steps this database has not had, each logged, one process
     at a time. With auto=False a database that has Nightshift tables but is
     behind raises SchemaBehind; a database with none of them is set up."""

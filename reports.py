@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 from peewee import MySQLDatabase, PostgresqlDatabase, SqliteDatabase
 
@@ -228,7 +229,7 @@ class Catalogue(Registry):
 _loading = None
 
 
-def find_report(registry, name):
+def find_report(registry: Registry, name: Any) -> Report:
     """The report a request names, or InputError on field `report`."""
     if not isinstance(name, str) or not name:
         raise InputError('report', 'give the name of a report', code='required')
@@ -260,7 +261,7 @@ def report(name, title, params=(), description=None, source='default', timeout=N
                            escape_formulas)
 
 
-def create_catalogue(settings):
+def create_catalogue(settings) -> Catalogue:
     modules = [m.strip() for m in settings.python_reports.split(',') if m.strip()]
     return Catalogue(settings.report_folders, modules)
 

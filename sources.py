@@ -13,7 +13,7 @@ report's SQL is wrong, too slow or tried to write (trying again cannot help).
 import sqlite3
 import time
 import urllib.parse
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 ENGINES = {'postgres': 'postgres', 'postgresql': 'postgres', 'mysql': 'mysql',
            'mariadb': 'mysql', 'sqlite': 'sqlite'}
@@ -54,7 +54,7 @@ class Source(NamedTuple):
         return {'name': self.name, 'engine': self.engine}
 
 
-def engine_of(url):
+def engine_of(url: str) -> str:
     scheme = url.split('://', 1)[0].split('+', 1)[0].lower()
     try:
         return ENGINES[scheme]
@@ -63,7 +63,7 @@ def engine_of(url):
                          '(MariaDB too) or sqlite:///path' % scheme)
 
 
-def connect(source, timeout=None):
+def connect(source: Source, timeout: Optional[float] = None):
     """A read-only DB-API connection to `source`, with the statement time
     limit set (`timeout` seconds, default the source's). The caller closes it.
     Raises SourceUnavailable when the database cannot be reached."""
@@ -217,13 +217,13 @@ class _SqliteCursor:
         self.close()
 
 
-def sqlite_path(url):
+def sqlite_path(url: str) -> str:
     if not url.startswith('sqlite:///'):
         raise ValueError('a SQLite source is sqlite:///relative/path or sqlite:////abs/path')
     return urllib.parse.unquote(url[len('sqlite:///'):].split('?', 1)[0])
 
 
-def classify(source, exc, deadline=None):
+def classify(source: Source, exc: BaseException, deadline=None) -> SourceError:
     """The right error for a driver exception met while running a report:
     SourceUnavailable for a connection that failed, ReportSQLError for the
     SQL's own fault (with the database's message and why)."""
@@ -277,7 +277,7 @@ def _mysql_message(exc):
     return _first_line(exc)
 
 
-def driver_errors(engine):
+def driver_errors(engine: str) -> Tuple[type, ...]:
     """The exception classes a source's driver raises for a failed statement."""
     if engine == 'postgres':
         import psycopg

@@ -24,15 +24,19 @@ import contextlib
 import datetime
 import decimal
 
+from typing import List, Optional, Union
+
 import sources
 from export import _POSTGRES_TRIGGER, CHUNK_BYTES, CsvStream, RowEnds, escape_formula
-from sources import ReportSQLError
+from sources import ReportSQLError, Source
 
 ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
 
 
 @contextlib.contextmanager
-def open_query_csv(source, sql, params, escape=True, bom=False, limit=None, timeout=None):
+def open_query_csv(source: Source, sql: str, params: Union[dict, list, tuple], *,
+                   escape: bool = True, bom: bool = False, limit: Optional[int] = None,
+                   timeout: Optional[float] = None):
     """The rows of `sql` (bound `params`) on `source` as a stream of CSV
     byte chunks with .rows, .bytes and .truncated. Raises ReportSQLError
     for the SQL's own failures and SourceUnavailable for the database's."""
@@ -52,7 +56,7 @@ def open_query_csv(source, sql, params, escape=True, bom=False, limit=None, time
         _close(source, conn, finished)
 
 
-def effective_timeout(source, report_timeout):
+def effective_timeout(source: Source, report_timeout: Optional[float]) -> float:
     """A report may lower its source's time limit, never raise it (0: none)."""
     limits = [t for t in (source.query_timeout, report_timeout) if t]
     return min(limits) if limits else 0
@@ -266,7 +270,7 @@ def number_cell(value):
 _FLOAT_WORDS = {'inf': 'Infinity', '-inf': '-Infinity', 'nan': 'NaN'}
 
 
-def float_text(value):
+def float_text(value: float) -> str:
     """PostgreSQL's way: the shortest text that reads back as the same
     number, without a trailing .0 (3, not 3.0)."""
     text = repr(value)
@@ -357,7 +361,7 @@ def _dynamic_cell(escape):
     return cell
 
 
-def sqlite_column_types(source, sql):
+def sqlite_column_types(source: Source, sql: str) -> Optional[List[Optional[tuple]]]:
     """[(kind, places) or None per column] from the tables' declared types,
     traced through the query by sqlglot: SQLite itself forgets that a column
     was DECIMAL(12,2) or BOOLEAN once it hands back a float or an int. None
@@ -412,7 +416,7 @@ def _kind(data_type):
     return None
 
 
-def check_query(source, sql, params):
+def check_query(source: Source, sql: str, params: Union[dict, list, tuple]) -> None:
     """Prepare the query on its source without reading a row: ReportSQLError
     for an unknown table or column, bad syntax or a refused statement."""
     conn = sources.connect(source, min(source.query_timeout or 30, 30))

@@ -21,7 +21,7 @@ error names the file and line.
 """
 import os
 import re
-from typing import NamedTuple
+from typing import Any, Dict, NamedTuple, Sequence, Tuple
 
 import sqlglot
 import yaml
@@ -77,7 +77,7 @@ class SqlReport(NamedTuple):
     sql_line: int = 1  # where the query starts in the file
 
 
-def read_report_file(path):
+def read_report_file(path: str) -> 'SqlReport':
     """Parse and check one report file; ReportFileError says what and where."""
     name = os.path.splitext(os.path.basename(path))[0]
     try:
@@ -120,7 +120,7 @@ def read_report_file(path):
         placeholders=shifted, sql_line=_line_of(text, body_offset + len(sql) - len(sql.lstrip())))
 
 
-def query_report(name, sql, params, where):
+def query_report(name: str, sql: str, params: Sequence[Param], where: str) -> 'SqlReport':
     """A report's query given as text by Python code, checked by the same
     rules as a file's (one query, every placeholder declared)."""
     placeholders = _read_query(where, sql, 0)
@@ -313,7 +313,7 @@ PG_CASTS = {'date': 'date', 'datetime': 'timestamp', 'int': 'bigint', 'decimal':
             'str': 'text', 'choice': 'text', 'bool': 'boolean'}
 
 
-def bind(report, engine, typed):
+def bind(report: 'SqlReport', engine: str, typed: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
     """(sql, parameters) for the driver of `engine`: placeholders become the
     driver's own (:name for SQLite, %(name)s for psycopg and PyMySQL), with
     each value converted to what that database compares correctly."""
@@ -336,7 +336,7 @@ def bind(report, engine, typed):
     return ''.join(out), values
 
 
-def to_driver(engine, kind, value):
+def to_driver(engine: str, kind: str, value: Any) -> Any:
     if value is None:
         return None
     if engine == 'sqlite':
