@@ -169,6 +169,7 @@ class Catalogue(Registry):
         self.every = every
         self.clock = clock
         self._python = {}
+        self._module_errors = {}
         self._seen = None
         self._checked = None
         self._lock = threading.Lock()
@@ -178,10 +179,17 @@ class Catalogue(Registry):
         self.refresh(force=True)
 
     def _load_module(self, name):
+        """Import a module of Python reports; one that fails to import is
+        listed as broken (under its module name) and the others still load."""
         global _loading
         _loading = self
         try:
             importlib.import_module(name)
+        except Exception as exc:
+            logger.exception('python_reports module %s cannot be imported', name)
+            self._module_errors[name] = sqlfiles.ReportFileError(
+                name, getattr(exc, 'lineno', None) or 1,
+                'cannot be imported: %s: %s' % (type(exc).__name__, exc))
         finally:
             _loading = None
 
@@ -205,7 +213,7 @@ class Catalogue(Registry):
             files = self._files()
             if files == self._seen:
                 return
-            reports, broken = dict(self._python), {}
+            reports, broken = dict(self._python), dict(self._module_errors)
             for path in files:
                 name = os.path.splitext(os.path.basename(path))[0]
                 try:

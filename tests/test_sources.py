@@ -352,3 +352,15 @@ def test_a_run_that_hits_the_time_limit_fails_and_the_worker_goes_on(
     assert (slow.status, slow.attempts) == ('failed', 1)
     assert 'time limit of 1s hit' in slow.error
     assert (quick.status, quick.rows) == ('delivered', 6)
+
+
+def test_a_python_reports_module_that_fails_to_import_is_listed_not_fatal(tmp_path,
+                                                                         monkeypatch):
+    from conftest import REPORTS_DIR
+    from reports import Catalogue
+    (tmp_path / 'bad_reports_mod.py').write_text('import no_such_module_anywhere\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    catalogue = Catalogue([REPORTS_DIR], ['bad_reports_mod'])
+    assert [r.name for r in catalogue] == ['customers', 'orders']
+    error = catalogue.broken['bad_reports_mod']
+    assert 'cannot be imported: ModuleNotFoundError' in error.message
