@@ -220,9 +220,11 @@ def drill(args, workdir):
             faults.append(('database connections terminated', cut_connections))
         step = max(args.runs // (len(faults) + 1), 1)
         at = {step * (k + 1): fault for k, fault in enumerate(faults)}
+        marks = []  # (time, fault) as each began, to say what a second copy followed
         for i in range(args.runs):
             if i in at:
                 events.append(at[i][0])
+                marks.append((time.perf_counter(), at[i][0]))
                 at[i][1]()
             post_during(1, i)
             time.sleep(args.pause)
@@ -250,6 +252,16 @@ def drill(args, workdir):
         # apart; any other second copy is a duplicate.
         resent = sum(1 for m in sink.messages if m.get('reply_late'))
         duplicates = len(ids) - len(set(ids)) - resent
+        for message_id in sorted({i for i in ids if ids.count(i) > 1}):
+            copies = [m for m in sink.messages if m['message']['Message-ID'] == message_id]
+            run_id = int(message_id.split('-')[2].split('@')[0])
+            state = next((s for s in states if s and s['id'] == run_id), {}) or {}
+            after = [name for at_time, name in marks if at_time <= copies[-1]['at']]
+            print('sent %d times: run %d (attempts %s, late replies %d, error %s); last '
+                  'fault before the second copy: %s, %.1f s between copies' % (
+                      len(copies), run_id, state.get('attempts'),
+                      sum(1 for m in copies if m['reply_late']), state.get('error'),
+                      after[-1] if after else 'none', copies[-1]['at'] - copies[0]['at']))
         broken = sum(1 for m in sink.messages if not attachment_matches(m['message']))
         lost = sum(1 for s in states if not s or s['status'] not in ('delivered', 'failed')) \
             + sum(1 for s in states if s and s['status'] == 'delivered'
