@@ -1,16 +1,25 @@
 """Settings: defaults, then config.ini, then environment variables.
 
-Read once at start-up into a frozen `Settings` object that is passed to the
-parts that need it. Nothing here runs at import time.
+`SETTINGS` is the one table of every setting: its name, type, default, the
+environment variables it is read from, whether it is a secret, its choices
+and its help. Parsing, the `Settings` object, masking and the README's
+configuration table (tests/test_settings.py holds it to this table) are all
+derived from it. Read once at start-up into a frozen `Settings` object that
+is passed to the parts that need it. Nothing here runs at import time.
 """
 import configparser
 import logging
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import field, make_dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
+
+import peewee
+from playhouse import db_url
 
 import cron
+import sources
 from mail import check_address
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -18,196 +27,279 @@ DEFAULT_CONFIG = PROJECT_DIR / 'config.ini'
 SECTION = 'nightshift'
 ENV_PREFIX = 'NIGHTSHIFT_'
 
-# Deploy platforms set these names; everything else is NIGHTSHIFT_<KEY>.
-PLATFORM_ENV = {
-    'database_url': 'DATABASE_URL',
-    'redis_url': 'REDIS_URL',
-    'smtp_host': 'SMTP_HOST',
-    'smtp_port': 'SMTP_PORT',
-    'smtp_user': 'SMTP_USER',
-    'mail_from': 'MAIL_FROM',
-    'port': 'PORT',
-}
-# Secrets never come from a file that might be committed.
-SECRET_ENV = {'smtp_password': 'SMTP_PASSWORD', 'secret_key': 'NIGHTSHIFT_SECRET_KEY',
-              'api_tokens': 'NIGHTSHIFT_API_TOKEN'}
-
-CHOICES = {
-    'queue': ('sqlite', 'redis'),
-    'mail_backend': ('outbox', 'smtp'),
-    'smtp_security': ('starttls', 'ssl', 'none'),
-    'file_store': ('local', 'database'),
-    'redis_ssl_cert_reqs': ('required', 'none'),
-}
-PATH_KEYS = ('queue_path', 'outbox_dir', 'reports_dir')
-
 
 class SettingsError(Exception):
     """A setting is missing, unknown or malformed; the message names it."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str = 'sqlite:///var/nightshift.db'
-    queue: str = 'sqlite'
-    queue_path: str = 'var/queue.db'
-    redis_url: str = ''
-    redis_ssl_cert_reqs: str = 'required'
-    queue_name: str = 'nightshift'
-    mail_backend: str = 'outbox'
-    outbox_dir: str = 'var/outbox'
-    smtp_host: str = ''
-    smtp_port: int = 587
-    smtp_security: str = 'starttls'
-    smtp_user: str = ''
-    smtp_password: str = ''
-    smtp_timeout: float = 30.0
-    mail_from: str = 'nightshift@localhost'
-    reports_dir: str = 'var/reports'
-    host: str = '127.0.0.1'
-    port: int = 8080
-    web_threads: int = 4
-    download_slots: int = 2
-    web_connections: int = 500
-    workers: int = 2
-    max_recipients: int = 20
-    max_body_bytes: int = 65536
-    max_attempts: int = 5
-    retry_delay: float = 10.0
-    retry_max_delay: float = 600.0
-    stale_after: float = 30.0
-    requeue_after: float = 600.0
-    progress_every: float = 0.5
-    zip_over_mb: float = 5.0
-    mail_max_mb: float = 25.0
-    file_store: str = 'local'
-    retention_days: float = 7.0
-    public_url: str = 'http://127.0.0.1:8080'
-    secret_key: str = ''
-    operator_email: str = ''
-    api_tokens: str = ''
-    allowed_domains: str = ''
-    max_rows: int = 10000000
-    max_concurrent_per_report: int = 2
-    csv_bom: bool = True
-    timezone: str = 'UTC'
-    catchup_hours: float = 24.0
-    max_schedules: int = 200
-    max_runs_per_tick: int = 100
-    report_paths: str = 'reports'
-    python_reports: str = ''
-    query_timeout: float = 300.0
-    auto_migrate: bool = True
-    # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
-    schedules: tuple = field(default=(), repr=False)
-    # The databases reports read: sources.Source(name, url, query_timeout), ...
-    sources: tuple = field(default=(), repr=False)
+class Setting(NamedTuple):
+    """One row of the table. `help` is the README's "meaning" cell, word for word."""
+    name: str
+    type: type
+    default: object
+    help: str
+    # Names deploy platforms set (DATABASE_URL, PORT...), read before NIGHTSHIFT_<NAME>.
+    env: tuple = ()
+    # Secrets never come from a file that might be committed, and are masked.
+    secret: bool = False
+    choices: tuple = ()
+    # (value, config file's folder) -> value: paths are relative to the config file.
+    resolve: Optional[Callable] = None
+    # value -> None or ValueError saying what is wrong.
+    check: Optional[Callable] = None
+    # (VARIABLE, value): a platform that provides a service means use it.
+    implied_by: Optional[tuple] = None
+
+    @property
+    def env_names(self):
+        """Environment variables read, first one set wins."""
+        names = self.env + (ENV_PREFIX + self.name.upper(),)
+        return tuple(dict.fromkeys(names))
+
+
+def _path(value, base):
+    return str((base / value).resolve())
+
+
+def _paths(value, base):
+    return ','.join(_path(folder.strip(), base) for folder in value.split(',') if folder.strip())
+
+
+def _resolve_sqlite_url(url, base):
+    # Relative SQLite paths are relative to the config file, not the cwd.
+    scheme, sep, rest = url.partition(':///')
+    if sep and scheme.split('+', 1)[0] == 'sqlite' and not rest.startswith('/') \
+            and ':memory:' not in rest:
+        path, _, query = rest.partition('?')
+        url = '%s:///%s%s' % (scheme, (base / path).resolve(), '?' + query if query else '')
+    return url
+
+
+# models.open_database speaks to these families; the scheme names are
+# playhouse.db_url's, so a scheme Peewee learns is one Nightshift accepts.
+DATABASE_FAMILIES = {peewee.SqliteDatabase: 'sqlite', peewee.PostgresqlDatabase: 'postgresql',
+                     peewee.MySQLDatabase: 'mysql'}
+# models.open_database reads mariadb:// as mysql://; playhouse has no such name.
+SCHEME_ALIASES = {'mariadb': 'mysql'}
+
+
+def database_family(url):
+    """'sqlite', 'postgresql' or 'mysql' for a URL playhouse.db_url can open,
+    else ValueError saying which schemes there are."""
+    scheme = url.split('://', 1)[0] if '://' in url else ''
+    database_class = db_url.schemes.get(SCHEME_ALIASES.get(scheme, scheme))
+    if database_class is None:
+        raise ValueError('%s is not a sqlite://, postgres:// or mysql:// URL (schemes '
+                         'playhouse.db_url knows: %s)'
+                         % (mask_url(url), ', '.join(sorted(db_url.schemes))))
+    for family, name in DATABASE_FAMILIES.items():
+        if issubclass(database_class, family):
+            return name
+    raise ValueError('%s:// opens a %s; Nightshift keeps its state only in SQLite, '
+                     'PostgreSQL or MySQL/MariaDB' % (scheme, database_class.__name__))
+
+
+def _at_least_one(why=''):
+    def check(value):
+        if value < 1:
+            raise ValueError('must be at least 1' + why)
+    return check
+
+
+def _check_port(port):
+    if port > 65535:
+        raise ValueError('%d is not a TCP port' % port)
+
+
+def _check_public_url(url):
+    if not url.startswith(('http://', 'https://')):
+        raise ValueError('%r must start with http:// or https://' % url)
+
+
+def _check_sender(address):
+    # The sender may be a development name (nightshift@localhost).
+    check_address(address, single_label_domain=True)
+
+
+def _check_optional_address(address):
+    if address:
+        check_address(address)
+
+
+def _check_tokens(value):
+    for token in _items(value):
+        if len(token) < 16:
+            raise ValueError('every NIGHTSHIFT_API_TOKEN must be at least 16 characters '
+                             '(e.g. python -c "import secrets; print(secrets.token_urlsafe())")')
+
+
+def _items(text):
+    return tuple(item.strip() for item in text.split(',') if item.strip())
+
+
+S = Setting
+SETTINGS = (
+    S('database_url', str, 'sqlite:///var/nightshift.db',
+      "Nightshift's own state: `sqlite:///path` (WAL mode), `postgres://user:pw@host/db` or "
+      "`mysql://user:pw@host/db` (MariaDB too); any scheme of `playhouse.db_url` of these "
+      "three families",
+      env=('DATABASE_URL',), resolve=_resolve_sqlite_url, check=database_family),
+    S('queue', str, 'sqlite', '`sqlite` (embedded) or `redis`; `REDIS_URL` set means `redis`',
+      choices=('sqlite', 'redis'), implied_by=('REDIS_URL', 'redis')),
+    S('queue_path', str, 'var/queue.db', "the embedded queue's file", resolve=_path),
+    S('redis_url', str, '', '`redis://host:port/db` or `rediss://` (TLS)', env=('REDIS_URL',)),
+    S('redis_ssl_cert_reqs', str, 'required',
+      "with `rediss://`: `required` (the server's certificate must verify) or `none` "
+      "(Heroku Redis, whose certificate is self-signed; the `Procfile` sets this)",
+      choices=('required', 'none')),
+    S('queue_name', str, 'nightshift', "Huey's name; its Redis keys are prefixed with it"),
+    S('mail_backend', str, 'outbox',
+      '`outbox` writes `.eml` files; `smtp` sends; `SMTP_HOST` set means `smtp`',
+      choices=('outbox', 'smtp'), implied_by=('SMTP_HOST', 'smtp')),
+    S('outbox_dir', str, 'var/outbox', 'where the outbox writes', resolve=_path),
+    S('smtp_host', str, '', 'SMTP server', env=('SMTP_HOST',)),
+    S('smtp_port', int, 587, 'SMTP port', env=('SMTP_PORT',)),
+    S('smtp_security', str, 'starttls', '`starttls`, `ssl` (implicit TLS, port 465) or `none`',
+      choices=('starttls', 'ssl', 'none')),
+    S('smtp_user', str, '',
+      "SMTP login; empty means none (may differ from the sender, e.g. SendGrid's `apikey`)",
+      env=('SMTP_USER',)),
+    S('smtp_password', str, '', '**environment only**; refused in `config.ini`',
+      env=('SMTP_PASSWORD',), secret=True),
+    S('smtp_timeout', float, 30.0, 'seconds before an SMTP connection attempt gives up'),
+    S('mail_from', str, 'nightshift@localhost', 'sender address', env=('MAIL_FROM',),
+      check=_check_sender),
+    S('reports_dir', str, 'var/reports', 'where the worker writes CSV files', resolve=_path),
+    S('host', str, '127.0.0.1', 'address the web server binds to'),
+    S('port', int, 8080, 'port the web server listens on', env=('PORT',), check=_check_port),
+    S('web_threads', int, 4, 'waitress threads'),
+    S('download_slots', int, 2,
+      'downloads streamed at once (at most `web_threads` − 1); more get 503 with '
+      '`Retry-After`, so health checks and the API keep a thread'),
+    S('web_connections', int, 500,
+      'open connections waitress keeps at most, slow clients included'),
+    S('workers', int, 2, 'consumer threads of `server.py --worker`'),
+    S('max_recipients', int, 20, 'recipients per run'),
+    S('max_body_bytes', int, 65536, 'largest JSON body'),
+    S('max_attempts', int, 5, 'tries of a run, first included, before it is `failed`',
+      check=_at_least_one()),
+    S('retry_delay', float, 10.0,
+      'seconds before the first retry: doubles each time, half of it random (jitter)'),
+    S('retry_max_delay', float, 600.0, 'longest wait between two tries, in seconds'),
+    S('stale_after', float, 30.0,
+      'a running run with no heartbeat this long is taken back and run again'),
+    S('requeue_after', float, 600.0,
+      'a queued run untouched this long has lost its task (e.g. Redis restarted without '
+      'persistence) and is queued again'),
+    S('progress_every', float, 0.5,
+      'seconds between heartbeat and row-count updates of a running run'),
+    S('zip_over_mb', float, 5.0, 'attachments larger than this are zipped'),
+    S('mail_max_mb', float, 25.0,
+      "the provider's message limit, counted after base64 (Gmail/Mailgun 25, SendGrid 30, "
+      "SES 40, Postmark 10); larger files go as a download link"),
+    S('file_store', str, 'local',
+      '`local` (a folder: `reports_dir`) or `database` (chunks in the application database, '
+      'shared by web and workers on other machines)', choices=('local', 'database')),
+    S('retention_days', float, 7.0, 'report files are kept this long, then removed'),
+    S('public_url', str, 'http://127.0.0.1:8080',
+      'base URL of the web server, for links in emails; unset, it follows `port`',
+      check=_check_public_url),
+    S('secret_key', str, '',
+      '**environment only**: signs download links (without it one is made and kept in the '
+      'database)', secret=True),
+    S('operator_email', str, '', 'told about every run that fails for good',
+      check=_check_optional_address),
+    S('api_tokens', str, '',
+      '**environment only**: API tokens, comma-separated, each at least 16 characters '
+      '(see Security)', env=('NIGHTSHIFT_API_TOKEN',), secret=True, check=_check_tokens),
+    S('allowed_domains', str, '', 'if set, recipients only at these domains (comma-separated)'),
+    S('max_rows', int, 10000000, 'rows per report; longer ones are cut and the email says so'),
+    S('max_concurrent_per_report', int, 2, 'runs of one report in progress at once'),
+    S('csv_bom', bool, True, 'start files meant for people with a UTF-8 BOM (for Excel)'),
+    S('timezone', str, 'UTC', 'default IANA timezone of schedules', check=cron.check_timezone),
+    S('catchup_hours', float, 24.0,
+      'after downtime, the latest missed slot still runs if this recent'),
+    S('max_schedules', int, 200,
+      'schedules kept, `config.ini` and API together; one more is refused (409)'),
+    S('max_runs_per_tick', int, 100,
+      'scheduled runs one tick (each minute) creates; due schedules beyond it wait for the '
+      'next tick, oldest first', check=_at_least_one(', or schedules never run')),
+    S('report_paths', str, 'reports', 'folders of report `.sql` files, comma-separated',
+      resolve=_paths),
+    S('python_reports', str, '', 'modules of Python reports to import, comma-separated'),
+    S('query_timeout', float, 300.0,
+      "seconds a report's query may run on its source (0: no limit); per source in "
+      "`[source:NAME]`; a report may set less"),
+    S('auto_migrate', bool, True,
+      "make or update Nightshift's own tables at start; `false`: refuse to start until "
+      "`scripts/migrate.py --apply`"),
+)
+del S
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+class _SettingsBehaviour:
+    """What Settings does beyond holding the values of the table."""
 
     @property
     def report_folders(self):
-        return tuple(p.strip() for p in self.report_paths.split(',') if p.strip())
+        return _items(self.report_paths)
 
     def source(self, name):
         """The named source; sources.UnknownSource if there is none."""
         for candidate in self.sources:
             if candidate.name == name:
                 return candidate
-        import sources
         raise sources.UnknownSource(name)
 
     @property
     def tokens(self):
-        return tuple(t.strip() for t in self.api_tokens.split(',') if t.strip())
+        return _items(self.api_tokens)
 
     @property
     def domains(self):
-        return tuple(d.strip().lower() for d in self.allowed_domains.split(',') if d.strip())
+        return tuple(d.lower() for d in _items(self.allowed_domains))
 
     def secrets(self):
         """Every secret value, for scrubbing from logs and errors."""
-        values = list(self.tokens) + [self.smtp_password, self.secret_key]
-        for url in (self.database_url, self.redis_url) + tuple(s.url for s in self.sources):
-            password = url_password(url)
-            values.append(password)
-        return tuple(v for v in values if v and len(v) >= 4)
+        values = list(self.tokens)
+        values += [getattr(self, s.name) for s in SETTINGS if s.secret]
+        urls = [getattr(self, s.name) for s in SETTINGS if s.name.endswith('_url')]
+        values += [url_password(url) for url in urls + [s.url for s in self.sources]]
+        return tuple(dict.fromkeys(v for v in values if v and len(v) >= 4))
 
     def redact(self, text):
-        for secret in self.secrets():
+        # Longest first: a secret inside another must not leave the rest showing.
+        for secret in sorted(self.secrets(), key=len, reverse=True):
             text = text.replace(secret, '***')
         return text
 
     def describe(self):
         """Settings as text for logs, with secrets and URL passwords masked."""
-        shown = []
-        for f in fields(self):
-            if f.name in ('schedules', 'sources'):
-                continue
-            value = getattr(self, f.name)
-            if f.name in SECRET_ENV:
-                value = '***' if value else ''
-            elif f.name.endswith('_url'):
-                value = mask_url(value)
-            shown.append('%s=%s' % (f.name, value))
-        return ', '.join(shown)
+        return ', '.join('%s=%s' % (s.name, _shown(s, getattr(self, s.name)))
+                         for s in SETTINGS)
 
 
-HELP = {
-    'database_url': 'Peewee database URL (sqlite:///path or postgres://user@host/db). Env: DATABASE_URL',
-    'queue': 'Where Huey keeps its queue: sqlite (embedded) or redis. REDIS_URL set means redis.',
-    'queue_path': 'SQLite file of the embedded queue.',
-    'redis_url': 'redis:// or rediss:// URL of the queue. Env: REDIS_URL',
-    'redis_ssl_cert_reqs': 'rediss:// only: required (the certificate must verify) or none '
-                           '(Heroku Redis: its certificate is self-signed).',
-    'queue_name': 'Huey queue name (keys are prefixed with it in Redis).',
-    'mail_backend': 'outbox (write .eml files) or smtp. SMTP_HOST set means smtp.',
-    'outbox_dir': 'Folder the outbox backend writes messages to.',
-    'smtp_host': 'SMTP server. Env: SMTP_HOST',
-    'smtp_port': 'SMTP port. Env: SMTP_PORT',
-    'smtp_security': 'starttls, ssl (implicit TLS) or none.',
-    'smtp_user': 'SMTP login; empty means no login. Env: SMTP_USER',
-    'smtp_password': 'SMTP password, only from the environment: SMTP_PASSWORD',
-    'smtp_timeout': 'Seconds before an SMTP connection attempt gives up.',
-    'mail_from': 'Sender address. Env: MAIL_FROM',
-    'reports_dir': 'Folder the worker writes report files to.',
-    'host': 'Address the web server binds to.',
-    'port': 'Port the web server listens on. Env: PORT',
-    'web_threads': 'waitress worker threads.',
-    'download_slots': 'Downloads streamed at once (at most web_threads - 1); more get 503 with Retry-After.',
-    'web_connections': 'Open connections waitress keeps at most, slow clients included.',
-    'workers': 'Consumer threads run by `server.py --worker`.',
-    'max_recipients': 'Most recipients one run may have.',
-    'max_body_bytes': 'Largest JSON request body accepted.',
-    'max_attempts': 'Tries of a run (first one included) before it is marked failed.',
-    'retry_delay': 'Seconds before the first retry; doubles each time, with jitter.',
-    'retry_max_delay': 'Longest wait between two tries.',
-    'stale_after': 'A running run silent this long is taken as lost and run again.',
-    'requeue_after': 'A queued run untouched this long has lost its task and is queued again.',
-    'progress_every': 'Seconds between heartbeat and row-count updates of a running run.',
-    'zip_over_mb': 'Attachments larger than this are zipped.',
-    'mail_max_mb': 'Largest message the SMTP provider takes (after base64); larger go as a link.',
-    'file_store': 'local (a folder, one machine) or database (shared by web and workers).',
-    'retention_days': 'How long finished report files are kept for download.',
-    'public_url': 'Base URL of the web server, for download links in emails (default http://127.0.0.1:<port>).',
-    'secret_key': 'Signs download links; only from NIGHTSHIFT_SECRET_KEY (else one is made and kept in the database).',
-    'operator_email': 'Optional address told about every run that fails for good.',
-    'api_tokens': 'API tokens, comma-separated; only from NIGHTSHIFT_API_TOKEN.',
-    'allowed_domains': 'If set, recipients must be at these domains (comma-separated).',
-    'max_rows': 'Most rows one report writes; a longer one is cut and the email says so.',
-    'max_concurrent_per_report': 'Runs of one report in progress at once, across workers.',
-    'csv_bom': 'Start files meant for people (emails, downloads) with a UTF-8 BOM for Excel.',
-    'timezone': 'Default IANA timezone of schedules.',
-    'catchup_hours': 'After downtime, the latest missed slot still runs if it is this recent.',
-    'max_schedules': 'Most schedules kept (config.ini and API together); one more is refused.',
-    'max_runs_per_tick': 'Most scheduled runs one tick (each minute) creates; the rest wait '
-                         'for the next tick, oldest first.',
-    'report_paths': 'Folders of report .sql files, comma-separated (relative to the config '
-                    'file).',
-    'python_reports': 'Modules of Python reports to import, comma-separated (on PYTHONPATH).',
-    'query_timeout': 'Seconds a report\'s query may run on its source before it is stopped '
-                     '(0: no limit); a report may set less.',
-    'auto_migrate': 'Bring Nightshift\'s own tables up to date at start; false: refuse to '
-                    'start until scripts/migrate.py --apply has.',
-}
+def _shown(setting, value):
+    if setting.secret:
+        return '***' if value else ''
+    if setting.name.endswith('_url'):
+        return mask_url(value)
+    return value
+
+
+Settings = make_dataclass(
+    'Settings',
+    [(s.name, s.type, field(default=s.default)) for s in SETTINGS] + [
+        # Parsed [schedule:<name>] sections: ({'name': ..., 'report': ..., ...}, ...)
+        ('schedules', tuple, field(default=(), repr=False)),
+        # The databases reports read: sources.Source(name, url, query_timeout), ...
+        ('sources', tuple, field(default=(), repr=False)),
+    ],
+    bases=(_SettingsBehaviour,), frozen=True)
+Settings.__module__ = __name__  # pickling finds it here
+Settings.__doc__ = 'The values of SETTINGS, read once at start-up (see load_settings).'
+
 SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled')
 
 
@@ -257,7 +349,8 @@ def mask_url(url):
     return '%s://%s:***@%s' % (scheme, user, host) if ':' in creds else url
 
 
-def _convert(name, raw, kind, source):
+def _convert(setting, raw, source):
+    name, kind = setting.name, setting.type
     try:
         if kind is bool:
             text = str(raw).strip().lower()
@@ -273,10 +366,10 @@ def _convert(name, raw, kind, source):
     except ValueError:
         raise SettingsError('%s: %r is not a valid %s (from %s)'
                             % (name, raw, kind.__name__, source))
-    if name in CHOICES and value not in CHOICES[name]:
+    if setting.choices and value not in setting.choices:
         raise SettingsError('%s: %r must be one of %s (from %s)'
-                            % (name, value, ', '.join(CHOICES[name]), source))
-    if kind in (int, float) and not isinstance(value, bool) and value < 0:
+                            % (name, value, ', '.join(setting.choices), source))
+    if kind in (int, float) and value < 0:
         raise SettingsError('%s: must not be negative (from %s)' % (name, source))
     return value
 
@@ -302,19 +395,48 @@ def load_settings(path=None, environ=None):
     environ = os.environ if environ is None else environ
     path = Path(path or environ.get(ENV_PREFIX + 'CONFIG') or DEFAULT_CONFIG)
     parser = read_config(path)
-    kind_of = {f.name: f.type for f in fields(Settings)
-               if f.name not in ('schedules', 'sources')}
+    values = _from_file(parser, path)
+    schedules, source_specs = _sections(parser, path)
+    values.update(_from_environment(environ))
 
+    # Unset, links follow the port actually listened on.
+    values.setdefault('public_url', 'http://127.0.0.1:%d' % values.get('port', Settings.port))
+    base = path.resolve().parent
+    for setting in SETTINGS:
+        value = values.get(setting.name, setting.default)
+        if setting.resolve:
+            value = setting.resolve(value, base)
+        if setting.check:
+            try:
+                setting.check(value)
+            except ValueError as exc:
+                raise SettingsError('%s: %s' % (setting.name, exc))
+        values[setting.name] = value
+    values['schedules'] = schedules
+    values['sources'] = _sources(source_specs, environ, values, base)
+
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _from_file(parser, path):
     values = {}
-    if parser.has_section(SECTION):
-        for key, raw in parser.items(SECTION):
-            if key in SECRET_ENV:
-                raise SettingsError('%s: secrets are read only from the environment '
-                                    '(%s); remove it from %s' % (key, SECRET_ENV[key], path))
-            if key not in kind_of:
-                raise SettingsError('unknown setting %r in [%s] of %s'
-                                    % (key, SECTION, path))
-            values[key] = _convert(key, raw, kind_of[key], path.name)
+    if not parser.has_section(SECTION):
+        return values
+    for key, raw in parser.items(SECTION):
+        setting = BY_NAME.get(key)
+        if setting is None:
+            raise SettingsError('unknown setting %r in [%s] of %s' % (key, SECTION, path))
+        if setting.secret:
+            raise SettingsError('%s: secrets are read only from the environment '
+                                '(%s); remove it from %s' % (key, setting.env_names[0], path))
+        values[key] = _convert(setting, raw, path.name)
+    return values
+
+
+def _sections(parser, path):
+    """The [schedule:NAME] specs and the [source:NAME] specs by name."""
     schedules, source_specs = [], {}
     for section in parser.sections():
         if section.startswith('schedule:'):
@@ -325,37 +447,20 @@ def load_settings(path=None, environ=None):
         elif section != SECTION:
             raise SettingsError('unknown section [%s] in %s; expected [%s], [schedule:NAME] '
                                 'or [source:NAME]' % (section, path, SECTION))
-    values['schedules'] = tuple(schedules)
+    return tuple(schedules), source_specs
 
-    for name, kind in kind_of.items():
-        env_name = PLATFORM_ENV.get(name) or SECRET_ENV.get(name)
-        for candidate in filter(None, (env_name, ENV_PREFIX + name.upper())):
-            if candidate in environ and environ[candidate] != '':
-                values[name] = _convert(name, environ[candidate], kind, candidate)
+
+def _from_environment(environ):
+    values = {}
+    for setting in SETTINGS:
+        for name in setting.env_names:
+            if environ.get(name, '') != '':
+                values[setting.name] = _convert(setting, environ[name], name)
                 break
-
-    # The deploy convention: a platform that provides a service means use it.
-    if environ.get('REDIS_URL'):
-        values['queue'] = 'redis'
-    if environ.get('SMTP_HOST'):
-        values['mail_backend'] = 'smtp'
-
-    # Unset, links follow the port actually listened on.
-    values.setdefault('public_url', 'http://127.0.0.1:%d' % values.get('port', Settings.port))
-    base = path.resolve().parent
-    for key in PATH_KEYS:
-        values[key] = str((base / values.get(key, getattr(Settings, key))).resolve())
-    values['database_url'] = _resolve_sqlite_url(
-        values.get('database_url', Settings.database_url), base)
-    values['report_paths'] = ','.join(
-        str((base / folder.strip()).resolve())
-        for folder in values.get('report_paths', Settings.report_paths).split(',')
-        if folder.strip())
-    values['sources'] = _sources(source_specs, environ, values, base)
-
-    settings = Settings(**values)
-    _check(settings)
-    return settings
+    for setting in SETTINGS:
+        if setting.implied_by and environ.get(setting.implied_by[0]):
+            values[setting.name] = setting.implied_by[1]
+    return values
 
 
 SOURCE_KEYS = ('url', 'query_timeout')
@@ -379,21 +484,19 @@ def _read_source(section, items, path):
         raise SettingsError('url: %s holds a password; give it in the environment as '
                             'NIGHTSHIFT_SOURCE_%s_URL instead' % (where, name.upper()))
     if 'query_timeout' in spec:
-        spec['query_timeout'] = _convert('query_timeout', spec['query_timeout'], float, where)
+        spec['query_timeout'] = _convert(BY_NAME['query_timeout'], spec['query_timeout'], where)
     return name, spec
 
 
 def _sources(specs, environ, values, base):
     """The sources from config sections and NIGHTSHIFT_SOURCE_<NAME>_URL;
     `default` is the state database unless said otherwise."""
-    import sources
     specs = {name: dict(spec) for name, spec in specs.items()}
     for key, url in environ.items():
         found = SOURCE_ENV.match(key)
         if found and url:
             specs.setdefault(found.group(1).lower(), {})['url'] = url
-    specs.setdefault('default', {}).setdefault('url', values['database_url'])
-    timeout = values.get('query_timeout', Settings.query_timeout)
+    specs.setdefault('default', {}).setdefault('url', _as_source_url(values['database_url']))
     result = []
     for name in sorted(specs):
         spec = specs[name]
@@ -404,12 +507,24 @@ def _sources(specs, environ, values, base):
         try:
             sources.engine_of(url)
         except ValueError as exc:
-            if url == values['database_url']:
-                raise SettingsError('database_url: %s is not a sqlite://, postgres:// or '
-                                    'mysql:// URL' % mask_url(url))
             raise SettingsError('[source:%s] url: %s' % (name, exc))
-        result.append(sources.Source(name, url, spec.get('query_timeout', timeout)))
+        result.append(sources.Source(name, url, spec.get('query_timeout',
+                                                         values['query_timeout'])))
     return tuple(result)
+
+
+def _as_source_url(database_url):
+    """The state database as the `default` source. Sources connect with their
+    own drivers, which read only plain schemes: a scheme that picks a Peewee
+    class (postgresql+pool, cockroachdb, mysqlconnector...) becomes its family's."""
+    scheme, rest = database_url.split('://', 1)
+    try:
+        sources.engine_of(database_url)
+        if '+' not in scheme:
+            return database_url
+    except ValueError:
+        pass
+    return '%s://%s' % (database_family(database_url), rest)
 
 
 def _read_schedule(section, items, path):
@@ -438,21 +553,9 @@ def _read_schedule(section, items, path):
     return spec
 
 
-def _resolve_sqlite_url(url, base):
-    # Relative SQLite paths are relative to the config file, not the cwd.
-    prefix = 'sqlite:///'
-    if url.startswith(prefix) and not url.startswith(prefix + '/') \
-            and ':memory:' not in url:
-        path, _, query = url[len(prefix):].partition('?')
-        url = prefix + str((base / path).resolve()) + ('?' + query if query else '')
-    return url
-
-
 def _check(settings):
-    if not settings.database_url.split('://', 1)[0].split('+', 1)[0] in (
-            'sqlite', 'postgres', 'postgresql', 'mysql', 'mariadb'):
-        raise SettingsError('database_url: %s is not a sqlite://, postgres:// or mysql:// URL'
-                            % mask_url(settings.database_url))
+    """What one setting cannot say alone: settings that need each other, and
+    the schedules."""
     if settings.queue == 'redis' and not settings.redis_url.startswith(
             ('redis://', 'rediss://', 'unix://')):
         raise SettingsError('redis_url: queue is redis but redis_url is %r; set REDIS_URL '
@@ -461,31 +564,6 @@ def _check(settings):
         raise SettingsError('smtp_host: mail_backend is smtp but no SMTP_HOST is set')
     if settings.smtp_user and not settings.smtp_password:
         raise SettingsError('smtp_password: SMTP_USER is set but SMTP_PASSWORD is not')
-    for token in settings.tokens:
-        if len(token) < 16:
-            raise SettingsError('api_tokens: every NIGHTSHIFT_API_TOKEN must be at least 16 '
-                                'characters (e.g. python -c "import secrets; '
-                                'print(secrets.token_urlsafe())")')
-    if settings.max_attempts < 1:
-        raise SettingsError('max_attempts: must be at least 1')
-    if settings.max_runs_per_tick < 1:
-        raise SettingsError('max_runs_per_tick: must be at least 1, or schedules never run')
-    if not settings.public_url.startswith(('http://', 'https://')):
-        raise SettingsError('public_url: %r must start with http:// or https://'
-                            % settings.public_url)
-    for name in ('operator_email', 'mail_from'):
-        address = getattr(settings, name)
-        if name == 'operator_email' and not address:
-            continue  # optional
-        try:
-            # The sender may be a development name (nightshift@localhost).
-            check_address(address, single_label_domain=name == 'mail_from')
-        except ValueError as exc:
-            raise SettingsError('%s: %s' % (name, exc))
-    try:
-        cron.check_timezone(settings.timezone)
-    except ValueError as exc:
-        raise SettingsError('timezone: %s' % exc)
     for spec in settings.schedules:
         where = '[schedule:%s]' % spec['name']
         try:
@@ -496,5 +574,3 @@ def _check(settings):
             cron.check_timezone(spec.get('timezone') or settings.timezone)
         except ValueError as exc:
             raise SettingsError('timezone: %s in %s' % (exc, where))
-    if settings.port > 65535:
-        raise SettingsError('port: %d is not a TCP port' % settings.port)
