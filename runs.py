@@ -23,7 +23,8 @@ from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
 from runfiles import drop_working_copy, prepare_file, remove_work_files
-from vocab import TERMINAL, DeliveryStatus, RunStatus, Trigger
+from vocab import TERMINAL, DeliveryStatus, Ending, RunStatus, Trigger
+
 
 logger = logging.getLogger('nightshift.runs')
 
@@ -228,11 +229,9 @@ class Heartbeat:
 
 
 class Outcome(NamedTuple):
-    """What became of one execution: `status` is delivered, failed (for
-    good), retry (after `delay` seconds), busy (wait `delay` for a turn),
-    lost (taken back; another attempt owns the run) or idle (nothing to do:
-    the run is not queued)."""
-    status: str
+    """What became of one execution: `status` says how it ended (see
+    vocab.Ending); `delay` is the wait before a retry or a turn."""
+    status: Ending
     delay: Optional[float] = None
 
 
@@ -247,26 +246,26 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
     """
     run = Run.get_or_none(Run.id == run_id)
     if run is None or run.status != RunStatus.QUEUED:
-        return Outcome('idle')
+        return Outcome(Ending.IDLE)
     try:
         definition = registry.get(run.report)
     except (UnknownReport, BrokenReport) as exc:
         mark_failed(run.id, 'report %r no longer exists' % run.report
                     if isinstance(exc, UnknownReport)
                     else 'report %s cannot be used: %s' % (run.report, exc.error))
-        return Outcome('failed')
+        return Outcome(Ending.FAILED)
     attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
     if attempt is None:
         if Run.select(Run.status).where(Run.id == run_id).scalar() == RunStatus.QUEUED:
             delay = max(retry_delay(1, settings), 1.0)
             record_wait(run_id, utcnow() + datetime.timedelta(seconds=delay))
-            return Outcome('busy', delay)
-        return Outcome('idle')
+            return Outcome(Ending.BUSY, delay)
+        return Outcome(Ending.IDLE)
     try:
         _attempt(attempt, definition, registry, settings, mailer, store, clock)
     except LostOwnership as exc:
         logger.warning('%s; it leaves the run to that attempt', exc)
-        return Outcome('lost')
+        return Outcome(Ending.LOST)
     except PermanentFailure as exc:
         return _fail(attempt, settings, store, settings.redact(str(exc)))
     except MailError as exc:
@@ -275,7 +274,7 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
         return _retry_later(attempt, settings, store, exc)
     except Exception as exc:
         return _retry_later(attempt, settings, store, exc)
-    return Outcome('delivered')
+    return Outcome(Ending.DELIVERED)
 
 
 def _attempt(attempt, definition, registry, settings, mailer, store, clock):
@@ -305,20 +304,20 @@ def _retry_later(attempt, settings, store, exc):
         attempt.update(status=RunStatus.QUEUED, error=reason,
                        next_attempt_at=utcnow() + datetime.timedelta(seconds=delay))
     except LostOwnership:
-        return Outcome('lost')
+        return Outcome(Ending.LOST)
     logger.info('run %d: attempt %d failed (%s); retrying in %.1fs',
                 attempt.run_id, attempt.number, reason, delay)
-    return Outcome('retry', delay)
+    return Outcome(Ending.RETRY, delay)
 
 
 def _fail(attempt, settings, store, reason):
     try:
         attempt.update(status=RunStatus.FAILED, error=reason, finished_at=utcnow())
     except LostOwnership:
-        return Outcome('lost')
+        return Outcome(Ending.LOST)
     logger.warning('run %d failed: %s', attempt.run_id, reason)
     remove_work_files(settings, store, Run.get_by_id(attempt.run_id))
-    return Outcome('failed')
+    return Outcome(Ending.FAILED)
 
 
 def reap(settings, now, enqueue, on_failed=None):

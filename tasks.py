@@ -25,6 +25,7 @@ from models import Run, bind_database, utcnow
 from queueconf import redis_options
 from reports import create_catalogue
 from settings import install_log_redaction
+from vocab import Ending
 
 logger = logging.getLogger('nightshift.tasks')
 
@@ -184,11 +185,11 @@ class Jobs:
             self.database.down(exc)
             raise RetryTask(delay=self.database.retry_in(self.settings))
         self.database.up()
-        if outcome.status == 'failed':
+        if outcome.status == Ending.FAILED:
             self.notify_failed(run_id)
-        elif outcome.status in ('retry', 'busy'):
+        elif outcome.status in (Ending.RETRY, Ending.BUSY):
             raise RetryTask(delay=outcome.delay) if outcome.delay else RetryTask()
-        return outcome.status
+        return outcome.status.value
 
     def notify_failed(self, run_id):
         """Tell the operator (if one is set) that a run failed for good."""

@@ -30,6 +30,16 @@ class Trigger(StrEnum):
     CLI = 'cli'
 
 
+class Ending(StrEnum):
+    """How one execution of a run ended (runs.Outcome.status)."""
+    DELIVERED = 'delivered'
+    FAILED = 'failed'  # for good
+    RETRY = 'retry'  # after a delay
+    BUSY = 'busy'  # the report has no free turn; wait for one
+    LOST = 'lost'  # taken back: another attempt owns the run
+    IDLE = 'idle'  # nothing to do: the run is not queued
+
+
 # A worker took these runs as far as they go: they may keep a file.
 TERMINAL = (RunStatus.DELIVERED, RunStatus.FAILED)
 # Runs that never change again: the terminal ones and the slots a schedule skipped.

@@ -89,7 +89,7 @@ HELPERS = dict(next_run_text=next_run_text, human_size=human_size, ago=ago, utc_
                iso=iso, seconds_text=charts.seconds_text, run_duration=run_duration,
                file_ready=runviews.file_ready,
                # The page's script reads which statuses are final from here.
-               final_statuses=' '.join(FINAL))
+               final_statuses=' '.join(FINAL), RunStatus=RunStatus)
 
 
 # --- what the pages show --------------------------------------------------
