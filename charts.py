@@ -2,6 +2,8 @@
 line, failures marked. Drawn on the server so the page needs no chart library."""
 from xml.sax.saxutils import escape, quoteattr
 
+from vocab import RunStatus
+
 WIDTH, HEIGHT = 320, 96
 TOP, BOTTOM, LEFT, RIGHT = 14, 14, 4, 4
 MIN_SLOTS = 15
@@ -49,7 +51,7 @@ def run_chart(report, runs):
     step = (WIDTH - LEFT - RIGHT) / slots
     first = slots - len(runs)
     bar = max(step * 0.6, 1.0)
-    failed = [run for run in runs if run.status == 'failed']
+    failed = [run for run in runs if run.status == RunStatus.FAILED]
     summary = '%d runs, %d failed; longest %s; most rows %s' % (
         len(runs), len(failed), longest_text, rows_text)
     parts = ['<svg %s aria-labelledby="chart-%s-title chart-%s-desc">'
@@ -64,7 +66,7 @@ def run_chart(report, runs):
         centre = x + bar / 2
         tip = 'Run #%d: %s, %s, %s rows' % (run.id, run.status, seconds_text(
             _duration(run)), '{:,}'.format(run.rows))
-        if run.status == 'failed':
+        if run.status == RunStatus.FAILED:
             parts.append(
                 '<g class="failed"><title>%s</title>'
                 '<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s" opacity="0.18"/>'

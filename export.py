@@ -1,10 +1,8 @@
-"""Stream a report query into CSV: memory does not grow with rows.
+"""CSV writing shared by every engine: rows into csv.writer in chunks, the
+formula escape (in Python, and as the pattern PostgreSQL matches it with),
+and the atomic write of a finished file. Memory does not grow with rows.
 
-The work is pushed into the database where it can be. Formula escaping and
-decimal formatting become expressions in the SELECT, so rows go from the
-cursor to csv.writer untouched; on PostgreSQL the server writes the CSV
-itself (COPY ... TO STDOUT). Only columns whose type cannot be known from the
-query are escaped in Python.
+sqlexport.py runs a report's SQL on its source and feeds these.
 """
 import contextlib
 import csv
@@ -12,11 +10,7 @@ import io
 import os
 import re
 import time
-import uuid
 from itertools import islice
-
-from peewee import (SQL, Alias, CharField, DecimalField, Field, Function, NodeList,
-                    PostgresqlDatabase, TextField)
 
 # OWASP's list of characters a spreadsheet may read as the start of a
 # formula, and their full-width forms (＝＋－＠), which spreadsheets in East
@@ -34,11 +28,6 @@ CHUNK_BYTES = 1 << 18
 # databases give the same bytes.
 LINE_END = '\n'
 NUL_STANDIN = '\ufffd'  # what a NUL in a text cell is written as
-QUOTE = "''''"  # SQL for a string holding one apostrophe
-
-# Functions whose result has the type of their first argument.
-SAME_TYPE_AS_ARGUMENT = {'sum', 'avg', 'min', 'max', 'coalesce', 'total'}
-COUNTS = {'count'}
 
 
 def escape_formula(value):
@@ -49,199 +38,16 @@ def escape_formula(value):
     return value
 
 
-def _column_name(node):
-    if isinstance(node, Alias):
-        return node._alias
-    if isinstance(node, Field):
-        return node.column_name
-    return None
-
-
-def column_kind(node):
-    """('decimal', places), ('text', None), ('safe', None) or ('unknown', None).
-
-    Looks through aliases and functions such as SUM or COALESCE; anything it
-    cannot type is 'unknown' and gets escaped in Python.
-    """
-    while True:
-        if isinstance(node, Alias):
-            node = node.node
-        elif isinstance(node, Function):
-            name = (node.name or '').lower()
-            if name in COUNTS:
-                return 'safe', None
-            if name not in SAME_TYPE_AS_ARGUMENT or not node.arguments:
-                return 'unknown', None
-            node = node.arguments[0]
-        elif isinstance(node, DecimalField):
-            return 'decimal', node.decimal_places
-        elif isinstance(node, (CharField, TextField)):
-            return 'text', None
-        elif isinstance(node, Field):
-            return 'safe', None  # numbers, dates, booleans: nothing to escape
-        else:
-            return 'unknown', None
-
-
-# The same rule as escape_formula(), in each database's own pattern language,
-# built from the same two lists. SQLite: trim the blanks, then one GLOB on the
-# first character (the class holds a real tab, CR and LF).
-_SQLITE_BLANKS = "'%s'" % LEADING_BLANKS
-_SQLITE_TRIGGER = "'[%s]*'" % FORMULA_TRIGGERS
-
-
-def _sqlite_escape(x):
-    return NodeList([
-        SQL('(CASE WHEN ltrim('), x, SQL(', ' + _SQLITE_BLANKS + ') GLOB ' + _SQLITE_TRIGGER +
-                                         ' AND NOT ('),
-        x, SQL(" GLOB '-[0-9]*' AND NOT "), x, SQL(" GLOB '-*[^0-9.]*') THEN " + QUOTE + " || "),
-        x, SQL(' ELSE '), x, SQL(' END)')], glue='')
-
-
 def _regex_class(chars):
     # Every character as a \uXXXX escape: no "%" for the driver to take as a
     # placeholder, no quote, no raw control character in the SQL.
     return ''.join('\\u%04x' % ord(c) for c in chars)
 
 
-_POSTGRES_TRIGGER = "'^[%s]*[%s]'" % (_regex_class(LEADING_BLANKS), _regex_class(FORMULA_TRIGGERS))
-
-
-def _postgres_escape(x):
-    return NodeList([
-        SQL('(CASE WHEN '), x, SQL(' ~ ' + _POSTGRES_TRIGGER + ' AND '), x,
-        SQL(" !~ '^-[0-9][0-9.]*$' THEN " + QUOTE + " || "), x,
-        SQL(' ELSE '), x, SQL(' END)')], glue='')
-
-
-def prepare_query(query, database, escape=True):
-    """Rewrite the SELECT so each column prints the same on every database
-    and, with `escape`, text columns are escaped by the database.
-
-    Returns (query, indexes of columns still to escape in Python).
-    """
-    postgres = isinstance(database, PostgresqlDatabase)
-    columns, leftover = [], []
-    changed = False
-    for i, node in enumerate(query.selected_columns):
-        kind, places = column_kind(node)
-        name = _column_name(node)
-        inner = node.node if isinstance(node, Alias) else node
-        if kind == 'decimal' and name:
-            # SQLite keeps DECIMAL as a float (12.5, not 12.50).
-            wrapped = inner.cast('NUMERIC(38, %d)' % places) if postgres else \
-                Function('printf', ['%.' + str(places) + 'f', inner])
-        elif kind == 'text' and escape and name:
-            wrapped = _postgres_escape(inner) if postgres else _sqlite_escape(inner)
-        else:
-            if kind != 'safe' and escape:
-                leftover.append(i)
-            columns.append(node)
-            continue
-        columns.append(Alias(wrapped, name))
-        changed = True
-    if changed:
-        query = query.clone()
-        query.selected_columns = columns
-    return query, leftover
-
-
-def _escaping_rows(rows, indexes):
-    for row in rows:
-        row = list(row)
-        for i in indexes:
-            row[i] = escape_formula(row[i])
-        yield row
-
-
-@contextlib.contextmanager
-def open_rows(query, database, escape=True, batch=2000):
-    """Run `query` and yield (header, rows): fetched lazily, escaped, decimals
-    formatted. PostgreSQL gets a server-side (named) cursor in a transaction,
-    so the driver never loads the whole result."""
-    prepared, leftover = prepare_query(query, database, escape)
-    with _prepared_rows(prepared, leftover, database, batch) as opened:
-        yield opened
-
-
-@contextlib.contextmanager
-def _prepared_rows(query, leftover, database, batch=2000):
-    if isinstance(database, PostgresqlDatabase):
-        sql, params = query.sql()
-        with database.atomic():
-            cursor = database.connection().cursor(
-                name='nightshift-%s' % uuid.uuid4().hex, withhold=False)
-            cursor.itersize = batch
-            try:
-                cursor.execute(sql, params)
-                header = [d[0] for d in cursor.description]
-                yield header, _escaping_rows(cursor, leftover) if leftover else cursor
-            finally:
-                cursor.close()
-    else:
-        cursor = database.execute(query)
-        try:
-            header = [d[0] for d in cursor.description]
-            yield header, _escaping_rows(cursor, leftover) if leftover else cursor
-        finally:
-            cursor.close()
-
-
-@contextlib.contextmanager
-def open_csv(query, database, escape=True, bom=False, limit=None, chunk_rows=2000,
-             copy=True):
-    """The report as a stream of CSV byte chunks (with .rows, .bytes and
-    .truncated). PostgreSQL writes it itself with COPY when every column's
-    type is known; otherwise rows are written here."""
-    prepared, leftover = prepare_query(query, database, escape)
-    if copy and not leftover and isinstance(database, PostgresqlDatabase):
-        with database.atomic():
-            cursor = database.connection().cursor()
-            try:
-                yield CopyStream(cursor, prepared, database, bom, limit)
-            finally:
-                cursor.close()
-        return
-    with _prepared_rows(prepared, leftover, database) as (header, rows):
-        yield CsvStream(header, rows, escape=False, chunk_rows=chunk_rows, bom=bom,
-                        limit=limit)
-
-
-class CopyStream:
-    """CSV written by PostgreSQL (COPY ... TO STDOUT), passed on in chunks."""
-
-    def __init__(self, cursor, query, database, bom=False, limit=None):
-        self.cursor, self.query, self.database = cursor, query, database
-        self.bom, self.limit = bom, limit
-        self.rows = self.bytes = 0
-        self.truncated = False
-
-    def __iter__(self):
-        query = self.query
-        if self.limit is not None:
-            query = query.limit(self.limit if query._limit is None
-                                else min(self.limit, query._limit))
-        sql, params = query.sql()
-        statement = 'COPY (%s) TO STDOUT WITH (FORMAT csv, HEADER true)' % sql
-        buffer = bytearray(b'\xef\xbb\xbf' if self.bom else b'')
-        ends = RowEnds()
-        with self.cursor.copy(statement, params or None) as copy:
-            for data in copy:
-                buffer += data
-                if len(buffer) >= CHUNK_BYTES:
-                    # Rows finished so far, the header not counted; exact
-                    # once COPY is done.
-                    self.rows = max(0, ends.count(buffer) - 1)
-                    self.bytes += len(buffer)
-                    yield bytes(buffer)
-                    buffer.clear()
-        if buffer:
-            self.bytes += len(buffer)
-            yield bytes(buffer)
-        self.rows = self.cursor.rowcount
-        if self.limit is not None and self.rows >= self.limit:
-            more = self.query.offset(self.limit).limit(1)
-            self.truncated = self.database.execute(more).fetchone() is not None
+# escape_formula()'s rule as a PostgreSQL regular expression (an SQL string
+# literal), built from the same two lists.
+POSTGRES_FORMULA_PATTERN = "'^[%s]*[%s]'" % (_regex_class(LEADING_BLANKS),
+                                             _regex_class(FORMULA_TRIGGERS))
 
 
 class RowEnds:

@@ -12,6 +12,8 @@ from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
 from playhouse.db_url import connect, parse
 from playhouse.shortcuts import ReconnectMixin
 
+from vocab import DeliveryStatus, RunStatus, Trigger
+
 db = DatabaseProxy()
 _bind_lock = threading.Lock()
 
@@ -43,24 +45,17 @@ class BaseModel(Model):
         database = db
 
 
-# skipped: a schedule slot missed during downtime, recorded but not sent.
-RUN_STATUSES = ('queued', 'running', 'delivered', 'failed', 'skipped')
-# A run in one of these is over: nothing will change it again.
-TERMINAL = ('delivered', 'failed')
-TRIGGERS = ('web', 'schedule', 'cli')
-
-
 class Run(BaseModel):
     """One requested report, whatever asked for it: the run history."""
     report = CharField()
     params = JSONField(default=dict)
     recipients = JSONField(default=list)
-    status = CharField(default='queued')
+    status = CharField(default=RunStatus.QUEUED)  # vocab.RunStatus
     rows = BigIntegerField(default=0)
     bytes = BigIntegerField(default=0)
     attempts = IntegerField(default=0)
     error = TextField(null=True)
-    trigger = CharField(default='web')
+    trigger = CharField(default=Trigger.WEB)
     # Filled for scheduled runs; unique together so a slot runs once.
     schedule = CharField(null=True)
     slot_at = DateTimeField(null=True)
@@ -97,16 +92,11 @@ class Run(BaseModel):
         return '<nightshift-run-%d@nightshift>' % self.id
 
 
-# sending: handed to SMTP but not yet confirmed; a retry sends again (same
-# Message-ID) rather than risk that nobody got it.
-DELIVERY_STATUSES = ('pending', 'sending', 'sent', 'refused')
-
-
 class Delivery(BaseModel):
     """Per-recipient outcome, so a retry goes only to who did not get it."""
     run = ForeignKeyField(Run, backref='deliveries', on_delete='CASCADE')
     address = CharField()
-    status = CharField(default='pending')
+    status = CharField(default=DeliveryStatus.PENDING)  # vocab.DeliveryStatus
     error = TextField(null=True)
     sent_at = DateTimeField(null=True)
 

@@ -3,6 +3,7 @@
 Built from the report registry, so report names and their parameters are
 part of the contract that schemathesis checks in CI.
 """
+from vocab import DeliveryStatus, RunStatus, Trigger
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
@@ -14,6 +15,10 @@ PARAM_SCHEMAS = {
     'bool': {'type': 'boolean'},
 }
 NULLABLE_STRING = {'type': 'string', 'nullable': True}
+
+
+def _enum(vocabulary):
+    return {'type': 'string', 'enum': [member.value for member in vocabulary]}
 
 
 def _ref(name):
@@ -53,12 +58,12 @@ def _components(report_names):
                                      'field': {'type': 'string'}}},
             'Accepted': {'type': 'object', 'required': ['id', 'status', 'url'],
                          'properties': {'id': {'type': 'integer'},
-                                        'status': {'type': 'string', 'enum': ['queued']},
+                                        'status': {'type': 'string',
+                                                   'enum': [RunStatus.QUEUED.value]},
                                         'url': {'type': 'string'}}},
             'Delivery': {'type': 'object', 'properties': {
                 'address': {'type': 'string'},
-                'status': {'type': 'string',
-                           'enum': ['pending', 'sending', 'sent', 'refused']},
+                'status': _enum(DeliveryStatus),
                 'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING}},
             'Run': {'type': 'object',
                     'required': ['id', 'report', 'params', 'to', 'status', 'rows', 'bytes',
@@ -68,11 +73,10 @@ def _components(report_names):
                         'id': {'type': 'integer'}, 'report': {'type': 'string'},
                         'params': {'type': 'object'},
                         'to': {'type': 'array', 'items': {'type': 'string'}},
-                        'status': {'type': 'string', 'enum': ['queued', 'running', 'delivered',
-                                                              'failed', 'skipped']},
+                        'status': _enum(RunStatus),
                         'rows': {'type': 'integer'}, 'bytes': {'type': 'integer'},
                         'attempts': {'type': 'integer'}, 'error': NULLABLE_STRING,
-                        'trigger': {'type': 'string', 'enum': ['web', 'schedule', 'cli']},
+                        'trigger': _enum(Trigger),
                         'schedule': NULLABLE_STRING, 'slot_at': NULLABLE_STRING,
                         'created_at': {'type': 'string'}, 'started_at': NULLABLE_STRING,
                         'finished_at': NULLABLE_STRING, 'file_name': NULLABLE_STRING,
@@ -145,9 +149,7 @@ def build_spec(registry):
         '/api/runs': {
             'get': {'summary': 'runs, newest first', 'parameters': [
                 {'name': 'report', 'in': 'query', 'schema': {'type': 'string'}},
-                {'name': 'status', 'in': 'query', 'schema': {
-                    'type': 'string',
-                    'enum': ['queued', 'running', 'delivered', 'failed', 'skipped']}},
+                {'name': 'status', 'in': 'query', 'schema': _enum(RunStatus)},
                 {'name': 'limit', 'in': 'query', 'schema': {'type': 'integer', 'minimum': 1,
                                                             'maximum': 500}}],
                 'responses': dict(common, **{

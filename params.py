@@ -4,14 +4,7 @@ import decimal
 import re
 
 
-class InputError(Exception):
-    """A client sent something wrong; `field` names where."""
-
-    def __init__(self, field, message, code='invalid'):
-        super().__init__('%s: %s' % (field, message))
-        self.field = field
-        self.message = message
-        self.code = code
+from errors import InputError  # noqa: F401  (re-exported: params.InputError)
 
 
 _DATE = re.compile(r'\d{4}-\d{2}-\d{2}\Z')

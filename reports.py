@@ -18,7 +18,8 @@ from typing import Any
 from peewee import MySQLDatabase, PostgresqlDatabase, SqliteDatabase
 
 import sqlfiles
-from params import InputError, Param, parse_params
+from errors import InputError, UnknownReportError
+from params import Param, parse_params
 
 logger = logging.getLogger('nightshift.reports')
 
@@ -244,7 +245,7 @@ def find_report(registry: Registry, name: Any) -> Report:
     try:
         return registry.get(name)
     except UnknownReport:
-        raise InputError('report', 'no report named %r' % name, code='unknown_report')
+        raise UnknownReportError(name)
     except BrokenReport as exc:
         raise InputError('report', 'report %s cannot be used until its file is fixed: %s'
                          % (name, exc.error), code='broken_report')

@@ -14,10 +14,12 @@ from peewee import IntegrityError, fn
 
 import cron
 import runs
+from errors import Conflict
 from models import Run, Schedule, db
 from params import InputError, dump_params
 from reports import find_report
 from settings import SettingsError
+from vocab import RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.schedules')
 
@@ -28,14 +30,6 @@ FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled')
 SKIPPED_RECORD_LIMIT = 100
 MISSED = ('missed: not run at its time (no consumer was running, or the tick had '
           'reached max_runs_per_tick); only the latest missed slot is caught up')
-
-
-class Conflict(Exception):
-    """The request clashes with what exists (duplicate name, config-managed)."""
-
-    def __init__(self, message, field=None):
-        super().__init__(message)
-        self.message, self.field = message, field
 
 
 def clean(registry, settings, data, current=None):
@@ -247,7 +241,7 @@ def tick(registry, settings, jobs, now):
         if run is None:
             continue
         budget -= 1
-        if run.status == 'queued':
+        if run.status == RunStatus.QUEUED:
             try:
                 jobs.enqueue_run(run)
             except Exception:
@@ -278,8 +272,9 @@ def _record_skipped(schedule, skipped, more, now):
     """One row per missed slot, in one statement; when there were more than
     were walked, the oldest row says so."""
     rows = [dict(report=schedule.report, params=schedule.params,
-                 recipients=schedule.recipients, status='skipped', trigger='schedule',
-                 schedule=schedule.name, slot_at=slot, finished_at=now, error=MISSED)
+                 recipients=schedule.recipients, status=RunStatus.SKIPPED,
+                 trigger=Trigger.SCHEDULE, schedule=schedule.name, slot_at=slot,
+                 finished_at=now, error=MISSED)
             for slot in skipped]
     if rows and more:
         rows[0]['error'] = MISSED + ('; earlier slots since %s UTC were missed too and are '
@@ -292,13 +287,13 @@ def _record_skipped(schedule, skipped, more, now):
 def _create_slot_run(registry, settings, schedule, slot, now):
     try:
         return runs.create_run(registry, settings, schedule.report, schedule.params,
-                               schedule.recipients, trigger='schedule',
+                               schedule.recipients, trigger=Trigger.SCHEDULE,
                                schedule=schedule.name, slot_at=slot)
     except InputError as exc:
         # The report changed under a stored schedule; say so in the history.
         return Run.create(report=schedule.report, params=schedule.params,
-                          recipients=schedule.recipients, status='failed',
-                          trigger='schedule', schedule=schedule.name, slot_at=slot,
+                          recipients=schedule.recipients, status=RunStatus.FAILED,
+                          trigger=Trigger.SCHEDULE, schedule=schedule.name, slot_at=slot,
                           finished_at=now, error='%s: %s' % (exc.field, exc.message))
 
 
@@ -325,7 +320,7 @@ def with_last_runs(query):
     found = list(query)
     names = [s.name for s in found]
     latest = (Run.select(fn.MAX(Run.id))
-              .where(Run.schedule.in_(names), Run.status != 'skipped')
+              .where(Run.schedule.in_(names), Run.status != RunStatus.SKIPPED)
               .group_by(Run.schedule))
     last = {run.schedule: run for run in Run.select().where(Run.id.in_(latest))} \
         if names else {}
@@ -338,7 +333,7 @@ def last_run(schedule):
     fetched = getattr(schedule, '_last_run', _NOT_FETCHED)
     if fetched is not _NOT_FETCHED:
         return fetched
-    return (Run.select().where(Run.schedule == schedule.name, Run.status != 'skipped')
+    return (Run.select().where(Run.schedule == schedule.name, Run.status != RunStatus.SKIPPED)
             .order_by(Run.id.desc()).first())
 
 

@@ -27,7 +27,8 @@ import decimal
 from typing import List, Optional, Union
 
 import sources
-from export import _POSTGRES_TRIGGER, CHUNK_BYTES, CsvStream, RowEnds, escape_formula
+from export import (CHUNK_BYTES, POSTGRES_FORMULA_PATTERN, CsvStream, RowEnds,
+                    escape_formula)
 from sources import ReportSQLError, Source
 
 ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
@@ -134,9 +135,9 @@ def _pg_column(position, oid, escape):
 
 def pg_escape_sql(x):
     """The formula escape (export.escape_formula) as a PostgreSQL expression:
-    the same pattern the export module builds for COPY."""
+    the same rule, from the same lists of characters."""
     return ("(CASE WHEN %s ~ %s AND %s !~ '^-[0-9][0-9.]*$' THEN '''' || %s ELSE %s END)"
-            % (x, _POSTGRES_TRIGGER, x, x, x))
+            % (x, POSTGRES_FORMULA_PATTERN, x, x, x))
 
 
 @contextlib.contextmanager

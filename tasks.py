@@ -14,14 +14,18 @@ from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 from peewee import DatabaseError, IntegrityError, InterfaceError, OperationalError
 
+import delivery
+import runfiles
 import runs
 import schedules
+from errors import QueueUnavailable
 from filestore import create_file_store
 from mail import create_mailer
 from models import Run, bind_database, utcnow
 from queueconf import redis_options
 from reports import create_catalogue
 from settings import install_log_redaction
+from vocab import Ending
 
 logger = logging.getLogger('nightshift.tasks')
 
@@ -31,10 +35,6 @@ HAND_BACK_GRACE = 5.0
 
 
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
-
-
-class QueueUnavailable(Exception):
-    """The queue could not take a task (e.g. Redis is down)."""
 
 
 class DatabaseHealth:
@@ -164,8 +164,8 @@ class Jobs:
         try:
             runs.reap(self.settings, now, self.run_report, self.notify_failed)
             created = schedules.tick(self.registry, self.settings, self, now)
-            runs.remove_expired_files(self.settings, self.store, now)
-            runs.sweep_orphans(self.settings, self.store)
+            runfiles.remove_expired_files(self.settings, self.store, now)
+            runfiles.sweep_orphans(self.settings, self.store)
         except DB_ERRORS as exc:
             self.database.down(exc)
             return []
@@ -185,18 +185,18 @@ class Jobs:
             self.database.down(exc)
             raise RetryTask(delay=self.database.retry_in(self.settings))
         self.database.up()
-        if outcome.status == 'failed':
+        if outcome.status == Ending.FAILED:
             self.notify_failed(run_id)
-        elif outcome.status in ('retry', 'busy'):
+        elif outcome.status in (Ending.RETRY, Ending.BUSY):
             raise RetryTask(delay=outcome.delay) if outcome.delay else RetryTask()
-        return outcome.status
+        return outcome.status.value
 
     def notify_failed(self, run_id):
         """Tell the operator (if one is set) that a run failed for good."""
         if not self.settings.operator_email:
             return
         try:
-            self.mailer.send(runs.failure_notice(Run.get_by_id(run_id),
+            self.mailer.send(delivery.failure_notice(Run.get_by_id(run_id),
                                                  self.settings.operator_email))
         except Exception:
             logger.exception('could not tell the operator that run %s failed', run_id)

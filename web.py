@@ -16,18 +16,18 @@ from peewee import DatabaseError, InterfaceError
 
 import charts
 import outbox
-import runs
+import runviews
 import schedules
 from mail import human_size
 from models import Run, Schedule, db, utcnow
 from reports import BrokenReport, UnknownReport
+from vocab import FINAL, TERMINAL, RunStatus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VIEWS = os.path.join(HERE, 'views')
 STATIC = os.path.join(HERE, 'static')
 RECENT_RUNS = 25
 CHART_RUNS = 30
-FINISHED = ('delivered', 'failed')
 
 render = functools.partial(template, template_lookup=[VIEWS])
 
@@ -73,7 +73,7 @@ def run_duration(run, now):
     """Seconds the run took, or has taken so far while it is running."""
     if run.started_at is None:
         return None
-    end = run.finished_at or (now if run.status == 'running' else None)
+    end = run.finished_at or (now if run.status == RunStatus.RUNNING else None)
     return (end - run.started_at).total_seconds() if end else None
 
 
@@ -87,7 +87,9 @@ def next_run_text(row, now):
 
 HELPERS = dict(next_run_text=next_run_text, human_size=human_size, ago=ago, utc_text=utc_text,
                iso=iso, seconds_text=charts.seconds_text, run_duration=run_duration,
-               file_ready=runs.file_ready)
+               file_ready=runviews.file_ready,
+               # The page's script reads which statuses are final from here.
+               final_statuses=' '.join(FINAL), RunStatus=RunStatus)
 
 
 # --- what the pages show --------------------------------------------------
@@ -97,7 +99,7 @@ def recent_runs(limit=RECENT_RUNS):
 
 
 def chart_for(report):
-    finished = (Run.select().where(Run.report == report.name, Run.status.in_(FINISHED))
+    finished = (Run.select().where(Run.report == report.name, Run.status.in_(TERMINAL))
                 .order_by(Run.id.desc()).limit(CHART_RUNS))
     return charts.run_chart(report, list(reversed(list(finished))))
 

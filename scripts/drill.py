@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from loopback import RedisServer, SmtpSink, call, free_port, wait_until  # noqa: E402
+from vocab import TERMINAL  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get('NIGHTSHIFT_TEST_PG', 'postgresql://postgres@127.0.0.1:5432/test')
 
@@ -236,7 +237,7 @@ def drill(args, workdir):
 
         def finished():
             states = [call('GET', '%s/api/runs/%d' % (system.base, r))[1] for r in accepted]
-            return all(s and s['status'] in ('delivered', 'failed') for s in states) and states
+            return all(s and s['status'] in TERMINAL for s in states) and states
         try:
             states = wait_until(finished, timeout=args.timeout, interval=0.5,
                                 message='every accepted run to finish')
@@ -263,7 +264,7 @@ def drill(args, workdir):
                       sum(1 for m in copies if m['reply_late']), state.get('error'),
                       after[-1] if after else 'none', copies[-1]['at'] - copies[0]['at']))
         broken = sum(1 for m in sink.messages if not attachment_matches(m['message']))
-        lost = sum(1 for s in states if not s or s['status'] not in ('delivered', 'failed')) \
+        lost = sum(1 for s in states if not s or s['status'] not in TERMINAL) \
             + sum(1 for s in states if s and s['status'] == 'delivered'
                   and '<nightshift-run-%d@nightshift>' % s['id'] not in ids)
         stray = len(set(ids) - expected)

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from huey.exceptions import RetryTask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import runfiles  # noqa: E402
 import runs  # noqa: E402
 import sqlexport  # noqa: E402
 from export import write_file  # noqa: E402
@@ -29,6 +30,7 @@ from params import InputError  # noqa: E402
 from reports import BrokenReport, UnknownReport, create_catalogue  # noqa: E402
 from settings import SettingsError, load_settings  # noqa: E402
 from sources import SourceError, UnknownSource  # noqa: E402
+from vocab import RunStatus, Trigger  # noqa: E402
 
 
 def parse_args(argv):
@@ -77,7 +79,7 @@ def export_file(settings, definition, params, path, escape, bom, quiet):
     with tqdm(unit=' rows', unit_scale=True, disable=quiet, file=sys.stderr) as bar:
         def progress(rows, size):
             bar.update(rows - bar.n)
-        with runs.open_report(definition, settings, typed, escape, bom) as stream:
+        with runfiles.open_report(definition, settings, typed, escape, bom) as stream:
             if to_stdout:
                 rows, size = write_stdout(stream, progress)
             else:
@@ -175,7 +177,8 @@ def main(argv=None):
                                definition.escape_formulas and not args.no_escape,
                                settings.csv_bom and not args.no_bom, args.quiet)
         bind_database(settings.database_url, auto=settings.auto_migrate)
-        run = runs.create_run(registry, settings, args.report, params, args.to, trigger='cli',
+        run = runs.create_run(registry, settings, args.report, params, args.to,
+                              trigger=Trigger.CLI,
                               escape_formulas=False if args.no_escape else None,
                               bom=settings.csv_bom and not args.no_bom)
     except UnknownReport:
@@ -203,9 +206,9 @@ def main(argv=None):
     run = Run.get_by_id(run.id)
     print('run %d %s: %d rows, %d bytes%s' % (run.id, run.status, run.rows, run.bytes,
                                              ' (%s)' % run.error if run.error else ''))
-    if run.status == 'queued':
+    if run.status == RunStatus.QUEUED:
         print('the worker will try again')
-    elif run.status != 'delivered':
+    elif run.status != RunStatus.DELIVERED:
         sys.exit(1)
 
 

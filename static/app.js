@@ -5,7 +5,8 @@
 
   var FAST = 1500;   // ms between refreshes while a run is queued or running
   var SLOW = 10000;  // otherwise
-  var FINAL = ['delivered', 'failed', 'skipped'];
+  // Statuses a run never leaves, as the server defines them.
+  var FINAL = (document.body.getAttribute('data-final') || '').split(' ');
 
   function announce(text) {
     var box = document.getElementById('announcer');
@@ -210,7 +211,8 @@
     },
     schedule: function () {
       var self = this;
-      var moving = self.body.querySelector('tr[data-status="queued"], tr[data-status="running"]');
+      var moving = Array.prototype.some.call(self.body.querySelectorAll('tr[data-status]'),
+        function (row) { return FINAL.indexOf(row.getAttribute('data-status')) < 0; });
       clearTimeout(self.timer);
       // A hidden tab does not poll; showing it again refreshes at once.
       if (document.hidden) { return; }

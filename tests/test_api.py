@@ -100,7 +100,7 @@ def test_post_run_emails_the_csv(app, jobs, shop, smtp_sink):
 def test_a_run_file_is_offered_only_while_kept(app, jobs, settings, shop):
     import datetime
 
-    import runs
+    import runfiles
     from models import utcnow
     run_id = app.post_json('/api/runs', {'report': 'customers', 'to': ['a@example.org']}).json['id']
     res = app.get('/api/runs/%d/file' % run_id, expect_errors=True)
@@ -116,7 +116,7 @@ def test_a_run_file_is_offered_only_while_kept(app, jobs, settings, shop):
     assert app.get('/api/runs/%d/file' % run_id, expect_errors=True).status_int == 409
     Run.update(status='delivered').where(Run.id == run_id).execute()
     later = utcnow() + datetime.timedelta(days=settings.retention_days + 1)
-    assert runs.remove_expired_files(settings, jobs.store, later) == 1
+    assert runfiles.remove_expired_files(settings, jobs.store, later) == 1
     assert app.get('/api/runs/%d' % run_id).json['file_url'] is None
     res = app.get('/api/runs/%d/file' % run_id, expect_errors=True)
     assert (res.status_int, res.json['error']) == (410, 'gone')

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-import runs
+import runfiles
 from conftest import demo_catalogue
 from demo import Customer, Order
 from export import CsvStream, escape_formula, write_file
@@ -40,7 +40,7 @@ def csv_text(settings, report, params=None, escape=True, limit=None):
     if limit is not None:
         settings = replace(settings, max_rows=limit)
     definition = registry.get(report)
-    with runs.open_report(definition, settings, definition.parse(params or {}), escape,
+    with runfiles.open_report(definition, settings, definition.parse(params or {}), escape,
                           False) as stream:
         text = b''.join(stream).decode('utf-8')
     CURRENT['stream'] = stream

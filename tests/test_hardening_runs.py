@@ -10,6 +10,8 @@ import threading
 import pytest
 
 import demo
+import delivery
+import runfiles
 import runs
 from conftest import attachment, run_queued
 from demo import Order
@@ -158,7 +160,7 @@ def test_a_taken_back_attempt_can_neither_publish_nor_mail(settings, jobs, shop,
     assert Run.get_by_id(run_id).rows == done.rows
     Delivery.update(status='pending').where(Delivery.run == run_id).execute()
     with pytest.raises(runs.LostOwnership):
-        runs.deliver(stale, 'Customers', runs.local_path(settings, done.file_key), settings,
+        delivery.deliver(stale, 'Customers', runfiles.local_path(settings, done.file_key), settings,
                      jobs.mailer, 1.0)
     assert len(smtp_sink.messages) == 1
     assert set(outcome(run_id).values()) == {'pending'}  # not marked "sending" by it either
@@ -171,9 +173,9 @@ def test_a_taken_back_attempt_does_not_publish_its_file(settings, jobs, shop, sm
     fresh = runs.claim(run_id)
     assert fresh.number == stale.number + 1
     with pytest.raises(runs.LostOwnership):
-        runs.prepare_file(registry, settings, jobs.store, stale)
-    assert not os.path.exists(runs.attempt_folder(settings, stale))
-    path = runs.prepare_file(registry, settings, jobs.store, fresh)
+        runfiles.prepare_file(registry, settings, jobs.store, stale)
+    assert not os.path.exists(runfiles.attempt_folder(settings, stale))
+    path = runfiles.prepare_file(registry, settings, jobs.store, fresh)
     run = Run.get_by_id(run_id)
     assert run.file_key.startswith('run-%d/a%d/' % (run_id, fresh.number))
     assert os.path.getsize(path) == run.file_bytes and run.rows == 20
@@ -256,15 +258,15 @@ def test_a_failed_run_leaves_no_work_files(make_settings, database_url, redis_ur
     jobs.enqueue_run(run)
     run_queued(jobs)
     assert Run.get_by_id(run.id).status == 'failed'
-    assert not os.path.exists(runs.run_folder(jobs.settings, run.id))
+    assert not os.path.exists(runfiles.run_folder(jobs.settings, run.id))
 
 
 def test_the_tick_sweeps_orphaned_work_folders(settings, jobs, shop, smtp_sink):
     run_id = queued(jobs)
     run_queued(jobs)
     run = Run.get_by_id(run_id)
-    published = runs.local_path(settings, run.file_key)
-    stray = os.path.join(runs.run_folder(settings, run_id), 'a9', 'half.csv.part')
+    published = runfiles.local_path(settings, run.file_key)
+    stray = os.path.join(runfiles.run_folder(settings, run_id), 'a9', 'half.csv.part')
     gone = os.path.join(settings.reports_dir, 'run-999999', 'a1', 'x.csv')
     for path in (stray, gone):
         os.makedirs(os.path.dirname(path))
@@ -272,7 +274,7 @@ def test_the_tick_sweeps_orphaned_work_folders(settings, jobs, shop, smtp_sink):
             f.write(b'x' * 1000)
     in_progress = queued(jobs)
     runs.claim(in_progress)
-    live = os.path.join(runs.run_folder(settings, in_progress), 'a1', 'writing.csv.part')
+    live = os.path.join(runfiles.run_folder(settings, in_progress), 'a1', 'writing.csv.part')
     os.makedirs(os.path.dirname(live))
     open(live, 'wb').close()
 
@@ -290,7 +292,7 @@ def test_with_the_database_store_no_local_copy_outlives_the_run(make_settings, d
     run_id = queued(jobs)
     run_queued(jobs)
     assert Run.get_by_id(run_id).status == 'delivered'
-    assert not os.path.exists(runs.run_folder(jobs.settings, run_id))
+    assert not os.path.exists(runfiles.run_folder(jobs.settings, run_id))
     assert jobs.store.exists(Run.get_by_id(run_id).file_key)
 
 

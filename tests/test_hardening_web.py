@@ -19,11 +19,13 @@ import webtest
 
 import runs
 from conftest import ROOT, attachment, free_port, run_queued, wait_until
-from export import escape_formula, open_csv
+from export import escape_formula
 from demo import Customer, Order
 from models import Run, db
 from reports import Registry
 from server import create_app, server_options
+from sources import Source
+from sqlexport import open_query_csv
 
 TOKEN = 'tok-0123456789abcdef-web'
 
@@ -412,6 +414,11 @@ def test_a_json_body_may_still_turn_escaping_off(secured, seeded_formula):
 
 # --- 12: what counts as a formula ----------------------------------------------
 
+def demo_source(database_url):
+    """The demo shop (in the test's own database) as a report source."""
+    return Source('demo', database_url, 10)
+
+
 HIDDEN_TRIGGERS = [' =1+1', '  @SUM(A1)', '\u00a0=1', '\ufeff=1', '\u3000+1', ' \t=1',
                    '\uff1d1+1', '\uff0b1', '\uff0d1', '\uff20SUM(A1)', ' -1', ' -1+2',
                    '\u00a0\ufeff -x']
@@ -428,30 +435,27 @@ def test_numbers_and_plain_text_stay_as_they_are(cell):
     assert escape_formula(cell) == cell
 
 
-def test_database_and_python_escaping_agree_on_hidden_triggers(database):
-    from peewee import PostgresqlDatabase
+def test_database_and_python_escaping_agree_on_hidden_triggers(database, database_url):
     cells = HIDDEN_TRIGGERS + HARMLESS + ['=1', '-1', '\tx', '%x', '|x', '\r=1']
     for cell in cells:
         Customer.create(name=cell, email=None)
-    query = Customer.select(Customer.name).order_by(Customer.id)
-    paths = [True, False] if isinstance(db.obj, PostgresqlDatabase) else [False]
-    for copy in paths:
-        with open_csv(query, db.obj, escape=True, copy=copy) as stream:
-            text = b''.join(stream).decode('utf-8')
-        got = [row[0] if row else '' for row in csv.reader(io.StringIO(text, newline=''))][1:]
-        assert got == [escape_formula(c) for c in cells], copy
+    with open_query_csv(demo_source(database_url), 'SELECT name FROM customer ORDER BY id', {},
+                        escape=True) as stream:
+        text = b''.join(stream).decode('utf-8')
+    got = [row[0] if row else '' for row in csv.reader(io.StringIO(text, newline=''))][1:]
+    assert got == [escape_formula(c) for c in cells]
 
 
 # --- 15: progress and NUL -------------------------------------------------------
 
-def test_rows_so_far_never_run_ahead_of_the_rows_written(database):
+def test_rows_so_far_never_run_ahead_of_the_rows_written(database, database_url):
     from peewee import PostgresqlDatabase
     if not isinstance(db.obj, PostgresqlDatabase):
         pytest.skip('COPY is PostgreSQL only')
     for i in range(3000):
         Customer.create(name='line\n' * 40 + str(i), email='"q"\n%d' % i)
-    query = Customer.select(Customer.name, Customer.email).order_by(Customer.id)
-    with open_csv(query, db.obj, escape=False, copy=True) as stream:
+    with open_query_csv(demo_source(database_url), 'SELECT name, email FROM customer ORDER BY id',
+                        {}, escape=False) as stream:
         written = b''
         for chunk in stream:
             written += chunk
@@ -461,7 +465,7 @@ def test_rows_so_far_never_run_ahead_of_the_rows_written(database):
     assert stream.rows == 3000
 
 
-def test_a_nul_in_a_cell_never_reaches_the_file_raw(database):
+def test_a_nul_in_a_cell_never_reaches_the_file_raw(database, database_url):
     from peewee import PostgresqlDatabase
     if isinstance(db.obj, PostgresqlDatabase):
         with pytest.raises(Exception):
@@ -469,9 +473,9 @@ def test_a_nul_in_a_cell_never_reaches_the_file_raw(database):
                 Customer.create(name='a\x00b', email=None)
         return
     Customer.create(name='a\x00b', email='\x00=1')
-    query = Customer.select(Customer.name, Customer.email)
     for escape in (True, False):
-        with open_csv(query, db.obj, escape=escape) as stream:
+        with open_query_csv(demo_source(database_url), 'SELECT name, email FROM customer', {},
+                            escape=escape) as stream:
             data = b''.join(stream)
         assert b'\x00' not in data
         assert 'a\ufffdb' in data.decode('utf-8')

@@ -13,7 +13,7 @@ import webtest
 
 import migrations
 import models
-import runs
+import runfiles
 from conftest import PG_ADMIN_URL, MARIADB_ADMIN, run_queued
 
 USER_TABLES = ('order', 'customer', 'run', 'schedule', 'delivery')
@@ -174,7 +174,7 @@ def test_nightshift_never_touches_the_teams_tables(user_database, make_settings,
     run_queued(jobs)
     assert len(smtp_sink.messages) == 2
     later = models.utcnow() + datetime.timedelta(days=settings.retention_days + 1)
-    assert runs.remove_expired_files(settings, jobs.store, later) == 2
+    assert runfiles.remove_expired_files(settings, jobs.store, later) == 2
     jobs.tick(later)
 
     assert user_database.snapshot() == before

@@ -10,6 +10,7 @@ import pytest
 import webtest
 
 import demo
+import runfiles
 import runs
 from conftest import attachment, run_queued
 from models import Delivery, Run, db, utcnow
@@ -276,11 +277,11 @@ def test_over_the_provider_limit_goes_as_a_signed_link(make_settings, database_u
 
     # After retention the file is gone and the link with it.
     later = utcnow() + datetime.timedelta(days=jobs.settings.retention_days + 1)
-    assert runs.remove_expired_files(jobs.settings, jobs.store, later) == 1
+    assert runfiles.remove_expired_files(jobs.settings, jobs.store, later) == 1
     assert not jobs.store.exists(run.file_key)
     assert app.get(url.path + '?' + url.query, expect_errors=True).status_int == 403
 
 
 def test_message_size_counts_base64():
-    assert runs.message_size(3 * 1000) > 4000
-    assert runs.message_size(30 * 10 ** 6) > 40 * 10 ** 6
+    assert runfiles.message_size(3 * 1000) > 4000
+    assert runfiles.message_size(30 * 10 ** 6) > 40 * 10 ** 6

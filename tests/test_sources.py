@@ -290,9 +290,9 @@ def test_python_reports_come_from_a_module_the_settings_name(engines, make_setti
         definition = catalogue.get('paid_items')
         assert definition.describe()['description'] == \
             'Items paid for, from a Python module the settings name.'
-        import runs
+        import runfiles
         typed = definition.parse({'min_amount': '5'})
-        with runs.open_report(definition, settings, typed, True, False) as stream:
+        with runfiles.open_report(definition, settings, typed, True, False) as stream:
             assert b''.join(stream) == b'id,amount\n1,12.50\n', engine
 
 

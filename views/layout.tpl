@@ -7,7 +7,7 @@
 <link rel="stylesheet" href="/static/style.css">
 <link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 </head>
-<body>
+<body data-final="{{final_statuses}}">
 <a class="skip" href="#main">Skip to content</a>
 <header class="top">
   <a class="brand" href="/">Nightshift</a>

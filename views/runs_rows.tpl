@@ -4,7 +4,7 @@
 % for run in runs:
 % seconds = run_duration(run, now)
 % ready = file_ready(run)
-% writing = run.status == 'running' and not run.file_key
+% writing = run.status == RunStatus.RUNNING and not run.file_key
 <tr id="run-{{run.id}}" data-run="{{run.id}}" data-status="{{run.status}}" data-report="{{run.report}}">
   <td data-label="Run">#{{run.id}}<br><small><time datetime="{{iso(run.created_at)}}" title="{{utc_text(run.created_at)}}">{{ago(run.created_at, now)}}</time></small></td>
   <td data-label="Report">{{run.report}}<br><small>{{'schedule ' + run.schedule if run.schedule else run.trigger}}</small></td>
@@ -16,10 +16,10 @@
   <td data-label="Details" class="details">
     % if run.error:
     <span class="error-text">{{run.error}}</span>
-    % if run.status == 'queued' and run.next_attempt_at:
+    % if run.status == RunStatus.QUEUED and run.next_attempt_at:
     <br><small>next attempt {{ago(run.next_attempt_at, now)}}</small>
     % end
-    % elif run.status == 'running' and not writing:
+    % elif run.status == RunStatus.RUNNING and not writing:
     <small>file written; sending to {{', '.join(run.recipients)}}</small>
     % elif run.recipients:
     <small>to {{', '.join(run.recipients)}}</small>

@@ -1,0 +1,319 @@
+"""The JSON API: health, the report catalogue, downloads, runs, schedules.
+
+`install_api` adds the routes to the app server.create_app builds, whose
+plugins (guards.py) give every route its token check and its JSON errors.
+"""
+import contextlib
+import datetime
+import logging
+
+from bottle import HTTPResponse, request, response
+
+import links
+import runs
+import runviews
+import schedules
+from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
+                    ReportFailed, SourceDown)
+from guards import error_response, forget_connection, json_response
+from inputs import (OUTPUT_OPTIONS, RAW_HEADER, WHOLE_NUMBER, flag, query_params,
+                    raw_allowed, read_json_body)
+from models import Run, Schedule, db, utcnow
+from openapi import build_spec
+from params import dump_params
+from queueconf import FailureLog
+from reports import find_report
+from runfiles import open_report
+from slots import DownloadSlots
+from sources import ReportSQLError, SourceUnavailable, UnknownSource
+from vocab import FINAL, TERMINAL, RunStatus, Trigger
+
+logger = logging.getLogger('nightshift.server')
+
+
+def find_run(run_id):
+    # An id past 64 bits is no run, not an overflow inside the driver.
+    if not 0 < run_id < 2 ** 63:
+        return None
+    return Run.get_or_none(Run.id == run_id)
+
+
+def existing_run(run_id):
+    run = find_run(run_id)
+    if run is None:
+        raise NotFound('no run %d' % run_id, 'id')
+    return run
+
+
+def find_schedule(name):
+    schedule = Schedule.get_or_none(Schedule.name == name)
+    if schedule is None:
+        raise NotFound('no schedule named %r' % name, 'name')
+    return schedule
+
+
+def report_error(definition, exc):
+    """The ApiError for a report that failed before its download started."""
+    if isinstance(exc, ReportSQLError):
+        logger.warning('report %s (%s) failed on source %s: %s', definition.name,
+                       definition.path or 'python', exc.source, exc.message)
+        return ReportFailed('report %s failed on source %s: %s'
+                            % (definition.name, exc.source, exc.message), 'report')
+    if isinstance(exc, UnknownSource):
+        return ReportFailed('report %s reads source %r, which is not configured'
+                            % (definition.name, str(exc.args[0])), 'report',
+                            code='unknown_source')
+    logger.warning('source %s unavailable: %s', exc.source, exc.message)
+    return SourceDown('source %s is not answering; try again shortly' % exc.source)
+
+
+def install_api(app, settings, jobs, registry):
+    """Add the API's routes to `app`."""
+    queue_log = FailureLog(settings)
+    slots = DownloadSlots(max(1, min(settings.download_slots, settings.web_threads - 1)))
+    install_health(app, settings, jobs, registry, queue_log)
+    install_downloads(app, settings, registry, slots)
+    enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
+    install_schedules(app, settings, registry, enqueue)
+
+
+def install_health(app, settings, jobs, registry, queue_log):
+    @app.get('/healthz', auth=False)
+    def healthz():
+        checks = {}
+        try:
+            db.execute_sql('SELECT 1').fetchone()
+            checks['database'] = 'ok'
+        except Exception as exc:
+            forget_connection()
+            checks['database'] = 'down: %s' % type(exc).__name__
+        try:
+            jobs.queue_ok()
+            checks['queue'] = 'ok'
+            queue_log.up()
+        except Exception as exc:
+            checks['queue'] = 'down: %s' % queue_log.down(exc)
+        ok = all(v == 'ok' for v in checks.values())
+        return json_response(200 if ok else 503,
+                             dict(checks, status='ok' if ok else 'unavailable',
+                                  queue_backend=settings.queue))
+
+    @app.get('/api/openapi.json', auth=False)
+    def openapi_spec():
+        # Built per request: report files may be added while the server runs.
+        return json_response(200, build_spec(registry))
+
+    @app.get('/api/reports')
+    def list_reports():
+        # A report file with an error is listed with it, so its owner sees
+        # why it is missing; the others work as usual.
+        return json_response(200, {
+            'reports': [r.describe() for r in registry],
+            'broken': [{'name': name, 'file': error.path, 'line': error.line,
+                        'error': error.message}
+                       for name, error in sorted(registry.broken.items())]})
+
+
+def install_downloads(app, settings, registry, slots):
+    def download_request(name):
+        """(report, typed params, output options) from a download's query string."""
+        definition = find_report(registry, name)
+        raw = query_params(prefix='params.')
+        options = {key: flag(raw.pop(key), key) for key in OUTPUT_OPTIONS if key in raw}
+        if options.get('escape_formulas') is False and not raw_allowed():
+            raise InputError('escape_formulas', 'false needs the header %s: 1 or a Bearer '
+                             'token, so that a link alone cannot turn escaping off'
+                             % RAW_HEADER)
+        return definition, definition.parse(raw), options
+
+    @app.get('/api/reports/<name>/check')
+    def check_download(name):
+        # Lets a page find a mistake before it starts a download, where the
+        # error would otherwise replace the page.
+        definition, typed, options = download_request(name)
+        query = '?' + request.query_string if request.query_string else ''
+        return json_response(200, {'report': definition.name, 'params': dump_params(typed),
+                                   'options': options,
+                                   'url': '/reports/%s.csv%s' % (definition.name, query)})
+
+    def download_headers(name):
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+        response.content_type = 'text/csv; charset=utf-8'
+        response.set_header('Content-Disposition',
+                            'attachment; filename="%s-%s.csv"' % (name, stamp))
+
+    @app.route('/reports/<name>.csv', method='HEAD')
+    def download_head(name):
+        # What a GET would answer, without running the report.
+        download_request(name)
+        download_headers(name)
+        return ''
+
+    @app.get('/reports/<name>.csv')
+    def download(name):
+        definition, typed, options = download_request(name)
+        held = slots.take()
+        download_headers(name)
+        return held.wrap(stream_csv(definition, typed,
+                                    escape=options.get('escape_formulas',
+                                                       definition.escape_formulas),
+                                    bom=options.get('bom', settings.csv_bom)))
+
+    def stream_csv(definition, typed, escape, bom):
+        # Bottle reads the first chunk before it sends headers, so a report
+        # that fails before anything was written still becomes a clean JSON
+        # error: the report's own (422) or its source's (503).
+        started = False
+        try:
+            with open_report(definition, settings, typed, escape, bom) as stream, \
+                    contextlib.closing(iter(stream)) as chunks:
+                for chunk in chunks:
+                    started = True
+                    yield chunk
+        except (ReportSQLError, SourceUnavailable, UnknownSource) as exc:
+            if started:
+                raise
+            yield error_response(report_error(definition, exc))
+
+
+def install_runs(app, settings, jobs, registry, slots, queue_log):
+    """The run routes; returns `enqueue(run)`, the response to a new run."""
+    @app.post('/api/runs')
+    def create_run():
+        body = read_json_body(settings.max_body_bytes)
+        unknown = set(body) - {'report', 'params', 'to'} - set(OUTPUT_OPTIONS)
+        if unknown:
+            raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
+                             'to, escape_formulas, bom', code='unknown_field')
+        options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
+        if 'params' in body and not isinstance(body['params'], dict):
+            raise InputError('params', 'must be an object of parameter values')
+        run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
+                              body.get('to'), trigger=Trigger.WEB, **options)
+        return enqueue(run)
+
+    def enqueue(run):
+        try:
+            jobs.enqueue_run(run)
+        except QueueUnavailable as exc:
+            logger.warning('run %d not queued: %s', run.id, exc)
+            queue_log.down(exc.__cause__ or exc)
+            raise QueueUnavailable('the job queue is not answering; run %d was recorded as '
+                                   'failed, nothing will be sent. Try again shortly.'
+                                   % run.id) from exc
+        url = '/api/runs/%d' % run.id
+        return json_response(202, {'id': run.id, 'status': RunStatus.QUEUED, 'url': url},
+                             headers={'Location': url})
+
+    @app.get('/api/runs/<run_id:int>')
+    def get_run(run_id):
+        return json_response(200, runviews.run_as_dict(existing_run(run_id)))
+
+    @app.get('/api/runs')
+    def list_runs():
+        query = Run.select().order_by(Run.id.desc())
+        filters = query_params()
+        unknown = sorted(set(filters) - {'report', 'status', 'limit'})
+        if unknown:
+            raise InputError(unknown[0], 'unknown filter; expected report, status, limit')
+        report = filters.get('report')
+        status = filters.get('status')
+        limit = filters.get('limit', '50')
+        if report:
+            query = query.where(Run.report == report)
+        if status is not None:
+            if status not in list(RunStatus):
+                raise InputError('status', 'must be one of %s' % ', '.join(RunStatus))
+            query = query.where(Run.status == status)
+        if not WHOLE_NUMBER.match(limit) or not 1 <= int(limit) <= 500:
+            raise InputError('limit', 'must be a whole number from 1 to 500')
+        return json_response(200, {'runs': runviews.runs_as_dicts(query.limit(int(limit)))})
+
+    @app.get('/api/runs/<run_id:int>/file')
+    def run_file(run_id):
+        run = existing_run(run_id)
+        if not runviews.file_ready(run):
+            if run.status in TERMINAL and run.file_name and not run.file_key:
+                raise Gone('run %d\'s file was removed after %g days'
+                           % (run_id, settings.retention_days))
+            if run.status in FINAL:
+                raise NotFound('run %d is %s and has no file' % (run_id, run.status))
+            raise Conflict('run %d is %s; it has no file yet' % (run_id, run.status),
+                           code='not_ready')
+        return send_stored_file(run)
+
+    def send_stored_file(run):
+        held = slots.take()
+        try:
+            chunks = jobs.store.open_chunks(run.file_key)
+        except FileNotFoundError:
+            held.close()
+            raise NotFound('the file is no longer kept')
+        content_type = 'application/zip' if run.file_name.endswith('.zip') \
+            else 'text/csv; charset=utf-8'
+        return HTTPResponse(held.wrap(chunks), status=200, headers={
+            'Content-Type': content_type,
+            'Content-Disposition': 'attachment; filename="%s"' % run.file_name})
+
+    @app.get('/files/<run_id:int>', auth=False)  # the signature is the credential
+    def download_file(run_id):
+        # The link in a report email: signed, expiring, for one run's file.
+        # Any mismatch gets the same 403, so a probe learns nothing.
+        run = find_run(run_id)
+        if not links.check(settings, run, request.query.get('expires', ''),
+                           request.query.get('sig', '')):
+            raise Forbidden('this link is not valid or has expired')
+        return send_stored_file(run)
+
+    return enqueue
+
+
+def install_schedules(app, settings, registry, enqueue):
+    def schedule_response(status, schedule, headers=None):
+        return json_response(status, schedules.schedule_as_dict(schedule, utcnow()), headers)
+
+    @app.get('/api/schedules')
+    def list_schedules():
+        now = utcnow()
+        return json_response(200, {'schedules': [
+            schedules.schedule_as_dict(s, now)
+            for s in schedules.with_last_runs(Schedule.select().order_by(Schedule.name))]})
+
+    @app.post('/api/schedules')
+    def create_schedule():
+        body = read_json_body(settings.max_body_bytes)
+        schedule = schedules.create_schedule(registry, settings, body, utcnow())
+        url = '/api/schedules/%s' % schedule.name
+        return schedule_response(201, schedule, {'Location': url})
+
+    @app.get('/api/schedules/<name>')
+    def get_schedule(name):
+        return schedule_response(200, find_schedule(name))
+
+    @app.put('/api/schedules/<name>')
+    def update_schedule(name):
+        schedule = find_schedule(name)
+        body = read_json_body(settings.max_body_bytes)
+        return schedule_response(200, schedules.update_schedule(
+            registry, settings, schedule, body, utcnow()))
+
+    @app.delete('/api/schedules/<name>')
+    def delete_schedule(name):
+        schedules.delete_schedule(find_schedule(name))
+        return HTTPResponse(status=204)
+
+    @app.post('/api/schedules/<name>/pause')
+    def pause_schedule(name):
+        return schedule_response(200, schedules.set_enabled(find_schedule(name), False, utcnow()))
+
+    @app.post('/api/schedules/<name>/resume')
+    def resume_schedule(name):
+        return schedule_response(200, schedules.set_enabled(find_schedule(name), True, utcnow()))
+
+    @app.post('/api/schedules/<name>/run')
+    def run_schedule_now(name):
+        # A test send: a normal run of the schedule's report to its recipients.
+        schedule = find_schedule(name)
+        return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
+                                       schedule.recipients, trigger=Trigger.WEB,
+                                       schedule=schedule.name))

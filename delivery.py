@@ -1,0 +1,74 @@
+"""Mailing a run's file: who still needs it, the SMTP replies recorded per
+recipient, and the note to the operator when a run fails for good."""
+import datetime
+
+import links
+from mail import Mail, MailError, compose
+from models import Delivery, Run, db, db_now, utcnow
+from vocab import UNSENT, DeliveryStatus
+
+
+def deliver(attempt, title, path, settings, mailer, seconds):
+    """Mail the file to every recipient who has not got it yet."""
+    run = Run.get_by_id(attempt.run_id)
+    targets = [d for d in run.deliveries.order_by(Delivery.id)
+               if d.status in UNSENT]
+    if not targets:
+        return
+    link = expires = None
+    if run.sent_as == 'link':
+        expires = utcnow() + datetime.timedelta(days=settings.retention_days)
+        link = links.download_url(settings, run, expires)
+    mail = compose(run, title, [d.address for d in targets], path, seconds,
+                   link=link, link_expires=expires, limit_mb=settings.mail_max_mb,
+                   cut_at=settings.max_rows if run.truncated else None)
+    ids = [d.id for d in targets]
+    # Marked first, and only while the run is still this attempt's: a crash
+    # after the server accepted shows as "sending", and the retry sends
+    # again with the same Message-ID rather than not at all.
+    with db.atomic():
+        attempt.update(heartbeat_at=db_now())
+        Delivery.update(status=DeliveryStatus.SENDING).where(Delivery.id.in_(ids)).execute()
+    try:
+        replies = mailer.send(mail)
+    except MailError as exc:
+        Delivery.update(status=DeliveryStatus.PENDING, error=str(exc)) \
+            .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.SENDING).execute()
+        raise
+    record_replies(targets, replies, utcnow())
+    temporary = {d.address: d.error for d in targets if d.status == DeliveryStatus.PENDING}
+    if temporary:
+        raise MailError('recipients to retry: %s' % '; '.join(
+            '%s: %s' % item for item in sorted(temporary.items())), temporary=True)
+
+
+def record_replies(targets, replies, sent_at):
+    """Each recipient's outcome from the server's reply to it: sent only on a
+    2xx (its message accepted), pending on 4xx or no reply (tried again),
+    refused on 5xx. A "sent" is a fact and always recorded; anything else
+    never overwrites a "sent" another attempt recorded meanwhile."""
+    for delivery in targets:
+        reply = replies.get(delivery.address) or '421 no reply for this recipient'
+        if reply.startswith('2'):
+            Delivery.update(status=DeliveryStatus.SENT, sent_at=sent_at, error=None) \
+                .where(Delivery.id == delivery.id).execute()
+            delivery.status, delivery.error = DeliveryStatus.SENT, None
+            continue
+        delivery.status = DeliveryStatus.REFUSED if reply.startswith('5') \
+            else DeliveryStatus.PENDING
+        delivery.error = reply
+        Delivery.update(status=delivery.status, error=reply) \
+            .where(Delivery.id == delivery.id, Delivery.status != DeliveryStatus.SENT).execute()
+
+
+def failure_notice(run, operator):
+    """The message telling the operator a run failed for good."""
+    body = '\n'.join([
+        'Run #%d of report %s failed after %d attempt(s).' % (run.id, run.report, run.attempts),
+        '',
+        'Reason: %s' % run.error,
+        'Trigger: %s%s' % (run.trigger, ' (schedule %s)' % run.schedule if run.schedule else ''),
+        'Recipients: %s' % ', '.join(run.recipients),
+    ])
+    return Mail([operator], 'Nightshift: run #%d (%s) failed' % (run.id, run.report), body,
+                None, '<nightshift-run-%d-failed@nightshift>' % run.id)

@@ -1,0 +1,225 @@
+"""A run's files on this machine: where they are made, how the report is
+written into them, published to the store, and cleaned away afterwards.
+
+Every write about the run goes through the attempt (runs.Attempt), fenced so
+that an attempt taken back cannot publish over the one that owns the run.
+"""
+import contextlib
+import datetime
+import logging
+import math
+import os
+import shutil
+import zipfile
+
+from errors import InputError, LostOwnership, PermanentFailure
+from export import write_file
+from models import Run, db_now
+from reports import BrokenReport, UnknownReport
+from sources import ReportSQLError, UnknownSource
+from sqlexport import open_query_csv
+from vocab import FINAL
+
+logger = logging.getLogger('nightshift.runs')
+
+
+def run_folder(settings, run_id):
+    return os.path.join(settings.reports_dir, 'run-%d' % run_id)
+
+
+def attempt_folder(settings, attempt):
+    """Each attempt writes in a folder of its own, so a taken-back attempt
+    that wakes up cannot write into the file another attempt is building."""
+    return os.path.join(run_folder(settings, attempt.run_id), 'a%d' % attempt.number)
+
+
+def local_path(settings, key):
+    """Where a stored file's working copy lives on this machine: keys are
+    paths under reports_dir (the local store keeps files right there)."""
+    return os.path.join(settings.reports_dir, *key.split('/'))
+
+
+def open_report(definition, settings, typed, escape, bom):
+    """The report's rows on its source as a CSV stream (a context manager).
+    Raises ReportSQLError / SourceUnavailable from the source, and
+    UnknownSource for a report that names a source nobody configured."""
+    source = settings.source(definition.source)
+    sql, params = definition.statement(source.engine, typed)
+    return open_query_csv(source, sql, params, escape=escape, bom=bom, limit=settings.max_rows,
+                          timeout=definition.timeout)
+
+
+def write_report(registry, settings, run, path, on_progress=None):
+    """Write the run's CSV to `path`; `on_progress(rows, bytes)` as it goes.
+    Returns the finished stream (rows, bytes, truncated). A report that
+    cannot work (its SQL fails, its file is broken, its source is not
+    configured) is a PermanentFailure; a source that does not answer is not."""
+    try:
+        definition = registry.get(run.report)
+        with open_report(definition, settings, definition.parse(run.params),
+                         run.escape_formulas, run.bom) as stream:
+            write_file(stream, path, on_progress=on_progress, every=0.1)
+    except UnknownReport:
+        raise PermanentFailure('report %r no longer exists' % run.report)
+    except BrokenReport as exc:
+        raise PermanentFailure('report %s cannot be used: %s' % (run.report, exc.error))
+    except UnknownSource as exc:
+        raise PermanentFailure('report %s reads source %r, which is not configured'
+                               % (run.report, str(exc.args[0])))
+    except ReportSQLError as exc:
+        logger.warning('report %s (%s) failed on source %s: %s', run.report,
+                       getattr(definition, 'path', None) or 'python', exc.source, exc.message)
+        raise PermanentFailure('report %s failed on source %s: %s'
+                               % (run.report, exc.source, exc.message))
+    except InputError as exc:
+        raise PermanentFailure('report %s: its parameters no longer fit: %s'
+                               % (run.report, exc))
+    return stream
+
+
+def message_size(attachment_bytes):
+    """Bytes an attachment takes in a message: base64 (4 per 3) in 76-character
+    lines, plus room for headers and the body. Providers count this."""
+    encoded = math.ceil(attachment_bytes / 3) * 4
+    return encoded + math.ceil(encoded / 76) * 2 + 64 * 1024
+
+
+def package(csv_path, settings):
+    """(path, sent_as): the CSV as it is, zipped when large, and 'link' when
+    even the zip would be over the provider's limit."""
+    path, sent_as = csv_path, 'csv'
+    if os.path.getsize(csv_path) > settings.zip_over_mb * 1e6:
+        path, sent_as = csv_path[:-len('.csv')] + '.zip', 'zip'
+        with zipfile.ZipFile(path + '.part', 'w', zipfile.ZIP_DEFLATED) as archive:
+            archive.write(csv_path, os.path.basename(csv_path))
+        os.replace(path + '.part', path)
+        os.unlink(csv_path)
+    if message_size(os.path.getsize(path)) > settings.mail_max_mb * 1e6:
+        sent_as = 'link'
+    return path, sent_as
+
+
+def _published_copy(settings, store, run):
+    """The local path of the run's finished file when one is kept, fetched
+    from the store if this machine has no copy (another host built it), so a
+    retry sends every recipient the same data. None if it must be rebuilt."""
+    if not run.file_key or run.file_bytes is None:
+        return None
+    path = local_path(settings, run.file_key)
+    if os.path.isfile(path) and os.path.getsize(path) == run.file_bytes:
+        return path
+    try:
+        chunks = store.open_chunks(run.file_key)
+    except (FileNotFoundError, ValueError):
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.part', 'wb') as out:
+        for chunk in chunks:
+            out.write(chunk)
+    if os.path.getsize(path + '.part') != run.file_bytes:
+        os.unlink(path + '.part')
+        return None
+    os.replace(path + '.part', path)
+    return path
+
+
+def prepare_file(registry, settings, store, attempt, heartbeat=None):
+    """The run's finished file: reused when a complete one is kept, else
+    built from scratch in this attempt's own folder and published with a
+    fenced write. Returns the local path; LostOwnership if the run was taken
+    from this attempt (nothing it made is left behind)."""
+    run = Run.get_by_id(attempt.run_id)
+    reused = _published_copy(settings, store, run)
+    if reused:
+        return reused
+    folder = attempt_folder(settings, attempt)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    key = None
+    try:
+        stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
+        csv_path = os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
+        attempt.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
+                       sent_as=None)
+        stream = write_report(registry, settings, run, csv_path,
+                              heartbeat.progress if heartbeat else None)
+        path, sent_as = package(csv_path, settings)
+        key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
+        store.save(key, path)
+        attempt.update(rows=stream.rows, bytes=stream.bytes, truncated=stream.truncated,
+                       file_name=os.path.basename(path), file_key=key,
+                       file_bytes=os.path.getsize(path), sent_as=sent_as,
+                       heartbeat_at=db_now())
+    except LostOwnership:
+        if key is not None:
+            store.delete(key)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return path
+
+
+def drop_working_copy(settings, store, run_id):
+    # With a shared store the local copy was only for mailing it; leaving it
+    # would keep it on this machine past retention (only the machine that
+    # expires the run would delete its own copy).
+    if store.kind != 'local':
+        shutil.rmtree(run_folder(settings, run_id), ignore_errors=True)
+
+
+def remove_work_files(settings, store, run):
+    """Everything in the run's folder but its published file (which stays
+    for download while the local store keeps it)."""
+    folder = run_folder(settings, run.id)
+    if not os.path.isdir(folder):
+        return
+    keep = None
+    if run.file_key and store.kind == 'local':
+        keep = os.path.abspath(local_path(settings, run.file_key))
+    for parent, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            path = os.path.join(parent, name)
+            if os.path.abspath(path) != keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(parent)  # only when empty
+
+
+def sweep_orphans(settings, store):
+    """Work folders nothing will use again: of runs that are over (their
+    published file kept), or that no longer exist. Runs still queued or
+    running are left alone. Returns how many folders were cleaned."""
+    try:
+        names = os.listdir(settings.reports_dir)
+    except FileNotFoundError:
+        return 0
+    ids = {}
+    for name in names:
+        if name.startswith('run-') and name[4:].isdecimal() and name[4:].isascii():
+            ids[int(name[4:])] = name
+    if not ids:
+        return 0
+    cleaned = 0
+    known = {run.id: run for run in Run.select(Run.id, Run.status, Run.file_key)
+             .where(Run.id.in_(list(ids)))}
+    for run_id, name in ids.items():
+        run = known.get(run_id)
+        if run is None:
+            shutil.rmtree(os.path.join(settings.reports_dir, name), ignore_errors=True)
+            cleaned += 1
+        elif run.status in FINAL:
+            remove_work_files(settings, store, run)
+            cleaned += 1
+    return cleaned
+
+
+def remove_expired_files(settings, store, now):
+    """Delete report files past their retention; returns how many."""
+    cutoff = now - datetime.timedelta(days=settings.retention_days)
+    removed = 0
+    for run in Run.select().where(Run.file_key.is_null(False), Run.finished_at < cutoff):
+        store.delete(run.file_key)
+        shutil.rmtree(run_folder(settings, run.id), ignore_errors=True)
+        Run.update(file_key=None).where(Run.id == run.id).execute()
+        removed += 1
+    return removed

@@ -1,0 +1,60 @@
+"""A run as the API and the page show it (JSON-ready dicts)."""
+from models import Delivery
+from vocab import TERMINAL
+
+
+def _iso(value):
+    return value.isoformat() + 'Z' if value is not None else None
+
+
+def file_ready(run):
+    """True when the run is over and its complete file is kept (not past retention).
+    While it is still being mailed or retried it is not offered: a re-run may
+    rebuild it."""
+    return run.status in TERMINAL and bool(run.file_key) \
+        and run.file_bytes is not None
+
+
+def run_as_dict(run, deliveries=None):
+    if deliveries is None:
+        deliveries = run.deliveries.order_by(Delivery.id)
+    return {
+        'id': run.id,
+        'report': run.report,
+        'params': run.params,
+        'to': run.recipients,
+        'status': run.status,
+        'rows': run.rows,
+        'bytes': run.bytes,
+        'attempts': run.attempts,
+        'error': run.error,
+        'trigger': run.trigger,
+        'schedule': run.schedule,
+        'slot_at': _iso(run.slot_at),
+        'created_at': _iso(run.created_at),
+        'started_at': _iso(run.started_at),
+        'finished_at': _iso(run.finished_at),
+        'file_name': run.file_name,
+        'file_bytes': run.file_bytes,
+        'file_url': '/api/runs/%d/file' % run.id if file_ready(run) else None,
+        'sent_as': run.sent_as,
+        'duration_seconds': round((run.finished_at - run.started_at).total_seconds(), 3)
+        if run.finished_at and run.started_at else None,
+        'truncated': run.truncated,
+        'escape_formulas': run.escape_formulas,
+        'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
+                        'sent_at': _iso(d.sent_at)}
+                       for d in deliveries],
+        'url': '/api/runs/%d' % run.id,
+    }
+
+
+def runs_as_dicts(page):
+    """Describe a page of runs with one query for all their deliveries."""
+    page = list(page)
+    by_run = {run.id: [] for run in page}
+    if by_run:
+        for delivery in (Delivery.select().where(Delivery.run.in_(list(by_run)))
+                         .order_by(Delivery.id)):
+            by_run[delivery.run_id].append(delivery)
+    return [run_as_dict(run, by_run[run.id]) for run in page]
