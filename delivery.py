@@ -1,14 +1,17 @@
 """Mailing a run's file: who still needs it, the SMTP replies recorded per
 recipient, and the note to the operator when a run fails for good."""
+import contextlib
 import datetime
+import time
 
 import links
+from dbhealth import DB_ERRORS
 from mail import Mail, MailError, compose
 from models import Delivery, Run, db, db_now, utcnow
 from vocab import UNSENT, DeliveryStatus
 
 
-def deliver(attempt, title, path, settings, mailer, seconds):
+def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float) -> None:
     """Mail the file to every recipient who has not got it yet."""
     run = Run.get_by_id(attempt.run_id)
     targets = [d for d in run.deliveries.order_by(Delivery.id)
@@ -35,11 +38,29 @@ def deliver(attempt, title, path, settings, mailer, seconds):
         Delivery.update(status=DeliveryStatus.PENDING, error=str(exc)) \
             .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.SENDING).execute()
         raise
-    record_replies(targets, replies, utcnow())
+    _record_until_it_lands(targets, replies, settings)
     temporary = {d.address: d.error for d in targets if d.status == DeliveryStatus.PENDING}
     if temporary:
         raise MailError('recipients to retry: %s' % '; '.join(
             '%s: %s' % item for item in sorted(temporary.items())), temporary=True)
+
+
+def _record_until_it_lands(targets, replies, settings, clock=time.monotonic,
+                           sleep=time.sleep):
+    """The message is out: what the server said must be recorded, or the
+    next attempt sends it again. A database that blinks (a restart, a cut
+    connection) is waited for, within half of stale_after, so that the reaper
+    has not taken the run back meanwhile."""
+    deadline = clock() + settings.stale_after / 2
+    while True:
+        try:
+            return record_replies(targets, replies, utcnow())
+        except DB_ERRORS:
+            if clock() >= deadline:
+                raise
+            with contextlib.suppress(Exception):
+                db.close()
+            sleep(0.2)
 
 
 def record_replies(targets, replies, sent_at):

@@ -12,14 +12,13 @@ import logging
 import urllib.parse
 
 from bottle import HTTPResponse, request, response
-from peewee import DatabaseError, InterfaceError, OperationalError
 
 from errors import (ApiError, DatabaseUnavailable, Forbidden, InputError, Unauthorized,
                     UnsupportedMediaType)
+from dbhealth import DB_ERRORS, DatabaseHealth
 from models import db
 
 logger = logging.getLogger('nightshift.server')
-DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
 
 
 def json_response(status, payload, headers=None):
@@ -41,21 +40,42 @@ def forget_connection():
         pass
 
 
-def json_errors(callback):
+class JsonErrors:
     """Bottle plugin: every expected failure as its JSON error. Installed
-    first, so it also sees what the other plugins raise."""
-    @functools.wraps(callback)
-    def wrapper(*args, **kwargs):
+    first, so it also sees what the other plugins raise. A database outage
+    is logged when it starts and when it ends (`health`), not per request."""
+    name = 'json_errors'
+    api = 2
+
+    def __init__(self, health=None):
+        self.health = health or DatabaseHealth()
+
+    def apply(self, callback, route):
+        @functools.wraps(callback)
+        def wrapper(*args, **kwargs):
+            try:
+                result = callback(*args, **kwargs)
+            except ApiError as exc:
+                return error_response(exc)
+            except DB_ERRORS as exc:
+                self.health.down(exc)
+                forget_connection()
+                return error_response(DatabaseUnavailable(
+                    'the database is not answering; try again shortly'))
+            if self.health.since is not None:
+                self._back()
+            return result
+        return wrapper
+
+    def _back(self):
+        # Only while an outage is on: the route that just answered may not
+        # have needed the database, so ask it before saying it is back.
         try:
-            return callback(*args, **kwargs)
-        except ApiError as exc:
-            return error_response(exc)
-        except DB_ERRORS as exc:
-            logger.warning('database unavailable: %s', type(exc).__name__)
+            db.execute_sql('SELECT 1').fetchone()
+        except DB_ERRORS:
             forget_connection()
-            return error_response(DatabaseUnavailable(
-                'the database is not answering; try again shortly'))
-    return wrapper
+            return
+        self.health.up()
 
 
 def bottle_errors(res):

@@ -9,7 +9,7 @@ import re
 import smtplib
 import ssl
 import uuid
-from typing import Dict, NamedTuple, Protocol
+from typing import Dict, List, NamedTuple, Optional, Protocol
 
 import yagmail
 
@@ -86,8 +86,9 @@ def human_size(n):
         n /= 1000.0
 
 
-def compose(run, title, to, path, seconds, link=None, link_expires=None, limit_mb=None,
-            cut_at=None):
+def compose(run, title: str, to: List[str], path: str, seconds: float, *,
+            link: Optional[str] = None, link_expires: Optional[datetime.datetime] = None,
+            limit_mb: Optional[float] = None, cut_at: Optional[int] = None) -> 'Mail':
     """The message for a finished run; `to` is who still needs it. With a
     `link` the file is not attached and the body says why."""
     params = ', '.join('%s=%s' % (k, v) for k, v in sorted(run.params.items())

@@ -123,7 +123,7 @@ def _published_copy(settings, store, run):
     return path
 
 
-def prepare_file(registry, settings, store, attempt, heartbeat=None):
+def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
     """The run's finished file: reused when a complete one is kept, else
     built from scratch in this attempt's own folder and published with a
     fenced write. Returns the local path; LostOwnership if the run was taken

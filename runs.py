@@ -58,8 +58,10 @@ def parse_recipients(to, settings):
     return seen
 
 
-def create_run(registry, settings, report, params=None, to=None, trigger=Trigger.WEB,
-               schedule=None, slot_at=None, escape_formulas=None, bom=None):
+def create_run(registry, settings, report: str, params: Optional[dict] = None,
+               to: Optional[list] = None, *, trigger: Trigger = Trigger.WEB,
+               schedule: Optional[str] = None, slot_at: Optional[datetime.datetime] = None,
+               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None) -> Run:
     """Validate a request and record it as a queued run (one transaction)."""
     definition = find_report(registry, report)
     typed = definition.parse(params)
@@ -235,7 +237,8 @@ class Outcome(NamedTuple):
     delay: Optional[float] = None
 
 
-def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic):
+def execute_run(run_id: int, registry, settings, mailer, store, *,
+                clock=time.monotonic) -> Outcome:
     """Build the run's file and deliver it, once, by whichever worker claims it.
 
     Idempotent: a run that is not queued is left alone; a re-run rebuilds an
@@ -280,8 +283,8 @@ def execute_run(run_id, registry, settings, mailer, store, clock=time.monotonic)
 def _attempt(attempt, definition, registry, settings, mailer, store, clock):
     started = clock()
     with Heartbeat(attempt, settings.progress_every) as heartbeat:
-        path = prepare_file(registry, settings, store, attempt, heartbeat)
-        deliver(attempt, definition.title, path, settings, mailer, clock() - started)
+        path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
+        deliver(attempt, definition.title, path, settings, mailer, seconds=clock() - started)
     deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
     refused = [d for d in deliveries if d.status == DeliveryStatus.REFUSED]
     if refused and len(refused) == len(deliveries):

@@ -31,7 +31,7 @@ def create_app(settings, jobs, registry=None):
     registry = registry or jobs.registry
     app = Bottle()
     # Installed first, so the JSON error handler wraps the guards too.
-    app.install(guards.json_errors)
+    app.install(guards.JsonErrors(jobs.database))
     app.install(guards.header_bytes)
     app.install(guards.TokenAuth(settings.tokens))
     app.install(guards.BrowserGuard(settings.tokens, settings.public_url))

@@ -341,3 +341,22 @@ def test_a_reports_sql_error_is_that_reports_error_not_an_outage(make_settings, 
     assert 'report lost failed on source demo' in res.json['message']
     assert 'no_such_table' in res.json['message']
     assert any('lost.sql' in r.getMessage() for r in caplog.records)
+
+
+def test_the_web_logs_a_database_outage_once_and_its_end_once(app, shop, database_url,
+                                                              caplog):
+    import logging
+    from conftest import free_port
+    from models import bind_database
+    caplog.set_level(logging.DEBUG, logger='nightshift.database')
+    bind_database('postgresql://postgres@127.0.0.1:%d/gone' % free_port(), create=False)
+    for _ in range(5):
+        assert app.get('/api/runs', expect_errors=True).status_int == 503
+    assert app.get('/reports/orders.csv').status_int == 200  # no database needed: still down
+    bind_database(database_url, create=False)
+    assert app.get('/api/runs').status_int == 200
+    assert app.get('/api/runs').status_int == 200
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([m for m in messages if 'database unavailable' in m]) == 1
+    [back] = [m for m in messages if 'answers again' in m]
+    assert '5 operations failed' in back

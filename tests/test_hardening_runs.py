@@ -160,8 +160,8 @@ def test_a_taken_back_attempt_can_neither_publish_nor_mail(settings, jobs, shop,
     assert Run.get_by_id(run_id).rows == done.rows
     Delivery.update(status='pending').where(Delivery.run == run_id).execute()
     with pytest.raises(runs.LostOwnership):
-        delivery.deliver(stale, 'Customers', runfiles.local_path(settings, done.file_key), settings,
-                     jobs.mailer, 1.0)
+        delivery.deliver(stale, 'Customers', runfiles.local_path(settings, done.file_key),
+                         settings, jobs.mailer, seconds=1.0)
     assert len(smtp_sink.messages) == 1
     assert set(outcome(run_id).values()) == {'pending'}  # not marked "sending" by it either
 
@@ -362,3 +362,30 @@ def test_an_outage_is_logged_once_and_the_tick_survives(make_settings, redis_url
     jobs.database.up()  # the next thing that works says so, once
     back = [r for r in caplog.records if 'answers again' in r.getMessage()]
     assert len(back) == 1 and '6 operations failed' in back[0].getMessage()
+
+
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_the_record_of_a_sent_mail_waits_out_a_blinking_database(settings, jobs, shop,
+                                                                 postgres_url):
+    """Between "the server accepted" and "recorded", the database refuses
+    writes for a moment (another session holds the table): the record is
+    retried rather than leaving the recipient "sending", which would mail
+    them again."""
+    import threading
+    import psycopg
+    import delivery
+    from models import Delivery as D
+    run_id = queued(jobs, to=['a@example.org'])
+    targets = list(D.select().where(D.run == run_id))
+    db.execute_sql("SET lock_timeout = '200ms'")
+    blocker = psycopg.connect(postgres_url)
+    blocker.execute('LOCK TABLE nightshift_delivery IN ACCESS EXCLUSIVE MODE')
+    release = threading.Timer(1.0, blocker.commit)
+    release.start()
+    try:
+        delivery._record_until_it_lands(targets, {'a@example.org': '250 ok'}, settings)
+    finally:
+        release.join()
+        blocker.close()
+        db.execute_sql('RESET lock_timeout')
+    assert D.get(D.run == run_id).status == 'sent'
