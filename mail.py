@@ -246,9 +246,11 @@ class SmtpMailer:
                             % (self._where(), exc.reason or exc, SECURITY_HINT),
                             temporary=False)
         except smtplib.SMTPAuthenticationError as exc:
+            # 535 (bad credentials) is for good; 454 (the server cannot
+            # check them just now) is worth another try.
             raise MailError('%s refused the login: %s'
                             % (self._where(), _reply(exc.smtp_code, exc.smtp_error)),
-                            temporary=False)
+                            temporary=400 <= exc.smtp_code < 500)
         except smtplib.SMTPResponseException as exc:
             raise MailError('%s replied %s' % (self._where(),
                                               _reply(exc.smtp_code, exc.smtp_error)),

@@ -18,6 +18,7 @@ import pytest
 
 import demo
 import links
+import runfiles
 import runs
 import schedules
 import sqlexport
@@ -275,9 +276,6 @@ def test_smtp_5xx_replies_are_final_and_4xx_replies_are_temporary(make_settings,
     assert reply.split(' ')[0] in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason='bug: smtplib raises SMTPAuthenticationError for any '
-                   'AUTH refusal, and mail.SmtpMailer._connect makes every one of them '
-                   'permanent; a 454 (temporary authentication failure) fails the run for good')
 def test_a_454_to_the_login_is_temporary(make_settings):
     server = ScriptedSmtp(AUTH='454 4.7.0 temporary authentication failure')
     with pytest.raises(MailError) as caught:
@@ -434,7 +432,7 @@ def test_report_parameters_are_bound_never_pasted_into_the_sql(settings, shop, t
     quoted = Customer.create(name="Ann O'Brien 100%", email='ann@example.org')
 
     def rows(name):
-        with runs.open_report(definition, settings, definition.parse({'name': name}),
+        with runfiles.open_report(definition, settings, definition.parse({'name': name}),
                               True, False) as stream:
             return list(csv.reader(io.StringIO(b''.join(stream).decode())))[1:]
 
