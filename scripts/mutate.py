@@ -45,7 +45,7 @@ def promise(test):
 MUTANTS = [
     Mutant('download-escape-default', ('server.py', 'api.py'),
            "escape=options.get('escape_formulas',\n"
-           "                                                        definition.escape_formulas)",
+           "                                                       definition.escape_formulas)",
            "escape=options.get('escape_formulas', False)",
            'downloads at /reports/<name>.csv escape formulas by default',
            (promise('test_a_download_escapes_formulas_by_default'),)),
@@ -99,8 +99,9 @@ MUTANTS = [
            'a 5xx reply to MAIL FROM is final',
            (promise('test_smtp_5xx_replies_are_final_and_4xx_replies_are_temporary'),)),
     Mutant('smtp-recipient-5xx-pending', ('runs.py', 'delivery.py'),
-           "delivery.status = 'refused' if reply.startswith('5') else 'pending'",
-           "delivery.status = 'pending'",
+           "delivery.status = DeliveryStatus.REFUSED if reply.startswith('5') \\\n"
+           "            else DeliveryStatus.PENDING",
+           "delivery.status = DeliveryStatus.PENDING",
            'a recipient refused with 5xx is refused, not retried',
            (promise('test_each_recipient_is_sent_only_on_2xx_refused_on_5xx_retried_on_4xx'),)),
     Mutant('sent-without-2xx', ('runs.py', 'delivery.py'),
@@ -109,12 +110,12 @@ MUTANTS = [
            'a recipient is sent only on a 2xx reply',
            (promise('test_each_recipient_is_sent_only_on_2xx_refused_on_5xx_retried_on_4xx'),)),
     Mutant('no-sending-mark', ('runs.py', 'delivery.py'),
-           "Delivery.update(status='sending').where(Delivery.id.in_(ids)).execute()",
+           "Delivery.update(status=DeliveryStatus.SENDING).where(Delivery.id.in_(ids)).execute()",
            'pass',
            'recipients are marked sending before the SMTP transaction',
            (promise('test_recipients_are_marked_sending_before_the_smtp_transaction'),)),
     Mutant('reaper-no-compare-and-set', ('runs.py',),
-           ".where(Run.id == run.id, Run.status == 'running',\n"
+           ".where(Run.id == run.id, Run.status == RunStatus.RUNNING,\n"
            "                        Run.attempts == run.attempts,\n"
            "                        Run.heartbeat_at == run.heartbeat_at)",
            '.where(Run.id == run.id)',
