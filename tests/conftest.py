@@ -185,22 +185,45 @@ def make_settings(tmp_path):
 
 
 @pytest.fixture
-def settings(make_settings, database, database_url, redis_url, smtp_sink):
-    return make_settings({
-        'DATABASE_URL': database_url,
-        'REDIS_URL': redis_url,
-        'SMTP_HOST': '127.0.0.1',
-        'SMTP_PORT': str(smtp_sink.port),
-        'NIGHTSHIFT_SMTP_SECURITY': 'none',
-        'MAIL_FROM': 'reports@nightshift.test',
-        'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-    }, retry_delay=0)
+def service_env(database, database_url, redis_url, smtp_sink):
+    """The environment variables a deployment would set, naming this test's
+    services: its database (tables made and empty; also the `demo` source),
+    Redis and the SMTP sink. Change a copy: `dict(service_env, PORT='9124')`."""
+    return {'DATABASE_URL': database_url, 'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
+            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
+            'NIGHTSHIFT_SMTP_SECURITY': 'none', 'MAIL_FROM': 'reports@nightshift.test'}
+
+
+@pytest.fixture
+def settings(make_settings, service_env):
+    return make_settings(service_env, retry_delay=0)
+
+
+@pytest.fixture
+def make_jobs(make_settings, service_env):
+    """Jobs on this test's services with some settings changed:
+    `make_jobs(max_attempts=2)`; environment variables through `env`.
+    Retries come at once unless `retry_delay` says otherwise."""
+    from tasks import Jobs
+
+    def make(env=None, registry=None, **values):
+        values.setdefault('retry_delay', 0)
+        settings = make_settings(dict(service_env, **(env or {})), **values)
+        return Jobs(settings, registry=registry)
+    return make
 
 
 @pytest.fixture
 def jobs(settings):
     from tasks import Jobs
     return Jobs(settings)
+
+
+def web_app(jobs, **options):
+    """A webtest client of the application built on `jobs` (and its settings)."""
+    import webtest
+    from server import create_app
+    return webtest.TestApp(create_app(jobs.settings, jobs, **options))
 
 
 @pytest.fixture
@@ -213,15 +236,12 @@ def app(settings, jobs):
 
 
 @pytest.fixture
-def consumer_env(settings, database_url, redis_url, smtp_sink, tmp_path):
+def consumer_env(settings, service_env, tmp_path):
+    """Environment for a consumer process (or a script) on this test's services."""
     config = tmp_path / 'consumer.ini'
     config.write_text('[nightshift]\nreports_dir = %s\nreport_paths = %s\nretry_delay = 0\n'
                       % (settings.reports_dir, REPORTS_DIR))
-    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
-            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-            'MAIL_FROM': 'reports@nightshift.test'}
+    return dict(service_env, NIGHTSHIFT_CONFIG=str(config))
 
 
 def run_queued(jobs, limit=10):

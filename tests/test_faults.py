@@ -15,20 +15,18 @@ from test_e2e import spawn, stop
 
 pytestmark = pytest.mark.slow
 CONSUMER = ['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2', '-k', 'thread']
+STALE_AFTER = 2  # seconds without a heartbeat before a run is taken back
+MAX_ATTEMPTS = 20
 
 
 @pytest.fixture
-def fault_env(settings, database_url, redis_url, smtp_sink, tmp_path):
+def fault_env(settings, service_env, tmp_path):
     config = tmp_path / 'faults.ini'
     config.write_text('\n'.join([
         '[nightshift]', 'reports_dir = %s' % settings.reports_dir,
-        'retry_delay = 0.3', 'retry_max_delay = 2', 'max_attempts = 20',
-        'stale_after = 2', 'progress_every = 0.1', '']))
-    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
-            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-            'MAIL_FROM': 'reports@nightshift.test'}
+        'retry_delay = 0.3', 'retry_max_delay = 2', 'max_attempts = %d' % MAX_ATTEMPTS,
+        'stale_after = %d' % STALE_AFTER, 'progress_every = 0.1', '']))
+    return dict(service_env, NIGHTSHIFT_CONFIG=str(config))
 
 
 class Consumers:
