@@ -32,6 +32,17 @@ def missing(what):
     pytest.skip('%s not available' % what)
 
 
+def faketime_library():
+    """Path of libfaketime's library for threaded programs (Debian package
+    faketime), or None. Preloaded into a process, FAKETIME='+90s' sets its
+    clock ahead; the library rather than the faketime wrapper, so that a
+    signal sent to the process reaches it."""
+    import glob
+    found = (glob.glob('/usr/lib/*/faketime/libfaketimeMT.so.1') +
+             glob.glob('/usr/lib/faketime/libfaketimeMT.so.1'))
+    return found[0] if found else None
+
+
 @pytest.fixture(scope='session')
 def redis_server():
     if shutil.which('redis-server') is None:
