@@ -1,8 +1,12 @@
 """Fixtures: real Redis, PostgreSQL, SQLite and SMTP, all on loopback.
 
 Redis runs as a throwaway redis-server on a free port; PostgreSQL gets a
-throwaway database that is dropped at the end. Under CI (CI=true) a missing
-service fails the run instead of skipping.
+throwaway database that is dropped at the end, SQLite one file for the
+session; in each, the tables are made once and emptied before every test.
+`service_env` names these services as a deployment's environment would;
+`make_jobs(**settings)` and `web_app(jobs)` build on it. The services
+themselves (redis-server, the SMTP sink) are in loopback.py. Under CI
+(CI=true) a missing service fails the run instead of skipping.
 """
 import os
 import shutil
