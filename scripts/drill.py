@@ -29,6 +29,7 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))  # the loopback services live with the tests
 
 from loopback import RedisServer, SmtpSink, call, free_port, wait_until  # noqa: E402
 from vocab import TERMINAL  # noqa: E402

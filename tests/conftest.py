@@ -1,8 +1,12 @@
 """Fixtures: real Redis, PostgreSQL, SQLite and SMTP, all on loopback.
 
 Redis runs as a throwaway redis-server on a free port; PostgreSQL gets a
-throwaway database that is dropped at the end. Under CI (CI=true) a missing
-service fails the run instead of skipping.
+throwaway database that is dropped at the end, SQLite one file for the
+session; in each, the tables are made once and emptied before every test.
+`service_env` names these services as a deployment's environment would;
+`make_jobs(**settings)` and `web_app(jobs)` build on it. The services
+themselves (redis-server, the SMTP sink) are in loopback.py. Under CI
+(CI=true) a missing service fails the run instead of skipping.
 """
 import os
 import shutil
@@ -30,6 +34,17 @@ def missing(what):
     if IN_CI:
         pytest.fail('%s is required in CI' % what)
     pytest.skip('%s not available' % what)
+
+
+def faketime_library():
+    """Path of libfaketime's library for threaded programs (Debian package
+    faketime), or None. Preloaded into a process, FAKETIME='+90s' sets its
+    clock ahead; the library rather than the faketime wrapper, so that a
+    signal sent to the process reaches it."""
+    import glob
+    found = (glob.glob('/usr/lib/*/faketime/libfaketimeMT.so.1') +
+             glob.glob('/usr/lib/faketime/libfaketimeMT.so.1'))
+    return found[0] if found else None
 
 
 @pytest.fixture(scope='session')
@@ -74,11 +89,16 @@ def postgres_url():
     admin.close()
 
 
+@pytest.fixture(scope='session')
+def sqlite_url(tmp_path_factory):
+    """One SQLite file for the session: its tables are made once and emptied
+    between tests, as PostgreSQL's are."""
+    return 'sqlite:///%s' % (tmp_path_factory.mktemp('sqlite') / 'nightshift.db')
+
+
 @pytest.fixture(params=['sqlite', 'postgres'])
-def database_url(request, tmp_path):
-    if request.param == 'sqlite':
-        return 'sqlite:///%s' % (tmp_path / 'nightshift.db')
-    return request.getfixturevalue('postgres_url')
+def database_url(request):
+    return request.getfixturevalue('%s_url' % request.param)
 
 
 REPORTS_DIR = os.path.join(ROOT, 'reports')
@@ -86,19 +106,60 @@ REPORTS_DIR = os.path.join(ROOT, 'reports')
 # repository's report files whatever config file they are given.
 os.environ.setdefault('NIGHTSHIFT_REPORT_PATHS', REPORTS_DIR)
 
+# Database URLs whose tables this session has made: making them (every
+# migration step) costs far more than emptying them, on PostgreSQL most.
+_TABLES_MADE = set()
+
 
 @pytest.fixture
 def database(database_url):
     """Nightshift's state tables in a throwaway database, with the demo shop
-    in the same database (the tests' `demo` source is this database)."""
+    in the same database (the tests' `demo` source is this database): empty,
+    ids counting from 1. Made once per session and database, emptied before
+    each test; made again if a test left them unusable."""
     import demo
-    database = models.bind_database(database_url)
+    database = models.bind_database(database_url, create=False)
+    if database_url in _TABLES_MADE and not _emptied(database):
+        _TABLES_MADE.discard(database_url)
+        database.drop_tables(_state_models(), safe=True)
+        database.execute_sql('DROP TABLE IF EXISTS nightshift_schema')
+    if database_url not in _TABLES_MADE:
+        models.bind_database(database_url)
+        _TABLES_MADE.add(database_url)
     demo.open_shop(database)
     yield database
     models.bind_database(database_url, create=False)  # a test may have rebound it
-    database.drop_tables(demo.DEMO_MODELS + models.ALL_MODELS, safe=True)
-    database.execute_sql('DROP TABLE IF EXISTS nightshift_schema')
     database.close()
+
+
+def _state_models():
+    import demo
+    from peewee import sort_models
+    # Children before parents: no foreign key is left pointing at a deleted row.
+    return list(reversed(sort_models(demo.DEMO_MODELS + models.ALL_MODELS)))
+
+
+def _emptied(database):
+    """Delete every row and restart the ids. DELETE rather than TRUNCATE: on
+    a test's few rows it is several times faster on PostgreSQL, and it does
+    not queue behind a reader a test left open. False if that failed."""
+    from peewee import AutoField, DatabaseError, PostgresqlDatabase, SqliteDatabase
+    quote = database.quote
+    try:
+        with database.atomic():
+            for model in _state_models():
+                table = '%s%s%s' % (quote[0], model._meta.table_name, quote[1])
+                database.execute_sql('DELETE FROM %s' % table)
+                key = model._meta.primary_key
+                if isinstance(database, PostgresqlDatabase) and isinstance(key, AutoField):
+                    database.execute_sql('SELECT setval(pg_get_serial_sequence(%s, %s), 1, '
+                                         'false)', (table, key.column_name))
+            if isinstance(database, SqliteDatabase) and database.table_exists(
+                    'sqlite_sequence'):  # kept for AUTOINCREMENT keys only
+                database.execute_sql('DELETE FROM sqlite_sequence')
+    except DatabaseError:
+        return False
+    return True
 
 
 def demo_catalogue():
@@ -139,22 +200,45 @@ def make_settings(tmp_path):
 
 
 @pytest.fixture
-def settings(make_settings, database, database_url, redis_url, smtp_sink):
-    return make_settings({
-        'DATABASE_URL': database_url,
-        'REDIS_URL': redis_url,
-        'SMTP_HOST': '127.0.0.1',
-        'SMTP_PORT': str(smtp_sink.port),
-        'NIGHTSHIFT_SMTP_SECURITY': 'none',
-        'MAIL_FROM': 'reports@nightshift.test',
-        'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-    }, retry_delay=0)
+def service_env(database, database_url, redis_url, smtp_sink):
+    """The environment variables a deployment would set, naming this test's
+    services: its database (tables made and empty; also the `demo` source),
+    Redis and the SMTP sink. Change a copy: `dict(service_env, PORT='9124')`."""
+    return {'DATABASE_URL': database_url, 'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
+            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
+            'NIGHTSHIFT_SMTP_SECURITY': 'none', 'MAIL_FROM': 'reports@nightshift.test'}
+
+
+@pytest.fixture
+def settings(make_settings, service_env):
+    return make_settings(service_env, retry_delay=0)
+
+
+@pytest.fixture
+def make_jobs(make_settings, service_env):
+    """Jobs on this test's services with some settings changed:
+    `make_jobs(max_attempts=2)`; environment variables through `env`.
+    Retries come at once unless `retry_delay` says otherwise."""
+    from tasks import Jobs
+
+    def make(env=None, registry=None, **values):
+        values.setdefault('retry_delay', 0)
+        settings = make_settings(dict(service_env, **(env or {})), **values)
+        return Jobs(settings, registry=registry)
+    return make
 
 
 @pytest.fixture
 def jobs(settings):
     from tasks import Jobs
     return Jobs(settings)
+
+
+def web_app(jobs, **options):
+    """A webtest client of the application built on `jobs` (and its settings)."""
+    import webtest
+    from server import create_app
+    return webtest.TestApp(create_app(jobs.settings, jobs, **options))
 
 
 @pytest.fixture
@@ -167,15 +251,12 @@ def app(settings, jobs):
 
 
 @pytest.fixture
-def consumer_env(settings, database_url, redis_url, smtp_sink, tmp_path):
+def consumer_env(settings, service_env, tmp_path):
+    """Environment for a consumer process (or a script) on this test's services."""
     config = tmp_path / 'consumer.ini'
     config.write_text('[nightshift]\nreports_dir = %s\nreport_paths = %s\nretry_delay = 0\n'
                       % (settings.reports_dir, REPORTS_DIR))
-    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
-            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-            'MAIL_FROM': 'reports@nightshift.test'}
+    return dict(service_env, NIGHTSHIFT_CONFIG=str(config))
 
 
 def run_queued(jobs, limit=10):

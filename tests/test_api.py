@@ -311,30 +311,22 @@ def test_database_down_is_503_everywhere(app, shop):
     assert health.json['queue'] == 'ok'
 
 
-def test_a_source_that_does_not_answer_is_503_naming_it(make_settings, database_url,
-                                                       redis_url, smtp_sink, database):
-    from conftest import free_port
-    from tasks import Jobs
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
-                              'NIGHTSHIFT_SOURCE_DEMO_URL':
-                                  'postgresql://postgres@127.0.0.1:%d/gone' % free_port()})
-    app = webtest.TestApp(create_app(settings, Jobs(settings)))
+def test_a_source_that_does_not_answer_is_503_naming_it(make_jobs):
+    from conftest import free_port, web_app
+    gone = 'postgresql://postgres@127.0.0.1:%d/gone' % free_port()
+    app = web_app(make_jobs(env={'NIGHTSHIFT_SOURCE_DEMO_URL': gone}))
     res = app.get('/reports/orders.csv', expect_errors=True)
     assert (res.status_int, res.json['error']) == (503, 'source_unavailable')
     assert 'source demo is not answering' in res.json['message']
     assert res.headers['Retry-After'] == '5'
 
 
-def test_a_reports_sql_error_is_that_reports_error_not_an_outage(make_settings, database_url,
-                                                                redis_url, database, tmp_path,
-                                                                caplog):
-    from tasks import Jobs
+def test_a_reports_sql_error_is_that_reports_error_not_an_outage(make_jobs, tmp_path, caplog):
+    from conftest import web_app
     (tmp_path / 'sql').mkdir()
     (tmp_path / 'sql' / 'lost.sql').write_text(
         '/*\ntitle: Lost\nsource: demo\n*/\nSELECT * FROM no_such_table\n')
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url},
-                             report_paths=str(tmp_path / 'sql'))
-    app = webtest.TestApp(create_app(settings, Jobs(settings)))
+    app = web_app(make_jobs(report_paths=str(tmp_path / 'sql')))
     res = app.get('/reports/lost.csv', expect_errors=True)
     assert (res.status_int, res.json['error'], res.json['field']) == (422, 'report_failed',
                                                                       'report')

@@ -14,32 +14,21 @@ def run_script(args, env):
                           capture_output=True, text=True, timeout=120)
 
 
-def cli_env(settings, database_url, redis_url, smtp_sink, tmp_path):
-    config = tmp_path / 'cli.ini'
-    config.write_text('[nightshift]\nreports_dir = %s\n' % settings.reports_dir)
-    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
-            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
-            'NIGHTSHIFT_SMTP_SECURITY': 'none'}
-
-
-def test_export_to_file_matches_the_download(app, settings, database_url, redis_url,
-                                             smtp_sink, tmp_path):
+def test_export_to_file_matches_the_download(app, consumer_env, tmp_path):
     demo.seed(customers=20, orders=700)
-    env = cli_env(settings, database_url, redis_url, smtp_sink, tmp_path)
     out = tmp_path / 'paid.csv'
-    done = run_script(['scripts/export.py', 'orders', '-p', 'status=paid', '-o', str(out)], env)
+    done = run_script(['scripts/export.py', 'orders', '-p', 'status=paid', '-o', str(out)],
+                      consumer_env)
     assert done.returncode == 0, done.stderr
     assert 'rows' in done.stdout
     downloaded = app.get('/reports/orders.csv', {'status': 'paid'}).body
     assert out.read_bytes() == downloaded
 
 
-def test_export_by_email_is_recorded_as_a_cli_run(settings, database_url, redis_url, smtp_sink,
-                                                  tmp_path):
+def test_export_by_email_is_recorded_as_a_cli_run(consumer_env, smtp_sink):
     demo.seed(customers=20, orders=100)
-    env = cli_env(settings, database_url, redis_url, smtp_sink, tmp_path)
-    done = run_script(['scripts/export.py', 'customers', '--to', 'boss@example.org'], env)
+    done = run_script(['scripts/export.py', 'customers', '--to', 'boss@example.org'],
+                      consumer_env)
     assert done.returncode == 0, done.stderr
     [sent] = smtp_sink.messages
     name, data = attachment(sent['message'])
@@ -48,11 +37,10 @@ def test_export_by_email_is_recorded_as_a_cli_run(settings, database_url, redis_
     assert (run.trigger, run.status, run.rows) == ('cli', 'delivered', 20)
 
 
-def test_export_bad_input_says_what_is_wrong(settings, database_url, redis_url, smtp_sink,
-                                             tmp_path):
-    env = cli_env(settings, database_url, redis_url, smtp_sink, tmp_path)
-    done = run_script(['scripts/export.py', 'orders', '-p', 'since=soon', '-o', 'x.csv'], env)
+def test_export_bad_input_says_what_is_wrong(consumer_env):
+    done = run_script(['scripts/export.py', 'orders', '-p', 'since=soon', '-o', 'x.csv'],
+                      consumer_env)
     assert done.returncode != 0 and 'params.since' in done.stderr
-    done = run_script(['scripts/export.py', 'nope', '-o', 'x.csv'], env)
+    done = run_script(['scripts/export.py', 'nope', '-o', 'x.csv'], consumer_env)
     assert done.returncode != 0 and "no report named 'nope'" in done.stderr
     assert Run.select().count() == 0

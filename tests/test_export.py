@@ -9,7 +9,6 @@ from demo import Customer, Order
 from export import CsvStream, escape_formula, write_file
 
 registry = demo_catalogue()
-CURRENT = {}
 
 
 @pytest.fixture
@@ -35,16 +34,19 @@ def shop_settings(make_settings, database_url, database):
     return make_settings({'DATABASE_URL': database_url})
 
 
-def csv_text(settings, report, params=None, escape=True, limit=None):
+def export(settings, report, params=None, escape=True, limit=None):
+    """(CSV text, the finished stream: its row count and whether it was cut)."""
     from dataclasses import replace
     if limit is not None:
         settings = replace(settings, max_rows=limit)
     definition = registry.get(report)
     with runfiles.open_report(definition, settings, definition.parse(params or {}), escape,
                           False) as stream:
-        text = b''.join(stream).decode('utf-8')
-    CURRENT['stream'] = stream
-    return text
+        return b''.join(stream).decode('utf-8'), stream
+
+
+def csv_text(settings, report, params=None, escape=True):
+    return export(settings, report, params, escape)[0]
 
 
 def test_orders_csv_exact_text(tricky_rows, shop_settings):
@@ -111,12 +113,12 @@ def test_formula_escaping(cell, expected):
 def test_row_limit_cuts_and_tells(tricky_rows, shop_settings):
     import csv
     import io
-    text = csv_text(shop_settings, 'orders', limit=3)
+    text, stream = export(shop_settings, 'orders', limit=3)
     assert len(list(csv.reader(io.StringIO(text, newline='')))) == 4
-    assert CURRENT['stream'].truncated
-    assert CURRENT['stream'].rows == 3
-    csv_text(shop_settings, 'orders', limit=5)
-    assert not CURRENT['stream'].truncated
+    assert stream.truncated
+    assert stream.rows == 3
+    text, stream = export(shop_settings, 'orders', limit=5)
+    assert not stream.truncated
 
 
 def test_database_and_python_escaping_agree(shop_settings):

@@ -8,27 +8,25 @@ import time
 import pytest
 
 import demo
-from conftest import free_port, wait_until
+from conftest import faketime_library, free_port, missing, wait_until
 from loopback import call
 from models import Run
 from test_e2e import spawn, stop
 
 pytestmark = pytest.mark.slow
 CONSUMER = ['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2', '-k', 'thread']
+STALE_AFTER = 2  # seconds without a heartbeat before a run is taken back
+MAX_ATTEMPTS = 20
 
 
 @pytest.fixture
-def fault_env(settings, database_url, redis_url, smtp_sink, tmp_path):
+def fault_env(settings, service_env, tmp_path):
     config = tmp_path / 'faults.ini'
     config.write_text('\n'.join([
         '[nightshift]', 'reports_dir = %s' % settings.reports_dir,
-        'retry_delay = 0.3', 'retry_max_delay = 2', 'max_attempts = 20',
-        'stale_after = 2', 'progress_every = 0.1', '']))
-    return {'NIGHTSHIFT_CONFIG': str(config), 'DATABASE_URL': database_url,
-            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-            'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-            'MAIL_FROM': 'reports@nightshift.test'}
+        'retry_delay = 0.3', 'retry_max_delay = 2', 'max_attempts = %d' % MAX_ATTEMPTS,
+        'stale_after = %d' % STALE_AFTER, 'progress_every = 0.1', '']))
+    return dict(service_env, NIGHTSHIFT_CONFIG=str(config))
 
 
 class Consumers:
@@ -62,6 +60,14 @@ def delivered(run_id):
     return Run.get_by_id(run_id).status == 'delivered'
 
 
+def silent_past_stale_after(run_id):
+    """The run's last heartbeat is older than stale_after on the database's
+    clock: what the reaper of the next consumer to tick goes by."""
+    from models import db_now
+    stale = db_now() - datetime.timedelta(seconds=STALE_AFTER)
+    return Run.get_by_id(run_id).heartbeat_at < stale
+
+
 @pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
 def test_killed_terminated_and_stopped_consumers_lose_nothing(app, consumers, smtp_sink):
     demo.seed(customers=2000, orders=400000)
@@ -77,7 +83,8 @@ def test_killed_terminated_and_stopped_consumers_lose_nothing(app, consumers, sm
     wait_until(lambda: writing(killed), timeout=30, message='run to be writing')
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    time.sleep(2.5)  # longer than stale_after
+    wait_until(lambda: silent_past_stale_after(killed), timeout=30,
+               message='the killed run to be silent past stale_after')
     second = consumers.start()
     wait_until(lambda: delivered(killed), timeout=60, message='killed run to complete')
 
@@ -101,8 +108,10 @@ def test_killed_terminated_and_stopped_consumers_lose_nothing(app, consumers, sm
     assert third.returncode == 0
     assert delivered(graceful)
 
+    # Every consumer has exited (killed, terminated, stopped): all that was
+    # ever sent is in the sink.
+    assert [proc.poll() is not None for proc in consumers.procs] == [True] * 3
     smtp_sink.wait_for(3)
-    time.sleep(1)
     ids = sorted(m['message']['Message-ID'] for m in smtp_sink.messages)
     assert ids == sorted('<nightshift-run-%d@nightshift>' % i for i in (killed, terminated,
                                                                          graceful))
@@ -122,14 +131,16 @@ def test_smtp_outage_then_back_delivers_once(app, consumers, smtp_sink):
                                          'to': ['ops@example.org']}).json['id']
     wait_until(lambda: 'unreachable' in (Run.get_by_id(run_id).error or ''), timeout=30,
                message='a failed attempt')
-    time.sleep(2)
+    # An outage is waited out, not failed: attempt after attempt stays in play.
+    wait_until(lambda: Run.get_by_id(run_id).attempts >= 3, timeout=30,
+               message='more attempts while the SMTP server is down')
     assert Run.get_by_id(run_id).status in ('queued', 'running')
     smtp_sink.start()
     smtp_sink.wait_for(1, timeout=30)
     wait_until(lambda: delivered(run_id), timeout=10, message='delivery')
-    time.sleep(1)
+    consumers.stop_all()  # anything still to send goes before they exit
     assert len(smtp_sink.messages) == 1
-    assert Run.get_by_id(run_id).attempts >= 2
+    assert Run.get_by_id(run_id).attempts >= 3
 
 
 def _request(url, body=None):
@@ -157,7 +168,10 @@ def test_redis_outage_under_running_web_and_consumer(consumers, fault_env, redis
         assert Run.get_by_id(refused_id).status == 'failed'
         status, body = _request(base + '/healthz')
         assert status == 503 and body['queue'].startswith('down')
-        time.sleep(3)  # the consumer keeps polling a dead Redis
+        # Both worker threads of the consumer find Redis gone, and try again.
+        log = tmp_path / 'consumer-0.log'
+        wait_until(lambda: log.read_text(errors='replace').count('Error reading from queue') >= 4,
+                   timeout=30, message='the consumer to keep polling the dead Redis')
 
         redis_server.start()
         wait_until(lambda: _healthy(base), timeout=20, message='health after Redis is back')
@@ -203,40 +217,38 @@ def test_a_paused_worker_that_wakes_up_publishes_and_mails_nothing(app, consumer
     wait_until(lambda: writing(run_id), timeout=30, message='run to be writing')
     os.kill(paused.pid, signal.SIGSTOP)
     try:
-        time.sleep(3)  # past stale_after (2 s)
+        wait_until(lambda: silent_past_stale_after(run_id), timeout=30,
+                   message='the paused run to be silent past stale_after')
         consumers.start()  # its first tick takes the run back
         wait_until(lambda: Run.get_by_id(run_id).attempts == 2 and writing(run_id),
                    timeout=30, message='the second attempt to be writing')
     finally:
         os.kill(paused.pid, signal.SIGCONT)
     wait_until(lambda: delivered(run_id), timeout=90, message='delivery')
-    time.sleep(2)  # room for a wrongly sent second copy to arrive
+    assert paused.poll() is None  # it went on serving
+    # Stopped gracefully, each finishes what it holds: a wrongly sent second
+    # copy would be in the sink by the time they have exited.
+    consumers.stop_all()
     [sent] = smtp_sink.messages
     assert _zip_rows(sent['message']) == 300000
     assert 'Rows: 300,000' in sent['message'].get_body(('plain',)).get_content()
     run = Run.get_by_id(run_id)
     assert (run.status, run.attempts, run.rows) == ('delivered', 2, 300000)
     assert '/a2/' in run.file_key
-    assert paused.poll() is None  # it went on serving
 
 
 @pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
 def test_a_consumer_with_its_clock_ahead_leaves_a_live_run_alone(app, consumers, fault_env,
                                                                  smtp_sink):
-    import glob
-    lib = (glob.glob('/usr/lib/*/faketime/libfaketimeMT.so.1') +
-           glob.glob('/usr/lib/faketime/libfaketimeMT.so.1'))
-    if not lib:
-        pytest.fail('libfaketime is needed (Debian package faketime)') \
-            if os.environ.get('CI') else pytest.skip('libfaketime not installed')
+    lib = faketime_library()
+    if lib is None:
+        missing('libfaketime (Debian package faketime)')
     demo.seed(customers=2000, orders=300000)
     consumers.start()
     run_id = app.post_json('/api/runs', {'report': 'orders',
                                          'to': ['ops@example.org']}).json['id']
     wait_until(lambda: writing(run_id), timeout=30, message='run to be writing')
-    # The library itself rather than the faketime wrapper, so that the signal
-    # that stops the consumer at the end reaches it.
-    consumers.env = dict(fault_env, LD_PRELOAD=lib[0], FAKETIME='+90s',
+    consumers.env = dict(fault_env, LD_PRELOAD=lib, FAKETIME='+90s',
                          FAKETIME_DONT_FAKE_MONOTONIC='1')
     started = datetime.datetime.now()
     consumers.start()
@@ -246,7 +258,7 @@ def test_a_consumer_with_its_clock_ahead_leaves_a_live_run_alone(app, consumers,
     ahead = datetime.datetime.strptime(first, '%Y-%m-%d %H:%M:%S,%f') - started
     assert ahead.total_seconds() > 60, 'the consumer\'s clock is not ahead: %s' % ahead
     wait_until(lambda: delivered(run_id), timeout=90, message='delivery')
-    time.sleep(2)
+    consumers.stop_all()  # a second copy, if any, is sent before they exit
     [sent] = smtp_sink.messages
     body = sent['message'].get_body(('plain',)).get_content()
     assert 'Rows: 300,000' in body

@@ -28,16 +28,6 @@ def shop(database):
     demo.seed(customers=20, orders=300)
 
 
-def jobs_with(make_settings, database_url, redis_url, smtp_sink, env=None, **values):
-    from tasks import Jobs
-    values.setdefault('retry_delay', 0)
-    environ = {'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-               'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-               'MAIL_FROM': 'reports@nightshift.test'}
-    environ.update(env or {})
-    return Jobs(make_settings(environ, **values))
-
-
 def queued(jobs, to=THREE, report='customers'):
     run = runs.create_run(registry, jobs.settings, report, {}, list(to))
     jobs.enqueue_run(run)
@@ -74,12 +64,11 @@ def test_a_421_after_some_rcpts_were_accepted_sends_nobody(settings, jobs, shop,
     assert outcome(run_id) == dict.fromkeys(THREE, 'pending')
 
 
-def test_no_reply_after_data_is_not_sent_and_goes_once_more(make_settings, database_url,
-                                                             redis_url, smtp_sink, shop):
+def test_no_reply_after_data_is_not_sent_and_goes_once_more(make_jobs, smtp_sink, shop):
     """The reply to DATA never comes: the message may have arrived, so it goes
     again with the same Message-ID, once per attempt (yagmail would have
     resent it up to three times inside the attempt)."""
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, smtp_timeout=1)
+    jobs = make_jobs(smtp_timeout=1)
     smtp_sink.data_delay = 3
     run_id = queued(jobs, to=['a@example.org'])
     run_queued(jobs, limit=1)
@@ -120,13 +109,10 @@ def test_a_refused_data_is_each_recipients_answer(settings, jobs, shop, smtp_sin
 
 @pytest.mark.parametrize('security, hint', [('starttls', 'does not offer STARTTLS'),
                                             ('ssl', 'TLS failed')])
-def test_wrong_smtp_security_fails_at_once_with_the_hint(make_settings, database_url,
-                                                         redis_url, smtp_sink, shop,
-                                                         security, hint):
+def test_wrong_smtp_security_fails_at_once_with_the_hint(make_jobs, shop, security, hint):
     """MailHog-style plain server on its port, security set to TLS: a setting
     to fix, not an outage to retry for minutes."""
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink,
-                     env={'NIGHTSHIFT_SMTP_SECURITY': security}, smtp_timeout=5)
+    jobs = make_jobs(env={'NIGHTSHIFT_SMTP_SECURITY': security}, smtp_timeout=5)
     run_id = queued(jobs, to=['a@example.org'])
     run_queued(jobs)
     run = Run.get_by_id(run_id)
@@ -210,12 +196,10 @@ def test_a_worker_clock_ahead_does_not_reap_a_live_run(settings, jobs, shop):
     assert Run.get_by_id(run_id).status == 'running'
 
 
-def test_claims_of_one_report_hold_the_limit_under_races(make_settings, database_url,
-                                                         redis_url, smtp_sink, shop):
+def test_claims_of_one_report_hold_the_limit_under_races(make_jobs, shop):
     """max_concurrent_per_report=1, two workers claiming two runs at the same
     instant, 20 times: never both."""
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink,
-                     max_concurrent_per_report=1)
+    jobs = make_jobs(max_concurrent_per_report=1)
     for trial in range(20):
         ids = [queued(jobs, to=['a@example.org']) for _ in range(2)]
         barrier = threading.Barrier(2)
@@ -239,21 +223,18 @@ def test_claims_of_one_report_hold_the_limit_under_races(make_settings, database
 
 # --- work files -------------------------------------------------------------
 
-def test_a_failed_run_leaves_no_work_files(make_settings, database_url, redis_url, smtp_sink,
-                                           database):
+def test_a_failed_run_leaves_no_work_files(make_jobs, database):
     from peewee import SQL
 
     from demo import Customer
     from reports import Registry
-    from tasks import Jobs
     broken = Registry()
 
     @broken.report('broken', 'Broken')
     def broken_report():
         return Customer.select(SQL('*')).from_(SQL('no_such_table'))
 
-    base = jobs_with(make_settings, database_url, redis_url, smtp_sink, max_attempts=2)
-    jobs = Jobs(base.settings, registry=broken)
+    jobs = make_jobs(registry=broken, max_attempts=2)
     run = runs.create_run(broken, jobs.settings, 'broken', {}, ['a@example.org'])
     jobs.enqueue_run(run)
     run_queued(jobs)
@@ -286,9 +267,8 @@ def test_the_tick_sweeps_orphaned_work_folders(settings, jobs, shop, smtp_sink):
     assert os.path.exists(live)  # a run in progress is left alone
 
 
-def test_with_the_database_store_no_local_copy_outlives_the_run(make_settings, database_url,
-                                                                 redis_url, smtp_sink, shop):
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, file_store='database')
+def test_with_the_database_store_no_local_copy_outlives_the_run(make_jobs, shop):
+    jobs = make_jobs(file_store='database')
     run_id = queued(jobs)
     run_queued(jobs)
     assert Run.get_by_id(run_id).status == 'delivered'
@@ -296,13 +276,12 @@ def test_with_the_database_store_no_local_copy_outlives_the_run(make_settings, d
     assert jobs.store.exists(Run.get_by_id(run_id).file_key)
 
 
-def test_a_retry_on_another_host_sends_the_same_file(make_settings, database_url, redis_url,
-                                                      smtp_sink, shop, tmp_path):
+def test_a_retry_on_another_host_sends_the_same_file(make_jobs, smtp_sink, shop, tmp_path):
     """With the shared store, a mail-only retry on a machine that did not
     build the file fetches it from the store: the data changed meanwhile, the
     second recipient still gets exactly what the first got."""
     smtp_sink.refuse['b@example.org'] = '451 4.3.0 try later'
-    first = jobs_with(make_settings, database_url, redis_url, smtp_sink, file_store='database')
+    first = make_jobs(file_store='database')
     run_id = queued(first, to=['a@example.org', 'b@example.org'], report='orders')
     run_queued(first, limit=1)
     assert Run.get_by_id(run_id).status == 'queued'
@@ -310,8 +289,7 @@ def test_a_retry_on_another_host_sends_the_same_file(make_settings, database_url
     assert Order.select().count() == 100
 
     del smtp_sink.refuse['b@example.org']
-    other_host = jobs_with(make_settings, database_url, redis_url, smtp_sink,
-                           file_store='database', reports_dir=str(tmp_path / 'host-b'))
+    other_host = make_jobs(file_store='database', reports_dir=str(tmp_path / 'host-b'))
     run_queued(other_host, limit=1)
     to_a, to_b = smtp_sink.messages
     assert to_b['to'] == ['b@example.org']
@@ -341,12 +319,11 @@ def test_a_terminated_connection_is_replaced_by_itself(settings, jobs, shop, smt
     assert jobs.tick() == []
 
 
-def test_an_outage_is_logged_once_and_the_tick_survives(make_settings, redis_url, smtp_sink,
-                                                        database, caplog):
+def test_an_outage_is_logged_once_and_the_tick_survives(make_jobs, database, caplog):
     from conftest import free_port
     from models import bind_database
     url = 'postgresql://nobody@127.0.0.1:%d/none' % free_port()  # nothing listens
-    jobs = jobs_with(make_settings, url, redis_url, smtp_sink)
+    jobs = make_jobs(env={'DATABASE_URL': url, 'NIGHTSHIFT_SOURCE_DEMO_URL': url})
     bind_database(url, create=False)
     caplog.set_level(logging.DEBUG, logger='nightshift.tasks')
     for _ in range(5):

@@ -17,7 +17,7 @@ import webtest
 
 import demo
 import schedules
-from conftest import ROOT, free_port, run_queued, wait_until
+from conftest import ROOT, free_port, run_queued, wait_until, web_app
 from cron import check_timezone, next_slot, slots_between
 from loopback import call
 from mail import check_address, compose
@@ -32,16 +32,10 @@ registry = demo_catalogue()
 
 
 @pytest.fixture
-def fenced(make_settings, database, database_url, redis_url, smtp_sink):
+def fenced(make_jobs):
     """An app that only mails example.org."""
-    from server import create_app
-    from tasks import Jobs
-    settings = make_settings({
-        'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-        'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'},
-        allowed_domains='example.org', retry_delay=0)
-    jobs = Jobs(settings)
-    return settings, webtest.TestApp(create_app(settings, jobs))
+    jobs = make_jobs(allowed_domains='example.org')
+    return jobs.settings, web_app(jobs)
 
 
 @pytest.mark.parametrize('address, words', [
@@ -104,21 +98,12 @@ def test_the_link_email_compares_the_encoded_size_with_the_limit(tmp_path, datab
 
 # --- scripts/export.py -o - ------------------------------------------------------
 
-def cli_env(settings, database_url, redis_url, tmp_path):
-    config = tmp_path / 'cli.ini'
-    config.write_text('[nightshift]\nreports_dir = %s\n' % settings.reports_dir)
-    return dict(os.environ, NIGHTSHIFT_CONFIG=str(config), DATABASE_URL=database_url,
-                NIGHTSHIFT_SOURCE_DEMO_URL=database_url,
-                REDIS_URL=redis_url)
-
-
-def test_export_dash_writes_to_standard_output(app, settings, database_url, redis_url,
-                                               tmp_path):
+def test_export_dash_writes_to_standard_output(app, consumer_env, tmp_path):
     demo.seed(customers=20, orders=700)
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'scripts', 'export.py'), 'orders',
          '-p', 'status=paid', '-o', '-'],
-        cwd=tmp_path, env=cli_env(settings, database_url, redis_url, tmp_path),
+        cwd=tmp_path, env=dict(os.environ, **consumer_env),
         capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == app.get('/reports/orders.csv', {'status': 'paid'}).body
@@ -204,18 +189,11 @@ def test_a_quarter_hourly_schedule_ticks_through_the_lisbon_fall_back(settings, 
 # --- limits on schedules (issue item 8) ----------------------------------------
 
 @pytest.fixture
-def limited(make_settings, database, database_url, redis_url, smtp_sink):
+def limited(make_jobs):
     """Settings, jobs and app with the schedule limits given."""
-    from server import create_app
-    from tasks import Jobs
-
     def build(**values):
-        settings = make_settings({
-            'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'},
-            retry_delay=0, **values)
-        jobs = Jobs(settings)
-        return settings, jobs, webtest.TestApp(create_app(settings, jobs))
+        jobs = make_jobs(**values)
+        return jobs.settings, jobs, web_app(jobs)
     return build
 
 
@@ -367,22 +345,16 @@ def tls_redis(tmp_path_factory):
         server.wait(10)
 
 
-def tls_env(database_url, tls_redis, smtp_sink, **more):
-    return dict({'DATABASE_URL': database_url, 'REDIS_URL': tls_redis,
-                 'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-                 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
-                 'NIGHTSHIFT_SMTP_SECURITY': 'none'}, **more)
+@pytest.fixture
+def tls_env(service_env, tls_redis):
+    return dict(service_env, REDIS_URL=tls_redis)
 
 
-def test_tls_redis_with_a_self_signed_certificate_queues_and_runs(
-        make_settings, database, database_url, tls_redis, smtp_sink):
-    from server import create_app
-    from tasks import Jobs
-    settings = make_settings(tls_env(database_url, tls_redis, smtp_sink,
-                                     NIGHTSHIFT_REDIS_SSL_CERT_REQS='none'), retry_delay=0)
-    jobs = Jobs(settings)
+def test_tls_redis_with_a_self_signed_certificate_queues_and_runs(make_jobs, tls_env,
+                                                                  smtp_sink):
+    jobs = make_jobs(env=dict(tls_env, NIGHTSHIFT_REDIS_SSL_CERT_REQS='none'))
     jobs.huey.flush()
-    app = webtest.TestApp(create_app(settings, jobs))
+    app = web_app(jobs)
     assert app.get('/healthz').json['queue'] == 'ok'
     run_id = app.post_json('/api/runs', {'report': 'customers',
                                          'to': ['a@example.org']}).json['id']
@@ -393,10 +365,10 @@ def test_tls_redis_with_a_self_signed_certificate_queues_and_runs(
 
 
 def test_a_certificate_that_does_not_verify_is_named_in_healthz_and_logged_once(
-        make_settings, database, database_url, tls_redis, smtp_sink, caplog):
+        make_settings, tls_env, caplog):
     from server import create_app
     from tasks import Jobs
-    settings = make_settings(tls_env(database_url, tls_redis, smtp_sink))
+    settings = make_settings(tls_env)
     assert settings.redis_ssl_cert_reqs == 'required'  # the default: verify
     app = webtest.TestApp(create_app(settings, Jobs(settings)))
     caplog.set_level(logging.INFO, logger='nightshift.queue')
@@ -428,17 +400,16 @@ def test_an_ssl_cert_reqs_in_the_url_still_wins(make_settings, tls_redis):
 
 @pytest.mark.slow
 def test_the_procfile_runs_on_heroku_redis_as_the_platform_sets_it_up(
-        database, database_url, tls_redis, smtp_sink, tmp_path):
+        tls_env, smtp_sink, tmp_path):
     """Both Procfile lines through bash, as the platform runs them, with the
     environment it gives: a bare rediss:// REDIS_URL and PORT."""
     token = 'heroku-token-0123456789'
     config = tmp_path / 'deploy.ini'
     config.write_text('[nightshift]\nreports_dir = %s\n' % (tmp_path / 'reports'))
     port = free_port()
-    env = dict(os.environ, **tls_env(
-        database_url, tls_redis, smtp_sink, PORT=str(port), NIGHTSHIFT_API_TOKEN=token,
-        NIGHTSHIFT_CONFIG=str(config),
-        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']))
+    env = dict(os.environ, **tls_env)
+    env.update(PORT=str(port), NIGHTSHIFT_API_TOKEN=token, NIGHTSHIFT_CONFIG=str(config),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
     env.pop('NIGHTSHIFT_REDIS_SSL_CERT_REQS', None)
     lines = dict(line.split(': ', 1) for line in
                  (Path(ROOT) / 'Procfile').read_text().splitlines() if line.strip())
@@ -472,8 +443,8 @@ def test_the_procfile_runs_on_heroku_redis_as_the_platform_sets_it_up(
 
 # --- scripts/seed.py on a seeded database ----------------------------------------
 
-def test_seeding_a_seeded_database_says_why_not(settings, database_url, redis_url, tmp_path):
-    env = cli_env(settings, database_url, redis_url, tmp_path)
+def test_seeding_a_seeded_database_says_why_not(consumer_env):
+    env = dict(os.environ, **consumer_env)
     seed = [sys.executable, os.path.join(ROOT, 'scripts', 'seed.py'),
             '--customers', '20', '--orders', '50']
     first = subprocess.run(seed, env=env, capture_output=True, text=True, timeout=120)

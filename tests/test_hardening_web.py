@@ -18,7 +18,7 @@ import pytest
 import webtest
 
 import runs
-from conftest import ROOT, attachment, free_port, run_queued, wait_until
+from conftest import ROOT, attachment, free_port, run_queued, wait_until, web_app
 from export import escape_formula
 from demo import Customer, Order
 from models import Run, db
@@ -30,20 +30,10 @@ from sqlexport import open_query_csv
 TOKEN = 'tok-0123456789abcdef-web'
 
 
-def service_env(database_url, redis_url, smtp_sink, **extra):
-    return dict({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
-                 'NIGHTSHIFT_SOURCE_DEMO_URL': database_url,
-                 'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
-                 'NIGHTSHIFT_SMTP_SECURITY': 'none'}, **extra)
-
-
 @pytest.fixture
-def secured(make_settings, database, database_url, redis_url, smtp_sink):
-    from tasks import Jobs
-    settings = make_settings(service_env(database_url, redis_url, smtp_sink,
-                                         NIGHTSHIFT_API_TOKEN=TOKEN), retry_delay=0)
-    jobs = Jobs(settings)
-    return settings, jobs, webtest.TestApp(create_app(settings, jobs))
+def secured(make_jobs):
+    jobs = make_jobs(env={'NIGHTSHIFT_API_TOKEN': TOKEN})
+    return jobs.settings, jobs, web_app(jobs)
 
 
 BEARER = {'Authorization': 'Bearer ' + TOKEN}
@@ -519,13 +509,10 @@ def test_origin_is_compared_with_scheme_host_and_port(secured, origin):
         assert res.status_int == 202, same
 
 
-def test_the_default_public_url_follows_the_port(make_settings, database, database_url,
-                                                 redis_url, smtp_sink):
-    from tasks import Jobs
-    settings = make_settings(service_env(database_url, redis_url, smtp_sink,
-                                         NIGHTSHIFT_API_TOKEN=TOKEN, PORT='9123'))
-    assert settings.public_url == 'http://127.0.0.1:9123'
-    app = webtest.TestApp(create_app(settings, Jobs(settings)))
+def test_the_default_public_url_follows_the_port(make_settings, make_jobs, service_env):
+    jobs = make_jobs(env={'NIGHTSHIFT_API_TOKEN': TOKEN, 'PORT': '9123'})
+    assert jobs.settings.public_url == 'http://127.0.0.1:9123'
+    app = web_app(jobs)
     body = {'report': 'customers', 'to': ['a@example.org']}
     auth = {'Authorization': basic(TOKEN)}
     # Another server on this machine at the old default is not this page.
@@ -535,21 +522,15 @@ def test_the_default_public_url_follows_the_port(make_settings, database, databa
     res = app.post_json('/api/runs', body, headers=dict(
         auth, Origin='http://127.0.0.1:9123', Host='proxy.internal'))
     assert res.status_int == 202
-    explicit = make_settings(service_env(database_url, redis_url, smtp_sink, PORT='9123'),
-                             public_url='https://reports.example')
+    explicit = make_settings(dict(service_env, PORT='9123'), public_url='https://reports.example')
     assert explicit.public_url == 'https://reports.example'
 
 
-def test_a_run_emailed_as_a_link_carries_the_port_listened_on(make_settings, database,
-                                                              database_url, redis_url,
-                                                              smtp_sink):
-    from tasks import Jobs
+def test_a_run_emailed_as_a_link_carries_the_port_listened_on(make_jobs, smtp_sink):
     for i in range(200):
         Customer.create(name='customer %d' % i, email='c%d@example.org' % i)
-    settings = make_settings(service_env(database_url, redis_url, smtp_sink, PORT='9124'),
-                             mail_max_mb=0.001, zip_over_mb=100, retry_delay=0)
-    jobs = Jobs(settings)
-    run = runs.create_run(jobs.registry, settings, 'customers', {}, ['a@example.org'])
+    jobs = make_jobs(env={'PORT': '9124'}, mail_max_mb=0.001, zip_over_mb=100)
+    run = runs.create_run(jobs.registry, jobs.settings, 'customers', {}, ['a@example.org'])
     jobs.enqueue_run(run)
     run_queued(jobs)
     [sent] = smtp_sink.messages

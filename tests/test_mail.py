@@ -30,21 +30,16 @@ def queue(jobs, run):
 
 
 @pytest.fixture
-def auth_jobs(make_settings, database_url, redis_url):
+def auth_jobs(make_jobs):
     """Jobs against an SMTP server that wants AUTH (password 'secret-pw')."""
-    from conftest import SmtpSink
-    from tasks import Jobs
+    from loopback import SmtpSink
     sink = SmtpSink()
     sink.start(auth=True)
 
     def make(password):
-        settings = make_settings({
-            'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
-            'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(sink.port), 'SMTP_USER': 'apikey',
-            'SMTP_PASSWORD': password, 'MAIL_FROM': 'reports@nightshift.test',
-            'NIGHTSHIFT_SMTP_SECURITY': 'none'})
-        jobs = Jobs(settings)
-        run_id = queue(jobs, new_run(settings, ['a@example.org']))
+        jobs = make_jobs(env={'SMTP_PORT': str(sink.port), 'SMTP_USER': 'apikey',
+                              'SMTP_PASSWORD': password})
+        run_id = queue(jobs, new_run(jobs.settings, ['a@example.org']))
         run_queued(jobs)
         return jobs, sink, Run.get_by_id(run_id)
     yield make
@@ -120,16 +115,10 @@ def test_smtp_down_then_back_delivers_once(settings, jobs, shop, smtp_sink):
     assert Run.get_by_id(run_id).status == 'delivered'
 
 
-def test_retries_run_out_into_failed(make_settings, database, database_url, redis_url, shop,
-                                     smtp_sink):
-    from tasks import Jobs
+def test_retries_run_out_into_failed(make_jobs, shop, smtp_sink):
     smtp_sink.stop()
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
-                              'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
-                              'NIGHTSHIFT_SMTP_SECURITY': 'none'},
-                             max_attempts=2, retry_delay=0)
-    jobs = Jobs(settings)
-    run_id = queue(jobs, new_run(settings, ['a@example.org']))
+    jobs = make_jobs(max_attempts=2)
+    run_id = queue(jobs, new_run(jobs.settings, ['a@example.org']))
     assert run_queued(jobs) == 2
     run = Run.get_by_id(run_id)
     assert (run.status, run.attempts) == ('failed', 2)
@@ -146,12 +135,10 @@ def test_mailer_reports_unreachable_server_as_temporary(make_settings):
     assert info.value.temporary
 
 
-def test_outbox_backend_writes_the_message(make_settings, database, database_url, redis_url,
-                                           shop, tmp_path):
-    from tasks import Jobs
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url})
+def test_outbox_backend_writes_the_message(make_jobs, shop):
+    jobs = make_jobs(env={'SMTP_HOST': ''})  # no SMTP server: the outbox
+    settings = jobs.settings
     assert settings.mail_backend == 'outbox'
-    jobs = Jobs(settings)
     run_id = queue(jobs, new_run(settings, ['a@example.org'], report='orders'))
     run_queued(jobs)
     [name] = os.listdir(settings.outbox_dir)

@@ -32,16 +32,6 @@ def queued_run(jobs, settings, report='orders', to=('a@example.org',)):
     return run.id
 
 
-def jobs_with(make_settings, database_url, redis_url, smtp_sink, env=None, **values):
-    from tasks import Jobs
-    values.setdefault('retry_delay', 0)
-    settings = make_settings(dict({
-        'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-        'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-        'MAIL_FROM': 'reports@nightshift.test'}, **(env or {})), **values)
-    return Jobs(settings)
-
-
 def test_a_run_is_claimed_by_one_worker_only(settings, jobs, shop, smtp_sink):
     run_id = queued_run(jobs, settings)
     assert runs.claim(run_id, utcnow())
@@ -108,9 +98,8 @@ def test_reaper_requeues_a_queued_run_whose_task_was_lost(settings, jobs, shop, 
     assert Run.get_by_id(run_id).status == 'delivered'
 
 
-def test_out_of_attempts_fails_and_tells_the_operator(make_settings, database_url, redis_url,
-                                                      smtp_sink, shop):
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, max_attempts=2,
+def test_out_of_attempts_fails_and_tells_the_operator(make_jobs, smtp_sink, shop):
+    jobs = make_jobs(max_attempts=2,
                      operator_email='ops@example.org')
     run_id = queued_run(jobs, jobs.settings)
     for _ in range(2):  # two workers die in turn
@@ -125,10 +114,8 @@ def test_out_of_attempts_fails_and_tells_the_operator(make_settings, database_ur
         notice['message'].get_body(('plain',)).get_content()
 
 
-def test_permanent_failure_emails_the_operator(make_settings, database_url, redis_url,
-                                               smtp_sink, shop):
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink,
-                     operator_email='ops@example.org')
+def test_permanent_failure_emails_the_operator(make_jobs, smtp_sink, shop):
+    jobs = make_jobs(operator_email='ops@example.org')
     smtp_sink.refuse['gone@example.org'] = '550 5.1.1 no such user'
     run_id = queued_run(jobs, jobs.settings, to=['gone@example.org'])
     run_queued(jobs)
@@ -138,8 +125,8 @@ def test_permanent_failure_emails_the_operator(make_settings, database_url, redi
     assert 'Run #%d' % run_id in body and '550 5.1.1 no such user' in body
 
 
-def test_a_report_over_a_missing_table_fails_at_once_with_the_databases_words(
-        make_settings, database_url, redis_url, smtp_sink, database, caplog):
+def test_a_report_over_a_missing_table_fails_at_once_with_the_databases_words(make_jobs, smtp_sink,
+                                                                              database, caplog):
     """The report's own fault, not an outage: no retries, the database's
     message on the run and in the log."""
     from tasks import Jobs
@@ -149,7 +136,7 @@ def test_a_report_over_a_missing_table_fails_at_once_with_the_databases_words(
     def late_report():
         return 'SELECT * FROM late_table'
 
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink)
+    jobs = make_jobs()
     jobs = Jobs(jobs.settings, registry=late)
     run = runs.create_run(late, jobs.settings, 'late', {}, ['a@example.org'])
     jobs.enqueue_run(run)
@@ -164,13 +151,11 @@ def test_a_report_over_a_missing_table_fails_at_once_with_the_databases_words(
     assert smtp_sink.messages == []
 
 
-def test_a_source_that_does_not_answer_is_retried(make_settings, database_url, redis_url,
-                                                  smtp_sink, database, tmp_path):
+def test_a_source_that_does_not_answer_is_retried(make_jobs, smtp_sink, database, tmp_path):
     """The source's fault is temporary: the run waits and goes when it answers."""
     import sqlite3
     path = tmp_path / 'later.db'
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink,
-                     env={'NIGHTSHIFT_SOURCE_LATER_URL': 'sqlite:///%s' % path})
+    jobs = make_jobs(env={'NIGHTSHIFT_SOURCE_LATER_URL': 'sqlite:///%s' % path})
     later = Registry()
 
     @later.report('later', 'Later', source='later')
@@ -221,8 +206,8 @@ def test_backoff_grows_and_is_jittered(settings):
     assert len({round(d, 6) for d in delays}) == len(delays)
 
 
-def test_large_reports_are_zipped(make_settings, database_url, redis_url, smtp_sink, shop):
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, zip_over_mb=0.05)
+def test_large_reports_are_zipped(make_jobs, smtp_sink, shop):
+    jobs = make_jobs(zip_over_mb=0.05)
     run_id = queued_run(jobs, jobs.settings)
     run_queued(jobs)
     [sent] = smtp_sink.messages
@@ -240,9 +225,8 @@ def test_large_reports_are_zipped(make_settings, database_url, redis_url, smtp_s
 
 
 @pytest.mark.parametrize('file_store', ['local', 'database'])
-def test_over_the_provider_limit_goes_as_a_signed_link(make_settings, database_url, redis_url,
-                                                       smtp_sink, shop, file_store):
-    jobs = jobs_with(make_settings, database_url, redis_url, smtp_sink, zip_over_mb=0.05,
+def test_over_the_provider_limit_goes_as_a_signed_link(make_jobs, smtp_sink, shop, file_store):
+    jobs = make_jobs(zip_over_mb=0.05,
                      mail_max_mb=0.1, file_store=file_store,
                      public_url='https://reports.example')
     run_id = queued_run(jobs, jobs.settings)

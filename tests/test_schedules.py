@@ -87,13 +87,9 @@ def test_several_missed_slots_run_the_latest_and_record_the_rest(settings, jobs,
     assert 'missed' in runs[0].error and runs[0].trigger == 'schedule'
 
 
-def test_missed_slots_older_than_the_window_are_only_recorded(make_settings, database,
-                                                              database_url, redis_url):
-    from tasks import Jobs
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url},
-                             catchup_hours=2)
-    jobs = Jobs(settings)
-    make(settings, dt(2025, 1, 10, 12))
+def test_missed_slots_older_than_the_window_are_only_recorded(make_jobs):
+    jobs = make_jobs(catchup_hours=2)
+    make(jobs.settings, dt(2025, 1, 10, 12))
     assert jobs.tick(dt(2025, 1, 12, 9)) == []
     assert [(r.slot_at.day, r.status) for r in slot_runs()] == [(11, 'skipped'), (12, 'skipped')]
     assert jobs.huey.pending_count() == 0
@@ -144,23 +140,18 @@ timezone = America/New_York
 
 
 @pytest.fixture
-def config_jobs(make_settings, database, database_url, redis_url, smtp_sink, tmp_path):
+def config_jobs(make_settings, service_env, tmp_path):
     from tasks import Jobs
 
     def start(extra=CONFIG_SCHEDULE, **values):
-        settings = make_settings({
-            'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'}, **values)
+        settings = make_settings(service_env, **values)
         path = tmp_path / 'with-schedules.ini'
         lines = ['[nightshift]'] + ['%s = %s' % (k, getattr(settings, k))
                                    for k in ('reports_dir', 'queue_path', 'outbox_dir',
                                              'report_paths')]
         path.write_text('\n'.join(lines) + '\n' + extra)
         from settings import load_settings
-        settings = load_settings(path, environ={
-            'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-            'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-            'NIGHTSHIFT_SOURCE_DEMO_URL': database_url})
+        settings = load_settings(path, environ=service_env)
         jobs = Jobs(settings)
         jobs.startup()
         return jobs

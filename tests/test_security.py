@@ -10,7 +10,7 @@ import webtest
 
 import demo
 import runs
-from conftest import ROOT, attachment, free_port, run_queued
+from conftest import ROOT, attachment, free_port, run_queued, web_app
 from demo import Customer, Order
 from models import Run
 from reports import Registry
@@ -22,15 +22,10 @@ OTHER = 'tok-fedcba9876543210-two'
 
 
 @pytest.fixture
-def secured(make_settings, database, database_url, redis_url, smtp_sink):
-    from tasks import Jobs
-    settings = make_settings({
-        'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-        'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none',
-        'NIGHTSHIFT_API_TOKEN': '%s,%s' % (TOKEN, OTHER)},
-        allowed_domains='example.org, corp.example', retry_delay=0)
-    jobs = Jobs(settings)
-    return settings, jobs, webtest.TestApp(create_app(settings, jobs))
+def secured(make_jobs):
+    jobs = make_jobs(env={'NIGHTSHIFT_API_TOKEN': '%s,%s' % (TOKEN, OTHER)},
+                     allowed_domains='example.org, corp.example')
+    return jobs.settings, jobs, web_app(jobs)
 
 
 def basic(password, user='me'):
@@ -223,13 +218,10 @@ def test_a_report_can_opt_out_of_escaping(settings, jobs, database, smtp_sink):
     assert run.escape_formulas is False
 
 
-def test_row_cap_cuts_and_says_so(make_settings, database, database_url, redis_url, smtp_sink):
-    from tasks import Jobs
+def test_row_cap_cuts_and_says_so(make_jobs, smtp_sink):
     demo.seed(customers=5, orders=40)
-    settings = make_settings({
-        'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-        'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'}, max_rows=25)
-    jobs = Jobs(settings)
+    jobs = make_jobs(max_rows=25)
+    settings = jobs.settings
     run = runs.create_run(jobs.registry, settings, 'orders', {}, ['a@example.org'])
     jobs.enqueue_run(run)
     run_queued(jobs)
@@ -239,19 +231,13 @@ def test_row_cap_cuts_and_says_so(make_settings, database, database_url, redis_u
     assert attachment(message)[1].count(b'\n') == 26
     run = Run.get_by_id(run.id)
     assert (run.rows, run.truncated) == (25, True)
-    app = webtest.TestApp(create_app(settings, jobs))
-    assert app.get('/reports/orders.csv').body.count(b'\n') == 26
+    assert web_app(jobs).get('/reports/orders.csv').body.count(b'\n') == 26
 
 
-def test_runs_of_one_report_are_bounded(make_settings, database, database_url, redis_url,
-                                        smtp_sink):
-    from tasks import Jobs
+def test_runs_of_one_report_are_bounded(make_jobs):
     demo.seed(customers=5, orders=10)
-    settings = make_settings({
-        'DATABASE_URL': database_url, 'REDIS_URL': redis_url, 'SMTP_HOST': '127.0.0.1',
-        'SMTP_PORT': str(smtp_sink.port), 'NIGHTSHIFT_SMTP_SECURITY': 'none'},
-        max_concurrent_per_report=1, retry_delay=0)
-    jobs = Jobs(settings)
+    jobs = make_jobs(max_concurrent_per_report=1)
+    settings = jobs.settings
     busy = runs.create_run(jobs.registry, settings, 'orders', {}, ['a@example.org'])
     assert runs.claim(busy.id, busy.created_at, 'orders', 1)  # a worker is on it
     waiting = runs.create_run(jobs.registry, settings, 'orders', {}, ['b@example.org'])
@@ -283,26 +269,23 @@ def test_crlf_in_a_report_title_never_reaches_a_header(settings, jobs, database,
     assert 'Bcc' not in sent['message'] and '\n' not in sent['message']['Subject']
 
 
-def test_secrets_stay_out_of_errors_logs_and_responses(make_settings, database, database_url,
-                                                       smtp_sink, caplog):
-    from conftest import SmtpSink
+def test_secrets_stay_out_of_errors_logs_and_responses(make_settings, service_env, caplog):
+    from loopback import SmtpSink
     from tasks import Jobs
     smtp_password, redis_password = 'smtp-pw-never-shown', 'redis-pw-never-shown'
     auth_sink = SmtpSink()
     auth_sink.start(auth=True)
     try:
-        settings = make_settings({
-            'DATABASE_URL': database_url,
-            'REDIS_URL': 'redis://:%s@127.0.0.1:%d/0' % (redis_password, free_port()),
-            'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(auth_sink.port),
-            'SMTP_USER': 'apikey', 'SMTP_PASSWORD': smtp_password,
-            'NIGHTSHIFT_SMTP_SECURITY': 'none', 'NIGHTSHIFT_API_TOKEN': TOKEN})
+        settings = make_settings(dict(
+            service_env, REDIS_URL='redis://:%s@127.0.0.1:%d/0' % (redis_password, free_port()),
+            SMTP_PORT=str(auth_sink.port), SMTP_USER='apikey', SMTP_PASSWORD=smtp_password,
+            NIGHTSHIFT_API_TOKEN=TOKEN))
         from settings import install_log_redaction
         install_log_redaction(settings)
         caplog.handler.addFilter(__import__('settings').RedactSecrets(settings))
         caplog.set_level(logging.DEBUG)
         jobs = Jobs(settings)
-        app = webtest.TestApp(create_app(settings, jobs))
+        app = web_app(jobs)
         headers = {'Authorization': 'Bearer ' + TOKEN}
         res = app.post_json('/api/runs', {'report': 'customers', 'to': ['a@example.org']},
                             headers=headers, expect_errors=True)

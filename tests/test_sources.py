@@ -325,24 +325,20 @@ def test_check_prepares_every_report_and_names_file_and_line(engines, tmp_path):
         % (folder / 'elsewhere.sql') in lines
 
 
-def test_a_run_that_hits_the_time_limit_fails_and_the_worker_goes_on(
-        engines, make_settings, database_url, redis_url, smtp_sink, database, tmp_path):
+def test_a_run_that_hits_the_time_limit_fails_and_the_worker_goes_on(engines, make_jobs,
+                                                                      tmp_path):
     import runs
     from conftest import run_queued
     from models import Run
-    from tasks import Jobs
     folder = tmp_path / 'sql'
     folder.mkdir()
     (folder / 'slow.sql').write_text('/*\ntitle: Slow\nsource: shop\n*/\n'
                                      'SELECT pg_sleep(3) AS slept\n')
     (folder / 'quick.sql').write_text('/*\ntitle: Quick\nsource: shop\n*/\n'
                                       'SELECT id FROM items ORDER BY id\n')
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
-                              'SMTP_HOST': '127.0.0.1', 'SMTP_PORT': str(smtp_sink.port),
-                              'NIGHTSHIFT_SMTP_SECURITY': 'none',
-                              'NIGHTSHIFT_SOURCE_SHOP_URL': engines['postgres'].url},
-                             report_paths=str(folder), query_timeout=1, retry_delay=0)
-    jobs = Jobs(settings)
+    jobs = make_jobs(env={'NIGHTSHIFT_SOURCE_SHOP_URL': engines['postgres'].url},
+                     report_paths=str(folder), query_timeout=1)
+    settings = jobs.settings
     slow = runs.create_run(jobs.registry, settings, 'slow', {}, ['a@example.org'])
     quick = runs.create_run(jobs.registry, settings, 'quick', {}, ['a@example.org'])
     jobs.enqueue_run(slow)

@@ -8,7 +8,7 @@ import pytest
 import webtest
 
 import demo
-from conftest import attachment, run_queued
+from conftest import attachment, run_queued, web_app
 from models import Run, Schedule, utcnow
 from server import create_app
 
@@ -159,11 +159,10 @@ def test_static_files_are_served(app):
 # --- outbox ------------------------------------------------------------------
 
 @pytest.fixture
-def outbox_app(make_settings, database, database_url, redis_url):
-    from tasks import Jobs
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url},
-                             mail_backend='outbox')
-    jobs = Jobs(settings)
+def outbox_app(make_jobs):
+    jobs = make_jobs(env={'SMTP_HOST': ''})  # no SMTP server: the outbox
+    settings = jobs.settings
+    assert settings.mail_backend == 'outbox'
     bottle_app = create_app(settings, jobs)
     bottle_app.config['catchall'] = False
     return settings, jobs, webtest.TestApp(bottle_app)
@@ -209,15 +208,12 @@ def test_no_outbox_page_when_mail_goes_over_smtp(app):
     assert 'href="/outbox"' not in app.get('/').text
 
 
-def test_pages_need_the_token_and_take_it_by_basic_auth(make_settings, database,
-                                                         database_url, redis_url):
+def test_pages_need_the_token_and_take_it_by_basic_auth(make_jobs):
     import base64
 
-    from tasks import Jobs
     token = 'page-token-0123456789'
-    settings = make_settings({'DATABASE_URL': database_url, 'REDIS_URL': redis_url,
-                              'NIGHTSHIFT_API_TOKEN': token})
-    app = webtest.TestApp(create_app(settings, Jobs(settings)))
+    # No SMTP server, so the outbox page is there to be guarded too.
+    app = web_app(make_jobs(env={'NIGHTSHIFT_API_TOKEN': token, 'SMTP_HOST': ''}))
     login = {'Authorization': 'Basic ' + base64.b64encode(b'me:' + token.encode()).decode()}
     for path in ('/', '/ui/runs', '/ui/schedules', '/ui/charts/orders', '/outbox',
                  '/static/app.js'):

@@ -1,6 +1,8 @@
-"""Throwaway services on loopback for the tests and the fault drill: a
-redis-server on a free port and an SMTP sink (aiosmtpd, a dev dependency).
-Not used by the application itself."""
+"""Throwaway services on loopback for the tests, the fault drill and the
+benchmark: a redis-server on a free port, an SMTP sink with faults (aiosmtpd,
+a dev dependency), an HTTP helper and waits. Test infrastructure, so it lives
+with the tests; scripts/drill.py and scripts/bench.py put this folder on
+sys.path. Nothing in the application imports it."""
 import email
 import email.policy
 import socket
