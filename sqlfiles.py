@@ -328,7 +328,8 @@ def bind(report: 'SqlReport', engine: str, typed: Dict[str, Any]) -> Tuple[str, 
         # (in LIKE 'a%', say) must be doubled.
         out.append(sql[last:placeholder.start].replace('%', '%%'))
         if engine == 'postgres':
-            out.append('CAST(%%(%s)s AS %s)' % (placeholder.name, PG_CASTS[kinds[placeholder.name]]))
+            out.append('CAST(%%(%s)s AS %s)'
+                       % (placeholder.name, PG_CASTS[kinds[placeholder.name]]))
         else:
             out.append('%%(%s)s' % placeholder.name)
         last = placeholder.end

@@ -7,7 +7,6 @@ effects and tests build their own with `Jobs(settings)`.
 import logging
 import os
 import threading
-import time
 
 from huey import RedisHuey, SqliteHuey, crontab
 from huey.exceptions import RetryTask

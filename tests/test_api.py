@@ -18,7 +18,8 @@ def order_rows(status=None):
     query = Order.select(Order, Customer).join(Customer).order_by(Order.id)
     if status:
         query = query.where(Order.status == status)
-    return [[str(o.id), o.created_at.strftime('%Y-%m-%dT%H:%M:%S.%f'), o.customer.name, o.customer.email or '',
+    return [[str(o.id), o.created_at.strftime('%Y-%m-%dT%H:%M:%S.%f'), o.customer.name,
+             o.customer.email or '',
              o.status, '%.2f' % o.amount] for o in query]
 
 

@@ -18,7 +18,7 @@ import pytest
 import webtest
 
 import runs
-from conftest import ROOT, attachment, free_port, run_queued, wait_until, web_app
+from conftest import ROOT, free_port, run_queued, wait_until, web_app
 from export import escape_formula
 from demo import Customer, Order
 from models import Run, db

@@ -13,7 +13,7 @@ import demo
 import runfiles
 import runs
 from conftest import attachment, run_queued
-from models import Delivery, Run, db, utcnow
+from models import Delivery, Run, utcnow
 from reports import Registry
 from conftest import demo_catalogue
 from server import create_app

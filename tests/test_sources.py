@@ -126,7 +126,7 @@ def test_a_write_is_refused_by_the_database_and_changes_nothing(engines, engine,
 
 
 def test_a_data_modifying_cte_is_refused_on_postgres(engines):
-    with pytest.raises(sources.ReportSQLError) as info:
+    with pytest.raises(sources.ReportSQLError):
         export(engines['postgres'], 'WITH gone AS (DELETE FROM items RETURNING id) '
                                     'SELECT * FROM gone')
     # Even sent as it is, with no wrapper around it, the connection refuses it.
