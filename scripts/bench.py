@@ -329,9 +329,10 @@ def load_mariadb(sqlite_url, url, workdir):
                     f.write('\t'.join(_tsv(v) for v in row) + '\n')
             with conn.cursor() as cursor:
                 try:
-                    cursor.execute("LOAD DATA LOCAL INFILE %%s INTO TABLE %s CHARACTER SET "
+                    cursor.execute("LOAD DATA LOCAL INFILE %%s INTO TABLE `%s` CHARACTER SET "
                                    "utf8mb4 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' "
-                                   "LINES TERMINATED BY '\\n'" % target, (path,))
+                                   "LINES TERMINATED BY '\\n' (%s)"
+                                   % (table, ', '.join(columns)), (path,))
                 except pymysql.err.MySQLError as exc:
                     print('LOAD DATA LOCAL refused (%s): batched INSERTs instead' % exc)
                     conn.rollback()
