@@ -204,13 +204,25 @@ def run_child(way, url, out):
 
 
 def child_main(way, url, out):
-    import resource
     export = CHILD_WAYS[way](url, out)
     started = time.perf_counter()
     rows = export()
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({'seconds': seconds, 'peak_mb': peak, 'rows': rows}))
+    print(json.dumps({'seconds': seconds, 'peak_mb': peak_rss_mb(), 'rows': rows}))
+
+
+def peak_rss_mb():
+    """This process's peak RSS since its exec. ru_maxrss would not do: Linux
+    carries it over exec from the fork, i.e. the parent's size at the time."""
+    try:
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_command(args, out_path, stdin_text=None, env=None):
