@@ -243,6 +243,7 @@ def run_command(args, out_path, stdin_text=None, env=None):
     if gnu_time:
         with open(measured) as f:
             peak = int(f.read().split()[-1]) / 1024.0
+        os.unlink(measured)
     return seconds, peak, count_lines(out_path) - 1
 
 
