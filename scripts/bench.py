@@ -9,7 +9,7 @@ in a throwaway PostgreSQL database and a throwaway MariaDB database with the
 same rows), runs every way of exporting the `orders` report's statement in
 turn, `--repeat` rounds interleaved so machine noise hits them alike, and
 prints medians and ratios as Markdown tables (also written to --out).
-Nightshift's way is the real one: the report file, runs.open_report and
+Nightshift's way is the real one: the report file, runfiles.open_report and
 sqlexport on a `demo` source. Memory is the peak RSS of a fresh process per
 export. Loopback only; bounded in time.
 """
@@ -107,9 +107,9 @@ def mysql_options(url):
 
 @child_way('nightshift')
 def _nightshift(url, out):
-    """What a run does: runs.open_report (sqlexport.open_query_csv on the
+    """What a run does: runfiles.open_report (sqlexport.open_query_csv on the
     source), escaping on, decimals and times formatted, written atomically."""
-    import runs
+    import runfiles
     from export import write_file
     # sqlexport imports these on the first SQLite query; a worker has them.
     import sqlglot.optimizer.annotate_types  # noqa: F401
@@ -118,7 +118,7 @@ def _nightshift(url, out):
     typed = definition.parse({})
 
     def export():
-        with runs.open_report(definition, settings, typed, escape=True, bom=False) as stream:
+        with runfiles.open_report(definition, settings, typed, escape=True, bom=False) as stream:
             write_file(stream, out)
         return stream.rows
     return export
