@@ -27,8 +27,8 @@ import decimal
 from typing import List, Optional, Union
 
 import sources
-from export import (CHUNK_BYTES, POSTGRES_FORMULA_PATTERN, CsvStream, RowEnds,
-                    escape_formula)
+from export import (CHUNK_BYTES, FORMULA_TRIGGERS, LEADING_BLANKS, POSTGRES_FORMULA_PATTERN,
+                    CsvStream, RowEnds, escape_formula)
 from sources import ReportSQLError, Source
 
 ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
@@ -324,42 +324,72 @@ def _mysql_cell(description, escape):
 
 @contextlib.contextmanager
 def _sqlite(source, conn, sql, params, escape, bom, limit):
-    types = sqlite_column_types(source, sql)
+    # The columns first (names, count), then one SELECT that prints each
+    # column in the canonical form, so rows go from the cursor to csv.writer
+    # untouched: per-cell Python would cost most of the export's time.
     cursor = conn.cursor()
-    cursor.execute(sql, params)
+    cursor.execute('SELECT * FROM (\n%s\n) LIMIT 0' % sql, params)
     header = [d[0] for d in cursor.description]
+    types = sqlite_column_types(source, sql)
     if types is None or len(types) != len(header):
         types = [None] * len(header)
-    cells = [_sqlite_cell(kind, escape) for kind in types]
-    yield CsvStream(header, _formatted(cursor, cells), escape=False, chunk_rows=2000,
-                    bom=bom, limit=limit)
+    names = ', '.join('c%d' % i for i in range(len(header)))
+    select = ', '.join('%s AS c%d' % (_sqlite_column('q.c%d' % i, kind, escape), i)
+                       for i, kind in enumerate(types))
+    cursor.execute('WITH q(%s) AS (\n%s\n) SELECT %s FROM q' % (names, sql, select), params)
+    yield CsvStream(header, cursor, escape=False, chunk_rows=2000, bom=bom, limit=limit)
 
 
-def _sqlite_cell(kind, escape):
-    if kind is None:
-        return _dynamic_cell(escape)
-    name, places = kind
-    if name == 'decimal':
-        return decimal_cell(places)
+_DIGITS2 = '[0-9][0-9]'
+_SQLITE_DATE = "'%s%s-%s-%s'" % (_DIGITS2, _DIGITS2, _DIGITS2, _DIGITS2)
+
+
+def _sqlite_column(x, kind, escape):
+    """SQL printing SQLite column `x` as the other engines print theirs."""
+    name, places = kind or (None, None)
+    if name == 'decimal' and places is not None:
+        return ("(CASE WHEN %s IS NULL OR %s = '' THEN NULL ELSE printf('%%.%df', %s) END)"
+                % (x, x, places, x))
     if name == 'bool':
-        return bool_cell
+        return "(CASE WHEN %s IS NULL THEN NULL WHEN %s THEN 'true' ELSE 'false' END)" % (x, x)
     if name == 'timestamp':
-        return timestamp_cell()
-    if name == 'date':
-        return date_cell
-    if name == 'number':
-        return number_cell
-    return _dynamic_cell(escape)
+        # Text as SQLite keeps it ("2025-06-01 09:30:00[.123]"): the same
+        # characters, with a T and always six digits of microseconds. Lengths
+        # and single characters first: cheaper than a GLOB on every cell.
+        return ("(CASE WHEN length(%(x)s) = 19 AND substr(%(x)s, 11, 1) IN (' ', 'T') "
+                "AND substr(%(x)s, 14, 1) = ':' THEN substr(%(x)s, 1, 10) || 'T' || "
+                "substr(%(x)s, 12, 8) || '.000000' "
+                "WHEN length(%(x)s) BETWEEN 21 AND 26 AND substr(%(x)s, 20, 1) = '.' AND "
+                "substr(%(x)s, 11, 1) IN (' ', 'T') AND %(x)s NOT GLOB '*[^0-9 T:.-]*' THEN "
+                "substr(%(x)s, 1, 10) || 'T' || substr(%(x)s, 12, 8) || '.' || "
+                "substr(substr(%(x)s, 21) || '000000', 1, 6) "
+                "WHEN length(%(x)s) = 10 AND %(x)s GLOB %(date)s THEN "
+                "%(x)s || 'T00:00:00.000000' ELSE NULLIF(%(x)s, '') END)"
+                % {'x': x, 'date': _SQLITE_DATE})
+    if name in ('date', 'number'):
+        return "NULLIF(%s, '')" % x
+    # Anything else is printed by what it holds: a float as its shortest
+    # form without ".0" (csv.writer writes repr), bytes as \x and hex, text
+    # as it is, escaped.
+    text = ("(CASE WHEN typeof(%s) = 'real' AND %s = CAST(%s AS INTEGER) AND abs(%s) < 1e15 "
+            "THEN CAST(CAST(%s AS INTEGER) AS TEXT) WHEN typeof(%s) = 'blob' THEN "
+            "'\\x' || lower(hex(%s)) ELSE NULLIF(%s, '') END)" % ((x,) * 8))
+    return sqlite_escape_sql(text) if escape else text
 
 
-def _dynamic_cell(escape):
-    text = text_cell(escape)
+def sqlite_escape_sql(x):
+    """The formula escape (export.escape_formula) as SQLite: a look at the
+    first character (cheap), then trim the blanks and one GLOB on the first
+    character (the class holds a real tab, CR and LF; "-" last, so it is
+    literal). A plain negative number stays one."""
+    return ("(CASE WHEN unicode(%(x)s) IN (%(first)s) AND typeof(%(x)s) = 'text' AND "
+            "ltrim(%(x)s, '%(blanks)s') GLOB '[%(triggers)s]*' AND NOT "
+            "(%(x)s GLOB '-[0-9]*' AND NOT %(x)s GLOB '-*[^0-9.]*') THEN '''' || %(x)s "
+            "ELSE %(x)s END)" % {'x': x, 'blanks': LEADING_BLANKS, 'triggers': FORMULA_TRIGGERS,
+                                 'first': _FIRST_CODES})
 
-    def cell(value):
-        if value.__class__ in (int, float):
-            return number_cell(value)
-        return text(value)
-    return cell
+
+_FIRST_CODES = ', '.join(str(ord(c)) for c in sorted(set(LEADING_BLANKS + FORMULA_TRIGGERS)))
 
 
 def sqlite_column_types(source: Source, sql: str) -> Optional[List[Optional[tuple]]]:
