@@ -23,6 +23,8 @@ rows on any engine.
 import contextlib
 import datetime
 import decimal
+import functools
+import os
 
 from typing import List, Optional, Union
 
@@ -397,14 +399,25 @@ def sqlite_column_types(source: Source, sql: str) -> Optional[List[Optional[tupl
     traced through the query by sqlglot: SQLite itself forgets that a column
     was DECIMAL(12,2) or BOOLEAN once it hands back a float or an int. None
     when the query cannot be traced (each cell is then printed by its own
-    type)."""
+    type). Kept per statement until the database file changes: tracing costs
+    more than a small report's whole export."""
+    path = sources.sqlite_path(source.url)
+    try:
+        changed = os.stat(path).st_mtime_ns
+    except OSError:
+        changed = None
+    return _traced_types(path, sql, changed)
+
+
+@functools.lru_cache(maxsize=256)
+def _traced_types(path, sql, changed):
     import sqlite3
 
     import sqlglot
     from sqlglot.optimizer.annotate_types import annotate_types
     from sqlglot.optimizer.qualify import qualify
     try:
-        conn = sqlite3.connect('file:%s?mode=ro' % sources.sqlite_path(source.url), uri=True)
+        conn = sqlite3.connect('file:%s?mode=ro' % path, uri=True)
         try:
             schema = {}
             tables = [r[0] for r in conn.execute(
@@ -419,7 +432,7 @@ def sqlite_column_types(source: Source, sql: str) -> Optional[List[Optional[tupl
         tree = annotate_types(qualify(tree, schema=schema, dialect='sqlite',
                                       validate_qualify_columns=False),
                               schema=schema, dialect='sqlite')
-        return [_kind(projection.type) for projection in tree.selects]
+        return tuple(_kind(projection.type) for projection in tree.selects)
     except Exception:
         return None
 
