@@ -359,17 +359,20 @@ def _sqlite_column(x, kind, escape):
         # characters, with a T and always six digits of microseconds. Lengths
         # and single characters first: cheaper than a GLOB on every cell.
         return ("(CASE WHEN length(%(x)s) = 19 AND substr(%(x)s, 11, 1) IN (' ', 'T') "
-                "AND substr(%(x)s, 14, 1) = ':' THEN substr(%(x)s, 1, 10) || 'T' || "
-                "substr(%(x)s, 12, 8) || '.000000' "
+                "THEN replace(%(x)s, ' ', 'T') || '.000000' "
                 "WHEN length(%(x)s) BETWEEN 21 AND 26 AND substr(%(x)s, 20, 1) = '.' AND "
                 "substr(%(x)s, 11, 1) IN (' ', 'T') AND %(x)s NOT GLOB '*[^0-9 T:.-]*' THEN "
-                "substr(%(x)s, 1, 10) || 'T' || substr(%(x)s, 12, 8) || '.' || "
-                "substr(substr(%(x)s, 21) || '000000', 1, 6) "
+                "replace(%(x)s, ' ', 'T') || substr('000000', 1, 26 - length(%(x)s)) "
                 "WHEN length(%(x)s) = 10 AND %(x)s GLOB %(date)s THEN "
                 "%(x)s || 'T00:00:00.000000' ELSE NULLIF(%(x)s, '') END)"
                 % {'x': x, 'date': _SQLITE_DATE})
-    if name in ('date', 'number'):
+    if name == 'number':
+        return x
+    if name == 'date':
         return "NULLIF(%s, '')" % x
+    if name == 'text':
+        # NULLIF outermost: inside, the CASE would compute it once per mention.
+        return "NULLIF(%s, '')" % (sqlite_escape_sql(x) if escape else x)
     # Anything else is printed by what it holds: a float as its shortest
     # form without ".0" (csv.writer writes repr), bytes as \x and hex, text
     # as it is, escaped.
@@ -457,6 +460,12 @@ def _kind(data_type):
         return ('timestamp', None)
     if this == t.DATE:
         return ('date', None)
+    # SQLite's affinities keep these as integers and text: no need to look
+    # at what each cell holds.
+    if this in exp.DataType.INTEGER_TYPES and this != t.BIT:
+        return ('number', None)
+    if this in exp.DataType.TEXT_TYPES:
+        return ('text', None)
     return None
 
 
