@@ -197,12 +197,6 @@ def open_database(url):
     return connect(url)
 
 
-def mask_database_url(url):
-    """The URL without its password, for messages."""
-    from settings import mask_url
-    return mask_url(url)
-
-
 def db_now(database=None):
     """The database's clock as naive UTC. Heartbeats and the reaper both use
     it, so a worker whose own clock is off cannot make a live run look dead

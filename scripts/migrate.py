@@ -14,8 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import migrations  # noqa: E402
-from models import bind_database, mask_database_url  # noqa: E402
-from settings import SettingsError, load_settings  # noqa: E402
+from models import bind_database  # noqa: E402
+from settings import SettingsError, load_settings, mask_url  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +30,7 @@ def main(argv=None):
         sys.exit('migrate: bad settings: %s' % exc)
     database = bind_database(settings.database_url, create=False)
     done = migrations.applied_versions(database)
-    print('database: %s' % mask_database_url(settings.database_url))
+    print('database: %s' % mask_url(settings.database_url))
     for version, name, _ in migrations.MIGRATIONS:
         print('  %s %d: %s' % ('applied' if version in done else 'MISSING', version, name))
     missing = migrations.pending(database)

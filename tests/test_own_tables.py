@@ -84,16 +84,13 @@ class UserDatabase:
         admin = PG_ADMIN_URL if self.engine == 'postgres' else MARIADB_ADMIN
         if self.engine == 'mysql':
             admin = admin.rsplit('/', 1)[0] + '/'
-        conn = self._connect(admin)
-        try:
-            cursor = conn.cursor()
-            for sql in statements:
-                cursor.execute(sql)
-        finally:
-            conn.close()
+        self._run(admin, statements)
 
     def execute(self, statements):
-        conn = self._connect(self.url)
+        self._run(self.url, statements)
+
+    def _run(self, url, statements):
+        conn = self._connect(url)
         try:
             cursor = conn.cursor()
             for sql in statements:
