@@ -48,15 +48,17 @@ def open_query_csv(source: Source, sql: str, params: Union[dict, list, tuple], *
     source = source._replace(query_timeout=timeout)
     opener = {'postgres': _postgres, 'mysql': _mysql, 'sqlite': _sqlite}[source.engine]
     errors = sources.driver_errors(source.engine)
-    finished = False
+    guarded = None
     try:
         with opener(source, conn, sql, params, escape, bom, limit) as stream:
-            yield _Guarded(stream, source, conn, errors)
-        finished = True
+            guarded = _Guarded(stream, source, conn, errors)
+            yield guarded
     except errors as exc:
         raise sources.classify(source, exc, getattr(conn, 'deadline', None)) from exc
     finally:
-        _close(source, conn, finished)
+        # Finished means read to the end: a caller may also leave early
+        # without an error (a client that went away, a reader that had enough).
+        _close(source, conn, guarded is not None and guarded.exhausted)
 
 
 def effective_timeout(source: Source, report_timeout: Optional[float]) -> float:
@@ -71,10 +73,12 @@ class _Guarded:
 
     def __init__(self, stream, source, conn, errors):
         self._stream, self._source, self._conn, self._errors = stream, source, conn, errors
+        self.exhausted = False
 
     def __iter__(self):
         try:
             yield from self._stream
+            self.exhausted = True
         except self._errors as exc:
             raise sources.classify(self._source, exc,
                                    getattr(self._conn, 'deadline', None)) from exc
@@ -84,21 +88,26 @@ class _Guarded:
 
 
 def _close(source, conn, finished):
-    # An abandoned stream (a client that went away) must stop its query on
-    # the server, not leave it running to the end.
-    if not finished:
+    """Close a source connection. An abandoned stream (a client that went
+    away) must stop its query on the server, not leave it running to the end."""
+    if not finished and source.engine == 'mysql':
         with contextlib.suppress(Exception):
-            if source.engine == 'postgres':
-                conn.cancel_safe(timeout=5)
-            elif source.engine == 'mysql':
-                _kill_query(source, conn.thread_id())
+            _kill_query(source, conn.thread_id())
+        # Anything that talks to the server now (a rollback, close(), the
+        # cursor's own close) would first read every remaining row.
+        with contextlib.suppress(Exception):
+            if conn._result is not None:
+                conn._result.unbuffered_active = False
+            conn._result = None
+            conn._force_close()
+        return
+    if not finished and source.engine == 'postgres':
+        with contextlib.suppress(Exception):
+            conn.cancel_safe(timeout=5)
     with contextlib.suppress(Exception):
         conn.rollback()
     with contextlib.suppress(Exception):
-        if source.engine == 'mysql' and not finished:
-            conn._force_close()  # close() would first read every remaining row
-        else:
-            conn.close()
+        conn.close()
 
 
 def _kill_query(source, thread_id):
@@ -145,8 +154,7 @@ def pg_escape_sql(x):
 @contextlib.contextmanager
 def _postgres(source, conn, sql, params, escape, bom, limit):
     with conn.cursor() as cursor:
-        cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
-        columns = [(d.name, d.type_code) for d in cursor.description]
+        columns = [(d.name, d.type_code) for d in describe(cursor, sql, params)]
         aliases = ', '.join('c%d' % i for i in range(len(columns)))
         select = ', '.join('%s AS %s' % (_pg_column(i, oid, escape), _pg_identifier(name))
                            for i, (name, oid) in enumerate(columns))
@@ -330,8 +338,7 @@ def _sqlite(source, conn, sql, params, escape, bom, limit):
     # column in the canonical form, so rows go from the cursor to csv.writer
     # untouched: per-cell Python would cost most of the export's time.
     cursor = conn.cursor()
-    cursor.execute('SELECT * FROM (\n%s\n) LIMIT 0' % sql, params)
-    header = [d[0] for d in cursor.description]
+    header = [d[0] for d in describe(cursor, sql, params)]
     types = sqlite_column_types(source, sql)
     if types is None or len(types) != len(header):
         types = [None] * len(header)
@@ -469,18 +476,22 @@ def _kind(data_type):
     return None
 
 
+def describe(cursor, sql, params):
+    """The query's columns (DB-API description), planned but no row read.
+    The newlines keep a trailing -- comment in the report from swallowing
+    the closing parenthesis."""
+    cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
+    cursor.fetchall()
+    return cursor.description
+
+
 def check_query(source: Source, sql: str, params: Union[dict, list, tuple]) -> None:
     """Prepare the query on its source without reading a row: ReportSQLError
     for an unknown table or column, bad syntax or a refused statement."""
     conn = sources.connect(source, min(source.query_timeout or 30, 30))
     errors = sources.driver_errors(source.engine)
     try:
-        cursor = conn.cursor()
-        if source.engine == 'sqlite':
-            cursor.execute('SELECT * FROM (\n%s\n) LIMIT 0' % sql, params)
-        else:
-            cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
-            cursor.fetchall()
+        describe(conn.cursor(), sql, params)
     except errors as exc:
         raise sources.classify(source, exc, getattr(conn, 'deadline', None)) from exc
     finally:

@@ -360,3 +360,38 @@ def test_a_python_reports_module_that_fails_to_import_is_listed_not_fatal(tmp_pa
     assert [r.name for r in catalogue] == ['customers', 'orders']
     error = catalogue.broken['bad_reports_mod']
     assert 'cannot be imported: ModuleNotFoundError' in error.message
+
+
+def test_an_abandoned_mariadb_export_stops_its_query(engines):
+    """A client that goes away mid-download: the query is killed on the
+    server, not left to stream to the end (nor drained by the driver)."""
+    import time
+    import pymysql
+    from urllib.parse import urlsplit
+    source = engines['mysql']._replace(query_timeout=0)  # no limit to end it for us
+    marker = 'abandoned_%d' % int(time.time() * 1000)
+    # About 100 s of rows if nothing stops it.
+    sql = "SELECT seq, SLEEP(0.0005) AS %s FROM seq_1_to_200000" % marker
+    with sqlexport.open_query_csv(source, sql, {}) as stream:
+        chunks = iter(stream)
+        assert next(chunks).startswith(b'seq,%s\n' % marker.encode())
+        left = time.monotonic()
+        # Leaving here unfinished is what a reader that had enough does.
+    # Generous: draining the rest instead of stopping it would take ~100 s.
+    assert time.monotonic() - left < 15
+    parts = urlsplit(source.url)
+    admin = pymysql.connect(host=parts.hostname, port=parts.port, user=parts.username,
+                            password=parts.password or '')
+    try:
+        def running():
+            with admin.cursor() as cursor:
+                cursor.execute("SELECT COUNT(*) FROM information_schema.processlist "
+                               "WHERE info LIKE %s AND info NOT LIKE %s",
+                               ('%' + marker + '%', '%processlist%'))
+                return cursor.fetchone()[0]
+        deadline = time.monotonic() + 10
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running() == 0
+    finally:
+        admin.close()
