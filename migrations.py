@@ -110,6 +110,35 @@ def _copy_rows(database, table, model, present):
     return model.select().count()
 
 
+def add_columns(model_name, *field_names):
+    """A step that adds fields of a Nightshift model to its table. A database
+    made after the field was declared already has the column (step 1 creates
+    tables from today's models), so a column that exists is left as it is."""
+    def step(database):
+        import models
+        from playhouse.migrate import SchemaMigrator, migrate as run_migration
+        model = getattr(models, model_name)
+        table = model._meta.table_name
+        present = {c.name for c in database.get_columns(table)}
+        migrator = SchemaMigrator.from_database(database)
+        for name in field_names:
+            field = model._meta.fields[name]
+            if field.column_name not in present:
+                run_migration(migrator.add_column(table, field.column_name, field))
+    step.__name__ = 'add_columns_%s' % model_name.lower()
+    return step
+
+
+def create_new_tables(*model_names):
+    """A step that creates tables for models added after step 1 (a database
+    made since already has them)."""
+    def step(database):
+        import models
+        database.create_tables([getattr(models, name) for name in model_names], safe=True)
+    step.__name__ = 'create_%s' % '_'.join(n.lower() for n in model_names)
+    return step
+
+
 # (version, what it does, the step). Append only: a released step never changes.
 MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
