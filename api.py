@@ -5,7 +5,9 @@ plugins (guards.py) give every route its token check and its JSON errors.
 """
 import contextlib
 import datetime
+import functools
 import logging
+import urllib.parse
 
 from bottle import HTTPResponse, request, response
 
@@ -15,6 +17,7 @@ import runviews
 import schedules
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
+from formats import CONTENT_TYPES, EXTENSIONS, check_format, content_type_of
 from guards import error_response, forget_connection, json_response
 from inputs import (OUTPUT_OPTIONS, RAW_HEADER, WHOLE_NUMBER, flag, query_params,
                     raw_allowed, read_json_body)
@@ -23,10 +26,10 @@ from openapi import build_spec
 from params import dump_params
 from queueconf import FailureLog
 from reports import find_report
-from runfiles import open_report
+from outputs import open_output
 from slots import DownloadSlots
 from sources import ReportSQLError, SourceUnavailable, UnknownSource
-from vocab import FINAL, TERMINAL, RunStatus, Trigger
+from vocab import FINAL, TERMINAL, FileFormat, RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.server')
 
@@ -115,11 +118,17 @@ def install_health(app, settings, jobs, registry, queue_log):
 
 
 def install_downloads(app, settings, registry, slots):
-    def download_request(name):
+    def download_request(name, fmt=None):
         """(report, typed params, output options) from a download's query string."""
         definition = find_report(registry, name)
         raw = query_params(prefix='params.')
         options = {key: flag(raw.pop(key), key) for key in OUTPUT_OPTIONS if key in raw}
+        if 'format' in raw:
+            options['format'] = check_format(raw.pop('format'))
+            if fmt is not None and options['format'] != fmt:
+                raise InputError('format', 'this address gives %s; for %s use /reports/%s%s'
+                                 % (fmt, options['format'], name,
+                                    EXTENSIONS[options['format']]))
         if options.get('escape_formulas') is False and not raw_allowed():
             raise InputError('escape_formulas', 'false needs the header %s: 1 or a Bearer '
                              'token, so that a link alone cannot turn escaping off'
@@ -131,16 +140,22 @@ def install_downloads(app, settings, registry, slots):
         # Lets a page find a mistake before it starts a download, where the
         # error would otherwise replace the page.
         definition, typed, options = download_request(name)
-        query = '?' + request.query_string if request.query_string else ''
+        # The format is the address's extension, not a parameter.
+        query = urllib.parse.urlencode([
+            pair for pair in urllib.parse.parse_qsl(request.query_string,
+                                                    keep_blank_values=True)
+            if pair[0] != 'format'])
+        extension = EXTENSIONS[options.get('format', FileFormat.CSV)]
         return json_response(200, {'report': definition.name, 'params': dump_params(typed),
                                    'options': options,
-                                   'url': '/reports/%s.csv%s' % (definition.name, query)})
+                                   'url': '/reports/%s%s%s' % (definition.name, extension,
+                                                               '?' + query if query else '')})
 
-    def download_headers(name):
+    def download_headers(name, fmt=FileFormat.CSV):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
-        response.content_type = 'text/csv; charset=utf-8'
+        response.content_type = CONTENT_TYPES[fmt]
         response.set_header('Content-Disposition',
-                            'attachment; filename="%s-%s.csv"' % (name, stamp))
+                            'attachment; filename="%s-%s%s"' % (name, stamp, EXTENSIONS[fmt]))
 
     @app.route('/reports/<name>.csv', method='HEAD')
     def download_head(name):
@@ -149,23 +164,35 @@ def install_downloads(app, settings, registry, slots):
         download_headers(name)
         return ''
 
+    def format_head(name, fmt):
+        download_request(name, fmt)
+        download_headers(name, fmt)
+        return ''
+
     @app.get('/reports/<name>.csv')
-    def download(name):
-        definition, typed, options = download_request(name)
+    def download(name, fmt=FileFormat.CSV):
+        definition, typed, options = download_request(name, fmt)
         held = slots.take()
-        download_headers(name)
+        download_headers(name, fmt)
         return held.wrap(stream_csv(definition, typed,
                                     escape=options.get('escape_formulas',
                                                        definition.escape_formulas),
-                                    bom=options.get('bom', settings.csv_bom)))
+                                    bom=options.get('bom', settings.csv_bom), fmt=fmt))
 
-    def stream_csv(definition, typed, escape, bom):
+    # The same download as .csv.gz and .xlsx (formats.py).
+    for fmt in (FileFormat.CSV_GZ, FileFormat.XLSX):
+        rule = '/reports/<name>%s' % EXTENSIONS[fmt]
+        app.route(rule, 'GET', functools.partial(download, fmt=fmt))
+        app.route(rule, 'HEAD', functools.partial(format_head, fmt=fmt))
+
+    def stream_csv(definition, typed, escape, bom, fmt=FileFormat.CSV):
         # Bottle reads the first chunk before it sends headers, so a report
         # that fails before anything was written still becomes a clean JSON
         # error: the report's own (422) or its source's (503).
         started = False
         try:
-            with open_report(definition, settings, typed, escape, bom) as stream, \
+            with open_output(definition, settings, typed, fmt, escape=escape,
+                             bom=bom) as stream, \
                     contextlib.closing(iter(stream)) as chunks:
                 for chunk in chunks:
                     started = True
@@ -181,11 +208,12 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to'} - set(OUTPUT_OPTIONS)
+        unknown = set(body) - {'report', 'params', 'to', 'format'} - set(OUTPUT_OPTIONS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, escape_formulas, bom', code='unknown_field')
+                             'to, format, escape_formulas, bom', code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
+        options['file_format'] = check_format(body.get('format'))
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
@@ -249,8 +277,7 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
         except FileNotFoundError:
             held.close()
             raise NotFound('the file is no longer kept')
-        content_type = 'application/zip' if run.file_name.endswith('.zip') \
-            else 'text/csv; charset=utf-8'
+        content_type = content_type_of(run.file_name)
         return HTTPResponse(held.wrap(chunks), status=200, headers={
             'Content-Type': content_type,
             'Content-Disposition': 'attachment; filename="%s"' % run.file_name})
@@ -316,4 +343,4 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = find_schedule(name)
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
-                                       schedule=schedule.name))
+                                       schedule=schedule.name, file_format=schedule.format))

@@ -4,14 +4,19 @@ Both backends build the message with yagmail, so what lands in the outbox
 is what an SMTP server would receive.
 """
 import datetime
+import email
+import email.encoders
 import os
 import re
 import smtplib
 import ssl
 import uuid
+from email.mime.base import MIMEBase
 from typing import Dict, List, NamedTuple, Optional, Protocol
 
 import yagmail
+
+from formats import content_type_of
 
 MAX_ADDRESS_LENGTH = 254
 # RFC 5321 4.5.3.1.1; longer local parts are a sign of abuse, not of a person.
@@ -151,7 +156,31 @@ def _message_args(mail):
 
 def message_text(settings, mail):
     """The whole message as text, exactly as it goes to the server."""
-    return _builder(settings).prepare_send(**_message_args(mail))[1]
+    args = _message_args(mail)
+    if not mail.attachment:
+        return _builder(settings).prepare_send(**args)[1]
+    # The file is attached here, not by yagmail, which guesses its type from
+    # the name (a .csv.gz would go out as text/csv) and marks only some
+    # types as attachments.
+    args['attachments'] = None
+    message = email.message_from_string(_builder(settings).prepare_send(**args)[1])
+    message.attach(attachment_part(mail.attachment))
+    return message.as_string()
+
+
+def attachment_part(path):
+    """The file as a base64 MIME part of its format's type (formats.py),
+    marked as an attachment with its file name."""
+    name = os.path.basename(path)
+    kind = content_type_of(name)
+    maintype, subtype = kind.split(';')[0].split('/')
+    extra = {'charset': 'utf-8'} if 'charset=utf-8' in kind else {}
+    part = MIMEBase(maintype, subtype, name=name, **extra)
+    with open(path, 'rb') as data:
+        part.set_payload(data.read())
+    email.encoders.encode_base64(part)
+    part.add_header('Content-Disposition', 'attachment', filename=name)
+    return part
 
 
 # The reply a recipient of a message that went to the outbox gets.

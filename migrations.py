@@ -144,6 +144,8 @@ MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (4, 'runs and schedules choose their file format (csv, csv.gz, xlsx)',
+     lambda database: [add_columns(m, 'format')(database) for m in ('Run', 'Schedule')]),
 )
 LATEST = MIGRATIONS[-1][0]
 

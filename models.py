@@ -77,6 +77,8 @@ class Run(BaseModel):
     bom = BooleanField(default=True)
     # Cut at max_rows: the email says so.
     truncated = BooleanField(default=False)
+    # What the file is written as: vocab.FileFormat (formats.py).
+    format = CharField(default='csv')
 
     class Meta:
         table_name = 'nightshift_run'
@@ -119,6 +121,8 @@ class Schedule(BaseModel):
     checked_through = DateTimeField()
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # The file format of its runs: vocab.FileFormat (formats.py).
+    format = CharField(default='csv')
 
     class Meta:
         table_name = 'nightshift_schedule'

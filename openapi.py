@@ -3,7 +3,8 @@
 Built from the report registry, so report names and their parameters are
 part of the contract that schemathesis checks in CI.
 """
-from vocab import DeliveryStatus, RunStatus, Trigger
+from formats import CONTENT_TYPES, EXTENSIONS
+from vocab import DeliveryStatus, FileFormat, RunStatus, Trigger
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
@@ -85,6 +86,7 @@ def _components(report_names):
                         'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
                         'escape_formulas': {'type': 'boolean'},
+                        'format': _enum(FileFormat),
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
                         'url': {'type': 'string'}}},
             'Schedule': {'type': 'object',
@@ -96,6 +98,7 @@ def _components(report_names):
                              'to': {'type': 'array', 'items': {'type': 'string'}},
                              'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                              'enabled': {'type': 'boolean'},
+                             'format': _enum(FileFormat),
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
                              'last_run': {'type': 'object', 'nullable': True},
@@ -108,7 +111,7 @@ def _components(report_names):
                 'to': {'type': 'array', 'minItems': 1, 'items': {'type': 'string',
                                                                  'format': 'email'}},
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
-                'enabled': {'type': 'boolean'}}},
+                'enabled': {'type': 'boolean'}, 'format': _enum(FileFormat)}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
                              'report': {'type': 'string', 'enum': report_names},
@@ -116,7 +119,7 @@ def _components(report_names):
                              'to': {'type': 'array', 'minItems': 1,
                                     'items': {'type': 'string', 'format': 'email'}},
                              'escape_formulas': {'type': 'boolean'},
-                             'bom': {'type': 'boolean'}}},
+                             'bom': {'type': 'boolean'}, 'format': _enum(FileFormat)}},
         },
     }
 
@@ -135,7 +138,9 @@ def build_spec(registry):
     common = {'401': unauthorized, '503': unavailable}
     file_ok = {'description': 'the file', 'content': {
         'text/csv': {'schema': {'type': 'string'}},
-        'application/zip': {'schema': {'type': 'string', 'format': 'binary'}}}}
+        'application/zip': {'schema': {'type': 'string', 'format': 'binary'}},
+        CONTENT_TYPES[FileFormat.CSV_GZ]: {'schema': {'type': 'string', 'format': 'binary'}},
+        CONTENT_TYPES[FileFormat.XLSX]: {'schema': {'type': 'string', 'format': 'binary'}}}}
 
     paths = {
         '/healthz': {'get': {'summary': 'database and queue health', 'security': [],
@@ -229,9 +234,18 @@ def build_spec(registry):
                 '200': {'description': 'the report, streamed',
                         'content': {'text/csv': {'schema': {'type': 'string'}}}},
                 '400': bad})}}
+        for fmt in (FileFormat.CSV_GZ, FileFormat.XLSX):
+            paths['/reports/%s%s' % (report.name, EXTENSIONS[fmt])] = {'get': {
+                'summary': '%s (%s)' % (report.title, fmt), 'description': report.description,
+                'parameters': parameters,
+                'responses': dict(common, **{
+                    '200': {'description': 'the report as %s' % fmt, 'content': {
+                        CONTENT_TYPES[fmt]: {'schema': {'type': 'string', 'format': 'binary'}}}},
+                    '400': bad})}}
         paths['/api/reports/%s/check' % report.name] = {'get': {
             'summary': 'check download parameters without running the report',
-            'parameters': parameters,
+            'parameters': parameters + [{'name': 'format', 'in': 'query',
+                                         'schema': _enum(FileFormat)}],
             'responses': dict(common, **{
                 '200': {'description': 'the parameters are valid; `url` downloads',
                         'content': _json({'type': 'object',

@@ -14,7 +14,9 @@ import zipfile
 
 from errors import InputError, LostOwnership, PermanentFailure
 from export import write_file
+from formats import EXTENSIONS, check_format, format_of_name, without_extension
 from models import Run, db_now
+from outputs import open_output
 from reports import BrokenReport, UnknownReport
 from sources import ReportSQLError, UnknownSource
 from sqlexport import open_query_csv
@@ -50,14 +52,16 @@ def open_report(definition, settings, typed, escape, bom):
 
 
 def write_report(registry, settings, run, path, on_progress=None):
-    """Write the run's CSV to `path`; `on_progress(rows, bytes)` as it goes.
-    Returns the finished stream (rows, bytes, truncated). A report that
-    cannot work (its SQL fails, its file is broken, its source is not
-    configured) is a PermanentFailure; a source that does not answer is not."""
+    """Write the run's file (in its format) to `path`; `on_progress(rows,
+    bytes)` as it goes. Returns the finished stream (rows, bytes, truncated).
+    A report that cannot work (its SQL fails, its file is broken, its source
+    is not configured) is a PermanentFailure; a source that does not answer
+    is not."""
     try:
         definition = registry.get(run.report)
-        with open_report(definition, settings, definition.parse(run.params),
-                         run.escape_formulas, run.bom) as stream:
+        with open_output(definition, settings, definition.parse(run.params), run.format,
+                         escape=run.escape_formulas, bom=run.bom,
+                         tmpdir=os.path.dirname(path)) as stream:
             write_file(stream, path, on_progress=on_progress, every=0.1)
     except UnknownReport:
         raise PermanentFailure('report %r no longer exists' % run.report)
@@ -85,11 +89,11 @@ def message_size(attachment_bytes):
 
 
 def package(csv_path, settings):
-    """(path, sent_as): the CSV as it is, zipped when large, and 'link' when
-    even the zip would be over the provider's limit."""
-    path, sent_as = csv_path, 'csv'
+    """(path, sent_as): the file as it is (sent_as: its format), zipped when
+    large, and 'link' when even the zip would be over the provider's limit."""
+    path, sent_as = csv_path, format_of_name(csv_path) or 'csv'
     if os.path.getsize(csv_path) > settings.zip_over_mb * 1e6:
-        path, sent_as = csv_path[:-len('.csv')] + '.zip', 'zip'
+        path, sent_as = without_extension(csv_path) + '.zip', 'zip'
         with zipfile.ZipFile(path + '.part', 'w', zipfile.ZIP_DEFLATED) as archive:
             archive.write(csv_path, os.path.basename(csv_path))
         os.replace(path + '.part', path)
@@ -138,7 +142,8 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
     key = None
     try:
         stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
-        csv_path = os.path.join(folder, '%s-%s.csv' % (run.report, stamp))
+        csv_path = os.path.join(folder, '%s-%s%s' % (run.report, stamp,
+                                                     EXTENSIONS[check_format(run.format)]))
         attempt.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
                        sent_as=None)
         stream = write_report(registry, settings, run, csv_path,

@@ -18,6 +18,7 @@ from peewee import Case, PostgresqlDatabase, fn
 
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
+from formats import check_format
 from mail import MailError, check_address
 from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
@@ -61,17 +62,20 @@ def parse_recipients(to, settings):
 def create_run(registry, settings, report: str, params: Optional[dict] = None,
                to: Optional[list] = None, *, trigger: Trigger = Trigger.WEB,
                schedule: Optional[str] = None, slot_at: Optional[datetime.datetime] = None,
-               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None) -> Run:
+               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None,
+               file_format: Optional[str] = None) -> Run:
     """Validate a request and record it as a queued run (one transaction)."""
     definition = find_report(registry, report)
     typed = definition.parse(params)
     recipients = parse_recipients(to, settings)
+    file_format = check_format(file_format)
     with db.atomic():
         run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
-                         bom=settings.csv_bom if bom is None else bom)
+                         bom=settings.csv_bom if bom is None else bom,
+                         format=file_format)
         for address in recipients:
             Delivery.create(run=run, address=address)
     return run

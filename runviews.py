@@ -42,6 +42,7 @@ def run_as_dict(run, deliveries=None):
         if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
         'escape_formulas': run.escape_formulas,
+        'format': run.format,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at)}
                        for d in deliveries],

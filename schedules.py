@@ -15,6 +15,7 @@ from peewee import IntegrityError, fn
 import cron
 import runs
 from errors import Conflict
+from formats import check_format
 from models import Run, Schedule, db
 from params import InputError, dump_params
 from reports import find_report
@@ -24,7 +25,7 @@ from vocab import RunStatus, Trigger
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
-FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled')
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'format')
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -50,7 +51,8 @@ def clean(registry, settings, data, current=None):
     if current is not None:
         merged = {'name': current.name, 'report': current.report, 'params': current.params,
                   'to': current.recipients, 'cron': current.cron,
-                  'timezone': current.timezone, 'enabled': current.enabled}
+                  'timezone': current.timezone, 'enabled': current.enabled,
+                  'format': current.format}
         if 'name' in data and data['name'] != current.name:
             raise InputError('name', 'a schedule cannot be renamed; create a new one')
         if 'report' in data and 'params' not in data:
@@ -82,7 +84,7 @@ def clean(registry, settings, data, current=None):
         raise InputError('enabled', 'must be true or false')
     return {'name': name, 'report': definition.name, 'params': dump_params(typed),
             'recipients': recipients, 'cron': expression, 'timezone': timezone,
-            'enabled': enabled}
+            'enabled': enabled, 'format': check_format(merged.get('format'))}
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -158,6 +160,8 @@ def declared_schedules(registry, settings):
                 'to': spec['to'], 'cron': spec['cron'], 'enabled': spec['enabled']}
         if spec.get('timezone'):
             data['timezone'] = spec['timezone']
+        if spec.get('format'):
+            data['format'] = spec['format']
         try:
             declared[spec['name']] = clean(registry, settings, data)
         except InputError as exc:
@@ -288,7 +292,8 @@ def _create_slot_run(registry, settings, schedule, slot, now):
     try:
         return runs.create_run(registry, settings, schedule.report, schedule.params,
                                schedule.recipients, trigger=Trigger.SCHEDULE,
-                               schedule=schedule.name, slot_at=slot)
+                               schedule=schedule.name, slot_at=slot,
+                               file_format=schedule.format)
     except InputError as exc:
         # The report changed under a stored schedule; say so in the history.
         return Run.create(report=schedule.report, params=schedule.params,
@@ -348,6 +353,7 @@ def schedule_as_dict(schedule, now):
         'cron': schedule.cron,
         'timezone': schedule.timezone,
         'enabled': schedule.enabled,
+        'format': schedule.format,
         'managed_by': schedule.managed_by,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,

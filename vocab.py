@@ -46,3 +46,10 @@ TERMINAL = (RunStatus.DELIVERED, RunStatus.FAILED)
 FINAL = TERMINAL + (RunStatus.SKIPPED,)
 # Recipients still owed the file.
 UNSENT = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+
+
+class FileFormat(StrEnum):
+    """What a run's file or a download is written as (formats.py)."""
+    CSV = 'csv'
+    CSV_GZ = 'csv.gz'
+    XLSX = 'xlsx'

@@ -1,0 +1,239 @@
+"""A report's query on its source as typed rows, for formats that keep
+types (XLSX), where sqlexport.py gives CSV text.
+
+Each row is a list of Python values: None, bool, int, float,
+decimal.Decimal, str, bytes, datetime.date or naive datetime.datetime (UTC
+when the column had a time zone). Each column comes with a `Column`: its
+name, its kind and, for decimals, its scale, read from the cursor's
+description (SQLite: from the tables' declared types, traced through the
+query by sqlglot, as sqlexport does), so a writer can give it a format
+before the first row.
+
+The connection is sqlexport's: read-only, with the source's time limit, and
+rows come one batch at a time from a server-side cursor (PostgreSQL), an
+unbuffered one (MariaDB) or the SQLite cursor. Memory does not grow with rows.
+"""
+import contextlib
+import datetime
+import decimal
+from typing import Iterator, List, NamedTuple, Optional, Union
+
+import sources
+from sources import Source
+from sqlexport import (_Guarded, _close, _parse_timestamp, describe, effective_timeout,
+                       sqlite_column_types)
+
+BATCH = 2000
+
+
+class Column(NamedTuple):
+    """kind: text, number (int or float), decimal, bool, date, timestamp, or
+    None when only the values say (SQLite columns that could not be traced)."""
+    name: str
+    kind: Optional[str] = None
+    places: Optional[int] = None
+
+
+class TypedRows:
+    """Iterate for the rows. `columns` is known before the first row; `rows`
+    counts those produced, `truncated` says whether `limit` cut the rest."""
+
+    def __init__(self, columns: List[Column], rows: Iterator[list], limit: Optional[int]):
+        self.columns = columns
+        self._source = rows
+        self.limit = limit
+        self.rows = 0
+        self.bytes = 0
+        self.truncated = False
+
+    def __iter__(self):
+        for row in self._source:
+            if self.limit is not None and self.rows >= self.limit:
+                self.truncated = True
+                return
+            self.rows += 1
+            yield row
+
+
+@contextlib.contextmanager
+def open_query_rows(source: Source, sql: str, params: Union[dict, list, tuple], *,
+                    limit: Optional[int] = None, timeout: Optional[float] = None):
+    """The rows of `sql` (bound `params`) on `source` as a TypedRows. Raises
+    ReportSQLError for the SQL's own failures and SourceUnavailable for the
+    database's, like sqlexport.open_query_csv."""
+    timeout = effective_timeout(source, timeout)
+    conn = sources.connect(source, timeout)
+    source = source._replace(query_timeout=timeout)
+    opener = {'postgres': _postgres, 'mysql': _mysql, 'sqlite': _sqlite}[source.engine]
+    errors = sources.driver_errors(source.engine)
+    guarded = None
+    try:
+        columns, rows = opener(conn, source, sql, params)
+        stream = TypedRows(columns, rows, limit)
+        guarded = _Guarded(stream, source, conn, errors)
+        yield guarded
+    except errors as exc:
+        raise sources.classify(source, exc, getattr(conn, 'deadline', None)) from exc
+    finally:
+        # A limit reached leaves the query unfinished: stopped like an
+        # abandoned one, so MariaDB does not read the rest of it.
+        _close(source, conn, guarded is not None and guarded.exhausted
+               and not guarded.truncated)
+
+
+def _batches(cursor, size=BATCH):
+    while True:
+        batch = cursor.fetchmany(size)
+        if not batch:
+            return
+        yield from batch
+
+
+# --- PostgreSQL: a server-side cursor; types psycopg knows -------------------
+
+_PG_KINDS = {16: 'bool', 20: 'number', 21: 'number', 23: 'number', 26: 'number',
+             700: 'number', 701: 'number', 1700: 'decimal', 1082: 'date',
+             1114: 'timestamp', 1184: 'timestamp', 25: 'text', 1043: 'text', 1042: 'text',
+             19: 'text', 17: 'bytes'}
+
+
+def _postgres(conn, source, sql, params):
+    with conn.cursor() as cursor:
+        described = describe(cursor, sql, params)
+    columns, select = [], []
+    for i, d in enumerate(described):
+        kind = _PG_KINDS.get(d.type_code)
+        places = d.scale if kind == 'decimal' else None
+        # Anything psycopg would turn into a Python object of its own (json,
+        # arrays, intervals, uuid...) comes as PostgreSQL's text for it, as
+        # in the CSV.
+        select.append('q.c%d' % i if kind else 'q.c%d::text' % i)
+        columns.append(Column(d.name, kind or 'text', places))
+    aliases = ', '.join('c%d' % i for i in range(len(columns)))
+    wrapped = 'SELECT %s FROM (\n%s\n) AS q(%s)' % (', '.join(select), sql, aliases)
+    cursor = conn.cursor(name='nightshift_rows')
+    cursor.itersize = BATCH
+    cursor.execute(wrapped, params)
+    return columns, _pg_rows(cursor, [c.kind for c in columns])
+
+
+def _pg_rows(cursor, kinds):
+    zoned = [i for i, kind in enumerate(kinds) if kind == 'timestamp']
+    for row in _batches(cursor):
+        if zoned:
+            row = list(row)
+            for i in zoned:
+                row[i] = _naive_utc(row[i])
+        yield row
+
+
+def _naive_utc(value):
+    if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+        return value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+# --- MariaDB / MySQL: an unbuffered cursor ----------------------------------
+
+def _mysql(conn, source, sql, params):
+    import pymysql.cursors
+    cursor = conn.cursor(pymysql.cursors.SSCursor)
+    cursor.execute(sql, params)
+    columns = [_mysql_column(d) for d in cursor.description]
+    bools = [i for i, c in enumerate(columns) if c.kind == 'bool']
+    return columns, _mysql_rows(cursor, bools)
+
+
+def _mysql_column(description):
+    from pymysql.constants import FIELD_TYPE as T
+    name, code, _, length, _, scale, _ = description
+    if code in (T.DECIMAL, T.NEWDECIMAL):
+        return Column(name, 'decimal', scale)
+    if code == T.TINY and length == 1:
+        return Column(name, 'bool')  # BOOLEAN is TINYINT(1)
+    if code in (T.TINY, T.SHORT, T.LONG, T.LONGLONG, T.INT24, T.YEAR, T.FLOAT, T.DOUBLE):
+        return Column(name, 'number')
+    if code in (T.TIMESTAMP, T.DATETIME):
+        return Column(name, 'timestamp')  # TIMESTAMP is read in UTC (sources.py)
+    if code in (T.DATE, T.NEWDATE):
+        return Column(name, 'date')
+    return Column(name, 'text')
+
+
+def _mysql_rows(cursor, bools):
+    for row in _batches(cursor):
+        row = list(row)
+        for i in bools:
+            if row[i] is not None:
+                row[i] = bool(row[i])
+        for i, value in enumerate(row):
+            if value.__class__ is datetime.timedelta:
+                row[i] = str(value)  # TIME
+        yield row
+
+
+# --- SQLite: declared types traced through the query -------------------------
+
+def _sqlite(conn, source, sql, params):
+    cursor = conn.cursor()
+    names = [d[0] for d in describe(cursor, sql, params)]
+    traced = sqlite_column_types(source, sql)
+    if traced is None or len(traced) != len(names):
+        traced = [None] * len(names)
+    columns = [Column(name, kind[0], kind[1]) if kind else Column(name)
+               for name, kind in zip(names, traced)]
+    cursor.execute(sql, params)
+    converters = [_SQLITE_CONVERT.get(c.kind) for c in columns]
+    return columns, _sqlite_rows(cursor, converters)
+
+
+def _sqlite_rows(cursor, converters):
+    active = [(i, f) for i, f in enumerate(converters) if f is not None]
+    for row in _batches(cursor):
+        if active:
+            row = list(row)
+            for i, convert in active:
+                value = row[i]
+                if value is not None and value != '':
+                    row[i] = convert(value)
+        yield row
+
+
+def _to_decimal(value):
+    # SQLite keeps DECIMAL as REAL or INTEGER: its shortest text is the
+    # number that was stored.
+    if isinstance(value, float):
+        return decimal.Decimal(repr(value))
+    if isinstance(value, int):
+        return decimal.Decimal(value)
+    try:
+        return decimal.Decimal(value.strip()) if isinstance(value, str) else value
+    except decimal.InvalidOperation:
+        return value
+
+
+def _to_bool(value):
+    return bool(value) if isinstance(value, (int, float)) else value
+
+
+def _to_timestamp(value):
+    if isinstance(value, str):
+        parsed = _parse_timestamp(value)
+        return _naive_utc(parsed) if parsed is not None else value
+    return value
+
+
+def _to_date(value):
+    if isinstance(value, str):
+        try:
+            return datetime.date.fromisoformat(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+_SQLITE_CONVERT = {'decimal': _to_decimal, 'bool': _to_bool, 'timestamp': _to_timestamp,
+                   'date': _to_date}
+
+
+__all__ = ['Column', 'TypedRows', 'open_query_rows']
