@@ -105,6 +105,16 @@
     return params;
   }
 
+  // Choices beside the parameters (the file format...): fields marked
+  // data-option, sent under their data-field name.
+  function optionsOf(form) {
+    var options = {};
+    form.querySelectorAll('[data-option]').forEach(function (el) {
+      if (!el.closest('[disabled]')) { options[el.getAttribute('data-field')] = el.value; }
+    });
+    return options;
+  }
+
   function busy(form, on) {
     form.querySelectorAll('button').forEach(function (b) { b.disabled = on; });
   }
@@ -118,7 +128,7 @@
     busy(form, true);
     var done = function () { busy(form, false); };
     if (action === 'download') {
-      var query = new URLSearchParams(params).toString();
+      var query = new URLSearchParams(Object.assign({}, params, optionsOf(form))).toString();
       api('GET', '/api/reports/' + report + '/check' + (query ? '?' + query : ''))
         .then(function (result) {
           done();
@@ -129,7 +139,8 @@
       return;
     }
     var to = splitAddresses(enabledField(form, 'to').value);
-    api('POST', '/api/runs', {report: report, params: params, to: to}).then(function (result) {
+    api('POST', '/api/runs', Object.assign({report: report, params: params, to: to},
+                                            optionsOf(form))).then(function (result) {
       done();
       if (!result.ok) { showError(form, result); return; }
       setStatus(form, 'Run #' + result.data.id + ' queued: it will be emailed to ' +
@@ -296,6 +307,10 @@
       enabledField(scheduleForm, 'cron').value = schedule.cron;
       enabledField(scheduleForm, 'timezone').value = schedule.timezone;
       enabledField(scheduleForm, 'enabled').checked = schedule.enabled;
+      scheduleForm.querySelectorAll('[data-option]').forEach(function (el) {
+        var value = schedule[el.getAttribute('data-field')];
+        if (value !== undefined && value !== null) { el.value = String(value); }
+      });
     }
     showParamsFor(enabledField(scheduleForm, 'report').value);
     if (schedule) {
@@ -335,6 +350,7 @@
         timezone: enabledField(scheduleForm, 'timezone').value.trim(),
         enabled: enabledField(scheduleForm, 'enabled').checked
       };
+      Object.assign(body, optionsOf(scheduleForm));
       var request = editing
         ? api('PUT', '/api/schedules/' + encodeURIComponent(editing), body)
         : api('POST', '/api/schedules',

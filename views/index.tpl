@@ -31,8 +31,9 @@
         <p class="help" id="r-{{report.name}}-to-help">One or more addresses, separated by commas. Only needed for email.</p>
         <p class="error" id="r-{{report.name}}-to-error" hidden></p>
       </div>
+      % include('formats_field', prefix='r-' + report.name, help='For the download and the email. Excel keeps numbers, decimals and dates as such.')
       <div class="buttons">
-        <button type="submit" value="download">Download CSV</button>
+        <button type="submit" value="download" data-download-label>Download CSV</button>
         <button type="submit" value="email" class="primary">Email it</button>
       </div>
       <p class="form-status" role="status" aria-live="polite"></p>
@@ -108,6 +109,7 @@
         <p class="help" id="s-to-help">One or more addresses, separated by commas.</p>
         <p class="error" id="s-to-error" hidden></p>
       </div>
+      % include('formats_field', prefix='s', help='What each scheduled email attaches.')
       <div class="field">
         <label for="s-cron">When (cron)</label>
         <input id="s-cron" name="cron" data-field="cron" type="text" autocomplete="off" spellcheck="false"

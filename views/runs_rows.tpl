@@ -28,7 +28,7 @@
   <td data-label="File">
     % if ready:
     <a id="run-{{run.id}}-file" href="/api/runs/{{run.id}}/file" download>Download<span class="visually-hidden"> run {{run.id}}</span></a>
-    <br><small>{{human_size(run.file_bytes)}}{{' zip' if run.file_name.endswith('.zip') else ''}}</small>
+    <br><small>{{human_size(run.file_bytes)}}{{' ' + run.format if run.format != 'csv' else ''}}{{' zip' if run.file_name.endswith('.zip') else ''}}</small>
     % else:
     -
     % end
