@@ -26,6 +26,7 @@ The header row is bold and frozen. A sheet holds 1,048,576 rows, the header
 included; a report with more goes on in a further sheet ("name (2)", ...),
 its header repeated.
 """
+import contextlib
 import datetime
 import decimal
 import math
@@ -169,29 +170,46 @@ class _Writer:
 
 
 def write_xlsx(rows, columns, path, *, title='Report', sheet_rows=EXCEL_MAX_ROWS,
-               tmpdir=None, on_row=None, every=1000):
+               tmpdir=None):
     """Write `rows` (lists of typed values, as typedrows gives them) under
     `columns` to an .xlsx at `path`. `sheet_rows` is the rows a sheet holds,
-    the header included (tests lower it). `on_row(rows)` is called every
-    `every` rows. Returns the number of rows written."""
+    the header included (tests lower it). Returns the number of rows written."""
+    count = 0
+    for count in writing_xlsx(rows, columns, path, title=title, sheet_rows=sheet_rows,
+                              tmpdir=tmpdir):
+        pass
+    return count
+
+
+def writing_xlsx(rows, columns, path, *, title='Report', sheet_rows=EXCEL_MAX_ROWS,
+                 tmpdir=None, every=2000):
+    """write_xlsx, as a generator giving the rows written so far every
+    `every` rows and at the end: the caller can report progress, or stop."""
     writer = _Writer(path, columns, title, sheet_rows, tmpdir)
     count = 0
     try:
         for values in rows:
             writer.write_row(values)
             count += 1
-            if on_row is not None and count % every == 0:
-                on_row(count)
-    finally:
-        writer.close()
-    return count
+            if count % every == 0:
+                yield count
+    except BaseException:
+        # Closing removes XlsxWriter's own temporary files; the error that
+        # stopped the writing is the one that matters.
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
+    writer.close()
+    yield count
 
 
 class XlsxStream:
     """A TypedRows as a finished workbook's bytes, in chunks: the workbook
     is written to a temporary file first (a zip cannot be sent before it is
-    complete), then read out and removed. `rows`, `bytes` and `truncated`
-    as a CsvStream has them."""
+    complete), then read out and removed. While it is written, an empty
+    chunk now and then lets a run record its progress (Bottle skips empty
+    chunks before the first). `rows`, `bytes` and `truncated` as a CsvStream
+    has them."""
 
     def __init__(self, typed, title, *, tmpdir=None, sheet_rows=EXCEL_MAX_ROWS):
         self.typed = typed
@@ -209,11 +227,14 @@ class XlsxStream:
         return self.typed.truncated
 
     def __iter__(self):
+        if self.tmpdir:
+            os.makedirs(self.tmpdir, exist_ok=True)
         fd, path = tempfile.mkstemp(suffix='.xlsx', dir=self.tmpdir)
         os.close(fd)
         try:
-            write_xlsx(iter(self.typed), self.typed.columns, path, title=self.title,
-                       sheet_rows=self.sheet_rows, tmpdir=self.tmpdir)
+            for _ in writing_xlsx(iter(self.typed), self.typed.columns, path, title=self.title,
+                                  sheet_rows=self.sheet_rows, tmpdir=self.tmpdir):
+                yield b''
             with open(path, 'rb') as data:
                 while True:
                     chunk = data.read(CHUNK_BYTES)

@@ -430,3 +430,23 @@ def test_a_config_schedule_may_name_a_format(make_settings, service_env, databas
     with pytest.raises(SettingsError, match='format'):
         schedules.declared_schedules(demo_catalogue(), dataclasses.replace(
             settings, schedules=(dict(spec, format='pdf'),)))
+
+
+def test_a_workbook_being_written_reports_its_progress_and_leaves_no_files(tmp_path):
+    from xlsxexport import XlsxStream
+    path = tmp_path / 'progress.db'
+    sqlite3.connect(str(path)).close()
+    source = sources.Source('s', 'sqlite:///%s' % path, 10)
+    sql = ('WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) '
+           'SELECT i, printf(\'row %d\', i) AS name FROM n')
+    work = tmp_path / 'work'
+    seen, data = [], b''
+    with open_query_rows(source, sql, {}) as rows:
+        stream = XlsxStream(rows, 'numbers', tmpdir=str(work))
+        for chunk in stream:
+            if not chunk:
+                seen.append(stream.rows)  # an empty chunk while the rows go in
+            data += chunk
+    assert seen[:2] == [2000, 4000] and stream.bytes == len(data)
+    assert len(values(read_xlsx(data).active)) == 5001
+    assert list(work.iterdir()) == []  # the workbook and XlsxWriter's own files are gone
