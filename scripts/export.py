@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from huey.exceptions import RetryTask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import runfiles  # noqa: E402
+import outputs  # noqa: E402
 import runs  # noqa: E402
 import sqlexport  # noqa: E402
 from export import write_file  # noqa: E402
@@ -30,7 +30,7 @@ from params import InputError  # noqa: E402
 from reports import BrokenReport, UnknownReport, create_catalogue  # noqa: E402
 from settings import SettingsError, load_settings  # noqa: E402
 from sources import SourceError, UnknownSource  # noqa: E402
-from vocab import RunStatus, Trigger  # noqa: E402
+from vocab import FileFormat, RunStatus, Trigger  # noqa: E402
 
 
 def parse_args(argv):
@@ -45,6 +45,8 @@ def parse_args(argv):
                         help='write cells as they are (no spreadsheet formula escaping)')
     parser.add_argument('--no-bom', action='store_true',
                         help='no UTF-8 byte order mark (it helps Excel read UTF-8)')
+    parser.add_argument('--format', choices=list(FileFormat), default=FileFormat.CSV,
+                        help='file format (default csv)')
     parser.add_argument('--list', action='store_true', help='list the reports')
     parser.add_argument('--check', action='store_true',
                         help='read every report file and prepare each query on its source; '
@@ -69,7 +71,7 @@ def params_from(pairs):
     return params
 
 
-def export_file(settings, definition, params, path, escape, bom, quiet):
+def export_file(settings, definition, params, path, escape, bom, quiet, fmt=FileFormat.CSV):
     """Write the report to `path`, or to standard output when it is `-`
     (then the progress bar and the summary go to standard error)."""
     typed = definition.parse(params)
@@ -79,7 +81,8 @@ def export_file(settings, definition, params, path, escape, bom, quiet):
     with tqdm(unit=' rows', unit_scale=True, disable=quiet, file=sys.stderr) as bar:
         def progress(rows, size):
             bar.update(rows - bar.n)
-        with runfiles.open_report(definition, settings, typed, escape, bom) as stream:
+        with outputs.open_output(definition, settings, typed, fmt, escape=escape,
+                                 bom=bom) as stream:
             if to_stdout:
                 rows, size = write_stdout(stream, progress)
             else:
@@ -175,12 +178,13 @@ def main(argv=None):
         if args.out:
             return export_file(settings, definition, params, args.out,
                                definition.escape_formulas and not args.no_escape,
-                               settings.csv_bom and not args.no_bom, args.quiet)
+                               settings.csv_bom and not args.no_bom, args.quiet, args.format)
         bind_database(settings.database_url, auto=settings.auto_migrate)
         run = runs.create_run(registry, settings, args.report, params, args.to,
                               trigger=Trigger.CLI,
                               escape_formulas=False if args.no_escape else None,
-                              bom=settings.csv_bom and not args.no_bom)
+                              bom=settings.csv_bom and not args.no_bom,
+                              file_format=args.format)
     except UnknownReport:
         sys.exit('export: no report named %r (see --list)' % args.report)
     except BrokenReport as exc:

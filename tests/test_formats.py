@@ -450,3 +450,23 @@ def test_a_workbook_being_written_reports_its_progress_and_leaves_no_files(tmp_p
     assert seen[:2] == [2000, 4000] and stream.bytes == len(data)
     assert len(values(read_xlsx(data).active)) == 5001
     assert list(work.iterdir()) == []  # the workbook and XlsxWriter's own files are gone
+
+
+def test_the_command_line_writes_each_format(app, consumer_env, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    demo.seed(customers=20, orders=200)
+    for fmt in ('csv.gz', 'xlsx'):
+        out = tmp_path / ('paid.' + fmt)
+        done = subprocess.run([sys.executable, 'scripts/export.py', 'orders', '-q', '-p',
+                               'status=paid', '--format', fmt, '-o', str(out)], cwd=ROOT,
+                              env=dict(os.environ, **consumer_env), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    plain = app.get('/reports/orders.csv', {'status': 'paid'}).body
+    assert gzip.decompress((tmp_path / 'paid.csv.gz').read_bytes()) == plain
+    rows = values(read_xlsx(str(tmp_path / 'paid.xlsx')).active)
+    assert len(rows) == len(parse_csv(plain)) and rows[0] == parse_csv(plain)[0]
