@@ -213,7 +213,8 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
                              'to, format, escape_formulas, bom', code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
-        options['file_format'] = check_format(body.get('format'))
+        if 'format' in body:
+            options['file_format'] = check_format(body['format'], given=True)
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),

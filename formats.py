@@ -18,9 +18,10 @@ CONTENT_TYPES = {
 ZIP_TYPE = 'application/zip'
 
 
-def check_format(value, field='format') -> FileFormat:
-    """The format a request names (None: the default), or InputError on `field`."""
-    if value is None:
+def check_format(value, field='format', given=False) -> FileFormat:
+    """The format a request names, or InputError on `field`. None is the
+    default, unless the request `given` it explicitly (a JSON null)."""
+    if value is None and not given:
         return DEFAULT
     if isinstance(value, str) and value in list(FileFormat):
         return FileFormat(value)

@@ -84,7 +84,8 @@ def clean(registry, settings, data, current=None):
         raise InputError('enabled', 'must be true or false')
     return {'name': name, 'report': definition.name, 'params': dump_params(typed),
             'recipients': recipients, 'cron': expression, 'timezone': timezone,
-            'enabled': enabled, 'format': check_format(merged.get('format'))}
+            'enabled': enabled,
+            'format': check_format(merged.get('format'), given='format' in data)}
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
