@@ -16,10 +16,11 @@ unbuffered one (MariaDB) or the SQLite cursor. Memory does not grow with rows.
 import contextlib
 import datetime
 import decimal
+import time
 from typing import Iterator, List, NamedTuple, Optional, Union
 
 import sources
-from sources import Source
+from sources import ReportSQLError, Source
 from sqlexport import (_Guarded, _close, _parse_timestamp, describe, effective_timeout,
                        sqlite_column_types)
 
@@ -114,12 +115,18 @@ def _postgres(conn, source, sql, params):
     cursor = conn.cursor(name='nightshift_rows')
     cursor.itersize = BATCH
     cursor.execute(wrapped, params)
-    return columns, _pg_rows(cursor, [c.kind for c in columns])
+    return columns, _pg_rows(cursor, [c.kind for c in columns], source)
 
 
-def _pg_rows(cursor, kinds):
+def _pg_rows(cursor, kinds, source, clock=time.monotonic):
     zoned = [i for i, kind in enumerate(kinds) if kind == 'timestamp']
-    for row in _batches(cursor):
+    # statement_timeout bounds each FETCH of a server-side cursor, not the
+    # whole read (as it bounds a COPY): the rest of the limit is checked here.
+    ends = clock() + source.query_timeout if source.query_timeout else None
+    for count, row in enumerate(_batches(cursor)):
+        if ends is not None and count % BATCH == 0 and clock() > ends:
+            raise ReportSQLError(source.name, 'time limit of %gs hit: the rows were still '
+                                              'being read' % source.query_timeout)
         if zoned:
             row = list(row)
             for i in zoned:

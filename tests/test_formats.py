@@ -468,3 +468,14 @@ def test_the_command_line_writes_each_format(app, consumer_env, tmp_path):
     assert gzip.decompress((tmp_path / 'paid.csv.gz').read_bytes()) == plain
     rows = values(read_xlsx(str(tmp_path / 'paid.xlsx')).active)
     assert len(rows) == len(parse_csv(plain)) and rows[0] == parse_csv(plain)[0]
+
+
+def test_the_time_limit_bounds_the_whole_read_on_postgresql(postgres_url):
+    from sources import ReportSQLError
+    source = sources.Source('pg', postgres_url, 1)
+    # Each fetch of 2,000 rows is under the limit; all of them are not.
+    sql = 'SELECT i, pg_sleep(0.0003) AS s FROM generate_series(1, 8000) AS i'
+    with pytest.raises(ReportSQLError, match='time limit of 1s hit'):
+        with open_query_rows(source, sql, {}) as rows:
+            for _ in rows:
+                pass
