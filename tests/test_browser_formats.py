@@ -70,6 +70,7 @@ def test_a_schedule_sends_the_format_picked(page, live, smtp_sink):  # noqa: F81
     form.get_by_role('button', name='Save schedule').click()
     row = page.locator('#schedule-monthly-book')
     expect(row).to_contain_text('06:00 (in')
+    expect(row).to_contain_text('orders as xlsx to ops@example.org')
     assert Schedule.get(Schedule.name == 'monthly-book').format == 'xlsx'
 
     # Editing shows the stored choice; a new schedule starts from CSV again.

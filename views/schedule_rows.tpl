@@ -5,7 +5,7 @@
 % s = row['schedule']
 % last = row['last']
 <tr id="schedule-{{s.name}}" data-schedule="{{s.name}}" data-enabled="{{'yes' if s.enabled else 'no'}}">
-  <td data-label="Name"><strong>{{s.name}}</strong><br><small>{{s.report}} to {{', '.join(s.recipients)}}</small>
+  <td data-label="Name"><strong>{{s.name}}</strong><br><small>{{s.report}}{{' as ' + s.format if s.format != 'csv' else ''}} to {{', '.join(s.recipients)}}</small>
     % if any(v is not None for v in s.params.values()):
     <br><small>{{', '.join('%s=%s' % (k, v) for k, v in s.params.items() if v is not None)}}</small>
     % end
