@@ -96,6 +96,7 @@ _PG_KINDS = {16: 'bool', 20: 'number', 21: 'number', 23: 'number', 26: 'number',
              700: 'number', 701: 'number', 1700: 'decimal', 1082: 'date',
              1114: 'timestamp', 1184: 'timestamp', 25: 'text', 1043: 'text', 1042: 'text',
              19: 'text', 17: 'bytes'}
+_PG_TIMESTAMPTZ = 1184
 
 
 def _postgres(conn, source, sql, params):
@@ -115,23 +116,29 @@ def _postgres(conn, source, sql, params):
     cursor = conn.cursor(name='nightshift_rows')
     cursor.itersize = BATCH
     cursor.execute(wrapped, params)
-    return columns, _pg_rows(cursor, [c.kind for c in columns], source)
+    zoned = [i for i, d in enumerate(described) if d.type_code == _PG_TIMESTAMPTZ]
+    return columns, _pg_rows(cursor, zoned, source)
 
 
-def _pg_rows(cursor, kinds, source, clock=time.monotonic):
-    zoned = [i for i, kind in enumerate(kinds) if kind == 'timestamp']
+def _pg_rows(cursor, zoned, source, clock=time.monotonic):
     # statement_timeout bounds each FETCH of a server-side cursor, not the
     # whole read (as it bounds a COPY): the rest of the limit is checked here.
     ends = clock() + source.query_timeout if source.query_timeout else None
-    for count, row in enumerate(_batches(cursor)):
-        if ends is not None and count % BATCH == 0 and clock() > ends:
+    while True:
+        batch = cursor.fetchmany(BATCH)
+        if not batch:
+            return
+        if ends is not None and clock() > ends:
             raise ReportSQLError(source.name, 'time limit of %gs hit: the rows were still '
                                               'being read' % source.query_timeout)
-        if zoned:
+        if not zoned:
+            yield from batch
+            continue
+        for row in batch:
             row = list(row)
             for i in zoned:
                 row[i] = _naive_utc(row[i])
-        yield row
+            yield row
 
 
 def _naive_utc(value):

@@ -148,17 +148,18 @@ class _Writer:
             self.sheet.write_string(row, col, 'NaN' if value.is_nan() else
                                     ('-Infinity' if value < 0 else 'Infinity'))
             return
-        if column.places is not None:
+        parts = value.as_tuple()
+        if column.places is not None and parts.exponent != -column.places:
             value = value.quantize(decimal.Decimal(1).scaleb(-column.places),
                                    rounding=decimal.ROUND_HALF_EVEN)
-        if len(value.as_tuple().digits) > EXACT_DIGITS:
+            parts = value.as_tuple()
+        if len(parts.digits) > EXACT_DIGITS:
             self.sheet.write_string(row, col, format(value, 'f'))
             return
         fmt = self.formats[col]
         if fmt is None and column.places is None:
             # No declared scale: the value's own, so 1.50 still shows 1.50.
-            exponent = value.as_tuple().exponent
-            fmt = self._decimal_format(-exponent) if exponent < 0 else None
+            fmt = self._decimal_format(-parts.exponent) if parts.exponent < 0 else None
         # float() of a Decimal is the nearest double: the one Excel would
         # read from the digits themselves.
         self.sheet.write_number(row, col, float(value), fmt)
