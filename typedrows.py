@@ -197,7 +197,8 @@ def _sqlite(conn, source, sql, params):
     columns = [Column(name, kind[0], kind[1]) if kind else Column(name)
                for name, kind in zip(names, traced)]
     cursor.execute(sql, params)
-    converters = [_SQLITE_CONVERT.get(c.kind) for c in columns]
+    converters = [_decimal_converter(c.places) if c.kind == 'decimal'
+                  else _SQLITE_CONVERT.get(c.kind) for c in columns]
     return columns, _sqlite_rows(cursor, converters)
 
 
@@ -213,17 +214,25 @@ def _sqlite_rows(cursor, converters):
         yield row
 
 
-def _to_decimal(value):
-    # SQLite keeps DECIMAL as REAL or INTEGER: its shortest text is the
-    # number that was stored.
-    if isinstance(value, float):
-        return decimal.Decimal(repr(value))
-    if isinstance(value, int):
-        return decimal.Decimal(value)
-    try:
-        return decimal.Decimal(value.strip()) if isinstance(value, str) else value
-    except decimal.InvalidOperation:
-        return value
+def _decimal_converter(places):
+    # Below this a number at the column's scale has at most 15 digits.
+    small = 10.0 ** (15 - places) if places is not None else 0
+
+    def convert(value):
+        # SQLite keeps DECIMAL as REAL or INTEGER: its shortest text is the
+        # number that was stored. A float already at the column's scale is
+        # the double that text would give again: it goes on as it is.
+        if value.__class__ is float:
+            if -small < value < small and round(value, places) == value:
+                return value
+            return decimal.Decimal(repr(value))
+        if isinstance(value, int):
+            return decimal.Decimal(value)
+        try:
+            return decimal.Decimal(value.strip()) if isinstance(value, str) else value
+        except decimal.InvalidOperation:
+            return value
+    return convert
 
 
 def _to_bool(value):
@@ -231,9 +240,14 @@ def _to_bool(value):
 
 
 def _to_timestamp(value):
-    if isinstance(value, str):
-        parsed = _parse_timestamp(value)
-        return _naive_utc(parsed) if parsed is not None else value
+    if value.__class__ is str:
+        try:
+            parsed = datetime.datetime.fromisoformat(value)  # as SQLite keeps it
+        except ValueError:
+            parsed = _parse_timestamp(value)
+        if parsed is None:
+            return value
+        return _naive_utc(parsed) if parsed.tzinfo is not None else parsed
     return value
 
 
@@ -246,8 +260,7 @@ def _to_date(value):
     return value
 
 
-_SQLITE_CONVERT = {'decimal': _to_decimal, 'bool': _to_bool, 'timestamp': _to_timestamp,
-                   'date': _to_date}
+_SQLITE_CONVERT = {'bool': _to_bool, 'timestamp': _to_timestamp, 'date': _to_date}
 
 
 __all__ = ['Column', 'TypedRows', 'open_query_rows']
