@@ -30,7 +30,7 @@ from typing import List, Optional, Union
 
 import sources
 from export import (CHUNK_BYTES, FORMULA_TRIGGERS, LEADING_BLANKS, POSTGRES_FORMULA_PATTERN,
-                    CsvStream, RowEnds, escape_formula)
+                    CsvStream, LineStream, RowEnds, escape_formula)
 from sources import ReportSQLError, Source
 
 ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
@@ -335,18 +335,80 @@ def _mysql_cell(description, escape):
 @contextlib.contextmanager
 def _sqlite(source, conn, sql, params, escape, bom, limit):
     # The columns first (names, count), then one SELECT that prints each
-    # column in the canonical form, so rows go from the cursor to csv.writer
-    # untouched: per-cell Python would cost most of the export's time.
+    # column in the canonical form: per-cell Python would cost most of the
+    # export's time. Where the query's types are known, SQLite also joins
+    # each row into its CSV line (see _sqlite_lines).
     cursor = conn.cursor()
     header = [d[0] for d in describe(cursor, sql, params)]
     types = sqlite_column_types(source, sql)
     if types is None or len(types) != len(header):
         types = [None] * len(header)
     names = ', '.join('c%d' % i for i in range(len(header)))
+    with_q = 'WITH q(%s) AS (\n%s\n) SELECT ' % (names, sql)
+    if SQLITE_LINES and all(kind is not None and kind[0] in _LINE_KINDS for kind in types):
+        cursor.execute(with_q + _sqlite_lines(types, escape) + ' FROM q', params)
+        numbers = [i for i, kind in enumerate(types) if kind[0] == 'number']
+        yield LineStream(header, cursor, numbers, bom=bom, limit=limit)
+        return
     select = ', '.join('%s AS c%d' % (_sqlite_column('q.c%d' % i, kind, escape), i)
                        for i, kind in enumerate(types))
-    cursor.execute('WITH q(%s) AS (\n%s\n) SELECT %s FROM q' % (names, sql, select), params)
+    cursor.execute(with_q + select + ' FROM q', params)
     yield CsvStream(header, cursor, escape=False, chunk_rows=2000, bom=bom, limit=limit)
+
+
+# Lines built by SQLite where the types allow (tests turn it off to compare).
+SQLITE_LINES = True
+_LINE_KINDS = ('number', 'decimal', 'bool', 'date', 'timestamp', 'text')
+
+
+def _sqlite_lines(types, escape):
+    """The SELECT list giving each row as its CSV line, cells joined by
+    commas, then for each integer column the value when it is a float.
+
+    Quoting is left to Python for the rare line with a quote, CR or LF (its
+    commas still split it right). A row with a comma in a cell, or holding
+    what its column's type does not (SQLite keeps a float or text given to
+    an integer column), comes quoted here in full after a NUL (a plain line
+    never starts with one), a float's cell left empty: SQLite's printf
+    cannot write every float as Python does, so Python writes those, from
+    the values that follow the line (see export.LineStream)."""
+    plain, marked, odd, floats = [], [], [], []
+    for i, kind in enumerate(types):
+        x = 'q.c%d' % i
+        cell = _sqlite_column(x, kind, escape)
+        if kind[0] == 'number':
+            plain.append("ifnull(%s, '')" % x)
+            odd.append("typeof(%s) NOT IN ('integer', 'null')" % x)
+            marked.append("(CASE typeof(%s) WHEN 'real' THEN '' WHEN 'blob' THEN '\\x' || "
+                          "lower(hex(%s)) ELSE %s END)" % (x, x, _sqlite_quoted(x, x)))
+            floats.append("CASE WHEN typeof(%s) = 'real' THEN %s END" % (x, x))
+            continue
+        if kind[0] in ('decimal', 'bool'):
+            plain.append("ifnull(%s, '')" % cell)
+            marked.append(plain[-1])
+            continue
+        if kind[0] == 'text':
+            # NULL and '' are both an empty cell: no NULLIF needed here.
+            cell = sqlite_escape_sql(x) if escape else x
+        plain.append("ifnull(%s, '')" % cell)
+        odd.append("instr(%s, ',')" % x)
+        marked.append(_sqlite_quoted(x, cell))
+        if i == 0:
+            # unicode() and length() stop at a NUL; a blob's bytes do not.
+            odd.append("substr(CAST(%s AS BLOB), 1, 1) = x'00'" % x)
+    line = " || ',' || ".join(plain)
+    if len(plain) == 1:
+        line = "'' || %s" % line  # text, as a line of several cells is
+    return ', '.join(["CASE WHEN %s THEN char(0) || %s ELSE %s END" % (
+        ' OR '.join(odd), " || ',' || ".join(marked), line)] + floats)
+
+
+def _sqlite_quoted(x, cell):
+    """`cell` as csv.writer writes it: quoted when `x`, the value it prints,
+    holds a comma, quote, CR or LF (printing adds none of those)."""
+    return ("(CASE WHEN instr(%(x)s, ',') OR instr(%(x)s, '\"') OR instr(%(x)s, char(10)) OR "
+            "instr(%(x)s, char(13)) THEN '\"' || replace(%(c)s, '\"', '\"\"') || '\"' "
+            "ELSE ifnull(%(c)s, '') END)" % {'x': x, 'c': cell})
 
 
 _DIGITS2 = '[0-9][0-9]'
@@ -374,7 +436,9 @@ def _sqlite_column(x, kind, escape):
                 "%(x)s || 'T00:00:00.000000' ELSE NULLIF(%(x)s, '') END)"
                 % {'x': x, 'date': _SQLITE_DATE})
     if name == 'number':
-        return x
+        # SQLite keeps whatever it is given: bytes are printed as bytes are.
+        return ("(CASE WHEN typeof(%s) = 'blob' THEN '\\x' || lower(hex(%s)) ELSE %s END)"
+                % (x, x, x))
     if name == 'date':
         return "NULLIF(%s, '')" % x
     if name == 'text':
