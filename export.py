@@ -144,8 +144,10 @@ class LineStream:
     for Python to write, or None."""
 
     def __init__(self, header, cursor, float_columns=(), chunk_rows=2000, bom=False,
-                 limit=None):
+                 limit=None, final=False):
         self.header, self.cursor, self.float_columns = header, cursor, float_columns
+        # final: lines come quoted in full (MariaDB), nothing to look at.
+        self.final = final
         self.chunk_rows, self.bom, self.limit = chunk_rows, bom, limit
         self.rows = self.bytes = 0
         self.truncated = False
@@ -164,8 +166,12 @@ class LineStream:
                 wanted = min(wanted, self.limit - self.rows)
             batch = fetch(wanted) if wanted > 0 else []
             lines = [row[0] for row in batch]
+            if self.final and single:
+                lines = [line or '""' for line in lines]
             text = LINE_END.join(lines)
-            if single or '"' in text or '\r' in text or '\x00' in text \
+            if self.final:
+                pass
+            elif single or '"' in text or '\r' in text or '\x00' in text \
                     or text.count(LINE_END) != len(lines) - 1:
                 text = LINE_END.join([_line_text(row, single, self.float_columns)
                                       for row in batch])

@@ -24,14 +24,18 @@ import contextlib
 import datetime
 import decimal
 import functools
+import logging
 import os
 
 from typing import List, Optional, Union
 
+import mysqllines
 import sources
 from export import (CHUNK_BYTES, FORMULA_TRIGGERS, LEADING_BLANKS, POSTGRES_FORMULA_PATTERN,
                     CsvStream, LineStream, RowEnds, escape_formula)
 from sources import ReportSQLError, Source
+
+logger = logging.getLogger('nightshift.export')
 
 ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
 
@@ -78,7 +82,9 @@ class _Guarded:
     def __iter__(self):
         try:
             yield from self._stream
-            self.exhausted = True
+            # Cut at a row limit, the query still has rows: it is stopped,
+            # not read to its end.
+            self.exhausted = not getattr(self._stream, 'truncated', False)
         except self._errors as exc:
             raise sources.classify(self._source, exc,
                                    getattr(self._conn, 'deadline', None)) from exc
@@ -295,15 +301,57 @@ def _formatted(rows, cells):
         yield [cell(value) for cell, value in zip(cells, row)]
 
 
+# The server writes the CSV lines where it can (tests turn it off to compare).
+MYSQL_LINES = True
+# A statement the server stopped (time limit, killed) or a lost connection:
+# running it again cell by cell would only do the same.
+_MYSQL_NO_FALLBACK = {1317, 1927, 1969, 3024}
+
+
 @contextlib.contextmanager
 def _mysql(source, conn, sql, params, escape, bom, limit):
     import pymysql.cursors
+    # PyMySQL reads %-formats only when given parameters: a rewritten
+    # statement's doubled %% must always be read.
+    params = params if params is not None else ()
+    if MYSQL_LINES:
+        fields = _mysql_fields(conn, sql, params)
+        statement = fields and mysqllines.line_statement(sql, fields, escape)
+        if statement:
+            cursor = conn.cursor(pymysql.cursors.SSCursor)
+            try:
+                cursor.execute(statement, params)
+            except pymysql.err.MySQLError as exc:
+                code = exc.args[0] if exc.args else 0
+                if not isinstance(code, int) or code >= 2000 or code in _MYSQL_NO_FALLBACK:
+                    raise
+                logger.info('export: the server refused the statement written as CSV lines '
+                            '(%s); reading its cells instead', exc)
+            else:
+                yield LineStream([f.name for f in fields], cursor, final=True, bom=bom,
+                                 limit=limit)
+                return
     cursor = conn.cursor(pymysql.cursors.SSCursor)
     cursor.execute(sql, params)
     header = [d[0] for d in cursor.description]
     cells = [_mysql_cell(d, escape) for d in cursor.description]
     yield CsvStream(header, _formatted(_fetching(cursor), cells), escape=False,
                     chunk_rows=2000, bom=bom, limit=limit)
+
+
+def _mysql_fields(conn, sql, params):
+    """PyMySQL's fields (type, charset) of the query's columns, no row read;
+    None when the query cannot be looked at so (two columns of one name)."""
+    import pymysql
+    cursor = conn.cursor()
+    try:
+        cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
+        cursor.fetchall()
+        return list(cursor._result.fields)
+    except pymysql.err.MySQLError:
+        return None
+    finally:
+        cursor.close()
 
 
 def _fetching(cursor, size=2000):
