@@ -192,6 +192,8 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
+        if 'timezone' in body and not isinstance(body['timezone'], str):
+            raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
                               body.get('to'), trigger=Trigger.WEB,
                               timezone=body.get('timezone'), **options)
@@ -292,7 +294,7 @@ def install_schedules(app, settings, registry, enqueue):
         url = '/api/schedules/%s' % schedule.name
         return schedule_response(201, schedule, {'Location': url})
 
-    @app.post('/api/schedules/preview')
+    @app.post('/api/schedule-preview')
     def preview_schedule():
         # The schedule form asks while the user types: the next slot and the
         # values its relative dates will have then.

@@ -208,7 +208,7 @@ def build_spec(registry):
         'responses': dict(common, **{
             '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
             '400': bad, '404': not_found})}}
-    paths['/api/schedules/preview'] = {'post': {
+    paths['/api/schedule-preview'] = {'post': {
         'summary': "a schedule's next slot and the values its relative dates take then",
         'requestBody': {'required': True, 'content': _json(_ref('PreviewInput'))},
         'responses': dict(common, **{

@@ -287,14 +287,17 @@ def preview(registry, settings, data, now):
         raise InputError(unknown[0], 'unknown field; expected %s' % ', '.join(PREVIEW_FIELDS),
                          code='unknown_field')
     definition = find_report(registry, data.get('report'))
-    raw = data.get('params') or {}
+    raw = data.get('params', {})
     if not isinstance(raw, dict):
         raise InputError('params', 'must be an object of parameter values')
     try:
         expression = cron.check_cron(data.get('cron'))
     except ValueError as exc:
         raise InputError('cron', str(exc))
-    name = data.get('timezone') or settings.timezone
+    name = data.get('timezone', '')
+    if not isinstance(name, str):
+        raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+    name = name or settings.timezone  # as a schedule without one
     zone = check_zone(name)
     slot = cron.next_slot(expression, zone, now)
     if slot is None:

@@ -70,6 +70,8 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
     (default: the timezone setting) at naive UTC `at` (a schedule's slot;
     default: now): every attempt of the run uses the same values."""
     definition = find_report(registry, report)
+    if timezone is not None and not isinstance(timezone, str):
+        raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
     timezone = timezone or settings.timezone
     params, asked = reldates.resolve_params(definition.params, params,
                                             reldates.check_zone(timezone), at or utcnow())

@@ -1,6 +1,6 @@
 // Relative dates on the page: while a schedule is written, show the next
 // slot and the values its parameters will have then (POST
-// /api/schedules/preview, the server's own resolution, never a copy of it).
+// /api/schedule-preview, the server's own resolution, never a copy of it).
 (function () {
   'use strict';
 
@@ -51,7 +51,7 @@
     var ticket = ++asked;
     var body = {report: report.value, params: params(), cron: cron.value.trim(),
                 timezone: zone ? zone.value.trim() : ''};
-    fetch('/api/schedules/preview', {
+    fetch('/api/schedule-preview', {
       method: 'POST', credentials: 'same-origin',
       headers: {'Accept': 'application/json', 'Content-Type': 'application/json'},
       body: JSON.stringify(body)

@@ -327,6 +327,8 @@ def test_an_on_demand_run_resolves_in_the_zone_it_is_given(app, database):
     ({'params': {'since': 'today - 3000 years'}}, 'params.since'),
     ({'timezone': 'Europe/Atlantis'}, 'timezone'),
     ({'timezone': 7}, 'timezone'),
+    ({'timezone': {}}, 'timezone'),
+    ({'timezone': None}, 'timezone'),
 ])
 def test_bad_relative_dates_are_400_naming_the_field(app, database, body, field):
     res = app.post_json('/api/runs', dict({'report': 'orders', 'to': ['a@example.org']}, **body),
@@ -361,7 +363,7 @@ def test_schedules_show_their_next_slots_values_and_preview_them(app, database):
     assert app.get('/api/schedules').json['schedules'][0]['next_slot_params'] == \
         shown['next_slot_params']
     # The form's preview, for a schedule not saved yet.
-    preview = app.post_json('/api/schedules/preview', {
+    preview = app.post_json('/api/schedule-preview', {
         'report': 'orders', 'cron': '0 7 * * *', 'timezone': 'Europe/Lisbon',
         'params': {'since': 'yesterday', 'until': 'today', 'status': 'paid'}}).json
     assert preview['slot_at'] == shown['next_run_at']
@@ -377,10 +379,13 @@ def test_schedules_show_their_next_slots_values_and_preview_them(app, database):
     ({'params': {'colour': 'red'}}, 'params.colour'),
     ({'report': 'nope'}, 'report'),
     ({'to': ['a@example.org']}, 'to'),
+    ({'timezone': {}}, 'timezone'),
+    ({'timezone': None}, 'timezone'),
+    ({'params': None}, 'params'),
 ])
 def test_a_preview_of_bad_input_names_the_field(app, database, body, field):
     good = {'report': 'orders', 'cron': '@daily', 'timezone': 'UTC', 'params': {}}
-    res = app.post_json('/api/schedules/preview', dict(good, **body), expect_errors=True)
+    res = app.post_json('/api/schedule-preview', dict(good, **body), expect_errors=True)
     assert res.status_int in (400, 404) and res.json['field'] == field
 
 
@@ -421,3 +426,14 @@ def test_a_postgres_timestamptz_column_compares_with_the_bound_utc_value(
         assert ids_in(sent['message']) == [1, 3]
     finally:
         database.execute_sql('DROP TABLE tz_event')
+
+
+def test_run_now_on_a_schedule_resolves_in_the_schedules_timezone(app, database):
+    app.post_json('/api/schedules', {
+        'name': 'sp', 'report': 'orders', 'to': ['a@example.org'], 'cron': '@daily',
+        'timezone': 'America/Sao_Paulo', 'params': {'since': 'start of this month'}})
+    res = app.post_json('/api/schedules/sp/run', {})
+    run = Run.get_by_id(res.json['id'])
+    today = reldates.local_today(SAO_PAULO, run.created_at)
+    assert (run.params['since'], run.asked_params, run.params_timezone) == (
+        str(today.replace(day=1)), {'since': 'start of this month'}, 'America/Sao_Paulo')
