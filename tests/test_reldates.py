@@ -5,6 +5,9 @@ SQLite and on PostgreSQL (the `database` fixture)."""
 import csv
 import datetime
 import io
+import os
+import subprocess
+import sys
 from datetime import date as d, datetime as dt, timedelta
 from zoneinfo import ZoneInfo
 
@@ -14,7 +17,7 @@ import demo
 import reldates
 import runs
 import schedules
-from conftest import attachment, demo_catalogue
+from conftest import ROOT, attachment, demo_catalogue
 from models import Delivery, Run, Schedule, db_now
 from params import Param
 from reports import Catalogue, Registry
@@ -437,3 +440,17 @@ def test_run_now_on_a_schedule_resolves_in_the_schedules_timezone(app, database)
     today = reldates.local_today(SAO_PAULO, run.created_at)
     assert (run.params['since'], run.asked_params, run.params_timezone) == (
         str(today.replace(day=1)), {'since': 'start of this month'}, 'America/Sao_Paulo')
+
+
+def test_the_command_line_export_takes_relative_dates(app, consumer_env, tmp_path):
+    demo.seed(customers=20, orders=700)
+    out = tmp_path / 'last-year.csv'
+    done = subprocess.run([sys.executable, 'scripts/export.py', 'orders', '-p',
+                           'since=start of last year', '-p', 'until=start of this year',
+                           '-o', str(out)], cwd=ROOT, env=dict(os.environ, **consumer_env),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    year = reldates.local_today(datetime.timezone.utc, schedules.utcnow()).year
+    fixed = app.get('/reports/orders.csv', {'since': '%d-01-01' % (year - 1),
+                                            'until': '%d-01-01' % year}).body
+    assert out.read_bytes() == fixed and fixed.count(b'\n') > 1
