@@ -1,8 +1,56 @@
-// Relative dates on the page: while a schedule is written, show the next
-// slot and the values its parameters will have then (POST
-// /api/schedule-preview, the server's own resolution, never a copy of it).
+// Relative dates on the page: a report card's date field shows what its
+// relative date is now; while a schedule is written, the next slot and the
+// values its parameters will have then (POST /api/schedule-preview). The
+// server resolves them; this script never works dates out itself.
 (function () {
   'use strict';
+
+  // Report cards: beside a date field holding a relative date, the value it
+  // has now (the server's answer to the download check).
+  var FIXED = /^\d{4}-\d{2}-\d{2}/;
+
+  function hintFor(input) {
+    var id = input.id + '-resolved';
+    var hint = document.getElementById(id);
+    if (!hint) {
+      hint = document.createElement('p');
+      hint.className = 'help resolved';
+      hint.id = id;
+      hint.setAttribute('aria-live', 'polite');
+      input.insertAdjacentElement('afterend', hint);
+    }
+    return hint;
+  }
+
+  function resolveCard(card) {
+    var fields = card.querySelectorAll('input[list="reldates-choices"]');
+    var query = new URLSearchParams();
+    card.querySelectorAll('[data-field^="params."]').forEach(function (el) {
+      if (el.value !== '') { query.append(el.getAttribute('data-field').slice(7), el.value); }
+    });
+    var report = card.getAttribute('data-report');
+    fetch('/api/reports/' + encodeURIComponent(report) + '/check?' + query.toString(),
+          {credentials: 'same-origin', headers: {'Accept': 'application/json'}})
+      .then(function (res) { return res.ok ? res.json() : null; })
+      .then(function (data) {
+        fields.forEach(function (input) {
+          var name = input.getAttribute('data-field').slice(7);
+          var relative = input.value.trim() !== '' && !FIXED.test(input.value.trim());
+          var value = data && relative ? data.params[name] : null;
+          hintFor(input).textContent = value
+            ? '= ' + value + (value.length > 10 ? ' UTC' : '') + ' now' : '';
+        });
+      }, function () { /* typing again tries again */ });
+  }
+
+  document.querySelectorAll('form.report-form').forEach(function (card) {
+    var wait = null;
+    card.addEventListener('input', function (event) {
+      if (!event.target.matches('input[list="reldates-choices"]')) { return; }
+      clearTimeout(wait);
+      wait = setTimeout(function () { resolveCard(card); }, 300);
+    });
+  });
 
   var form = document.getElementById('schedule-form');
   var box = document.getElementById('s-preview');

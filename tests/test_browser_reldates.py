@@ -48,6 +48,11 @@ def test_relative_dates_on_the_page_from_field_to_email(page, live, smtp_sink,  
     # An on-demand run resolves now, in the timezone setting (UTC here).
     since.fill('start of this year')
     card.get_by_label('Until').fill('today + 1 day')
+    # Beside each relative field: what it is now.
+    year = reldates.local_today(datetime.timezone.utc, schedules.utcnow()).year
+    expect(page.locator('#r-orders-since-resolved')).to_have_text('= %d-01-01 now' % year)
+    expect(page.locator('#r-orders-until-resolved')).to_have_text(
+        re.compile(r'= \d{4}-\d{2}-\d{2} now'))
     card.get_by_role('button', name='Email it').click()
     status = card.locator('.form-status')
     expect(status).to_contain_text('queued')
