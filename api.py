@@ -14,6 +14,7 @@ import reldates
 import runs
 import runviews
 import schedules
+import slotparams
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
 from guards import error_response, forget_connection, json_response
@@ -299,7 +300,7 @@ def install_schedules(app, settings, registry, enqueue):
         # The schedule form asks while the user types: the next slot and the
         # values its relative dates will have then.
         body = read_json_body(settings.max_body_bytes)
-        return json_response(200, reldates.preview(registry, settings, body, utcnow()))
+        return json_response(200, slotparams.preview(registry, settings, body, utcnow()))
 
     @app.get('/api/schedules/<name>')
     def get_schedule(name):

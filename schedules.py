@@ -15,6 +15,7 @@ from peewee import IntegrityError, fn
 import cron
 import reldates
 import runs
+import slotparams
 from errors import Conflict
 from models import Run, Schedule, db, utcnow
 from params import InputError
@@ -355,7 +356,7 @@ def schedule_as_dict(schedule, now, registry=None):
         'managed_by': schedule.managed_by,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
-        'next_slot_params': reldates.slot_params(registry, schedule, upcoming)
+        'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)
         if registry is not None else None,
         'last_run': None if last is None else {
             'id': last.id, 'status': last.status, 'trigger': last.trigger,
