@@ -409,6 +409,7 @@ def test_a_postgres_timestamptz_column_compares_with_the_bound_utc_value(
         make_jobs, database, smtp_sink):
     """The bound value is a naive UTC timestamp; source sessions run in UTC,
     so a `timestamptz` column compares with it at the right instant."""
+    database.execute_sql('DROP TABLE IF EXISTS tz_event')
     database.execute_sql('CREATE TABLE tz_event (id int PRIMARY KEY, at timestamptz)')
     try:
         # Event 2 is 00:30 on the 31st in Lisbon, 23:30 UTC on the 30th: the
@@ -454,3 +455,77 @@ def test_the_command_line_export_takes_relative_dates(app, consumer_env, tmp_pat
     fixed = app.get('/reports/orders.csv', {'since': '%d-01-01' % (year - 1),
                                             'until': '%d-01-01' % year}).body
     assert out.read_bytes() == fixed and fixed.count(b'\n') > 1
+
+
+# --- the bound value on each engine --------------------------------------------
+
+EVENTS = [(1, '2025-03-29 23:59:59'), (2, '2025-03-30 00:00:00'), (3, '2025-03-30 22:59:59'),
+          (4, '2025-03-30 23:00:00')]  # UTC; Lisbon's 30 March is [00:00, 23:00) UTC
+EVENT_DDL = {
+    'sqlite': 'CREATE TABLE tz_event (id INTEGER PRIMARY KEY, at TEXT, stamp TEXT)',
+    'postgres': 'CREATE TABLE tz_event (id int PRIMARY KEY, at timestamp, stamp timestamptz)',
+    'mysql': 'CREATE TABLE tz_event (id int PRIMARY KEY, at DATETIME, stamp TIMESTAMP NULL)',
+}
+
+
+def _event_source(engine, url, fill=True):
+    """A source holding tz_event, `at` and `stamp` both the UTC instants above
+    (with fill=False: the table dropped again)."""
+    import sources
+    if engine == 'sqlite':
+        import sqlite3
+        conn = sqlite3.connect(url[len('sqlite:///'):])
+        marker = '?'
+    elif engine == 'postgres':
+        import psycopg
+        conn = psycopg.connect(url)
+        conn.execute("SET TimeZone = 'America/Sao_Paulo'")  # literals carry their zone
+        marker = '%s'
+    else:
+        import pymysql
+        import urllib.parse
+        parts = urllib.parse.urlsplit(url)
+        conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306,
+                               user=parts.username or 'root', password=parts.password or '',
+                               database=parts.path.lstrip('/'))
+        marker = '%s'
+    cursor = conn.cursor()
+    cursor.execute('DROP TABLE IF EXISTS tz_event')
+    if not fill:
+        conn.commit()
+        conn.close()
+        return None
+    cursor.execute(EVENT_DDL[engine])
+    if engine == 'mysql':
+        cursor.execute("SET time_zone = '+00:00'")
+    zone = '+00' if engine == 'postgres' else ''
+    cursor.executemany('INSERT INTO tz_event VALUES (%s, %s, %s)' % ((marker,) * 3),
+                       [(i, at, at + zone) for i, at in EVENTS])
+    conn.commit()
+    conn.close()
+    return sources.Source(engine, url, 10)
+
+
+@pytest.mark.parametrize('engine', ['sqlite', 'postgres', 'mysql'])
+@pytest.mark.parametrize('column', ['at', 'stamp'])
+def test_yesterday_in_lisbon_selects_the_same_rows_on_every_engine(
+        engine, column, tmp_path, request):
+    import sqlexport
+    url = {'sqlite': lambda: 'sqlite:///%s' % (tmp_path / 'events.db'),
+           'postgres': lambda: request.getfixturevalue('postgres_url'),
+           'mysql': lambda: request.getfixturevalue('mariadb_url')}[engine]()
+    source = _event_source(engine, url)
+    registry = Registry()
+    registry.report('events', 'Events', params=[Param('since', 'datetime'),
+                                                Param('until', 'datetime')])(
+        lambda since, until: 'SELECT id FROM tz_event WHERE %s >= :since AND %s < :until '
+                             'ORDER BY id' % (column, column))
+    definition = registry.get('events')
+    values, _ = reldates.resolve_params(definition.params, {'since': 'yesterday', 'until': 'today'},
+                                        LISBON, dt(2025, 3, 31, 6))
+    sql, params = definition.statement(engine, definition.parse(values))
+    try:
+        with sqlexport.open_query_csv(source, sql, params) as stream:
+            assert b''.join(stream).split() == [b'id', b'2', b'3']
+    finally:
+        _event_source(engine, url, fill=False)
