@@ -529,3 +529,46 @@ def test_yesterday_in_lisbon_selects_the_same_rows_on_every_engine(
             assert b''.join(stream).split() == [b'id', b'2', b'3']
     finally:
         _event_source(engine, url, fill=False)
+
+
+# --- config.ini schedules ----------------------------------------------------------
+
+def start_with_config(make_settings, service_env, tmp_path, section):
+    from settings import load_settings
+    from tasks import Jobs
+    base = make_settings(service_env)
+    path = tmp_path / 'reldates.ini'
+    lines = ['[nightshift]'] + ['%s = %s' % (k, getattr(base, k))
+                               for k in ('reports_dir', 'queue_path', 'outbox_dir',
+                                         'report_paths')]
+    path.write_text('\n'.join(lines) + '\n' + section)
+    jobs = Jobs(load_settings(path, environ=service_env))
+    jobs.startup()
+    return jobs
+
+
+CONFIG = '''
+[schedule:weekly]
+report = orders
+param.since = -7D
+param.until = today
+to = a@example.org
+cron = 0 6 * * 1
+timezone = Europe/Lisbon
+'''
+
+
+def test_config_schedules_take_relative_dates(make_settings, service_env, tmp_path, database):
+    from settings import SettingsError
+    jobs = start_with_config(make_settings, service_env, tmp_path, CONFIG)
+    schedule = Schedule.get(Schedule.name == 'weekly')
+    assert schedule.params == {'since': 'today - 7 days', 'until': 'today', 'status': None}
+    slot, local = schedules.next_run(schedule, schedule.checked_through)  # a Monday, 06:00
+    [run] = jobs.tick(slot + timedelta(seconds=2))
+    monday = local.date()
+    assert Run.get_by_id(run.id).params == {'since': str(monday - timedelta(days=7)),
+                                            'until': str(monday), 'status': None}
+    with pytest.raises(SettingsError) as info:
+        start_with_config(make_settings, service_env, tmp_path,
+                          CONFIG.replace('-7D', 'a week ago'))
+    assert '[schedule:weekly] params.since' in str(info.value)
