@@ -10,9 +10,11 @@ import logging
 from bottle import HTTPResponse, request, response
 
 import links
+import reldates
 import runs
 import runviews
 import schedules
+import slotparams
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
 from guards import error_response, forget_connection, json_response
@@ -124,6 +126,9 @@ def install_downloads(app, settings, registry, slots):
             raise InputError('escape_formulas', 'false needs the header %s: 1 or a Bearer '
                              'token, so that a link alone cannot turn escaping off'
                              % RAW_HEADER)
+        # Relative dates: now, in the timezone setting.
+        raw, _ = reldates.resolve_params(definition.params, raw,
+                                         reldates.check_zone(settings.timezone), utcnow())
         return definition, definition.parse(raw), options
 
     @app.get('/api/reports/<name>/check')
@@ -181,15 +186,18 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to'} - set(OUTPUT_OPTIONS)
+        unknown = set(body) - {'report', 'params', 'to', 'timezone'} - set(OUTPUT_OPTIONS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, escape_formulas, bom', code='unknown_field')
+                             'to, timezone, escape_formulas, bom', code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
+        if 'timezone' in body and not isinstance(body['timezone'], str):
+            raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
-                              body.get('to'), trigger=Trigger.WEB, **options)
+                              body.get('to'), trigger=Trigger.WEB,
+                              timezone=body.get('timezone'), **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -270,13 +278,14 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
 
 def install_schedules(app, settings, registry, enqueue):
     def schedule_response(status, schedule, headers=None):
-        return json_response(status, schedules.schedule_as_dict(schedule, utcnow()), headers)
+        return json_response(status, schedules.schedule_as_dict(schedule, utcnow(), registry),
+                             headers)
 
     @app.get('/api/schedules')
     def list_schedules():
         now = utcnow()
         return json_response(200, {'schedules': [
-            schedules.schedule_as_dict(s, now)
+            schedules.schedule_as_dict(s, now, registry)
             for s in schedules.with_last_runs(Schedule.select().order_by(Schedule.name))]})
 
     @app.post('/api/schedules')
@@ -285,6 +294,13 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = schedules.create_schedule(registry, settings, body, utcnow())
         url = '/api/schedules/%s' % schedule.name
         return schedule_response(201, schedule, {'Location': url})
+
+    @app.post('/api/schedule-preview')
+    def preview_schedule():
+        # The schedule form asks while the user types: the next slot and the
+        # values its relative dates will have then.
+        body = read_json_body(settings.max_body_bytes)
+        return json_response(200, slotparams.preview(registry, settings, body, utcnow()))
 
     @app.get('/api/schedules/<name>')
     def get_schedule(name):
@@ -316,4 +332,4 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = find_schedule(name)
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
-                                       schedule=schedule.name))
+                                       schedule=schedule.name, timezone=schedule.timezone))

@@ -144,6 +144,8 @@ MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (3, 'runs record the relative dates asked for and their timezone',
+     add_columns('Run', 'asked_params', 'params_timezone')),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 
 from peewee import Case, PostgresqlDatabase, fn
 
+import reldates
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
 from mail import MailError, check_address
@@ -61,9 +62,19 @@ def parse_recipients(to, settings):
 def create_run(registry, settings, report: str, params: Optional[dict] = None,
                to: Optional[list] = None, *, trigger: Trigger = Trigger.WEB,
                schedule: Optional[str] = None, slot_at: Optional[datetime.datetime] = None,
-               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None) -> Run:
-    """Validate a request and record it as a queued run (one transaction)."""
+               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None,
+               timezone: Optional[str] = None, at: Optional[datetime.datetime] = None) -> Run:
+    """Validate a request and record it as a queued run (one transaction).
+
+    Relative dates in `params` are resolved here, once, in `timezone`
+    (default: the timezone setting) at naive UTC `at` (a schedule's slot;
+    default: now): every attempt of the run uses the same values."""
     definition = find_report(registry, report)
+    if timezone is not None and not isinstance(timezone, str):
+        raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+    timezone = timezone or settings.timezone
+    params, asked = reldates.resolve_params(definition.params, params,
+                                            reldates.check_zone(timezone), at or utcnow())
     typed = definition.parse(params)
     recipients = parse_recipients(to, settings)
     with db.atomic():
@@ -71,7 +82,8 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
-                         bom=settings.csv_bom if bom is None else bom)
+                         bom=settings.csv_bom if bom is None else bom,
+                         asked_params=asked or None, params_timezone=timezone if asked else None)
         for address in recipients:
             Delivery.create(run=run, address=address)
     return run

@@ -22,6 +22,9 @@ def run_as_dict(run, deliveries=None):
         'id': run.id,
         'report': run.report,
         'params': run.params,
+        # The relative dates asked for; `params` holds what they resolved to.
+        'asked_params': run.asked_params or {},
+        'params_timezone': run.params_timezone,
         'to': run.recipients,
         'status': run.status,
         'rows': run.rows,

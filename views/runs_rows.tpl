@@ -24,6 +24,7 @@
     % elif run.recipients:
     <small>to {{', '.join(run.recipients)}}</small>
     % end
+    % include('reldates_run_params', run=run)
   </td>
   <td data-label="File">
     % if ready:
