@@ -24,6 +24,7 @@
     % elif run.recipients:
     <small>to {{', '.join(run.recipients)}}</small>
     % end
+    % include('control_run_actions.tpl', run=run)
   </td>
   <td data-label="File">
     % if ready:
