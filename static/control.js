@@ -47,7 +47,7 @@
   document.addEventListener('click', function (event) {
     var button = event.target.closest('button[data-control]');
     if (!button) { return; }
-    var id = button.getAttribute('data-run');
+    var id = button.getAttribute('data-control-run');
     var action = button.getAttribute('data-control');
     if (action === 'cancel' && !window.confirm('Cancel run #' + id + '? Nothing will be sent.')) {
       return;
@@ -69,7 +69,7 @@
     var form = event.target.closest('form.backfill-form');
     if (!form) { return; }
     event.preventDefault();
-    var name = form.getAttribute('data-schedule');
+    var name = form.getAttribute('data-backfill');
     var body = {from: form.elements.from.value, to: form.elements.to.value};
     var button = form.querySelector('button');
     button.disabled = true;

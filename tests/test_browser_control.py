@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 @ON_POSTGRES
-def test_cancel_rerun_and_backfill_from_the_page(page, live, smtp_sink):
+def test_cancel_rerun_and_backfill_from_the_page(page, live, smtp_sink):  # noqa: F811
     from playwright.sync_api import expect
     page.on('dialog', lambda dialog: dialog.accept())  # "Cancel run #1?"
     card = page.locator('#report-customers')

@@ -6,7 +6,7 @@
 <br><small>downloaded by {{run.requested_by}}</small>
 % end
 % if run.trigger != 'download' and run.status in ('queued', 'running'):
-<br><button type="button" data-control="cancel" data-run="{{run.id}}" id="run-{{run.id}}-cancel">Cancel<span class="visually-hidden"> run {{run.id}}</span></button>
+<br><button type="button" data-control="cancel" data-control-run="{{run.id}}" id="run-{{run.id}}-cancel">Cancel<span class="visually-hidden"> run {{run.id}}</span></button>
 % elif run.trigger != 'download' and run.status in ('failed', 'cancelled'):
-<br><button type="button" data-control="rerun" data-run="{{run.id}}" id="run-{{run.id}}-rerun">Re-run<span class="visually-hidden"> run {{run.id}}</span></button>
+<br><button type="button" data-control="rerun" data-control-run="{{run.id}}" id="run-{{run.id}}-rerun">Re-run<span class="visually-hidden"> run {{run.id}}</span></button>
 % end
