@@ -46,15 +46,21 @@ def cancel_run(settings, store, run_id, by=None, now=None) -> Run:
     now = now or utcnow()
     run = find_run(run_id)
     reason = 'cancelled by %s' % by if by else 'cancelled'
+    was = None
     with db.atomic():
         # The status moves first: the UPDATE takes the run's row, so a worker
         # marking its recipients "sending" (delivery.deliver does that in one
         # transaction with a fenced write to the same row) has either
         # committed before (seen just below) or will find the run not its own.
-        changed = (Run.update(status=RunStatus.CANCELLED, finished_at=now, error=reason,
-                              next_attempt_at=None)
-                   .where(Run.id == run_id, Run.status.in_(CANCELLABLE)).execute())
-        if changed:
+        # One status at a time, to know which it was: a worker may have
+        # claimed the run since it was read.
+        for status in CANCELLABLE:
+            if (Run.update(status=RunStatus.CANCELLED, finished_at=now, error=reason,
+                           next_attempt_at=None)
+                    .where(Run.id == run_id, Run.status == status).execute()):
+                was = status
+                break
+        if was is not None:
             sending = (Delivery.select()
                        .where(Delivery.run == run_id, Delivery.status.in_(STARTED_SENDING))
                        .exists())
@@ -63,14 +69,14 @@ def cancel_run(settings, store, run_id, by=None, now=None) -> Run:
                 raise Conflict('run %d is sending its mail or has sent it to some '
                                'recipients; it can no longer be cancelled' % run_id, 'id',
                                code='already_sending')
-    if not changed:
+    if was is None:
         status = Run.select(Run.status).where(Run.id == run_id).scalar()
         raise Conflict('run %d is %s; only a queued or running run can be cancelled'
                        % (run_id, status), 'id', code='not_cancellable')
-    if run.status == RunStatus.QUEUED:
+    if was == RunStatus.QUEUED:
         # No worker holds it: whatever an earlier attempt left goes now.
         discard_files(settings, store, run_id)
-    logger.info('run %d (%s) %s', run_id, run.report, reason)
+    logger.info('run %d (%s, %s) %s', run_id, run.report, was, reason)
     return Run.get_by_id(run_id)
 
 
