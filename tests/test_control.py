@@ -297,3 +297,25 @@ def test_the_command_line_cancels_reruns_and_backfills(app, jobs, consumer_env):
     run_queued(jobs)  # the cancelled run's task (which does nothing), and the three new
     assert [r.status for r in Run.select().order_by(Run.id)] == \
         ['cancelled', 'delivered', 'delivered', 'delivered']
+
+
+def test_a_run_cancelled_after_its_file_was_made_sends_nothing_and_keeps_nothing(
+        app, jobs, smtp_sink):
+    import delivery
+    import runfiles
+    from errors import LostOwnership
+    run_id = app.post_json('/api/runs', {'report': 'customers',
+                                         'to': ['a@example.org']}).json['id']
+    attempt = runs.claim(run_id)
+    path = runfiles.prepare_file(jobs.registry, jobs.settings, jobs.store, attempt)
+    key = Run.get_by_id(run_id).file_key
+    assert key and os.path.exists(path)
+    assert app.post_json('/api/runs/%d/cancel' % run_id, {}).json['status'] == 'cancelled'
+    with pytest.raises(LostOwnership):  # marking the recipient "sending" is fenced
+        delivery.deliver(attempt, 'Customers', path, jobs.settings, jobs.mailer, seconds=1)
+    assert smtp_sink.messages == []
+    assert Delivery.get().status == DeliveryStatus.PENDING
+    runfiles.discard_files(jobs.settings, jobs.store, run_id)  # what its worker does next
+    assert Run.get_by_id(run_id).file_key is None and not os.path.exists(path)
+    with pytest.raises(FileNotFoundError):
+        jobs.store.open_chunks(key)
