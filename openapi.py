@@ -238,7 +238,7 @@ def build_spec(registry):
             '200': {'description': 'the runs created and the slots skipped, with why',
                     'content': _json({'type': 'object',
                                       'required': ['created', 'skipped']})},
-            '400': bad, '404': not_found})}}
+            '400': bad, '404': not_found, '413': too_large, '415': not_json})}}
     for report in registry:
         parameters = [{'name': p.name, 'in': 'query', 'required': p.required,
                        'description': p.help, 'schema': _param_schema(p)}
