@@ -9,6 +9,8 @@ import logging
 
 from bottle import HTTPResponse, request, response
 
+import controlapi
+import history
 import links
 import reldates
 import runs
@@ -77,6 +79,7 @@ def install_api(app, settings, jobs, registry):
     install_downloads(app, settings, registry, slots)
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
+    controlapi.install_control(app, settings, jobs, registry, enqueue)
 
 
 def install_health(app, settings, jobs, registry, queue_log):
@@ -159,26 +162,37 @@ def install_downloads(app, settings, registry, slots):
         definition, typed, options = download_request(name)
         held = slots.take()
         download_headers(name)
-        return held.wrap(stream_csv(definition, typed,
-                                    escape=options.get('escape_formulas',
-                                                       definition.escape_formulas),
-                                    bom=options.get('bom', settings.csv_bom)))
+        escape = options.get('escape_formulas', definition.escape_formulas)
+        bom = options.get('bom', settings.csv_bom)
+        # Recorded in the run history (trigger download): an insert now, an update at the end.
+        record = history.DownloadRecord.start(definition, typed, escape, bom,
+                                              history.who(settings))
+        return held.wrap(stream_csv(definition, typed, escape=escape, bom=bom, record=record))
 
-    def stream_csv(definition, typed, escape, bom):
+    def stream_csv(definition, typed, escape, bom, record=None):
         # Bottle reads the first chunk before it sends headers, so a report
         # that fails before anything was written still becomes a clean JSON
         # error: the report's own (422) or its source's (503).
         started = False
+        stream = None
         try:
             with open_report(definition, settings, typed, escape, bom) as stream, \
                     contextlib.closing(iter(stream)) as chunks:
                 for chunk in chunks:
                     started = True
                     yield chunk
+            if record is not None:
+                record.end(stream)
         except (ReportSQLError, SourceUnavailable, UnknownSource) as exc:
+            error = report_error(definition, exc)
+            if record is not None:
+                record.end(stream, error.message)
             if started:
                 raise
-            yield error_response(report_error(definition, exc))
+            yield error_response(error)
+        finally:
+            if record is not None:
+                record.stopped(stream)
 
 
 def install_runs(app, settings, jobs, registry, slots, queue_log):

@@ -233,6 +233,29 @@ def build_spec(registry):
             {'name': 'sig', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
         'responses': {'200': file_ok,
                       '403': _error('not valid or expired'), '404': _error('no longer kept')}}}
+    id_param = {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}
+    paths['/api/runs/{id}/cancel'] = {'post': {
+        'summary': 'cancel a queued or running run before its mail goes out',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '200': {'description': 'the cancelled run', 'content': _json(_ref('Run'))},
+            '404': _error('no such run'),
+            '409': _error('the run is over, or sending its mail')})}}
+    paths['/api/runs/{id}/rerun'] = {'post': {
+        'summary': 'a failed or cancelled run again, as a new run (rerun_of)',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': _error('no such run'),
+            '409': _error('the run is not failed or cancelled')})}}
+    paths['/api/schedules/{name}/backfill'] = {'post': {
+        'summary': "one run per past slot of the schedule in a range of days",
+        'parameters': [name_param], 'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['from', 'to'],
+            'properties': {'from': {'type': 'string'}, 'to': {'type': 'string'}}})},
+        'responses': dict(common, **{
+            '200': {'description': 'the runs created and the slots skipped, with why',
+                    'content': _json({'type': 'object',
+                                      'required': ['created', 'skipped']})},
+            '400': bad, '404': not_found, '413': too_large, '415': not_json})}}
     for report in registry:
         parameters = [{'name': p.name, 'in': 'query', 'required': p.required,
                        'description': p.help, 'schema': _param_schema(p)}

@@ -23,8 +23,8 @@ from mail import MailError, check_address
 from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
-from runfiles import drop_working_copy, prepare_file, remove_work_files
-from vocab import TERMINAL, DeliveryStatus, Ending, RunStatus, Trigger
+from runfiles import discard_files, drop_working_copy, prepare_file, remove_work_files
+from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
 logger = logging.getLogger('nightshift.runs')
@@ -93,7 +93,7 @@ def mark_failed(run_id, reason, now=None):
     """Record a run that is not in a worker's hands as failed for good (its
     task could not be queued, or the reaper gave up). True if it changed."""
     return bool(Run.update(status=RunStatus.FAILED, error=reason, finished_at=now or utcnow())
-                .where(Run.id == run_id, Run.status.not_in(TERMINAL)).execute())
+                .where(Run.id == run_id, Run.status.not_in(FINAL)).execute())
 
 
 def record_wait(run_id, next_attempt_at):
@@ -146,7 +146,9 @@ def claim(run_id, now=None, report=None, limit=None):
                 db.execute_sql('SELECT pg_advisory_xact_lock(%s)', (_report_lock_key(report),))
             busy = Run.alias('busy')
             in_progress = (busy.select(fn.COUNT(busy.id))
-                           .where((busy.report == report) & (busy.status == RunStatus.RUNNING)))
+                           .where((busy.report == report) & (busy.status == RunStatus.RUNNING)
+                                  # A download streams in the web server, not a worker.
+                                  & (busy.trigger != Trigger.DOWNLOAD)))
             condition &= (in_progress < limit)
         now = now or db_now()
         if not (Run.update(status=RunStatus.RUNNING, attempts=Run.attempts + 1, started_at=now,
@@ -224,8 +226,9 @@ class Heartbeat:
                 try:
                     if not Run.update(values).where(self.attempt.owned()).execute():
                         self.lost = True
-                        logger.warning('run %d: attempt %d was taken back by the reaper; '
-                                       'this worker stops it', *self.attempt)
+                        logger.warning('run %d: attempt %d no longer owns it (taken back '
+                                       'by the reaper, or cancelled); this worker stops it',
+                                       *self.attempt)
                         return
                 except Exception:
                     logger.warning('heartbeat of run %d not recorded', self.attempt.run_id,
@@ -279,6 +282,12 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     try:
         _attempt(attempt, definition, registry, settings, mailer, store, clock)
     except LostOwnership as exc:
+        if Run.select(Run.status).where(Run.id == run_id).scalar() == RunStatus.CANCELLED:
+            # Cancelled (control.cancel_run): nothing was sent; nothing is kept.
+            discard_files(settings, store, run_id)
+            logger.info('run %d: cancelled; attempt %d stopped and sent nothing',
+                        *attempt)
+            return Outcome(Ending.CANCELLED)
         logger.warning('%s; it leaves the run to that attempt', exc)
         return Outcome(Ending.LOST)
     except PermanentFailure as exc:

@@ -45,6 +45,8 @@ def run_as_dict(run, deliveries=None):
         if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
         'escape_formulas': run.escape_formulas,
+        'rerun_of': run.rerun_of,
+        'requested_by': run.requested_by,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at)}
                        for d in deliveries],

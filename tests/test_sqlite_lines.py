@@ -110,7 +110,7 @@ def test_floats_in_an_integer_column_are_written_as_python_writes_them(tmp_path,
                                                  for v in stored]
 
 
-def test_typed_queries_give_the_other_engines_bytes(engines):
+def test_typed_queries_give_the_other_engines_bytes(engines):  # noqa: F811 (the fixture)
     sql = 'SELECT id, name, amount, paid, day, at, note FROM items ORDER BY id'
     assert sqlexport.sqlite_column_types(engines['sqlite'], sql) is not None
     expected = '\n'.join(

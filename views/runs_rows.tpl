@@ -25,6 +25,7 @@
     <small>to {{', '.join(run.recipients)}}</small>
     % end
     % include('reldates_run_params', run=run)
+    % include('control_run_actions.tpl', run=run)
   </td>
   <td data-label="File">
     % if ready:
