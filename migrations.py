@@ -144,8 +144,13 @@ MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (6, 'bursting and test sends: split column, split report, per-recipient files',
+     lambda database: [step(database) for step in (
+         add_columns('Run', 'split_by', 'split_report', 'test_slot_at'),
+         add_columns('Delivery', 'part', 'rows', 'file_name', 'file_key', 'file_bytes'),
+         add_columns('Schedule', 'split_by'))]),
 )
-LATEST = MIGRATIONS[-1][0]
+LATEST = max(version for version, _, _ in MIGRATIONS)
 
 
 def _ensure_schema_table(database):

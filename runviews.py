@@ -42,8 +42,13 @@ def run_as_dict(run, deliveries=None):
         if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
         'escape_formulas': run.escape_formulas,
+        # Bursting: the split column and what the split found (refused rows
+        # and their addresses among it); a test's slot.
+        'split_by': run.split_by,
+        'split': run.split_report,
+        'test_slot_at': _iso(run.test_slot_at),
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
-                        'sent_at': _iso(d.sent_at)}
+                        'sent_at': _iso(d.sent_at), 'part': d.part, 'rows': d.rows}
                        for d in deliveries],
         'url': '/api/runs/%d' % run.id,
     }

@@ -28,6 +28,8 @@ class Trigger(StrEnum):
     WEB = 'web'
     SCHEDULE = 'schedule'
     CLI = 'cli'
+    # "Send a test to me": a schedule's next slot, to one address, not the slot's run.
+    TEST = 'test'
 
 
 class Ending(StrEnum):

@@ -238,7 +238,7 @@ def test_a_database_of_the_previous_release_is_carried_over(tmp_path, caplog):
         assert b''.join(DatabaseFileStore().open_chunks('run-7/orders.csv')) == b'id\n1'
         assert models.Run.create(report='customers').id == 8  # ids go on after the old ones
         steps = [r.getMessage() for r in caplog.records if 'applying step' in r.getMessage()]
-        assert len(steps) == migrations.LATEST
+        assert len(steps) == len(migrations.MIGRATIONS)
         assert any('carried over from the previous release' in r.getMessage()
                    for r in caplog.records)
         assert database.table_exists('run')  # the old tables are left as they were
