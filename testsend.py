@@ -17,8 +17,10 @@ def send_test(registry, settings, schedule, to, now):
     """Record a queued test run of `schedule`'s next slot for the one
     address `to` (checked like any recipient: allowed_domains included).
     InputError on `to`; Conflict when the cron has no next slot."""
-    if not isinstance(to, str) or not to.strip(' '):
+    if to is None or isinstance(to, str) and not to.strip(' '):
         raise InputError('to', 'give the one address the test goes to', code='required')
+    if not isinstance(to, str):
+        raise InputError('to', 'must be one email address, as text')
     try:
         [address] = runs.parse_recipients([to], settings)
     except InputError as exc:

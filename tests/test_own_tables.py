@@ -289,7 +289,7 @@ def test_a_schema_that_is_behind_is_not_changed_without_being_told(tmp_path):
             migrations.migrate(database, auto=False)
         assert 'scripts/migrate.py --apply' in str(info.value)
         assert models.Run.select().count() == 0
-        assert migrations.migrate(database) == [2]
+        assert migrations.migrate(database) == [v for v, _, _ in migrations.MIGRATIONS if v != 1]
         assert models.Run.select().count() == 1
     finally:
         models.db.close()
