@@ -24,6 +24,7 @@
     % elif run.recipients:
     <small>to {{', '.join(run.recipients)}}</small>
     % end
+    % include('bursting_run', run=run)
   </td>
   <td data-label="File">
     % if ready:
