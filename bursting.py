@@ -28,6 +28,7 @@ from typing import Optional
 
 from delivery import _record_until_it_lands, deliver
 from errors import InputError, PermanentFailure
+from export import escape_formula
 from mail import MailError, check_address, compose
 from models import Delivery, Run, db, db_now
 from runfiles import _published_copy, attempt_folder, local_path, open_report, package
@@ -97,8 +98,10 @@ class Part:
 class Split:
     """What a split found: the recipients (Parts), and the refused rows."""
 
-    def __init__(self, column, typed):
+    def __init__(self, column, typed, escaped=True):
         self.column = column
+        # The CSV's text cells went through the formula escape.
+        self.escaped = escaped
         self.typed = {a.lower() for a in typed}
         self.parts = {}      # lower-case address -> Part
         self.refused = {}    # listed refused value -> {'address', 'rows', 'reason'}
@@ -247,7 +250,12 @@ class _Tee:
 def _decide(value, split, settings, cap, part_path):
     """Where rows with this value go: a Part, 'typed' (in the whole file
     only), a listed refused entry, or 'unlisted' (refused, counted only)."""
-    address, why = judge(value, settings)
+    text = value
+    if split.escaped and value.startswith("'") and escape_formula(value[1:]) == value:
+        # "+sales@..." was written "'+sales@..." for spreadsheets; the
+        # apostrophe is legal in an address, so it would go somewhere else.
+        text = value[1:]
+    address, why = judge(text, settings)
     if address is None:
         entry = split.refused.get(value)
         if entry is None:
@@ -293,7 +301,7 @@ def prepare_split(registry, settings, store, attempt, *, heartbeat=None) -> str:
         csv_path = os.path.join(folder, name + '.csv')
         attempt.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
                        sent_as=None, split_report=None)
-        split = Split(run.split_by, run.recipients)
+        split = Split(run.split_by, run.recipients, run.escape_formulas)
         stream = _write_split(registry, settings, run, csv_path, os.path.join(folder, 'parts'),
                               split, run.trigger != Trigger.TEST,
                               heartbeat.progress if heartbeat else None)

@@ -198,3 +198,39 @@ def test_one_query_however_many_recipients_and_the_cap(make_jobs, database, smtp
     run = Run.get_by_id(run.id)
     assert run.status == 'failed' and 'max_split_recipients' in run.error
     assert smtp_sink.messages == [] and not Delivery.select().where(Delivery.run == run.id)
+
+
+def test_large_parts_are_zipped_and_escaped_addresses_are_the_real_ones(make_jobs, database,
+                                                                        smtp_sink):
+    """A part over zip_over_mb goes zipped; an address a spreadsheet would
+    read as a formula ("+sales@...", escaped as "'+sales@..." in the CSV)
+    still gets its rows at its own address."""
+    import zipfile
+    for address, count in (('+sales@example.org', 40), ('ops@example.org', 30)):
+        customer = Customer.create(name=address, email=address)
+        for _ in range(count):
+            Order.create(customer=customer, status='paid', amount='2.00')
+    jobs = make_jobs(zip_over_mb=0.001)
+    run = runs.create_run(registry, jobs.settings, 'orders', {}, None,
+                          split_by='customer_email')
+    runs.execute_run(run.id, registry, jobs.settings, jobs.mailer, jobs.store)
+    assert Run.get_by_id(run.id).status == 'delivered'
+    got = {}
+    for sent in smtp_sink.messages:
+        name, data = attachment(sent['message'])
+        assert name.endswith('.zip')
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            [inner] = archive.namelist()
+            got[sent['to'][0]] = rows_of(archive.read(inner))
+    assert sorted(got) == ['+sales@example.org', 'ops@example.org']
+    assert len(got['+sales@example.org']) == 41 and len(got['ops@example.org']) == 31
+    assert {r[3] for r in got['+sales@example.org'][1:]} == {"'+sales@example.org"}
+
+    smtp_sink.messages.clear()
+    tiny = make_jobs(mail_max_mb=0.0001)
+    run = runs.create_run(registry, tiny.settings, 'orders', {}, None,
+                          split_by='customer_email')
+    runs.execute_run(run.id, registry, tiny.settings, tiny.mailer, tiny.store)
+    run = Run.get_by_id(run.id)
+    assert run.status == 'failed' and 'too large to attach' in run.error
+    assert smtp_sink.messages == []
