@@ -429,8 +429,10 @@ def deliver_split(attempt, title, path, settings, mailer, *, seconds):
             raise
         temporary.append(str(exc))
     run = Run.get_by_id(attempt.run_id)
-    targets = (Delivery.select().where(Delivery.run == run.id, Delivery.part == True,  # noqa
-                                       Delivery.status.in_(UNSENT)).order_by(Delivery.id))
+    # Read whole first (at most max_split_recipients): no cursor stays open
+    # across the writes and the SMTP transactions below.
+    targets = list(Delivery.select().where(Delivery.run == run.id, Delivery.part == True,  # noqa
+                                           Delivery.status.in_(UNSENT)).order_by(Delivery.id))
     for target in targets:
         mail = compose(_PartView(run, target), title, [target.address],
                        local_path(settings, target.file_key), seconds,

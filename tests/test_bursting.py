@@ -24,8 +24,8 @@ def shop(database):
     """Orders of three customers at addresses of their own, one of them
     outside allowed_domains, and one customer with no address at all."""
     people = {}
-    for name, email in (('=HYPERLINK("http://x")', ANN), ('Bob, Jr.', BOB), ('Eve', EVE),
-                        ('Nobody', None)):
+    for name, email in (('=HYPERLINK("http://x")', ANN), ('Bob, "Jr."\nline two', BOB),
+                        ('Eve', EVE), ('Nobody', None)):
         people[email] = Customer.create(name=name, email=email)
     amounts = {ANN: 3, BOB: 2, EVE: 2, None: 1}
     i = 0
@@ -184,7 +184,8 @@ def test_one_query_however_many_recipients_and_the_cap(make_jobs, database, smtp
     jobs = make_jobs(registry=python)
     run = runs.create_run(python, jobs.settings, 'mine', {}, None, split_by='owner')
     runs.execute_run(run.id, python, jobs.settings, jobs.mailer, jobs.store)
-    assert Run.get_by_id(run.id).status == 'delivered'
+    run = Run.get_by_id(run.id)
+    assert run.status == 'delivered', run.error
     assert len(calls) == 1  # the query was built once for 12 recipients
     assert len(smtp_sink.messages) == 12
     for sent in smtp_sink.messages:
@@ -234,3 +235,21 @@ def test_large_parts_are_zipped_and_escaped_addresses_are_the_real_ones(make_job
     run = Run.get_by_id(run.id)
     assert run.status == 'failed' and 'too large to attach' in run.error
     assert smtp_sink.messages == []
+
+
+def test_a_config_schedule_may_split_without_typed_recipients(tmp_path):
+    import schedules
+    from settings import SettingsError, load_settings
+    path = tmp_path / 'config.ini'
+    path.write_text('[nightshift]\n[schedule:per-customer]\nreport = orders\ncron = @daily\n'
+                    'split_by = customer_email\n')
+    declared = schedules.declared_schedules(registry, load_settings(path, environ={}))
+    assert (declared['per-customer']['split_by'], declared['per-customer']['recipients']) == \
+        ('customer_email', [])
+    path.write_text('[nightshift]\n[schedule:per-customer]\nreport = orders\ncron = @daily\n'
+                    'split_by = owner\n')
+    with pytest.raises(SettingsError, match=r'\[schedule:per-customer\] split_by: .*owner'):
+        schedules.declared_schedules(registry, load_settings(path, environ={}))
+    path.write_text('[nightshift]\n[schedule:per-customer]\nreport = orders\ncron = @daily\n')
+    with pytest.raises(SettingsError, match='to: missing'):
+        load_settings(path, environ={})
