@@ -253,3 +253,29 @@ def test_a_config_schedule_may_split_without_typed_recipients(tmp_path):
     path.write_text('[nightshift]\n[schedule:per-customer]\nreport = orders\ncron = @daily\n')
     with pytest.raises(SettingsError, match='to: missing'):
         load_settings(path, environ={})
+
+
+def test_a_retry_on_another_machine_sends_the_same_rows_from_the_store(make_jobs, shop,
+                                                                       smtp_sink, tmp_path):
+    """The deferred recipient's file is fetched from the shared store by a
+    worker that did not build it: the data changed meanwhile, the recipient
+    still gets the rows of the run's one pass, and nobody gets a second copy."""
+    smtp_sink.refuse[BOB] = '451 4.3.0 try later'
+    first = make_jobs(file_store='database', allowed_domains='example.org')
+    run = runs.create_run(registry, first.settings, 'orders', {}, None,
+                          split_by='customer_email')
+    runs.execute_run(run.id, registry, first.settings, first.mailer, first.store)
+    assert Run.get_by_id(run.id).status == 'queued'
+    built = Delivery.get(Delivery.run == run.id, Delivery.address == BOB)
+    Order.delete().execute()  # the data moves on
+
+    del smtp_sink.refuse[BOB]
+    other = make_jobs(file_store='database', allowed_domains='example.org',
+                      reports_dir=str(tmp_path / 'host-b'))
+    runs.execute_run(run.id, registry, other.settings, other.mailer, other.store)
+    run = Run.get_by_id(run.id)
+    assert (run.status, run.attempts) == ('delivered', 2)
+    assert [m['to'] for m in smtp_sink.messages] == [[ANN], [BOB]]
+    rows = rows_of(attachment(smtp_sink.messages[1]['message'])[1])
+    assert len(rows) == 3 and {r[3] for r in rows[1:]} == {BOB}
+    assert Delivery.get_by_id(built.id).status == 'sent'  # the same record, now sent
