@@ -137,25 +137,30 @@ def judge(value, settings):
 def _records(chunks):
     """Each CSV record's bytes, line end included, however the chunks cut
     them: a record ends at a line feed outside quotes (an even count of
-    quotes so far in the record)."""
+    quotes so far in the record). Lines are cut at CR too (splitlines), but
+    a CR is only ever inside a quoted cell, so its pieces are joined again."""
     tail = b''
     held = []
     quoted = False
     for chunk in chunks:
-        lines = (tail + chunk).split(b'\n')
-        tail = lines.pop()
+        data = tail + chunk if tail else chunk
+        lines = data.splitlines(True)
+        tail = lines.pop() if lines and not lines[-1].endswith(b'\n') else b''
+        if not quoted and b'"' not in data:
+            yield from lines  # nothing quoted here: every line is a record
+            continue
         for line in lines:
             if line.count(b'"') % 2:
                 quoted = not quoted
-            if quoted:
-                held.append(line + b'\n')
+            if quoted or held and not line.endswith(b'\n'):
+                held.append(line)
                 continue
             if held:
-                held.append(line + b'\n')
+                held.append(line)
                 yield b''.join(held)
                 held = []
             else:
-                yield line + b'\n'
+                yield line
     rest = b''.join(held) + tail
     if rest:
         yield rest
@@ -164,7 +169,7 @@ def _records(chunks):
 def _field(record, index):
     """The text of field `index` of one record (None if it has fewer)."""
     body = record.rstrip(b'\n')
-    if b'"' not in body:
+    if b'"' not in body:  # no quoting: the fields are what the commas say
         fields = body.split(b',')
         return fields[index].decode('utf-8') if index < len(fields) else None
     fields = next(csv.reader([body.decode('utf-8')]))
