@@ -1,6 +1,7 @@
 """The page's bursting and test-send parts in the real browser: a split run
 from a report card, refused addresses on the run, the split column on the
 schedule form, and "Send a test" on a schedule row."""
+import os
 import re
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from conftest import attachment
 from demo import Customer, Order
 from models import Run
-from test_browser import ON_POSTGRES, TOKEN, Live, read_csv, statuses_of
+from test_browser import ARTIFACTS, ON_POSTGRES, TOKEN, Live, read_csv, statuses_of
 from test_browser import browser, page  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -56,6 +57,8 @@ def test_a_split_run_from_the_page_shows_its_refused_addresses(page, live, peopl
     expect(refused).to_contain_text('2 row(s) not sent: address refused')
     refused.locator('summary').click()
     expect(refused.locator('li')).to_contain_text('eve@elsewhere.net: 2 row(s)')
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.locator(row).screenshot(path=os.path.join(ARTIFACTS, 'bursting-run.png'))
     expect(refused.locator('li')).to_contain_text('allowed_domains')
 
     sent = smtp_sink.wait_for(2)
@@ -110,6 +113,9 @@ def test_a_split_schedule_and_a_test_sent_to_me(page, live, people, smtp_sink): 
     expect(run_row).to_have_attribute('data-status', 'delivered', timeout=20000)
     expect(run_row).to_contain_text('test send of the slot at')
     expect(run_row).to_contain_text('would go to ann@example.org (3), bob@example.org (2)')
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.locator('#schedules').screenshot(path=os.path.join(ARTIFACTS, 'bursting-schedule.png'))
+    run_row.screenshot(path=os.path.join(ARTIFACTS, 'bursting-test-run.png'))
     run = Run.get_by_id(run_id)
     assert (run.trigger, run.slot_at, run.schedule) == ('test', None, 'per-customer')
     assert run.test_slot_at is not None
