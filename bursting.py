@@ -167,13 +167,10 @@ def _records(chunks):
 
 
 def _field(record, index):
-    """The text of field `index` of one record (None if it has fewer)."""
-    body = record.rstrip(b'\n')
-    if b'"' not in body:  # no quoting: the fields are what the commas say
-        fields = body.split(b',')
-        return fields[index].decode('utf-8') if index < len(fields) else None
-    fields = next(csv.reader([body.decode('utf-8')]))
-    return fields[index] if index < len(fields) else None
+    """The text of field `index` of a record with quoted cells ('' if it
+    has fewer fields)."""
+    fields = next(csv.reader([record.rstrip(b'\n').decode('utf-8')]))
+    return fields[index] if index < len(fields) else ''
 
 
 def split_stream(stream, whole_path, parts_dir, split, settings, *, write_parts=True,
@@ -198,15 +195,23 @@ def split_stream(stream, whole_path, parts_dir, split, settings, *, write_parts=
                     header = record
                     names = next(csv.reader([record.rstrip(b'\n').decode('utf-8-sig')]))
                     index = _column_index(names, split.column)
+                    last = index == len(names) - 1
                     if index is None:
                         raise PermanentFailure(
                             'the report has no column %r to split by; its columns are %s'
                             % (split.column, ', '.join(names)))
                     continue
-                value = _field(record, index)
+                if b'"' in record:
+                    value = _field(record, index)
+                else:  # the common case, kept inline: the cell's raw bytes are its key
+                    cells = record.split(b',', index + 1)
+                    value = cells[index] if len(cells) > index else b''
+                    if last:
+                        value = value.rstrip(b'\n')
                 target = decided.get(value)
                 if target is None:
-                    target = _decide(value or '', split, settings, cap,
+                    text = value.decode('utf-8') if value.__class__ is bytes else value
+                    target = _decide(text or '', split, settings, cap,
                                      lambda n: os.path.join(parts_dir, str(n), name))
                     if len(decided) < remembered and target != 'unlisted':
                         decided[value] = target
