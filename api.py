@@ -17,6 +17,7 @@ import runs
 import runviews
 import schedules
 import slotparams
+import testsend
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
 from guards import error_response, forget_connection, json_response
@@ -200,10 +201,12 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to', 'timezone'} - set(OUTPUT_OPTIONS)
+        unknown = set(body) - {'report', 'params', 'to', 'timezone', 'split_by'} \
+            - set(OUTPUT_OPTIONS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, timezone, escape_formulas, bom', code='unknown_field')
+                             'to, timezone, split_by, escape_formulas, bom',
+                             code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
@@ -211,7 +214,8 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
             raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
                               body.get('to'), trigger=Trigger.WEB,
-                              timezone=body.get('timezone'), **options)
+                              timezone=body.get('timezone'), split_by=body.get('split_by'),
+                              **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -346,4 +350,16 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = find_schedule(name)
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
-                                       schedule=schedule.name, timezone=schedule.timezone))
+                                       schedule=schedule.name, timezone=schedule.timezone,
+                                       split_by=schedule.split_by))
+
+    @app.post('/api/schedules/<name>/test')
+    def test_schedule(name):
+        # "Send a test to me": the next slot, to one address, recorded as a test.
+        schedule = find_schedule(name)
+        body = read_json_body(settings.max_body_bytes)
+        unknown = sorted(set(body) - {'to'})
+        if unknown:
+            raise InputError(unknown[0], 'unknown field; expected to', code='unknown_field')
+        return enqueue(testsend.send_test(registry, settings, schedule, body.get('to'),
+                                          utcnow()))

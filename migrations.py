@@ -171,10 +171,14 @@ MIGRATIONS = (
      carry_over_legacy),
     (3, 'runs record the relative dates asked for and their timezone',
      add_columns('Run', 'asked_params', 'params_timezone')),
+    (6, 'bursting and test sends: split column, split report, per-recipient files',
+     steps(add_columns('Run', 'split_by', 'split_report', 'test_slot_at'),
+           add_columns('Delivery', 'part', 'rows', 'file_name', 'file_key', 'file_bytes'),
+           add_columns('Schedule', 'split_by'))),
     (8, 'runs: rerun_of and requested_by; an index on finished_at for history retention',
      steps(add_columns('Run', 'rerun_of', 'requested_by'), add_index('Run', 'finished_at'))),
 )
-LATEST = MIGRATIONS[-1][0]
+LATEST = max(version for version, _, _ in MIGRATIONS)
 
 
 def _ensure_schema_table(database):

@@ -86,6 +86,13 @@ class Run(BaseModel):
     rerun_of = BigIntegerField(null=True)
     # Who asked, where known: a download's user or client address (history.who).
     requested_by = CharField(null=True)
+    # Bursting (bursting.py): the column holding each row's recipient, and
+    # what the split found (recipients, refused addresses and their rows).
+    split_by = CharField(null=True)
+    split_report = JSONField(null=True)
+    # A test run (trigger test): the slot it stands in for. Not slot_at, so
+    # it never takes the slot's place in the (schedule, slot_at) index.
+    test_slot_at = DateTimeField(null=True)
 
     class Meta:
         table_name = 'nightshift_run'
@@ -108,6 +115,13 @@ class Delivery(BaseModel):
     status = CharField(default=DeliveryStatus.PENDING)  # vocab.DeliveryStatus
     error = TextField(null=True)
     sent_at = DateTimeField(null=True)
+    # A recipient found in a split run's data gets a file of its own: its
+    # rows only. Typed recipients (part False) get the run's whole file.
+    part = BooleanField(default=False)
+    rows = BigIntegerField(null=True)
+    file_name = CharField(null=True)
+    file_key = CharField(null=True)
+    file_bytes = BigIntegerField(null=True)
 
     class Meta:
         table_name = 'nightshift_delivery'
@@ -123,6 +137,8 @@ class Schedule(BaseModel):
     cron = CharField()
     timezone = CharField()
     enabled = BooleanField(default=True)
+    # Bursting: each recipient found in this column gets only their rows.
+    split_by = CharField(null=True)
     managed_by = CharField(default='api')  # 'api' or 'config' (read-only via the API)
     # Slots up to here are handled (run or skipped); the next tick looks after it.
     checked_through = DateTimeField()

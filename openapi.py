@@ -64,7 +64,8 @@ def _components(report_names):
             'Delivery': {'type': 'object', 'properties': {
                 'address': {'type': 'string'},
                 'status': _enum(DeliveryStatus),
-                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING}},
+                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING,
+                'part': {'type': 'boolean'}, 'rows': {'type': 'integer', 'nullable': True}}},
             'Run': {'type': 'object',
                     'required': ['id', 'report', 'params', 'to', 'status', 'rows', 'bytes',
                                  'attempts', 'error', 'trigger', 'created_at', 'started_at',
@@ -85,6 +86,9 @@ def _components(report_names):
                         'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
                         'escape_formulas': {'type': 'boolean'},
+                        'split_by': NULLABLE_STRING,
+                        'split': {'type': 'object', 'nullable': True},
+                        'test_slot_at': NULLABLE_STRING,
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
                         'asked_params': {'type': 'object'},
                         'params_timezone': NULLABLE_STRING,
@@ -98,6 +102,7 @@ def _components(report_names):
                              'to': {'type': 'array', 'items': {'type': 'string'}},
                              'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                              'enabled': {'type': 'boolean'},
+                             'split_by': NULLABLE_STRING,
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
                              'next_slot_params': {'type': 'object', 'nullable': True},
@@ -111,7 +116,8 @@ def _components(report_names):
                 'to': {'type': 'array', 'minItems': 1, 'items': {'type': 'string',
                                                                  'format': 'email'}},
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
-                'enabled': {'type': 'boolean'}}},
+                'enabled': {'type': 'boolean'},
+                'split_by': {'type': 'string', 'nullable': True}}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
                              'report': {'type': 'string', 'enum': report_names},
@@ -119,7 +125,8 @@ def _components(report_names):
                              'to': {'type': 'array', 'minItems': 1,
                                     'items': {'type': 'string', 'format': 'email'}},
                              'escape_formulas': {'type': 'boolean'},
-                             'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'}}},
+                             'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'},
+                             'split_by': {'type': 'string', 'nullable': True}}},
             'PreviewInput': {'type': 'object', 'required': ['report', 'cron'],
                              'additionalProperties': False, 'properties': {
                                  'report': {'type': 'string', 'enum': report_names},
@@ -217,6 +224,15 @@ def build_spec(registry):
                                       'required': ['slot_at', 'params', 'asked']})},
             '400': bad, '404': _error('no such report'), '413': too_large,
             '415': not_json})}}
+    paths['/api/schedules/{name}/test'] = {'post': {
+        'summary': "send a test of the schedule's next slot to one address",
+        'parameters': [name_param],
+        'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['to'], 'additionalProperties': False,
+            'properties': {'to': {'type': 'string', 'format': 'email'}}})},
+        'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': not_found, '409': conflict})}}
     paths['/api/runs/{id}/file'] = {'get': {
         'summary': "a finished run's file, while it is kept",
         'parameters': [

@@ -14,7 +14,7 @@ import zipfile
 
 from errors import InputError, LostOwnership, PermanentFailure
 from export import write_file
-from models import Run, db_now
+from models import Delivery, Run, db_now
 from reports import BrokenReport, UnknownReport
 from sources import ReportSQLError, UnknownSource
 from sqlexport import open_query_csv
@@ -229,6 +229,9 @@ def remove_expired_files(settings, store, now):
     removed = 0
     for run in Run.select().where(Run.file_key.is_null(False), Run.finished_at < cutoff):
         store.delete(run.file_key)
+        for part in Delivery.select(Delivery.file_key).where(  # a split run's own files
+                Delivery.run == run.id, Delivery.file_key.is_null(False)):
+            store.delete(part.file_key)
         shutil.rmtree(run_folder(settings, run.id), ignore_errors=True)
         Run.update(file_key=None).where(Run.id == run.id).execute()
         removed += 1

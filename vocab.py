@@ -34,6 +34,8 @@ class Trigger(StrEnum):
     DOWNLOAD = 'download'
     # A past slot of a schedule, run on request (control.backfill).
     BACKFILL = 'backfill'
+    # "Send a test to me": a schedule's next slot, to one address, not the slot's run.
+    TEST = 'test'
 
 
 class Ending(StrEnum):

@@ -105,6 +105,26 @@
     return params;
   }
 
+  // Fields a feature adds to a form (data-extra): sent under their data-field
+  // name, empty as null; a checkbox as true/false.
+  function extraFields(form) {
+    var extra = {};
+    form.querySelectorAll('[data-extra]').forEach(function (el) {
+      if (el.closest('[disabled]')) { return; }
+      var name = el.getAttribute('data-field');
+      extra[name] = el.type === 'checkbox' ? el.checked : (el.value.trim() || null);
+    });
+    return extra;
+  }
+
+  function fillExtraFields(form, values) {
+    form.querySelectorAll('[data-extra]').forEach(function (el) {
+      var value = values[el.getAttribute('data-field')];
+      if (el.type === 'checkbox') { el.checked = !!value; }
+      else { el.value = value === null || value === undefined ? '' : String(value); }
+    });
+  }
+
   function busy(form, on) {
     form.querySelectorAll('button').forEach(function (b) { b.disabled = on; });
   }
@@ -129,11 +149,13 @@
       return;
     }
     var to = splitAddresses(enabledField(form, 'to').value);
-    api('POST', '/api/runs', {report: report, params: params, to: to}).then(function (result) {
+    var body = Object.assign({report: report, params: params, to: to}, extraFields(form));
+    api('POST', '/api/runs', body).then(function (result) {
       done();
       if (!result.ok) { showError(form, result); return; }
       setStatus(form, 'Run #' + result.data.id + ' queued: it will be emailed to ' +
-                to.join(', ') + '. Follow it under Recent runs.');
+                (to.length ? to.join(', ') : 'the addresses in its data') +
+                '. Follow it under Recent runs.');
       runs.refresh();
     });
   }
@@ -298,6 +320,7 @@
       enabledField(scheduleForm, 'cron').value = schedule.cron;
       enabledField(scheduleForm, 'timezone').value = schedule.timezone;
       enabledField(scheduleForm, 'enabled').checked = schedule.enabled;
+      fillExtraFields(scheduleForm, schedule);
     }
     showParamsFor(enabledField(scheduleForm, 'report').value);
     if (schedule) {
@@ -337,6 +360,7 @@
         timezone: enabledField(scheduleForm, 'timezone').value.trim(),
         enabled: enabledField(scheduleForm, 'enabled').checked
       };
+      Object.assign(body, extraFields(scheduleForm));
       var request = editing
         ? api('PUT', '/api/schedules/' + encodeURIComponent(editing), body)
         : api('POST', '/api/schedules',

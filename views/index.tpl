@@ -31,6 +31,7 @@
         <p class="help" id="r-{{report.name}}-to-help">One or more addresses, separated by commas. Only needed for email.</p>
         <p class="error" id="r-{{report.name}}-to-error" hidden></p>
       </div>
+      % include('bursting_run_field', report=report)
       <div class="buttons">
         <button type="submit" value="download">Download CSV</button>
         <button type="submit" value="email" class="primary">Email it</button>
@@ -108,6 +109,7 @@
         <p class="help" id="s-to-help">One or more addresses, separated by commas.</p>
         <p class="error" id="s-to-error" hidden></p>
       </div>
+      % include('bursting_schedule_field')
       <div class="field">
         <label for="s-cron">When (cron)</label>
         <input id="s-cron" name="cron" data-field="cron" type="text" autocomplete="off" spellcheck="false"
