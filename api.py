@@ -11,10 +11,15 @@ import urllib.parse
 
 from bottle import HTTPResponse, request, response
 
+import controlapi
+import history
 import links
+import reldates
 import runs
 import runviews
 import schedules
+import slotparams
+import testsend
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
 from formats import CONTENT_TYPES, EXTENSIONS, check_format, content_type_of
@@ -78,6 +83,7 @@ def install_api(app, settings, jobs, registry):
     install_downloads(app, settings, registry, slots)
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
+    controlapi.install_control(app, settings, jobs, registry, enqueue)
 
 
 def install_health(app, settings, jobs, registry, queue_log):
@@ -133,6 +139,9 @@ def install_downloads(app, settings, registry, slots):
             raise InputError('escape_formulas', 'false needs the header %s: 1 or a Bearer '
                              'token, so that a link alone cannot turn escaping off'
                              % RAW_HEADER)
+        # Relative dates: now, in the timezone setting.
+        raw, _ = reldates.resolve_params(definition.params, raw,
+                                         reldates.check_zone(settings.timezone), utcnow())
         return definition, definition.parse(raw), options
 
     @app.get('/api/reports/<name>/check')
@@ -174,10 +183,13 @@ def install_downloads(app, settings, registry, slots):
         definition, typed, options = download_request(name, fmt)
         held = slots.take()
         download_headers(name, fmt)
-        return held.wrap(stream_csv(definition, typed,
-                                    escape=options.get('escape_formulas',
-                                                       definition.escape_formulas),
-                                    bom=options.get('bom', settings.csv_bom), fmt=fmt))
+        escape = options.get('escape_formulas', definition.escape_formulas)
+        bom = options.get('bom', settings.csv_bom)
+        # Recorded in the run history (trigger download): an insert now, an update at the end.
+        record = history.DownloadRecord.start(definition, typed, escape, bom,
+                                              history.who(settings), file_format=fmt)
+        return held.wrap(stream_csv(definition, typed, escape=escape, bom=bom, record=record,
+                                    fmt=fmt))
 
     # The same download as .csv.gz and .xlsx (formats.py).
     for fmt in (FileFormat.CSV_GZ, FileFormat.XLSX):
@@ -185,11 +197,12 @@ def install_downloads(app, settings, registry, slots):
         app.route(rule, 'GET', functools.partial(download, fmt=fmt))
         app.route(rule, 'HEAD', functools.partial(format_head, fmt=fmt))
 
-    def stream_csv(definition, typed, escape, bom, fmt=FileFormat.CSV):
+    def stream_csv(definition, typed, escape, bom, record=None, fmt=FileFormat.CSV):
         # Bottle reads the first chunk before it sends headers, so a report
         # that fails before anything was written still becomes a clean JSON
         # error: the report's own (422) or its source's (503).
         started = False
+        stream = None
         try:
             with open_output(definition, settings, typed, fmt, escape=escape,
                              bom=bom) as stream, \
@@ -197,10 +210,18 @@ def install_downloads(app, settings, registry, slots):
                 for chunk in chunks:
                     started = True
                     yield chunk
+            if record is not None:
+                record.end(stream)
         except (ReportSQLError, SourceUnavailable, UnknownSource) as exc:
+            error = report_error(definition, exc)
+            if record is not None:
+                record.end(stream, error.message)
             if started:
                 raise
-            yield error_response(report_error(definition, exc))
+            yield error_response(error)
+        finally:
+            if record is not None:
+                record.stopped(stream)
 
 
 def install_runs(app, settings, jobs, registry, slots, queue_log):
@@ -208,17 +229,23 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to', 'format'} - set(OUTPUT_OPTIONS)
+        unknown = set(body) - {'report', 'params', 'to', 'timezone', 'split_by', 'format'} \
+            - set(OUTPUT_OPTIONS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, format, escape_formulas, bom', code='unknown_field')
+                             'to, timezone, split_by, format, escape_formulas, bom',
+                             code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'format' in body:
             options['file_format'] = check_format(body['format'], given=True)
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
+        if 'timezone' in body and not isinstance(body['timezone'], str):
+            raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
-                              body.get('to'), trigger=Trigger.WEB, **options)
+                              body.get('to'), trigger=Trigger.WEB,
+                              timezone=body.get('timezone'), split_by=body.get('split_by'),
+                              **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -298,13 +325,14 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
 
 def install_schedules(app, settings, registry, enqueue):
     def schedule_response(status, schedule, headers=None):
-        return json_response(status, schedules.schedule_as_dict(schedule, utcnow()), headers)
+        return json_response(status, schedules.schedule_as_dict(schedule, utcnow(), registry),
+                             headers)
 
     @app.get('/api/schedules')
     def list_schedules():
         now = utcnow()
         return json_response(200, {'schedules': [
-            schedules.schedule_as_dict(s, now)
+            schedules.schedule_as_dict(s, now, registry)
             for s in schedules.with_last_runs(Schedule.select().order_by(Schedule.name))]})
 
     @app.post('/api/schedules')
@@ -313,6 +341,13 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = schedules.create_schedule(registry, settings, body, utcnow())
         url = '/api/schedules/%s' % schedule.name
         return schedule_response(201, schedule, {'Location': url})
+
+    @app.post('/api/schedule-preview')
+    def preview_schedule():
+        # The schedule form asks while the user types: the next slot and the
+        # values its relative dates will have then.
+        body = read_json_body(settings.max_body_bytes)
+        return json_response(200, slotparams.preview(registry, settings, body, utcnow()))
 
     @app.get('/api/schedules/<name>')
     def get_schedule(name):
@@ -344,4 +379,16 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = find_schedule(name)
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
-                                       schedule=schedule.name, file_format=schedule.format))
+                                       schedule=schedule.name, timezone=schedule.timezone,
+                                       split_by=schedule.split_by, file_format=schedule.format))
+
+    @app.post('/api/schedules/<name>/test')
+    def test_schedule(name):
+        # "Send a test to me": the next slot, to one address, recorded as a test.
+        schedule = find_schedule(name)
+        body = read_json_body(settings.max_body_bytes)
+        unknown = sorted(set(body) - {'to'})
+        if unknown:
+            raise InputError(unknown[0], 'unknown field; expected to', code='unknown_field')
+        return enqueue(testsend.send_test(registry, settings, schedule, body.get('to'),
+                                          utcnow()))

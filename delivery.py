@@ -14,8 +14,9 @@ from vocab import UNSENT, DeliveryStatus
 def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float) -> None:
     """Mail the file to every recipient who has not got it yet."""
     run = Run.get_by_id(attempt.run_id)
-    targets = [d for d in run.deliveries.order_by(Delivery.id)
-               if d.status in UNSENT]
+    # Typed recipients only: a split run's found ones get their own file (bursting.py).
+    targets = [d for d in run.deliveries.where(Delivery.part == False)  # noqa: E712
+               .order_by(Delivery.id) if d.status in UNSENT]
     if not targets:
         return
     link = expires = None

@@ -28,6 +28,14 @@ def check_format(value, field='format', given=False) -> FileFormat:
     raise InputError(field, 'must be one of %s' % ', '.join(FileFormat))
 
 
+def check_split(file_format, split_by, field='format'):
+    """A run split by recipient (bursting.py) writes CSV files: another
+    format with `split_by` is an InputError on `field`, not ignored."""
+    if split_by and file_format != FileFormat.CSV:
+        raise InputError(field, 'a run split by recipient (split_by) sends CSV files; '
+                                'leave format out or use csv')
+
+
 def format_of_name(name: str):
     """The FileFormat a file name ends in, or None (a .zip, anything else)."""
     for fmt in sorted(EXTENSIONS, key=lambda f: -len(EXTENSIONS[f])):

@@ -77,6 +77,22 @@ class Run(BaseModel):
     bom = BooleanField(default=True)
     # Cut at max_rows: the email says so.
     truncated = BooleanField(default=False)
+    # The relative dates asked for ({name: 'yesterday'}; `params` holds what
+    # they resolved to) and the timezone they were resolved in (reldates.py).
+    asked_params = JSONField(null=True)
+    params_timezone = CharField(null=True)
+    # The run this one repeats (control.rerun); not a foreign key, so history
+    # retention may remove the older run first.
+    rerun_of = BigIntegerField(null=True)
+    # Who asked, where known: a download's user or client address (history.who).
+    requested_by = CharField(null=True)
+    # Bursting (bursting.py): the column holding each row's recipient, and
+    # what the split found (recipients, refused addresses and their rows).
+    split_by = CharField(null=True)
+    split_report = JSONField(null=True)
+    # A test run (trigger test): the slot it stands in for. Not slot_at, so
+    # it never takes the slot's place in the (schedule, slot_at) index.
+    test_slot_at = DateTimeField(null=True)
     # What the file is written as: vocab.FileFormat (formats.py).
     format = CharField(default='csv')
 
@@ -101,6 +117,13 @@ class Delivery(BaseModel):
     status = CharField(default=DeliveryStatus.PENDING)  # vocab.DeliveryStatus
     error = TextField(null=True)
     sent_at = DateTimeField(null=True)
+    # A recipient found in a split run's data gets a file of its own: its
+    # rows only. Typed recipients (part False) get the run's whole file.
+    part = BooleanField(default=False)
+    rows = BigIntegerField(null=True)
+    file_name = CharField(null=True)
+    file_key = CharField(null=True)
+    file_bytes = BigIntegerField(null=True)
 
     class Meta:
         table_name = 'nightshift_delivery'
@@ -116,6 +139,8 @@ class Schedule(BaseModel):
     cron = CharField()
     timezone = CharField()
     enabled = BooleanField(default=True)
+    # Bursting: each recipient found in this column gets only their rows.
+    split_by = CharField(null=True)
     managed_by = CharField(default='api')  # 'api' or 'config' (read-only via the API)
     # Slots up to here are handled (run or skipped); the next tick looks after it.
     checked_through = DateTimeField()

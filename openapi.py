@@ -65,7 +65,8 @@ def _components(report_names):
             'Delivery': {'type': 'object', 'properties': {
                 'address': {'type': 'string'},
                 'status': _enum(DeliveryStatus),
-                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING}},
+                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING,
+                'part': {'type': 'boolean'}, 'rows': {'type': 'integer', 'nullable': True}}},
             'Run': {'type': 'object',
                     'required': ['id', 'report', 'params', 'to', 'status', 'rows', 'bytes',
                                  'attempts', 'error', 'trigger', 'created_at', 'started_at',
@@ -86,8 +87,13 @@ def _components(report_names):
                         'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
                         'escape_formulas': {'type': 'boolean'},
+                        'split_by': NULLABLE_STRING,
+                        'split': {'type': 'object', 'nullable': True},
+                        'test_slot_at': NULLABLE_STRING,
                         'format': _enum(FileFormat),
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
+                        'asked_params': {'type': 'object'},
+                        'params_timezone': NULLABLE_STRING,
                         'url': {'type': 'string'}}},
             'Schedule': {'type': 'object',
                          'required': ['name', 'report', 'params', 'to', 'cron', 'timezone',
@@ -98,9 +104,11 @@ def _components(report_names):
                              'to': {'type': 'array', 'items': {'type': 'string'}},
                              'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                              'enabled': {'type': 'boolean'},
+                             'split_by': NULLABLE_STRING,
                              'format': _enum(FileFormat),
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
+                             'next_slot_params': {'type': 'object', 'nullable': True},
                              'last_run': {'type': 'object', 'nullable': True},
                              'created_at': {'type': 'string'},
                              'updated_at': {'type': 'string'}, 'url': {'type': 'string'}}},
@@ -111,7 +119,8 @@ def _components(report_names):
                 'to': {'type': 'array', 'minItems': 1, 'items': {'type': 'string',
                                                                  'format': 'email'}},
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
-                'enabled': {'type': 'boolean'}, 'format': _enum(FileFormat)}},
+                'enabled': {'type': 'boolean'}, 'format': _enum(FileFormat),
+                'split_by': {'type': 'string', 'nullable': True}}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
                              'report': {'type': 'string', 'enum': report_names},
@@ -119,7 +128,14 @@ def _components(report_names):
                              'to': {'type': 'array', 'minItems': 1,
                                     'items': {'type': 'string', 'format': 'email'}},
                              'escape_formulas': {'type': 'boolean'},
-                             'bom': {'type': 'boolean'}, 'format': _enum(FileFormat)}},
+                             'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'},
+                             'format': _enum(FileFormat),
+                             'split_by': {'type': 'string', 'nullable': True}}},
+            'PreviewInput': {'type': 'object', 'required': ['report', 'cron'],
+                             'additionalProperties': False, 'properties': {
+                                 'report': {'type': 'string', 'enum': report_names},
+                                 'params': {'type': 'object'}, 'cron': {'type': 'string'},
+                                 'timezone': {'type': 'string'}}},
         },
     }
 
@@ -205,6 +221,24 @@ def build_spec(registry):
         'responses': dict(common, **{
             '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
             '400': bad, '404': not_found})}}
+    paths['/api/schedule-preview'] = {'post': {
+        'summary': "a schedule's next slot and the values its relative dates take then",
+        'requestBody': {'required': True, 'content': _json(_ref('PreviewInput'))},
+        'responses': dict(common, **{
+            '200': {'description': 'the next slot and its parameter values',
+                    'content': _json({'type': 'object',
+                                      'required': ['slot_at', 'params', 'asked']})},
+            '400': bad, '404': _error('no such report'), '413': too_large,
+            '415': not_json})}}
+    paths['/api/schedules/{name}/test'] = {'post': {
+        'summary': "send a test of the schedule's next slot to one address",
+        'parameters': [name_param],
+        'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['to'], 'additionalProperties': False,
+            'properties': {'to': {'type': 'string', 'format': 'email'}}})},
+        'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': not_found, '409': conflict})}}
     paths['/api/runs/{id}/file'] = {'get': {
         'summary': "a finished run's file, while it is kept",
         'parameters': [
@@ -221,6 +255,29 @@ def build_spec(registry):
             {'name': 'sig', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
         'responses': {'200': file_ok,
                       '403': _error('not valid or expired'), '404': _error('no longer kept')}}}
+    id_param = {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}
+    paths['/api/runs/{id}/cancel'] = {'post': {
+        'summary': 'cancel a queued or running run before its mail goes out',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '200': {'description': 'the cancelled run', 'content': _json(_ref('Run'))},
+            '404': _error('no such run'),
+            '409': _error('the run is over, or sending its mail')})}}
+    paths['/api/runs/{id}/rerun'] = {'post': {
+        'summary': 'a failed or cancelled run again, as a new run (rerun_of)',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': _error('no such run'),
+            '409': _error('the run is not failed or cancelled')})}}
+    paths['/api/schedules/{name}/backfill'] = {'post': {
+        'summary': "one run per past slot of the schedule in a range of days",
+        'parameters': [name_param], 'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['from', 'to'],
+            'properties': {'from': {'type': 'string'}, 'to': {'type': 'string'}}})},
+        'responses': dict(common, **{
+            '200': {'description': 'the runs created and the slots skipped, with why',
+                    'content': _json({'type': 'object',
+                                      'required': ['created', 'skipped']})},
+            '400': bad, '404': not_found, '413': too_large, '415': not_json})}}
     for report in registry:
         parameters = [{'name': p.name, 'in': 'query', 'required': p.required,
                        'description': p.help, 'schema': _param_schema(p)}

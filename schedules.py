@@ -12,12 +12,15 @@ import re
 
 from peewee import IntegrityError, fn
 
+import bursting
 import cron
+import reldates
 import runs
+import slotparams
 from errors import Conflict
-from formats import check_format
-from models import Run, Schedule, db
-from params import InputError, dump_params
+from formats import check_format, check_split
+from models import Run, Schedule, db, utcnow
+from params import InputError
 from reports import find_report
 from settings import SettingsError
 from vocab import RunStatus, Trigger
@@ -25,7 +28,8 @@ from vocab import RunStatus, Trigger
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
-FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'format')
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'split_by',
+          'format')
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -52,7 +56,7 @@ def clean(registry, settings, data, current=None):
         merged = {'name': current.name, 'report': current.report, 'params': current.params,
                   'to': current.recipients, 'cron': current.cron,
                   'timezone': current.timezone, 'enabled': current.enabled,
-                  'format': current.format}
+                  'split_by': current.split_by, 'format': current.format}
         if 'name' in data and data['name'] != current.name:
             raise InputError('name', 'a schedule cannot be renamed; create a new one')
         if 'report' in data and 'params' not in data:
@@ -68,8 +72,12 @@ def clean(registry, settings, data, current=None):
     except InputError as exc:
         # The schedule exists (or is being made); its report field is wrong.
         raise InputError('report', exc.message, code='invalid')
-    typed = definition.parse(merged.get('params'))
-    recipients = runs.parse_recipients(merged.get('to'), settings)
+    # Relative dates stay expressions, resolved at each slot (reldates.py).
+    params = reldates.stored_params(definition, merged.get('params'), cron.UTC, utcnow())
+    # Split by a column, the data names the recipients: typed ones are optional.
+    split_by = bursting.clean_split_by(definition, merged.get('split_by'))
+    recipients = [] if split_by and not merged.get('to') \
+        else runs.parse_recipients(merged.get('to'), settings)
     try:
         expression = cron.check_cron(merged.get('cron'))
     except ValueError as exc:
@@ -82,10 +90,11 @@ def clean(registry, settings, data, current=None):
     enabled = merged.get('enabled', True)
     if not isinstance(enabled, bool):
         raise InputError('enabled', 'must be true or false')
-    return {'name': name, 'report': definition.name, 'params': dump_params(typed),
+    file_format = check_format(merged.get('format'), given='format' in data)
+    check_split(file_format, split_by)
+    return {'name': name, 'report': definition.name, 'params': params,
             'recipients': recipients, 'cron': expression, 'timezone': timezone,
-            'enabled': enabled,
-            'format': check_format(merged.get('format'), given='format' in data)}
+            'enabled': enabled, 'split_by': split_by, 'format': file_format}
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -158,9 +167,11 @@ def declared_schedules(registry, settings):
     declared = {}
     for spec in settings.schedules:
         data = {'name': spec['name'], 'report': spec['report'], 'params': spec['params'],
-                'to': spec['to'], 'cron': spec['cron'], 'enabled': spec['enabled']}
+                'to': spec.get('to'), 'cron': spec['cron'], 'enabled': spec['enabled']}
         if spec.get('timezone'):
             data['timezone'] = spec['timezone']
+        if spec.get('split_by'):
+            data['split_by'] = spec['split_by']
         if spec.get('format'):
             data['format'] = spec['format']
         try:
@@ -289,13 +300,25 @@ def _record_skipped(schedule, skipped, more, now):
         Run.insert_many(rows).execute()
 
 
-def _create_slot_run(registry, settings, schedule, slot, now):
+def _create_slot_run(registry, settings, schedule, slot, now, *, to=None,
+                     trigger=Trigger.SCHEDULE):
+    """The run of the schedule's `slot`. A test (trigger test, `to` one
+    address) is made here too, so it covers the slot's window as the slot's
+    own run will; it keeps the slot in test_slot_at, leaving slot_at (and
+    the slot's place in the unique index) to the real run."""
+    test = trigger == Trigger.TEST
     try:
         return runs.create_run(registry, settings, schedule.report, schedule.params,
-                               schedule.recipients, trigger=Trigger.SCHEDULE,
-                               schedule=schedule.name, slot_at=slot,
+                               schedule.recipients if to is None else to, trigger=trigger,
+                               schedule=schedule.name, slot_at=None if test else slot,
+                               test_slot_at=slot if test else None,
+                               split_by=schedule.split_by,
+                               # relative dates: in the schedule's zone at the slot
+                               timezone=schedule.timezone, at=slot,
                                file_format=schedule.format)
     except InputError as exc:
+        if test:
+            raise  # the person asking is told at once
         # The report changed under a stored schedule; say so in the history.
         return Run.create(report=schedule.report, params=schedule.params,
                           recipients=schedule.recipients, status=RunStatus.FAILED,
@@ -343,7 +366,7 @@ def last_run(schedule):
             .order_by(Run.id.desc()).first())
 
 
-def schedule_as_dict(schedule, now):
+def schedule_as_dict(schedule, now, registry=None):
     upcoming, local = next_run(schedule, now)
     last = last_run(schedule)
     return {
@@ -354,10 +377,13 @@ def schedule_as_dict(schedule, now):
         'cron': schedule.cron,
         'timezone': schedule.timezone,
         'enabled': schedule.enabled,
+        'split_by': schedule.split_by,
         'format': schedule.format,
         'managed_by': schedule.managed_by,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
+        'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)
+        if registry is not None else None,
         'last_run': None if last is None else {
             'id': last.id, 'status': last.status, 'trigger': last.trigger,
             'slot_at': _iso(last.slot_at), 'created_at': _iso(last.created_at),

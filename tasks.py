@@ -14,6 +14,7 @@ from huey.signals import SIGNAL_INTERRUPTED
 from peewee import IntegrityError
 
 import delivery
+import history
 from dbhealth import DB_ERRORS, DatabaseHealth
 import runfiles
 import runs
@@ -118,6 +119,7 @@ class Jobs:
             created = schedules.tick(self.registry, self.settings, self, now)
             runfiles.remove_expired_files(self.settings, self.store, now)
             runfiles.sweep_orphans(self.settings, self.store)
+            history.remove_old_runs(self.settings, now)
         except DB_ERRORS as exc:
             self.database.down(exc)
             return []

@@ -105,14 +105,24 @@
     return params;
   }
 
-  // Choices beside the parameters (the file format...): fields marked
-  // data-option, sent under their data-field name.
-  function optionsOf(form) {
-    var options = {};
-    form.querySelectorAll('[data-option]').forEach(function (el) {
-      if (!el.closest('[disabled]')) { options[el.getAttribute('data-field')] = el.value; }
+  // Fields a feature adds to a form (data-extra): sent under their data-field
+  // name, empty as null; a checkbox as true/false.
+  function extraFields(form) {
+    var extra = {};
+    form.querySelectorAll('[data-extra]').forEach(function (el) {
+      if (el.closest('[disabled]')) { return; }
+      var name = el.getAttribute('data-field');
+      extra[name] = el.type === 'checkbox' ? el.checked : (el.value.trim() || null);
     });
-    return options;
+    return extra;
+  }
+
+  function fillExtraFields(form, values) {
+    form.querySelectorAll('[data-extra]').forEach(function (el) {
+      var value = values[el.getAttribute('data-field')];
+      if (el.type === 'checkbox') { el.checked = !!value; }
+      else { el.value = value === null || value === undefined ? '' : String(value); }
+    });
   }
 
   function busy(form, on) {
@@ -128,7 +138,9 @@
     busy(form, true);
     var done = function () { busy(form, false); };
     if (action === 'download') {
-      var query = new URLSearchParams(Object.assign({}, params, optionsOf(form))).toString();
+      var chosen = enabledField(form, 'format');  // the file format (formats.js)
+      var query = new URLSearchParams(Object.assign({}, params,
+        chosen ? {format: chosen.value} : {})).toString();
       api('GET', '/api/reports/' + report + '/check' + (query ? '?' + query : ''))
         .then(function (result) {
           done();
@@ -139,12 +151,13 @@
       return;
     }
     var to = splitAddresses(enabledField(form, 'to').value);
-    api('POST', '/api/runs', Object.assign({report: report, params: params, to: to},
-                                            optionsOf(form))).then(function (result) {
+    var body = Object.assign({report: report, params: params, to: to}, extraFields(form));
+    api('POST', '/api/runs', body).then(function (result) {
       done();
       if (!result.ok) { showError(form, result); return; }
       setStatus(form, 'Run #' + result.data.id + ' queued: it will be emailed to ' +
-                to.join(', ') + '. Follow it under Recent runs.');
+                (to.length ? to.join(', ') : 'the addresses in its data') +
+                '. Follow it under Recent runs.');
       runs.refresh();
     });
   }
@@ -273,6 +286,8 @@
     document.addEventListener('visibilitychange', function () {
       if (!document.hidden) { runs.refresh(); }
     });
+    // Other scripts of the page (control.js) ask for a refresh after they act.
+    document.addEventListener('nightshift:refresh-runs', function () { runs.refresh(); });
     // Next-run times move on; redraw them now and then.
     setInterval(function () { if (!document.hidden) { schedules.refresh(); } }, 60000);
   }
@@ -307,10 +322,7 @@
       enabledField(scheduleForm, 'cron').value = schedule.cron;
       enabledField(scheduleForm, 'timezone').value = schedule.timezone;
       enabledField(scheduleForm, 'enabled').checked = schedule.enabled;
-      scheduleForm.querySelectorAll('[data-option]').forEach(function (el) {
-        var value = schedule[el.getAttribute('data-field')];
-        if (value !== undefined && value !== null) { el.value = String(value); }
-      });
+      fillExtraFields(scheduleForm, schedule);
     }
     showParamsFor(enabledField(scheduleForm, 'report').value);
     if (schedule) {
@@ -350,7 +362,7 @@
         timezone: enabledField(scheduleForm, 'timezone').value.trim(),
         enabled: enabledField(scheduleForm, 'enabled').checked
       };
-      Object.assign(body, optionsOf(scheduleForm));
+      Object.assign(body, extraFields(scheduleForm));
       var request = editing
         ? api('PUT', '/api/schedules/' + encodeURIComponent(editing), body)
         : api('POST', '/api/schedules',

@@ -1,5 +1,6 @@
 // The file format choice (views/formats_field.tpl): the download button
-// says what it will download. app.js sends the choice with the form.
+// says what it will download. app.js sends the choice with the form
+// (data-extra) and adds it to a download's address.
 (function () {
   'use strict';
 

@@ -479,3 +479,14 @@ def test_the_time_limit_bounds_the_whole_read_on_postgresql(postgres_url):
         with open_query_rows(source, sql, {}) as rows:
             for _ in rows:
                 pass
+
+
+def test_a_run_split_by_recipient_is_csv_only(app, shop):
+    # bursting.py writes each recipient's rows as CSV: another format is
+    # refused, not quietly ignored.
+    for url, body in (('/api/runs', {'report': 'orders', 'split_by': 'customer_email'}),
+                      ('/api/schedules', {'name': 'split', 'report': 'orders',
+                                          'split_by': 'customer_email', 'cron': '@daily'})):
+        res = app.post_json(url, dict(body, format='xlsx'), expect_errors=True)
+        assert (res.status_int, res.json['field']) == (400, 'format')
+        assert app.post_json(url, dict(body, format='csv')).status_int in (201, 202)

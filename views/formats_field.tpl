@@ -2,7 +2,7 @@
 % fid = prefix + '-format'
 <div class="field">
   <label for="{{fid}}">File format</label>
-  <select id="{{fid}}" name="format" data-field="format" data-option aria-describedby="{{fid}}-help {{fid}}-error">
+  <select id="{{fid}}" name="format" data-field="format" data-extra aria-describedby="{{fid}}-help {{fid}}-error">
     <option value="csv" selected>CSV</option>
     <option value="csv.gz">CSV, gzipped (.csv.gz)</option>
     <option value="xlsx">Excel workbook (.xlsx)</option>

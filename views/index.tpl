@@ -32,6 +32,7 @@
         <p class="error" id="r-{{report.name}}-to-error" hidden></p>
       </div>
       % include('formats_field', prefix='r-' + report.name, help='For the download and the email. Excel keeps numbers, decimals and dates as such.')
+      % include('bursting_run_field', report=report)
       <div class="buttons">
         <button type="submit" value="download" data-download-label>Download CSV</button>
         <button type="submit" value="email" class="primary">Email it</button>
@@ -110,6 +111,7 @@
         <p class="error" id="s-to-error" hidden></p>
       </div>
       % include('formats_field', prefix='s', help='What each scheduled email attaches.')
+      % include('bursting_schedule_field')
       <div class="field">
         <label for="s-cron">When (cron)</label>
         <input id="s-cron" name="cron" data-field="cron" type="text" autocomplete="off" spellcheck="false"
@@ -124,6 +126,7 @@
         <p class="help" id="s-timezone-help">An IANA name such as Europe/Lisbon; the cron times are read in it, daylight saving included.</p>
         <p class="error" id="s-timezone-error" hidden></p>
       </div>
+      % include('reldates_preview')
       <div class="field check">
         <input id="s-enabled" name="enabled" data-field="enabled" type="checkbox" checked>
         <label for="s-enabled">Enabled</label>

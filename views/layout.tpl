@@ -24,6 +24,9 @@
 {{!base}}
 </main>
 <script src="/static/app.js" defer></script>
+<script src="/static/reldates.js" defer></script>
+<script src="/static/control.js" defer></script>
+<script src="/static/bursting.js" defer></script>
 <script src="/static/formats.js" defer></script>
 </body>
 </html>
