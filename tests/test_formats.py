@@ -490,3 +490,22 @@ def test_a_run_split_by_recipient_is_csv_only(app, shop):
         res = app.post_json(url, dict(body, format='xlsx'), expect_errors=True)
         assert (res.status_int, res.json['field']) == (400, 'format')
         assert app.post_json(url, dict(body, format='csv')).status_int in (201, 202)
+
+
+def test_a_real_at_its_decimal_scale_is_the_number_the_exact_path_gives():
+    # typedrows passes such a REAL on as it is: it must be what
+    # Decimal(repr(value)).quantize(scale) would have become.
+    import random
+
+    from typedrows import _decimal_converter
+    rng = random.Random(14)
+    for places in (0, 2, 4):
+        convert, quantum = _decimal_converter(places), D(1).scaleb(-places)
+        for _ in range(5000):
+            value = rng.choice([round(rng.uniform(-1e9, 1e9), places),
+                                rng.randint(-10 ** 6, 10 ** 6) / 10 ** places])
+            exact = float(D(repr(value)).quantize(quantum, rounding=decimal.ROUND_HALF_EVEN))
+            got = convert(value)
+            got = float(got.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)) \
+                if isinstance(got, D) else got
+            assert got == exact, (value, places)
