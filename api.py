@@ -10,6 +10,8 @@ import logging
 from bottle import HTTPResponse, request, response
 
 import links
+import messageapi
+import runmessages
 import runs
 import runviews
 import schedules
@@ -24,6 +26,7 @@ from params import dump_params
 from queueconf import FailureLog
 from reports import find_report
 from runfiles import open_report
+from runmessages import MESSAGE_FIELDS
 from slots import DownloadSlots
 from sources import ReportSQLError, SourceUnavailable, UnknownSource
 from vocab import FINAL, TERMINAL, RunStatus, Trigger
@@ -75,6 +78,7 @@ def install_api(app, settings, jobs, registry):
     install_downloads(app, settings, registry, slots)
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
+    messageapi.install_message_preview(app, settings, registry)
 
 
 def install_health(app, settings, jobs, registry, queue_log):
@@ -181,15 +185,18 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to'} - set(OUTPUT_OPTIONS)
+        unknown = set(body) - {'report', 'params', 'to'} - set(OUTPUT_OPTIONS) \
+            - set(MESSAGE_FIELDS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, escape_formulas, bom', code='unknown_field')
+                             'to, escape_formulas, bom, %s' % ', '.join(MESSAGE_FIELDS),
+                             code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
+        message = {key: body[key] for key in MESSAGE_FIELDS if key in body}
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
-                              body.get('to'), trigger=Trigger.WEB, **options)
+                              body.get('to'), trigger=Trigger.WEB, message=message, **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -316,4 +323,5 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = find_schedule(name)
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
-                                       schedule=schedule.name))
+                                       schedule=schedule.name,
+                                       message=runmessages.of_schedule(schedule)))

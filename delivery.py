@@ -5,26 +5,43 @@ import datetime
 import time
 
 import links
+import runmessages
 from dbhealth import DB_ERRORS
-from mail import Mail, MailError, compose
+from mail import Mail, MailError, compose, compose_notice
 from models import Delivery, Run, db, db_now, utcnow
 from vocab import UNSENT, DeliveryStatus
 
 
-def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float) -> None:
-    """Mail the file to every recipient who has not got it yet."""
+def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float):
+    """Mail the file to every recipient who has not got it yet. Returns why
+    nothing is sent when the run's send rule says so (the run is skipped),
+    else None. Decided from the finished file's rows, the same way on every
+    attempt."""
     run = Run.get_by_id(attempt.run_id)
+    skipped = runmessages.skip_reason(run)
+    if skipped:
+        Delivery.update(status=DeliveryStatus.SKIPPED, error=skipped) \
+            .where(Delivery.run == run.id, Delivery.status.in_(UNSENT)).execute()
+        return skipped
     targets = [d for d in run.deliveries.order_by(Delivery.id)
                if d.status in UNSENT]
     if not targets:
-        return
-    link = expires = None
-    if run.sent_as == 'link':
-        expires = utcnow() + datetime.timedelta(days=settings.retention_days)
-        link = links.download_url(settings, run, expires)
-    mail = compose(run, title, [d.address for d in targets], path, seconds,
-                   link=link, link_expires=expires, limit_mb=settings.mail_max_mb,
-                   cut_at=settings.max_rows if run.truncated else None)
+        return None
+    to = [d.address for d in targets]
+    message_id = runmessages.message_id(run, settings)
+    date = runmessages.local_date(run, settings)
+    if runmessages.sends_notice(run):
+        attempt.update(sent_as='notice')
+        mail = compose_notice(run, title, to, message_id=message_id, date=date)
+    else:
+        link = expires = None
+        if run.sent_as == 'link':
+            expires = utcnow() + datetime.timedelta(days=settings.retention_days)
+            link = links.download_url(settings, run, expires)
+        mail = compose(run, title, to, path, seconds,
+                       link=link, link_expires=expires, limit_mb=settings.mail_max_mb,
+                       cut_at=settings.max_rows if run.truncated else None,
+                       message_id=message_id, date=date)
     ids = [d.id for d in targets]
     # Marked first, and only while the run is still this attempt's: a crash
     # after the server accepted shows as "sending", and the retry sends

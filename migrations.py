@@ -139,11 +139,19 @@ def create_new_tables(*model_names):
     return step
 
 
+def _message_columns(database):
+    add_columns('Run', 'subject', 'body', 'attachment_name', 'send_rule',
+                'message_token')(database)
+    add_columns('Schedule', 'subject', 'body', 'attachment_name', 'send_rule')(database)
+
+
 # (version, what it does, the step). Append only: a released step never changes.
 MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (5, 'message templates, send rule and Message-ID token of runs and schedules',
+     _message_columns),
 )
 LATEST = MIGRATIONS[-1][0]
 

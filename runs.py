@@ -23,6 +23,7 @@ from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
 from runfiles import drop_working_copy, prepare_file, remove_work_files
+from runmessages import clean_message
 from vocab import TERMINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
@@ -61,14 +62,19 @@ def parse_recipients(to, settings):
 def create_run(registry, settings, report: str, params: Optional[dict] = None,
                to: Optional[list] = None, *, trigger: Trigger = Trigger.WEB,
                schedule: Optional[str] = None, slot_at: Optional[datetime.datetime] = None,
-               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None) -> Run:
-    """Validate a request and record it as a queued run (one transaction)."""
+               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None,
+               message: Optional[dict] = None) -> Run:
+    """Validate a request and record it as a queued run (one transaction).
+    `message`: subject, body, attachment_name templates and send_rule
+    (runmessages.clean_message), each optional."""
     definition = find_report(registry, report)
     typed = definition.parse(params)
     recipients = parse_recipients(to, settings)
+    stored = dump_params(typed)
+    message = clean_message(message or {}, stored, definition.title, definition.name)
     with db.atomic():
-        run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
-                         trigger=trigger, schedule=schedule, slot_at=slot_at,
+        run = Run.create(report=report, params=stored, recipients=recipients,
+                         trigger=trigger, schedule=schedule, slot_at=slot_at, **message,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
                          bom=settings.csv_bom if bom is None else bom)
@@ -284,7 +290,13 @@ def _attempt(attempt, definition, registry, settings, mailer, store, clock):
     started = clock()
     with Heartbeat(attempt, settings.progress_every) as heartbeat:
         path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
-        deliver(attempt, definition.title, path, settings, mailer, seconds=clock() - started)
+        skipped = deliver(attempt, definition.title, path, settings, mailer,
+                          seconds=clock() - started)
+    if skipped:
+        # The send rule said no (no rows): a recorded run, nothing sent.
+        attempt.update(status=RunStatus.SKIPPED, finished_at=utcnow(), error=skipped)
+        drop_working_copy(settings, store, attempt.run_id)
+        return
     deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
     refused = [d for d in deliveries if d.status == DeliveryStatus.REFUSED]
     if refused and len(refused) == len(deliveries):

@@ -42,6 +42,10 @@ def run_as_dict(run, deliveries=None):
         if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
         'escape_formulas': run.escape_formulas,
+        'subject': run.subject,
+        'body': run.body,
+        'attachment_name': run.attachment_name,
+        'send_rule': run.send_rule,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at)}
                        for d in deliveries],

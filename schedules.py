@@ -13,6 +13,7 @@ import re
 from peewee import IntegrityError, fn
 
 import cron
+import runmessages
 import runs
 from errors import Conflict
 from models import Run, Schedule, db
@@ -24,7 +25,8 @@ from vocab import RunStatus, Trigger
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
-FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled')
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled') \
+    + runmessages.MESSAGE_FIELDS
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -80,9 +82,12 @@ def clean(registry, settings, data, current=None):
     enabled = merged.get('enabled', True)
     if not isinstance(enabled, bool):
         raise InputError('enabled', 'must be true or false')
-    return {'name': name, 'report': definition.name, 'params': dump_params(typed),
-            'recipients': recipients, 'cron': expression, 'timezone': timezone,
-            'enabled': enabled}
+    stored = dump_params(typed)
+    message = runmessages.clean_message(data, stored, definition.title, definition.name,
+                                        current=current)
+    return dict({'name': name, 'report': definition.name, 'params': stored,
+                 'recipients': recipients, 'cron': expression, 'timezone': timezone,
+                 'enabled': enabled}, **message)
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -288,7 +293,8 @@ def _create_slot_run(registry, settings, schedule, slot, now):
     try:
         return runs.create_run(registry, settings, schedule.report, schedule.params,
                                schedule.recipients, trigger=Trigger.SCHEDULE,
-                               schedule=schedule.name, slot_at=slot)
+                               schedule=schedule.name, slot_at=slot,
+                               message=runmessages.of_schedule(schedule))
     except InputError as exc:
         # The report changed under a stored schedule; say so in the history.
         return Run.create(report=schedule.report, params=schedule.params,
@@ -349,6 +355,7 @@ def schedule_as_dict(schedule, now):
         'timezone': schedule.timezone,
         'enabled': schedule.enabled,
         'managed_by': schedule.managed_by,
+        **runmessages.message_as_dict(schedule),
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
         'last_run': None if last is None else {
