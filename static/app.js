@@ -78,6 +78,8 @@
       var given = splitAddresses(input.value)[Number(index[1])];
       if (given) { message = '“' + given + '”: ' + message; }
     }
+    var fold = input.closest('details');
+    if (fold) { fold.open = true; }  // a field in a folded section
     var box = document.getElementById(input.id + '-error');
     if (!box) {  // a field without a place for messages (a checkbox)
       setStatus(form, data.field + ': ' + message, true);
@@ -105,6 +107,18 @@
     return params;
   }
 
+  // Fields a feature adds to a form (data-extra), sent as they are. Empty is
+  // "not given", or `emptyAs` (null: back to the default) when that is set.
+  function extrasOf(form, emptyAs) {
+    var extra = {};
+    form.querySelectorAll('[data-extra]').forEach(function (el) {
+      if (el.closest('[disabled]')) { return; }
+      if (el.value !== '') { extra[el.getAttribute('data-field')] = el.value; }
+      else if (emptyAs !== undefined) { extra[el.getAttribute('data-field')] = emptyAs; }
+    });
+    return extra;
+  }
+
   function busy(form, on) {
     form.querySelectorAll('button').forEach(function (b) { b.disabled = on; });
   }
@@ -129,7 +143,8 @@
       return;
     }
     var to = splitAddresses(enabledField(form, 'to').value);
-    api('POST', '/api/runs', {report: report, params: params, to: to}).then(function (result) {
+    api('POST', '/api/runs', Object.assign({report: report, params: params, to: to},
+                                           extrasOf(form))).then(function (result) {
       done();
       if (!result.ok) { showError(form, result); return; }
       setStatus(form, 'Run #' + result.data.id + ' queued: it will be emailed to ' +
@@ -296,6 +311,10 @@
       enabledField(scheduleForm, 'cron').value = schedule.cron;
       enabledField(scheduleForm, 'timezone').value = schedule.timezone;
       enabledField(scheduleForm, 'enabled').checked = schedule.enabled;
+      scheduleForm.querySelectorAll('[data-extra]').forEach(function (el) {
+        var value = schedule[el.getAttribute('data-field')];
+        if (value !== undefined && value !== null) { el.value = String(value); }
+      });
     }
     showParamsFor(enabledField(scheduleForm, 'report').value);
     if (schedule) {
@@ -335,6 +354,7 @@
         timezone: enabledField(scheduleForm, 'timezone').value.trim(),
         enabled: enabledField(scheduleForm, 'enabled').checked
       };
+      Object.assign(body, extrasOf(scheduleForm, null));
       var request = editing
         ? api('PUT', '/api/schedules/' + encodeURIComponent(editing), body)
         : api('POST', '/api/schedules',

@@ -31,6 +31,7 @@
         <p class="help" id="r-{{report.name}}-to-help">One or more addresses, separated by commas. Only needed for email.</p>
         <p class="error" id="r-{{report.name}}-to-error" hidden></p>
       </div>
+      % include('messages_fields', prefix='r-' + report.name)
       <div class="buttons">
         <button type="submit" value="download">Download CSV</button>
         <button type="submit" value="email" class="primary">Email it</button>
@@ -126,6 +127,7 @@
         <input id="s-enabled" name="enabled" data-field="enabled" type="checkbox" checked>
         <label for="s-enabled">Enabled</label>
       </div>
+      % include('messages_fields', prefix='s')
       <div class="buttons">
         <button type="submit" class="primary">Save schedule</button>
         <button type="button" id="schedule-cancel">Cancel</button>
