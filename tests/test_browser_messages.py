@@ -31,7 +31,7 @@ def test_a_report_mailed_with_its_own_subject_and_file_name(page, live, smtp_sin
     assert Run.select().count() == 0
 
     subject.fill('{{ title }}: {{ params.status }} on {{ date }}')
-    card.get_by_label('File name', exact=True).fill('paid/{{ params.status }}-orders')
+    card.get_by_label('Attachment', exact=True).fill('paid/{{ params.status }}-orders')
     card.get_by_role('button', name='Preview the next message').click()
     box = card.locator('.message-preview')
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
@@ -63,7 +63,8 @@ def test_a_schedule_that_sends_only_rows_shows_its_skipped_run(page, live, smtp_
     form.get_by_label('Timezone').fill('Europe/Lisbon')
     form.locator('summary', has_text='Message').click()
     form.get_by_label('Send', exact=True).select_option('rows')
-    form.get_by_label('Text', exact=True).fill('{{ rows }} new orders since {{ params.since }}')
+    form.get_by_label('Body text', exact=True).fill(
+        '{{ rows }} new orders since {{ params.since }}')
     form.get_by_role('button', name='Preview the next message').click()
     box = form.locator('.message-preview')
     expect(box.locator('.preview-body')).to_have_text('1234 new orders since 2999-01-01')
@@ -77,7 +78,7 @@ def test_a_schedule_that_sends_only_rows_shows_its_skipped_run(page, live, smtp_
     # Editing shows what is stored.
     page.get_by_role('button', name='Edit quiet-orders').click()
     expect(form.get_by_label('Send', exact=True)).to_have_value('rows')
-    expect(form.get_by_label('Text', exact=True)).to_have_value(stored.body)
+    expect(form.get_by_label('Body text', exact=True)).to_have_value(stored.body)
     form.get_by_role('button', name='Cancel').click()
 
     page.get_by_role('button', name='Run now quiet-orders').click()

@@ -9,13 +9,13 @@
     <p class="error" id="{{prefix}}-subject-error" hidden></p>
   </div>
   <div class="field">
-    <label for="{{prefix}}-body">Text</label>
+    <label for="{{prefix}}-body">Body text</label>
     <textarea id="{{prefix}}-body" name="body" data-field="body" data-extra rows="6" spellcheck="false"
               placeholder="{{DEFAULTS['body']}}" aria-describedby="{{prefix}}-message-help {{prefix}}-body-error"></textarea>
     <p class="error" id="{{prefix}}-body-error" hidden></p>
   </div>
   <div class="field">
-    <label for="{{prefix}}-attachment_name">File name</label>
+    <label for="{{prefix}}-attachment_name">Attachment</label>
     <input id="{{prefix}}-attachment_name" name="attachment_name" data-field="attachment_name" data-extra type="text"
            autocomplete="off" spellcheck="false" placeholder="{{DEFAULTS['attachment_name']}}"
            aria-describedby="{{prefix}}-attachment_name-help {{prefix}}-attachment_name-error">
