@@ -163,6 +163,9 @@ def declared_schedules(registry, settings):
                 'to': spec['to'], 'cron': spec['cron'], 'enabled': spec['enabled']}
         if spec.get('timezone'):
             data['timezone'] = spec['timezone']
+        for key in runmessages.MESSAGE_FIELDS:
+            if spec.get(key):
+                data[key] = spec[key]
         try:
             declared[spec['name']] = clean(registry, settings, data)
         except InputError as exc:
@@ -326,7 +329,7 @@ def with_last_runs(query):
     found = list(query)
     names = [s.name for s in found]
     latest = (Run.select(fn.MAX(Run.id))
-              .where(Run.schedule.in_(names), Run.status != RunStatus.SKIPPED)
+              .where(Run.schedule.in_(names), _ran())
               .group_by(Run.schedule))
     last = {run.schedule: run for run in Run.select().where(Run.id.in_(latest))} \
         if names else {}
@@ -339,8 +342,14 @@ def last_run(schedule):
     fetched = getattr(schedule, '_last_run', _NOT_FETCHED)
     if fetched is not _NOT_FETCHED:
         return fetched
-    return (Run.select().where(Run.schedule == schedule.name, Run.status != RunStatus.SKIPPED)
+    return (Run.select().where(Run.schedule == schedule.name, _ran())
             .order_by(Run.id.desc()).first())
+
+
+def _ran():
+    # A missed slot is recorded skipped without an attempt; a run its send
+    # rule skipped (no rows) did run, and is the schedule's last run.
+    return (Run.status != RunStatus.SKIPPED) | (Run.attempts > 0)
 
 
 def schedule_as_dict(schedule, now):

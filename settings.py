@@ -307,7 +307,8 @@ Settings = make_dataclass(
 Settings.__module__ = __name__  # pickling finds it here
 Settings.__doc__ = 'The values of SETTINGS, read once at start-up (see load_settings).'
 
-SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled')
+SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled', 'subject', 'body',
+                 'attachment_name', 'send_rule')
 
 
 class RedactSecrets(logging.Filter):

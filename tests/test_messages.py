@@ -13,7 +13,7 @@ import models
 import runmessages
 import runs
 import schedules
-from conftest import REPORTS_DIR, _emptied, attachment, run_queued, web_app
+from conftest import REPORTS_DIR, _emptied, attachment, demo_catalogue, run_queued, web_app
 from models import Delivery, Run, Schedule
 from reports import Catalogue
 
@@ -210,6 +210,22 @@ def test_the_slot_date_is_in_the_schedule_timezone(make_jobs, shop, smtp_sink):
     assert smtp_sink.messages[0]['message']['Subject'] == 'Customers on 2026-03-10'
 
 
+def test_a_config_schedule_may_set_its_message(tmp_path, service_env, database):
+    from settings import SettingsError, load_settings
+    section = ('[nightshift]\nreports_dir = %s\n\n[schedule:nightly]\nreport = orders\n'
+               'to = a@example.org\ncron = 0 7 * * *\nsend_rule = notice\n' % tmp_path)
+    path = tmp_path / 'config.ini'
+    path.write_text(section + 'subject = Orders of {{ date.strftime("%d %b") }}\n')
+    settings = load_settings(path, environ=service_env)
+    declared = schedules.declared_schedules(demo_catalogue(), settings)
+    assert (declared['nightly']['subject'], declared['nightly']['send_rule']) == (
+        'Orders of {{ date.strftime("%d %b") }}', 'notice')
+    path.write_text(section + 'subject = {{ self }}\n')
+    settings = load_settings(path, environ=service_env)
+    with pytest.raises(SettingsError, match=r"\[schedule:nightly\] subject: unknown variable"):
+        schedules.declared_schedules(demo_catalogue(), settings)
+
+
 # --- headers ----------------------------------------------------------------------
 
 def test_no_header_can_be_injected_through_a_template(make_jobs, labels, shop, smtp_sink):
@@ -371,6 +387,10 @@ def test_a_scheduled_slot_with_no_rows_is_a_recorded_skipped_run(make_jobs, shop
     assert (quiet.status, quiet.slot_at, quiet.trigger) == ('skipped', slot, 'schedule')
     assert 'send rule "rows"' in quiet.error
     assert (alert.status, alert.sent_as) == ('delivered', 'notice')
+    # The rule-skipped run is the schedule's last run (a missed slot is not).
+    listed = {s['name']: s for s in app.get('/api/schedules').json['schedules']}
+    assert listed['quiet']['last_run']['id'] == quiet.id
+    assert listed['quiet']['last_run']['status'] == 'skipped'
     [sent] = smtp_sink.messages
     assert 'no data for Orders' in sent['message']['Subject']
     assert 'for 2026-07-01' in sent['message'].get_body(('plain',)).get_content()
