@@ -99,8 +99,10 @@ def record_replies(targets, replies, sent_at):
             .where(Delivery.id == delivery.id, Delivery.status != DeliveryStatus.SENT).execute()
 
 
-def failure_notice(run, operator):
-    """The message telling the operator a run failed for good."""
+def failure_notice(run, operator, settings=None):
+    """The message telling the operator a run failed for good. With
+    `settings` its Message-ID is the run's own, marked -failed (unique
+    across installations, like the report's)."""
     body = '\n'.join([
         'Run #%d of report %s failed after %d attempt(s).' % (run.id, run.report, run.attempts),
         '',
@@ -108,5 +110,8 @@ def failure_notice(run, operator):
         'Trigger: %s%s' % (run.trigger, ' (schedule %s)' % run.schedule if run.schedule else ''),
         'Recipients: %s' % ', '.join(run.recipients),
     ])
+    message_id = '<nightshift-run-%d-failed@nightshift>' % run.id
+    if settings is not None:
+        message_id = runmessages.message_id(run, settings).replace('@', '-failed@', 1)
     return Mail([operator], 'Nightshift: run #%d (%s) failed' % (run.id, run.report), body,
-                None, '<nightshift-run-%d-failed@nightshift>' % run.id)
+                None, message_id)

@@ -178,7 +178,7 @@ def test_schedules_keep_and_change_their_templates(jobs, shop):
 
 def test_a_template_that_breaks_at_send_time_fails_the_run_saying_so(make_jobs, shop,
                                                                       smtp_sink):
-    jobs = make_jobs()
+    jobs = make_jobs(operator_email='ops@example.org')
     run = runs.create_run(jobs.registry, jobs.settings, 'orders', {}, ['a@example.org'])
     # Stored past the check (an older release, a hand edit): the sandbox
     # still stands at send time, and the run fails, not silently.
@@ -189,7 +189,12 @@ def test_a_template_that_breaks_at_send_time_fails_the_run_saying_so(make_jobs, 
     run = Run.get_by_id(run.id)
     assert run.status == 'failed' and run.attempts == 1
     assert run.error.startswith('subject template: refused by the sandbox')
-    assert smtp_sink.messages == []
+    # Only the operator hears of it, under a Message-ID of this installation's.
+    [notice] = smtp_sink.messages
+    assert notice['to'] == ['ops@example.org']
+    assert 'subject template: refused' in notice['message'].get_body(('plain',)).get_content()
+    assert re.fullmatch(r'<nightshift-run-1-[0-9a-f]{12}\.[0-9a-f]{12}-failed@nightshift\.test>',
+                        notice['message']['Message-ID'].strip())  # folded: it is long
 
 
 def test_the_slot_date_is_in_the_schedule_timezone(make_jobs, shop, smtp_sink):
@@ -327,6 +332,39 @@ def test_rule_rows_skips_an_empty_report_and_records_why(make_jobs, shop, smtp_s
     # Nothing to do again: a second execution leaves it as it is.
     jobs.execute(run.id)
     assert Run.get_by_id(run.id).status == 'skipped' and smtp_sink.messages == []
+
+
+def test_a_skip_whose_record_was_lost_is_decided_the_same_again(make_jobs, shop, smtp_sink):
+    jobs = make_jobs()
+    run = send(jobs, params=NONE, send_rule='rows')
+    # The worker died after marking the deliveries, before the run's status.
+    Run.update(status='queued', finished_at=None, error=None).where(Run.id == run.id).execute()
+    from huey.exceptions import RetryTask
+    try:
+        jobs.execute(run.id)
+    except RetryTask:  # pragma: no cover - it must not come to that
+        pytest.fail('a skip was retried')
+    run = Run.get_by_id(run.id)
+    assert (run.status, run.attempts) == ('skipped', 2) and smtp_sink.messages == []
+    assert 'send rule "rows"' in run.error
+
+
+def test_a_deferred_notice_is_retried_and_sent_once(make_jobs, shop, smtp_sink):
+    from huey.exceptions import RetryTask
+    jobs = make_jobs()
+    run = runs.create_run(jobs.registry, jobs.settings, 'orders', NONE, ['a@example.org'],
+                          message={'send_rule': 'notice'})
+    smtp_sink.data_reply = '451 4.3.0 try again later'
+    with pytest.raises(RetryTask):
+        jobs.execute(run.id)
+    assert [d.status for d in Run.get_by_id(run.id).deliveries] == ['pending']
+    smtp_sink.data_reply = None
+    jobs.execute(run.id)
+    run = Run.get_by_id(run.id)
+    assert (run.status, run.sent_as, run.attempts) == ('delivered', 'notice', 2)
+    [sent] = smtp_sink.messages
+    assert sent['message']['Subject'] == 'Nightshift: no data for Orders (since=2999-01-01)'
+    assert MESSAGE_ID.fullmatch(sent['message']['Message-ID'])
 
 
 def test_rule_rows_sends_a_report_with_rows(make_jobs, shop, smtp_sink):
