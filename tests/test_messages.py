@@ -93,10 +93,28 @@ def test_defaults_are_the_message_nightshift_always_sent(make_jobs, shop, smtp_s
     run = send(jobs, report='customers')
     message = smtp_sink.messages[0]['message']
     assert message['Subject'] == 'Nightshift: Customers report (10 rows)'
+    assert message['From'] == 'reports@nightshift.test'
     body = message.get_body(('plain',)).get_content()
     assert body.startswith('Customers report\n\nParameters: min_orders=0\nRows: 10\nSize: ')
     assert 'File: %s, attached\n\nRun #%d, sent by Nightshift.' % (run.file_name, run.id) \
         in body
+
+
+def test_a_body_without_the_link_still_gives_it(make_jobs, shop, smtp_sink):
+    jobs = make_jobs(mail_max_mb=0.001)  # every file goes as a download link
+    send(jobs, report='customers', body='Hello, {{ rows }} customers.',
+         attachment_name='clients')
+    send(jobs, report='customers', body='Get it at {{ link }} (until {{ link_expires }}).')
+    first, second = (m['message'] for m in smtp_sink.messages)
+    assert [p for p in first.walk() if p.get_filename()] == []
+    text = first.get_body(('plain',)).get_content()
+    assert text.startswith('Hello, 10 customers.\n\nFile: clients.zip is ') \
+        or text.startswith('Hello, 10 customers.\n\nFile: clients.csv is ')
+    [link] = re.findall(r'http://\S+/files/1\?\S+', text)
+    assert 'Download it here until' in text
+    text = second.get_body(('plain',)).get_content()
+    [link] = re.findall(r'http://\S+/files/2\?\S+', text)
+    assert text.startswith('Get it at %s (until 20' % link) and text.count(link) == 1
 
 
 def test_the_file_name_is_a_file_name(make_jobs, labels, shop, smtp_sink):
