@@ -112,6 +112,40 @@ def _capped(function):
     return wrapper
 
 
+def _replace(value, old, new, count=None):
+    """Jinja's replace, refusing before it builds a result over the cap."""
+    value, old, new = str(value), str(old), str(new)
+    times = value.count(old) if old else len(value) + 1
+    if count is not None:
+        times = min(times, count)
+    if len(value) + times * (len(new) - len(old)) > MAX_SEQUENCE:
+        raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
+    return value.replace(old, new, -1 if count is None else count)
+
+
+def _join(value, separator=''):
+    """Jinja's join, refusing before it builds a result over the cap."""
+    items = []
+    total = 0
+    for item in value:
+        items.append(str(item))
+        total += len(items[-1]) + len(str(separator))
+        if total > MAX_SEQUENCE:
+            raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
+    return str(separator).join(items)
+
+
+# Methods a template may call, by the kind of value: reading and formatting
+# text, dates and the parameters. Any other method is refused.
+SAFE_METHODS = (
+    (str, frozenset(['upper', 'lower', 'title', 'capitalize', 'strip', 'lstrip', 'rstrip',
+                     'startswith', 'endswith', 'format', 'split', 'count', 'find', 'isdigit',
+                     'isalpha', 'isspace'])),
+    (datetime.date, frozenset(['strftime', 'isoformat', 'weekday', 'isoweekday'])),
+    (dict, frozenset(['get'])),
+)
+METHOD_NAMES = frozenset().union(*(names for _, names in SAFE_METHODS))
+
 # Filters that only shape text and numbers; each capped.
 ALLOWED_FILTERS = ('abs', 'capitalize', 'default', 'd', 'first', 'float', 'int', 'join',
                    'last', 'length', 'lower', 'replace', 'round', 'sort', 'string', 'title',
@@ -154,6 +188,13 @@ class MessageSandbox(ImmutableSandboxedEnvironment):
         _check_args(kwargs.values())
         return super().call(__context, __obj, *args, **kwargs)
 
+    def is_safe_attribute(self, obj, attr, value):
+        if not super().is_safe_attribute(obj, attr, value):
+            return False
+        if callable(value):
+            return any(isinstance(obj, kind) and attr in names for kind, names in SAFE_METHODS)
+        return True
+
     def wrap_str_format(self, value):
         spec = getattr(value, '__self__', None)
         if isinstance(spec, str) and re.search(r'[0-9]{4}', spec):
@@ -166,6 +207,7 @@ def _environment():
                          keep_trailing_newline=False)
     env.globals.clear()
     env.filters = {name: _capped(jinja_filters.FILTERS[name]) for name in ALLOWED_FILTERS}
+    env.filters.update(replace=_replace, join=_join)
     env.tests = {name: test for name, test in env.tests.items() if name in ALLOWED_TESTS}
     return env
 
@@ -182,6 +224,13 @@ def _refusal(ast, field, allowed, param_names):
             return 'unknown variable %r' % node.name
         if node.name.startswith('_'):
             return 'names starting with _ are not available'
+    called = set()
+    for node in ast.find_all(nodes.Call):
+        if isinstance(node.node, nodes.Getattr):
+            if node.node.attr not in METHOD_NAMES:
+                return 'method %r is not available; methods that are: %s' % (
+                    node.node.attr, ', '.join(sorted(METHOD_NAMES)))
+            called.add(id(node.node))
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         key = node.attr if isinstance(node, nodes.Getattr) else (
             node.arg.value if isinstance(node.arg, nodes.Const) else None)
@@ -189,6 +238,7 @@ def _refusal(ast, field, allowed, param_names):
             return 'attributes starting with _ are not available (%r)' % key
         if isinstance(node.node, nodes.Name) and node.node.name == 'params' \
                 and isinstance(key, str) and param_names is not None \
+                and id(node) not in called \
                 and key not in param_names:
             return 'the report has no parameter %r (it has: %s)' % (
                 key, ', '.join(sorted(param_names)) or 'none')
@@ -229,7 +279,15 @@ def render(field, source, context):
     template cannot be rendered (a sandbox refusal, an unknown value)."""
     try:
         template = compile_template(field, source)
-        text = template.render(**{k: context[k] for k in VARIABLES[field] if k in context})
+        parts, size = [], 0
+        # Streamed, so that a loop cannot pile up more than the limit.
+        for part in template.generate(**{k: context[k] for k in VARIABLES[field]
+                                         if k in context}):
+            size += len(part)
+            if size > MAX_OUTPUT['body']:
+                raise SecurityError('renders to more than %d characters' % MAX_OUTPUT['body'])
+            parts.append(part)
+        text = ''.join(parts)
     except InputError as exc:
         raise TemplateFailure(field, exc.message)
     except SecurityError as exc:

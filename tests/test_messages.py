@@ -128,7 +128,7 @@ def test_the_file_name_is_a_file_name(make_jobs, labels, shop, smtp_sink):
 
 BAD_TEMPLATES = [
     ("{{ ''.__class__ }}", 'attributes starting with _'),
-    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", 'attributes starting with _'),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", 'not available'),
     ('{{ self }}', "unknown variable 'self'"),
     ('{{ self.__init__ }}', "unknown variable 'self'"),
     ('{{ cycler.__init__.__globals__ }}', 'not available'),
@@ -147,7 +147,12 @@ BAD_TEMPLATES = [
     ('{{ params.nope }}', "no parameter 'nope'"),
     ("{{ 'x' * 100000000 }}", 'longer than'),
     ('{{ 9 ** 9999 }}', 'powers'),
-    ("{{ title.ljust(100000000) }}", 'numbers above'),
+    ("{{ title.ljust(10) }}", "method 'ljust' is not available"),
+    ('{{ date.replace(year=1) }}', "method 'replace' is not available"),
+    ("{{ params.update({'a': 1}) }}", "method 'update' is not available"),
+    ('{{ title|truncate(100000000) }}', 'numbers above'),
+    ("{{ ('x' * 90000)|list|join('abc') }}", 'longer than'),
+    ("{% for a in 'x' * 90000 %}{{ 'y' * 90000 }}{% endfor %}", 'more than 100000 characters'),
     ("{{ '{:>100000000}'.format(1) }}", 'format widths'),
 ]
 
