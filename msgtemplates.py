@@ -17,11 +17,13 @@ import datetime
 import functools
 import operator
 import re
+import threading
 import unicodedata
 
 from jinja2 import StrictUndefined, nodes
 from jinja2 import filters as jinja_filters
 from jinja2 import meta
+from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -94,6 +96,37 @@ class TemplateFailure(PermanentFailure):
         self.message = message
 
 
+# Work one rendering may do, counted in loop steps and characters made: a
+# template cannot keep a worker (or the web server checking it) busy.
+WORK_BUDGET = 5000000
+_budget = threading.local()
+
+
+def _spend(units):
+    left = getattr(_budget, 'left', None)
+    if left is None:
+        return
+    _budget.left = left - units
+    if _budget.left < 0:
+        raise SecurityError('the template does too much work (over %d steps)' % WORK_BUDGET)
+
+
+def _made(value):
+    """`value`, once it is known not to be over-long; its size is spent."""
+    if isinstance(value, (str, list, tuple)):
+        if len(value) > MAX_SEQUENCE:
+            raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
+        _spend(len(value))
+    return value
+
+
+def _steps(iterable):
+    """A loop's items, each one a step of the budget."""
+    for item in iterable:
+        _spend(100)
+        yield item
+
+
 def _check_args(args):
     for value in args:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_NUMBER:
@@ -105,10 +138,7 @@ def _capped(function):
     def wrapper(*args, **kwargs):
         _check_args(args[1:] if args else ())
         _check_args(kwargs.values())
-        result = function(*args, **kwargs)
-        if isinstance(result, (str, list, tuple)) and len(result) > MAX_SEQUENCE:
-            raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
-        return result
+        return _made(function(*args, **kwargs))
     return wrapper
 
 
@@ -120,7 +150,7 @@ def _replace(value, old, new, count=None):
         times = min(times, count)
     if len(value) + times * (len(new) - len(old)) > MAX_SEQUENCE:
         raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
-    return value.replace(old, new, -1 if count is None else count)
+    return _made(value.replace(old, new, -1 if count is None else count))
 
 
 def _join(value, separator=''):
@@ -132,7 +162,7 @@ def _join(value, separator=''):
         total += len(items[-1]) + len(str(separator))
         if total > MAX_SEQUENCE:
             raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
-    return str(separator).join(items)
+    return _made(str(separator).join(items))
 
 
 # Methods a template may call, by the kind of value: reading and formatting
@@ -157,10 +187,31 @@ ALLOWED_TESTS = ('defined', 'undefined', 'none', 'number', 'string', 'even', 'od
                  'lower', 'upper', '==', '!=', '<', '<=', '>', '>=')
 
 
+class _Metered(CodeGenerator):
+    """`a ~ b` joins through the environment, which refuses an over-long
+    result: a chain of `{% set s = s ~ s %}` cannot double its way to
+    gigabytes."""
+
+    def visit_Concat(self, node, frame):
+        self.write('environment.concat((')
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(', ')
+        self.write('))')
+
+
 class MessageSandbox(ImmutableSandboxedEnvironment):
     """Jinja2's immutable sandbox, with arithmetic that cannot grow without
     bound and calls whose numbers stay small."""
     intercepted_binops = frozenset(['*', '**', '%', '+'])
+    code_generator_class = _Metered
+
+    def concat(self, values):
+        parts = [str(value) for value in values]
+        if sum(len(part) for part in parts) > MAX_SEQUENCE:
+            raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
+        return _made(''.join(parts))
+
 
     def call_binop(self, context, op, left, right):
         if op == '**':
@@ -177,16 +228,14 @@ class MessageSandbox(ImmutableSandboxedEnvironment):
                         and len(one) * other > MAX_SEQUENCE:
                     raise SecurityError('a value longer than %d is not made here'
                                         % MAX_SEQUENCE)
-            return operator.mul(left, right)
-        result = operator.add(left, right)
-        if isinstance(result, (str, list, tuple)) and len(result) > MAX_SEQUENCE:
-            raise SecurityError('a value longer than %d is not made here' % MAX_SEQUENCE)
-        return result
+            return _made(operator.mul(left, right))
+        return _made(operator.add(left, right))
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
         _check_args(args)
         _check_args(kwargs.values())
-        return super().call(__context, __obj, *args, **kwargs)
+        _spend(100)
+        return _made(super().call(__context, __obj, *args, **kwargs))
 
     def is_safe_attribute(self, obj, attr, value):
         if not super().is_safe_attribute(obj, attr, value):
@@ -207,7 +256,7 @@ def _environment():
                          keep_trailing_newline=False)
     env.globals.clear()
     env.filters = {name: _capped(jinja_filters.FILTERS[name]) for name in ALLOWED_FILTERS}
-    env.filters.update(replace=_replace, join=_join)
+    env.filters.update(replace=_replace, join=_join, metered=_steps)
     env.tests = {name: test for name, test in env.tests.items() if name in ALLOWED_TESTS}
     return env
 
@@ -267,6 +316,9 @@ def compile_template(field, source, param_names=None):
     why = _refusal(ast, field, VARIABLES[field], param_names)
     if why:
         raise InputError(field, why, code='bad_template')
+    # Every loop walks its items through `metered`: each step is counted.
+    for loop in ast.find_all(nodes.For):
+        loop.iter = nodes.Filter(loop.iter, 'metered', [], [], None, None, lineno=loop.lineno)
     try:
         return ENV.from_string(ast)
     except Exception as exc:
@@ -277,6 +329,7 @@ def compile_template(field, source, param_names=None):
 def render(field, source, context):
     """The rendered text, cleaned for where it goes; TemplateFailure when the
     template cannot be rendered (a sandbox refusal, an unknown value)."""
+    _budget.left = WORK_BUDGET
     try:
         template = compile_template(field, source)
         parts, size = [], 0
@@ -294,6 +347,8 @@ def render(field, source, context):
         raise TemplateFailure(field, 'refused by the sandbox: %s' % exc)
     except Exception as exc:  # the user's template: any error is its own
         raise TemplateFailure(field, '%s: %s' % (type(exc).__name__, exc))
+    finally:
+        _budget.left = None
     if len(text) > MAX_OUTPUT[field]:
         if field != 'body':
             text = text[:MAX_OUTPUT[field]]

@@ -152,6 +152,10 @@ BAD_TEMPLATES = [
     ("{{ params.update({'a': 1}) }}", "method 'update' is not available"),
     ('{{ title|truncate(100000000) }}', 'numbers above'),
     ("{{ ('x' * 90000)|list|join('abc') }}", 'longer than'),
+    ("{% set s = 'x' * 90000 %}{% set s = s ~ s %}{% set s = s ~ s %}{{ s|length }}",
+     'longer than'),
+    ("{% for a in 'x' * 90000 %}{% for b in 'x' * 90000 %}{% endfor %}{% endfor %}",
+     'too much work'),
     ("{% for a in 'x' * 90000 %}{{ 'y' * 90000 }}{% endfor %}", 'more than 100000 characters'),
     ("{{ '{:>100000000}'.format(1) }}", 'format widths'),
 ]
