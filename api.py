@@ -13,6 +13,8 @@ import controlapi
 import history
 import links
 import reldates
+import messageapi
+import runmessages
 import runs
 import runviews
 import schedules
@@ -29,6 +31,7 @@ from params import dump_params
 from queueconf import FailureLog
 from reports import find_report
 from runfiles import open_report
+from runmessages import MESSAGE_FIELDS
 from slots import DownloadSlots
 from sources import ReportSQLError, SourceUnavailable, UnknownSource
 from vocab import FINAL, TERMINAL, RunStatus, Trigger
@@ -81,6 +84,7 @@ def install_api(app, settings, jobs, registry):
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
     controlapi.install_control(app, settings, jobs, registry, enqueue)
+    messageapi.install_message_preview(app, settings, registry)
 
 
 def install_health(app, settings, jobs, registry, queue_log):
@@ -202,20 +206,22 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     def create_run():
         body = read_json_body(settings.max_body_bytes)
         unknown = set(body) - {'report', 'params', 'to', 'timezone', 'split_by'} \
-            - set(OUTPUT_OPTIONS)
+            - set(OUTPUT_OPTIONS) - set(MESSAGE_FIELDS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, timezone, split_by, escape_formulas, bom',
+                             'to, timezone, split_by, escape_formulas, bom, %s'
+                             % ', '.join(MESSAGE_FIELDS),
                              code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
         if 'timezone' in body and not isinstance(body['timezone'], str):
             raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+        message = {key: body[key] for key in MESSAGE_FIELDS if key in body}
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
                               body.get('to'), trigger=Trigger.WEB,
                               timezone=body.get('timezone'), split_by=body.get('split_by'),
-                              **options)
+                              message=message, **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -351,7 +357,8 @@ def install_schedules(app, settings, registry, enqueue):
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
                                        schedule=schedule.name, timezone=schedule.timezone,
-                                       split_by=schedule.split_by))
+                                       split_by=schedule.split_by,
+                                       message=runmessages.of_schedule(schedule)))
 
     @app.post('/api/schedules/<name>/test')
     def test_schedule(name):

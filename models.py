@@ -3,6 +3,7 @@ later (`bind_database`), so importing this module touches nothing."""
 import datetime
 import json
 import os
+import secrets
 import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
@@ -12,7 +13,7 @@ from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
 from playhouse.db_url import connect, parse
 from playhouse.shortcuts import ReconnectMixin
 
-from vocab import DeliveryStatus, RunStatus, Trigger
+from vocab import DeliveryStatus, RunStatus, SendRule, Trigger
 
 db = DatabaseProxy()
 _bind_lock = threading.Lock()
@@ -24,6 +25,12 @@ SQLITE_PRAGMAS = {
     'synchronous': 'normal',
     'foreign_keys': 1,
 }
+
+
+def new_message_token():
+    """The random part of a run's Message-ID, made with the run: a database
+    reset that gives out run id 1 again still makes a new Message-ID."""
+    return secrets.token_hex(6)
 
 
 def utcnow():
@@ -93,6 +100,12 @@ class Run(BaseModel):
     # A test run (trigger test): the slot it stands in for. Not slot_at, so
     # it never takes the slot's place in the (schedule, slot_at) index.
     test_slot_at = DateTimeField(null=True)
+    # The message (msgtemplates.py): templates, None for the default; when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
+    message_token = CharField(null=True, default=new_message_token)
 
     class Meta:
         table_name = 'nightshift_run'
@@ -101,11 +114,6 @@ class Run(BaseModel):
             (('status', 'created_at'), False),
             (('report', 'created_at'), False),
         )
-
-    @property
-    def message_id(self):
-        """Stable per run, so a resend after a crash is recognisable downstream."""
-        return '<nightshift-run-%d@nightshift>' % self.id
 
 
 class Delivery(BaseModel):
@@ -144,6 +152,11 @@ class Schedule(BaseModel):
     checked_through = DateTimeField()
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Its runs' message: templates (None for the default) and when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
 
     class Meta:
         table_name = 'nightshift_schedule'

@@ -16,6 +16,7 @@ from errors import InputError, LostOwnership, PermanentFailure
 from export import write_file
 from models import Delivery, Run, db_now
 from reports import BrokenReport, UnknownReport
+from runmessages import name_file
 from sources import ReportSQLError, UnknownSource
 from sqlexport import open_query_csv
 from vocab import FINAL
@@ -143,6 +144,7 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                        sent_as=None)
         stream = write_report(registry, settings, run, csv_path,
                               heartbeat.progress if heartbeat else None)
+        csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
         path, sent_as = package(csv_path, settings)
         key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
         store.save(key, path)

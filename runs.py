@@ -25,6 +25,7 @@ from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
 from runfiles import discard_files, drop_working_copy, prepare_file, remove_work_files
+from runmessages import clean_message
 from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
@@ -66,13 +67,16 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
                escape_formulas: Optional[bool] = None, bom: Optional[bool] = None,
                timezone: Optional[str] = None, at: Optional[datetime.datetime] = None,
                split_by: Optional[str] = None,
-               test_slot_at: Optional[datetime.datetime] = None) -> Run:
+               test_slot_at: Optional[datetime.datetime] = None,
+               message: Optional[dict] = None) -> Run:
     """Validate a request and record it as a queued run (one transaction).
 
     Relative dates in `params` are resolved here, once, in `timezone`
     (default: the timezone setting) at naive UTC `at` (a schedule's slot;
     default: now): every attempt of the run uses the same values. With
-    `split_by` typed recipients are optional: the data names them."""
+    `split_by` typed recipients are optional: the data names them.
+    `message`: subject, body, attachment_name templates and send_rule
+    (runmessages.clean_message), each optional."""
     definition = find_report(registry, report)
     if timezone is not None and not isinstance(timezone, str):
         raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
@@ -82,10 +86,12 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
     typed = definition.parse(params)
     split_by = bursting.clean_split_by(definition, split_by)
     recipients = [] if split_by and not to else parse_recipients(to, settings)
+    stored = dump_params(typed)
+    message = clean_message(message or {}, stored, definition.title, definition.name)
     with db.atomic():
-        run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
+        run = Run.create(report=report, params=stored, recipients=recipients,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
-                         split_by=split_by, test_slot_at=test_slot_at,
+                         split_by=split_by, test_slot_at=test_slot_at, **message,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
                          bom=settings.csv_bom if bom is None else bom,
@@ -315,12 +321,17 @@ def _attempt(attempt, definition, registry, settings, mailer, store, clock):
             # Each recipient found in the data gets their own rows (bursting.py).
             path = bursting.prepare_split(registry, settings, store, attempt,
                                           heartbeat=heartbeat)
-            bursting.deliver_split(attempt, definition.title, path, settings, mailer,
-                                   seconds=clock() - started)
+            skipped = bursting.deliver_split(attempt, definition.title, path, settings, mailer,
+                                             seconds=clock() - started)
         else:
             path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
-            deliver(attempt, definition.title, path, settings, mailer,
-                    seconds=clock() - started)
+            skipped = deliver(attempt, definition.title, path, settings, mailer,
+                              seconds=clock() - started)
+    if skipped:
+        # The send rule said no (no rows): a recorded run, nothing sent.
+        attempt.update(status=RunStatus.SKIPPED, finished_at=utcnow(), error=skipped)
+        drop_working_copy(settings, store, attempt.run_id)
+        return
     deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
     refused = [d for d in deliveries if d.status == DeliveryStatus.REFUSED]
     if refused and len(refused) == len(deliveries):

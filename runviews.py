@@ -52,6 +52,10 @@ def run_as_dict(run, deliveries=None):
         'split_by': run.split_by,
         'split': run.split_report,
         'test_slot_at': _iso(run.test_slot_at),
+        'subject': run.subject,
+        'body': run.body,
+        'attachment_name': run.attachment_name,
+        'send_rule': run.send_rule,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at), 'part': d.part, 'rows': d.rows}
                        for d in deliveries],

@@ -15,6 +15,7 @@ from peewee import IntegrityError, fn
 import bursting
 import cron
 import reldates
+import runmessages
 import runs
 import slotparams
 from errors import Conflict
@@ -27,7 +28,8 @@ from vocab import RunStatus, Trigger
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
-FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'split_by')
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'split_by') \
+    + runmessages.MESSAGE_FIELDS
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -88,9 +90,11 @@ def clean(registry, settings, data, current=None):
     enabled = merged.get('enabled', True)
     if not isinstance(enabled, bool):
         raise InputError('enabled', 'must be true or false')
-    return {'name': name, 'report': definition.name, 'params': params,
-            'recipients': recipients, 'cron': expression, 'timezone': timezone,
-            'enabled': enabled, 'split_by': split_by}
+    message = runmessages.clean_message(data, params, definition.title, definition.name,
+                                        current=current)
+    return dict({'name': name, 'report': definition.name, 'params': params,
+                 'recipients': recipients, 'cron': expression, 'timezone': timezone,
+                 'enabled': enabled, 'split_by': split_by}, **message)
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -168,6 +172,9 @@ def declared_schedules(registry, settings):
             data['timezone'] = spec['timezone']
         if spec.get('split_by'):
             data['split_by'] = spec['split_by']
+        for key in runmessages.MESSAGE_FIELDS:
+            if spec.get(key):
+                data[key] = spec[key]
         try:
             declared[spec['name']] = clean(registry, settings, data)
         except InputError as exc:
@@ -308,7 +315,8 @@ def _create_slot_run(registry, settings, schedule, slot, now, *, to=None,
                                test_slot_at=slot if test else None,
                                split_by=schedule.split_by,
                                # relative dates: in the schedule's zone at the slot
-                               timezone=schedule.timezone, at=slot)
+                               timezone=schedule.timezone, at=slot,
+                               message=runmessages.of_schedule(schedule))
     except InputError as exc:
         if test:
             raise  # the person asking is told at once
@@ -342,7 +350,7 @@ def with_last_runs(query):
     found = list(query)
     names = [s.name for s in found]
     latest = (Run.select(fn.MAX(Run.id))
-              .where(Run.schedule.in_(names), Run.status != RunStatus.SKIPPED)
+              .where(Run.schedule.in_(names), _ran())
               .group_by(Run.schedule))
     last = {run.schedule: run for run in Run.select().where(Run.id.in_(latest))} \
         if names else {}
@@ -355,8 +363,14 @@ def last_run(schedule):
     fetched = getattr(schedule, '_last_run', _NOT_FETCHED)
     if fetched is not _NOT_FETCHED:
         return fetched
-    return (Run.select().where(Run.schedule == schedule.name, Run.status != RunStatus.SKIPPED)
+    return (Run.select().where(Run.schedule == schedule.name, _ran())
             .order_by(Run.id.desc()).first())
+
+
+def _ran():
+    # A missed slot is recorded skipped without an attempt; a run its send
+    # rule skipped (no rows) did run, and is the schedule's last run.
+    return (Run.status != RunStatus.SKIPPED) | (Run.attempts > 0)
 
 
 def schedule_as_dict(schedule, now, registry=None):
@@ -372,6 +386,7 @@ def schedule_as_dict(schedule, now, registry=None):
         'enabled': schedule.enabled,
         'split_by': schedule.split_by,
         'managed_by': schedule.managed_by,
+        **runmessages.message_as_dict(schedule),
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
         'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)

@@ -127,6 +127,11 @@ def _check_sender(address):
     check_address(address, single_label_domain=True)
 
 
+def _check_display_name(name):
+    if any(c in name for c in '\r\n\x00') or len(name) > 100:
+        raise ValueError('must be one line of at most 100 characters')
+
+
 def _check_optional_address(address):
     if address:
         check_address(address)
@@ -175,6 +180,8 @@ SETTINGS = (
     S('smtp_timeout', float, 30.0, 'seconds before an SMTP connection attempt gives up'),
     S('mail_from', str, 'nightshift@localhost', 'sender address', env=('MAIL_FROM',),
       check=_check_sender),
+    S('mail_from_name', str, '', 'display name in `From` (e.g. `Acme Reports`); empty: the '
+      'address alone', env=('MAIL_FROM_NAME',), check=_check_display_name),
     S('reports_dir', str, 'var/reports', 'where the worker writes CSV files', resolve=_path),
     S('host', str, '127.0.0.1', 'address the web server binds to'),
     S('port', int, 8080, 'port the web server listens on', env=('PORT',), check=_check_port),
@@ -319,7 +326,8 @@ Settings = make_dataclass(
 Settings.__module__ = __name__  # pickling finds it here
 Settings.__doc__ = 'The values of SETTINGS, read once at start-up (see load_settings).'
 
-SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled', 'split_by')
+SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled', 'split_by', 'subject', 'body',
+                 'attachment_name', 'send_rule')
 
 
 class RedactSecrets(logging.Filter):

@@ -32,6 +32,7 @@
         <p class="error" id="r-{{report.name}}-to-error" hidden></p>
       </div>
       % include('bursting_run_field', report=report)
+      % include('messages_fields', prefix='r-' + report.name)
       <div class="buttons">
         <button type="submit" value="download">Download CSV</button>
         <button type="submit" value="email" class="primary">Email it</button>
@@ -129,6 +130,7 @@
         <input id="s-enabled" name="enabled" data-field="enabled" type="checkbox" checked>
         <label for="s-enabled">Enabled</label>
       </div>
+      % include('messages_fields', prefix='s')
       <div class="buttons">
         <button type="submit" class="primary">Save schedule</button>
         <button type="button" id="schedule-cancel">Cancel</button>
