@@ -144,7 +144,8 @@ def _message_properties():
     template = {'type': 'string', 'nullable': True,
                 'description': 'a sandboxed Jinja2 template; null for the default'}
     return {'subject': template, 'body': template, 'attachment_name': template,
-            'send_rule': _enum(SendRule)}
+            'send_rule': {'type': 'string', 'nullable': True,
+                          'enum': [rule.value for rule in SendRule] + [None]}}
 
 
 def build_spec(registry):

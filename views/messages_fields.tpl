@@ -37,9 +37,9 @@
     % end
     (the file name: not <code>took</code>, <code>file_name</code>, <code>file_note</code>, <code>link</code>, <code>link_expires</code>, <code>cut_note</code>).</p>
   <div class="buttons">
-    <button type="button" data-action="preview-message" id="{{prefix}}-preview">Preview the next message</button>
+    <button type="button" data-action="preview-message" id="{{prefix}}-message-preview">Preview the next message</button>
   </div>
-  <div class="message-preview" id="{{prefix}}-preview-box" role="status" aria-live="polite" hidden>
+  <div class="message-preview" id="{{prefix}}-message-preview-box" role="status" aria-live="polite" hidden>
     <p><strong>Subject:</strong> <span class="preview-subject"></span></p>
     <p><strong>File:</strong> <code class="preview-name"></code></p>
     <pre class="preview-body"></pre>
