@@ -9,13 +9,14 @@ import logging
 
 from bottle import HTTPResponse, request, response
 
+import health
 import links
 import runs
 import runviews
 import schedules
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
-from guards import error_response, forget_connection, json_response
+from guards import TokenAuth, error_response, forget_connection, json_response
 from inputs import (OUTPUT_OPTIONS, RAW_HEADER, WHOLE_NUMBER, flag, query_params,
                     raw_allowed, read_json_body)
 from models import Run, Schedule, db, utcnow
@@ -78,6 +79,8 @@ def install_api(app, settings, jobs, registry):
 
 
 def install_health(app, settings, jobs, registry, queue_log):
+    token_auth = TokenAuth(settings.tokens)
+
     @app.get('/healthz', auth=False)
     def healthz():
         checks = {}
@@ -94,9 +97,24 @@ def install_health(app, settings, jobs, registry, queue_log):
         except Exception as exc:
             checks['queue'] = 'down: %s' % queue_log.down(exc)
         ok = all(v == 'ok' for v in checks.values())
-        return json_response(200 if ok else 503,
-                             dict(checks, status='ok' if ok else 'unavailable',
-                                  queue_backend=settings.queue))
+        body = dict(checks, status='ok' if ok else 'unavailable', queue_backend=settings.queue)
+        if checks['database'] == 'ok':
+            # The consumers, and whether the work is being done (health.py):
+            # "degraded" keeps 200 unless ?strict=1 asks for 503. Who runs
+            # where (hosts, pids) only with a token, when tokens are set.
+            try:
+                body.update(health.report(settings))
+            except Exception as exc:
+                forget_connection()
+                body['problems'] = ['consumers: not read (%s)' % type(exc).__name__]
+            if settings.tokens and not token_auth.allowed(
+                    request.get_header('Authorization', '')):
+                body.pop('consumers', None)
+            if ok and body['problems']:
+                body['status'] = 'degraded'
+        strict = request.query.get('strict') in ('1', 'true')
+        return json_response(200 if ok and not (strict and body['status'] != 'ok') else 503,
+                             body)
 
     @app.get('/api/openapi.json', auth=False)
     def openapi_spec():

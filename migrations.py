@@ -144,6 +144,8 @@ MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (7, 'add nightshift_consumer: consumers register and beat there',
+     create_new_tables('Consumer')),
 )
 LATEST = MIGRATIONS[-1][0]
 
