@@ -8,6 +8,7 @@ scrapes, by whichever web process it asks, and every web process answers
 the same. The histograms are counted by SQL over the runs the history keeps.
 """
 import datetime
+import functools
 
 from bottle import HTTPResponse, request
 from peewee import MySQLDatabase, PostgresqlDatabase, fn
@@ -27,6 +28,10 @@ DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 ROW_BUCKETS = (10, 100, 1000, 10000, 100000, 1000000, 10000000)
 
 
+def _quote(database, name):
+    return '%s%s%s' % (database.quote[0], name, database.quote[1])
+
+
 def _epoch(moment):
     return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
 
@@ -36,7 +41,8 @@ def _seconds_between(database, start, end):
     if isinstance(database, PostgresqlDatabase):
         return 'EXTRACT(EPOCH FROM (%s - %s))' % (end, start)
     if isinstance(database, MySQLDatabase):
-        return 'TIMESTAMPDIFF(MICROSECOND, %s, %s) / 1000000.0' % (start, end)
+        # 1e6, a DOUBLE: a DECIMAL division would keep four decimals.
+        return 'TIMESTAMPDIFF(MICROSECOND, %s, %s) / 1e6' % (start, end)
     # SQLite keeps 'YYYY-MM-DD HH:MM:SS[.ffffff]' text; strftime('%s') rounds
     # the fraction, so whole seconds and the fraction are read apart.
     def epoch(column):
@@ -168,24 +174,28 @@ class DatabaseCollector:
 
     def histograms(self):
         database = db.obj
-        duration = _seconds_between(database, 'started_at', 'finished_at')
+        q = functools.partial(_quote, database)
+        started, finished, status = q('started_at'), q('finished_at'), q('status')
+        duration = _seconds_between(database, started, finished)
         statuses = [str(status) for status in TERMINAL]
         yield self._histogram(
             'nightshift_run_duration_seconds', 'Seconds from start to end of the finished '
             '(delivered or failed) runs kept in the history, by report and status; counted '
             'over the history, so it can go down when old runs are removed.',
             ['report', 'status'], duration, DURATION_BUCKETS,
-            'status IN (%s) AND started_at IS NOT NULL AND finished_at IS NOT NULL'
-            % ', '.join([database.param] * len(statuses)), statuses)
+            '%s IN (%s) AND %s IS NOT NULL AND %s IS NOT NULL'
+            % (status, ', '.join([database.param] * len(statuses)), started, finished),
+            statuses)
+        # `rows` is a reserved word in MySQL: every name is quoted.
         yield self._histogram(
             'nightshift_run_rows', 'Rows of the delivered runs kept in the history, by '
-            'report.', ['report'], 'rows', ROW_BUCKETS, 'status = %s' % database.param,
+            'report.', ['report'], q('rows'), ROW_BUCKETS, '%s = %s' % (status, database.param),
             [str(RunStatus.DELIVERED)])
 
     def _histogram(self, name, documentation, labels, value, buckets, where, params):
         database = db.obj
         quote = database.quote
-        columns = ', '.join('%s%s%s' % (quote[0], label, quote[1]) for label in labels)
+        columns = ', '.join(_quote(database, label) for label in labels)
         counts = ', '.join('SUM(CASE WHEN v <= %r THEN 1 ELSE 0 END)' % bound
                            for bound in buckets)
         sql = ('SELECT %s, COUNT(*), COALESCE(SUM(v), 0), %s FROM (SELECT %s, %s AS v FROM '
