@@ -32,9 +32,11 @@ class ProcessInfo(NamedTuple):
 
 
 def info_of(consumer):
-    """ProcessInfo of a huey Consumer, from its own configuration."""
-    return ProcessInfo(int(consumer.workers), str(consumer.worker_type),
-                       bool(consumer.periodic))
+    """ProcessInfo of a huey Consumer, from its own configuration. With
+    `-k process` each worker process registers itself (the startup hook runs
+    in each), so each row counts one worker."""
+    workers = 1 if consumer.worker_type == 'process' else int(consumer.workers)
+    return ProcessInfo(workers, str(consumer.worker_type), bool(consumer.periodic))
 
 
 def live_after(settings, now):
