@@ -14,6 +14,7 @@ import links
 import runs
 import runviews
 import schedules
+from dbhealth import DB_ERRORS
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
 from guards import TokenAuth, error_response, forget_connection, json_response
@@ -104,7 +105,7 @@ def install_health(app, settings, jobs, registry, queue_log):
             # where (hosts, pids) only with a token, when tokens are set.
             try:
                 body.update(health.report(settings))
-            except Exception as exc:
+            except DB_ERRORS as exc:
                 forget_connection()
                 body['problems'] = ['consumers: not read (%s)' % type(exc).__name__]
             if settings.tokens and not token_auth.allowed(

@@ -18,11 +18,11 @@ from bottle import Bottle
 
 import guards
 from api import install_api
+from logformat import install_logging
 from metrics import install_metrics
 from migrations import SchemaBehind
 from models import bind_database
 from settings import SettingsError, install_log_redaction, load_settings
-from logformat import install_logging
 from tasks import Jobs
 from web import install_pages
 

@@ -157,8 +157,10 @@ class Jobs:
             with about_run(run_id):
                 outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
                                            self.store)
-                if outcome.status != Ending.IDLE:
-                    logger.info('run %d: %s', run_id, outcome.status)
+                # A run waiting for its turn comes back every few seconds.
+                quiet = outcome.status in (Ending.IDLE, Ending.BUSY)
+                logger.log(logging.DEBUG if quiet else logging.INFO, 'run %d: %s', run_id,
+                           outcome.status)
         except DB_ERRORS as exc:
             # The state database is what failed, before anything was claimed
             # or while recording: nothing to count an attempt against. Try
