@@ -260,9 +260,14 @@ def test_scraped_while_two_consumers_and_the_web_run_the_values_match_the_databa
             logs.append(open(tmp_path / ('consumer-%d.log' % index), 'wb'))
             procs.append(spawn(['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2',
                                 '-k', 'thread'], env, logs[-1]))
-        logs.append(open(tmp_path / 'web.log', 'wb'))
-        procs.append(spawn(['server.py', '--port', str(port)], env, logs[-1]))
-        wait_until(lambda: _http(base + '/healthz')[0] == 200, timeout=30, message='the web')
+        # Two web processes: Prometheus may ask either.
+        other_port = free_port()
+        for name, listen in (('web', port), ('web-2', other_port)):
+            logs.append(open(tmp_path / ('%s.log' % name), 'wb'))
+            procs.append(spawn(['server.py', '--port', str(listen)], env, logs[-1]))
+        for url in (base, 'http://127.0.0.1:%d' % other_port):
+            wait_until(lambda: _http(url + '/healthz')[0] == 200, timeout=30,
+                       message='the web')
         posted = []
         for report, to in (('customers', 'a@example.org'), ('orders', 'b@example.org'),
                            ('customers', 'c@example.org'), ('orders', 'nobody@example.org')):
@@ -296,12 +301,19 @@ def test_scraped_while_two_consumers_and_the_web_run_the_values_match_the_databa
         ticked = [value for (name, _), value in found.items()
                   if name == 'nightshift_consumer_last_tick_timestamp_seconds']
         assert len(ticked) == 2  # each ticked as it started
+        # The other web process answers the same: nothing is per process
+        # (but the clocks: heartbeats, ticks and ages move between scrapes).
+        status, text = _http('http://127.0.0.1:%d/metrics' % other_port, API_TOKEN)
+        assert status == 200
+        moving = ('timestamp_seconds', 'age_seconds')
+        assert {k: v for k, v in samples(text).items() if not k[0].endswith(moving)} == \
+            {k: v for k, v in found.items() if not k[0].endswith(moving)}
     finally:
         for proc in procs:
             stop(proc)
         for log in logs:
             log.close()
-    assert [p.returncode for p in procs] == [0, 0, 0], \
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], \
         (tmp_path / 'consumer-0.log').read_text()
 
 
