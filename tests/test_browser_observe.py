@@ -51,6 +51,11 @@ def test_the_consumers_panel_shows_a_consumer_that_does_not_tick(browser, live):
     proc = live._spawn(['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '1', '-k',
                         'thread', '-n'], 'consumer')
     auth = {'Authorization': 'Bearer ' + TOKEN}
+    # It registers, then ticks once as it starts: degraded only after that
+    # tick is older than tick_alarm_after (before it, it is "never").
+    wait_until(lambda: [c['last_tick_at'] for c in (_get_json_with(
+        live.base + '/healthz', auth) or {}).get('consumers', [])] not in ([], [None]),
+        timeout=30, message='the consumer to tick as it starts')
     wait_until(lambda: '-n' in ' '.join(
         (_get_json_with(live.base + '/healthz', auth) or {}).get('problems', [])),
         timeout=30, message='/healthz degraded by a consumer started with -n')
@@ -60,6 +65,7 @@ def test_the_consumers_panel_shows_a_consumer_that_does_not_tick(browser, live):
     text = row.inner_text()
     assert 'pid %d' % proc.pid in text and 'live' in text and 'no (-n)' in text
     alert = panel.locator('[role=alert]')
+    assert alert.count() == 1, (panel.inner_text(), _get_json_with(live.base + '/healthz', auth))
     assert 'Degraded' in alert.inner_text()
     assert 'started without periodic tasks (huey_consumer -n)' in alert.inner_text()
     os.makedirs(ARTIFACTS, exist_ok=True)
