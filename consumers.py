@@ -125,6 +125,9 @@ class Presence:
         if self._stop.is_set():
             return
         self._stop.set()
+        # A beat under way would make the row again (it finds it gone).
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         if remove and self.id is not None:
             try:
                 unregister(self.id)
@@ -135,12 +138,18 @@ class Presence:
 
 # --- what the web reads -------------------------------------------------------
 
-def listing(settings, now=None):
-    """Every registered consumer as a dict, newest first, with `live`."""
+def registered():
+    """The rows, newest first."""
+    return list(Consumer.select().order_by(Consumer.started_at.desc(), Consumer.id.desc()))
+
+
+def listing(settings, now=None, consumers=None):
+    """Every registered consumer (`consumers`, or read) as a dict, newest
+    first, with `live`."""
     now = now or db_now()
     since = live_after(settings, now)
     rows = []
-    for consumer in Consumer.select().order_by(Consumer.started_at.desc(), Consumer.id.desc()):
+    for consumer in registered() if consumers is None else consumers:
         rows.append({
             'id': consumer.id, 'host': consumer.host, 'pid': consumer.pid,
             'started_at': _iso(consumer.started_at), 'workers': consumer.workers,
