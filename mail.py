@@ -13,6 +13,8 @@ from typing import Dict, List, NamedTuple, Optional, Protocol
 
 import yagmail
 
+from reldates import describe as describe_params
+
 MAX_ADDRESS_LENGTH = 254
 # RFC 5321 4.5.3.1.1; longer local parts are a sign of abuse, not of a person.
 MAX_LOCAL_LENGTH = 64
@@ -91,8 +93,7 @@ def compose(run, title: str, to: List[str], path: str, seconds: float, *,
             limit_mb: Optional[float] = None, cut_at: Optional[int] = None) -> 'Mail':
     """The message for a finished run; `to` is who still needs it. With a
     `link` the file is not attached and the body says why."""
-    params = ', '.join('%s=%s' % (k, v) for k, v in sorted(run.params.items())
-                       if v not in (None, '')) or 'none'
+    params = describe_params(run.params, run.asked_params, run.params_timezone)
     name = os.path.basename(path)
     lines = [
         '%s report' % title,

@@ -139,13 +139,42 @@ def create_new_tables(*model_names):
     return step
 
 
+def add_index(model_name, *field_names):
+    """A step that indexes fields of a Nightshift model's table, unless an
+    index on exactly those columns exists."""
+    def step(database):
+        import models
+        from playhouse.migrate import SchemaMigrator, migrate as run_migration
+        model = getattr(models, model_name)
+        table = model._meta.table_name
+        columns = [model._meta.fields[name].column_name for name in field_names]
+        if any(list(index.columns) == columns for index in database.get_indexes(table)):
+            return
+        run_migration(SchemaMigrator.from_database(database).add_index(table, columns))
+    step.__name__ = 'add_index_%s' % model_name.lower()
+    return step
+
+
+def steps(*parts):
+    """One step made of several builders' steps, in order."""
+    def step(database):
+        for part in parts:
+            part(database)
+    step.__name__ = '_'.join(part.__name__ for part in parts)
+    return step
+
+
 # (version, what it does, the step). Append only: a released step never changes.
 MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (3, 'runs record the relative dates asked for and their timezone',
+     add_columns('Run', 'asked_params', 'params_timezone')),
     (7, 'add nightshift_consumer: consumers register and beat there',
      create_new_tables('Consumer')),
+    (8, 'runs: rerun_of and requested_by; an index on finished_at for history retention',
+     steps(add_columns('Run', 'rerun_of', 'requested_by'), add_index('Run', 'finished_at'))),
 )
 LATEST = MIGRATIONS[-1][0]
 

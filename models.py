@@ -77,6 +77,15 @@ class Run(BaseModel):
     bom = BooleanField(default=True)
     # Cut at max_rows: the email says so.
     truncated = BooleanField(default=False)
+    # The relative dates asked for ({name: 'yesterday'}; `params` holds what
+    # they resolved to) and the timezone they were resolved in (reldates.py).
+    asked_params = JSONField(null=True)
+    params_timezone = CharField(null=True)
+    # The run this one repeats (control.rerun); not a foreign key, so history
+    # retention may remove the older run first.
+    rerun_of = BigIntegerField(null=True)
+    # Who asked, where known: a download's user or client address (history.who).
+    requested_by = CharField(null=True)
 
     class Meta:
         table_name = 'nightshift_run'

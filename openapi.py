@@ -86,6 +86,8 @@ def _components(report_names):
                         'truncated': {'type': 'boolean'},
                         'escape_formulas': {'type': 'boolean'},
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
+                        'asked_params': {'type': 'object'},
+                        'params_timezone': NULLABLE_STRING,
                         'url': {'type': 'string'}}},
             'Schedule': {'type': 'object',
                          'required': ['name', 'report', 'params', 'to', 'cron', 'timezone',
@@ -98,6 +100,7 @@ def _components(report_names):
                              'enabled': {'type': 'boolean'},
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
+                             'next_slot_params': {'type': 'object', 'nullable': True},
                              'last_run': {'type': 'object', 'nullable': True},
                              'created_at': {'type': 'string'},
                              'updated_at': {'type': 'string'}, 'url': {'type': 'string'}}},
@@ -116,7 +119,12 @@ def _components(report_names):
                              'to': {'type': 'array', 'minItems': 1,
                                     'items': {'type': 'string', 'format': 'email'}},
                              'escape_formulas': {'type': 'boolean'},
-                             'bom': {'type': 'boolean'}}},
+                             'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'}}},
+            'PreviewInput': {'type': 'object', 'required': ['report', 'cron'],
+                             'additionalProperties': False, 'properties': {
+                                 'report': {'type': 'string', 'enum': report_names},
+                                 'params': {'type': 'object'}, 'cron': {'type': 'string'},
+                                 'timezone': {'type': 'string'}}},
         },
     }
 
@@ -200,6 +208,15 @@ def build_spec(registry):
         'responses': dict(common, **{
             '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
             '400': bad, '404': not_found})}}
+    paths['/api/schedule-preview'] = {'post': {
+        'summary': "a schedule's next slot and the values its relative dates take then",
+        'requestBody': {'required': True, 'content': _json(_ref('PreviewInput'))},
+        'responses': dict(common, **{
+            '200': {'description': 'the next slot and its parameter values',
+                    'content': _json({'type': 'object',
+                                      'required': ['slot_at', 'params', 'asked']})},
+            '400': bad, '404': _error('no such report'), '413': too_large,
+            '415': not_json})}}
     paths['/api/runs/{id}/file'] = {'get': {
         'summary': "a finished run's file, while it is kept",
         'parameters': [
@@ -216,6 +233,29 @@ def build_spec(registry):
             {'name': 'sig', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
         'responses': {'200': file_ok,
                       '403': _error('not valid or expired'), '404': _error('no longer kept')}}}
+    id_param = {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}
+    paths['/api/runs/{id}/cancel'] = {'post': {
+        'summary': 'cancel a queued or running run before its mail goes out',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '200': {'description': 'the cancelled run', 'content': _json(_ref('Run'))},
+            '404': _error('no such run'),
+            '409': _error('the run is over, or sending its mail')})}}
+    paths['/api/runs/{id}/rerun'] = {'post': {
+        'summary': 'a failed or cancelled run again, as a new run (rerun_of)',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': _error('no such run'),
+            '409': _error('the run is not failed or cancelled')})}}
+    paths['/api/schedules/{name}/backfill'] = {'post': {
+        'summary': "one run per past slot of the schedule in a range of days",
+        'parameters': [name_param], 'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['from', 'to'],
+            'properties': {'from': {'type': 'string'}, 'to': {'type': 'string'}}})},
+        'responses': dict(common, **{
+            '200': {'description': 'the runs created and the slots skipped, with why',
+                    'content': _json({'type': 'object',
+                                      'required': ['created', 'skipped']})},
+            '400': bad, '404': not_found, '413': too_large, '415': not_json})}}
     for report in registry:
         parameters = [{'name': p.name, 'in': 'query', 'required': p.required,
                        'description': p.help, 'schema': _param_schema(p)}

@@ -185,6 +185,16 @@ def remove_work_files(settings, store, run):
             os.rmdir(parent)  # only when empty
 
 
+def discard_files(settings, store, run_id):
+    """Everything a cancelled run made: its work folder and any file it had
+    published (nobody was sent it)."""
+    key = Run.select(Run.file_key).where(Run.id == run_id).scalar()
+    if key:
+        store.delete(key)
+        Run.update(file_key=None).where(Run.id == run_id).execute()
+    shutil.rmtree(run_folder(settings, run_id), ignore_errors=True)
+
+
 def sweep_orphans(settings, store):
     """Work folders nothing will use again: of runs that are over (their
     published file kept), or that no longer exist. Runs still queued or

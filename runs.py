@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 
 from peewee import Case, PostgresqlDatabase, fn
 
+import reldates
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
 from logformat import note, run_fields
@@ -24,8 +25,8 @@ from mail import MailError, check_address
 from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
-from runfiles import drop_working_copy, prepare_file, remove_work_files
-from vocab import TERMINAL, DeliveryStatus, Ending, RunStatus, Trigger
+from runfiles import discard_files, drop_working_copy, prepare_file, remove_work_files
+from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
 logger = logging.getLogger('nightshift.runs')
@@ -63,9 +64,19 @@ def parse_recipients(to, settings):
 def create_run(registry, settings, report: str, params: Optional[dict] = None,
                to: Optional[list] = None, *, trigger: Trigger = Trigger.WEB,
                schedule: Optional[str] = None, slot_at: Optional[datetime.datetime] = None,
-               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None) -> Run:
-    """Validate a request and record it as a queued run (one transaction)."""
+               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None,
+               timezone: Optional[str] = None, at: Optional[datetime.datetime] = None) -> Run:
+    """Validate a request and record it as a queued run (one transaction).
+
+    Relative dates in `params` are resolved here, once, in `timezone`
+    (default: the timezone setting) at naive UTC `at` (a schedule's slot;
+    default: now): every attempt of the run uses the same values."""
     definition = find_report(registry, report)
+    if timezone is not None and not isinstance(timezone, str):
+        raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+    timezone = timezone or settings.timezone
+    params, asked = reldates.resolve_params(definition.params, params,
+                                            reldates.check_zone(timezone), at or utcnow())
     typed = definition.parse(params)
     recipients = parse_recipients(to, settings)
     with db.atomic():
@@ -73,7 +84,8 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
-                         bom=settings.csv_bom if bom is None else bom)
+                         bom=settings.csv_bom if bom is None else bom,
+                         asked_params=asked or None, params_timezone=timezone if asked else None)
         for address in recipients:
             Delivery.create(run=run, address=address)
     return run
@@ -83,7 +95,7 @@ def mark_failed(run_id, reason, now=None):
     """Record a run that is not in a worker's hands as failed for good (its
     task could not be queued, or the reaper gave up). True if it changed."""
     return bool(Run.update(status=RunStatus.FAILED, error=reason, finished_at=now or utcnow())
-                .where(Run.id == run_id, Run.status.not_in(TERMINAL)).execute())
+                .where(Run.id == run_id, Run.status.not_in(FINAL)).execute())
 
 
 def record_wait(run_id, next_attempt_at):
@@ -136,7 +148,9 @@ def claim(run_id, now=None, report=None, limit=None):
                 db.execute_sql('SELECT pg_advisory_xact_lock(%s)', (_report_lock_key(report),))
             busy = Run.alias('busy')
             in_progress = (busy.select(fn.COUNT(busy.id))
-                           .where((busy.report == report) & (busy.status == RunStatus.RUNNING)))
+                           .where((busy.report == report) & (busy.status == RunStatus.RUNNING)
+                                  # A download streams in the web server, not a worker.
+                                  & (busy.trigger != Trigger.DOWNLOAD)))
             condition &= (in_progress < limit)
         now = now or db_now()
         if not (Run.update(status=RunStatus.RUNNING, attempts=Run.attempts + 1, started_at=now,
@@ -216,8 +230,9 @@ class Heartbeat:
                 try:
                     if not Run.update(values).where(self.attempt.owned()).execute():
                         self.lost = True
-                        logger.warning('run %d: attempt %d was taken back by the reaper; '
-                                       'this worker stops it', *self.attempt)
+                        logger.warning('run %d: attempt %d no longer owns it (taken back '
+                                       'by the reaper, or cancelled); this worker stops it',
+                                       *self.attempt)
                         return
                 except Exception:
                     logger.warning('heartbeat of run %d not recorded', self.attempt.run_id,
@@ -272,6 +287,12 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     try:
         _attempt(attempt, definition, registry, settings, mailer, store, clock)
     except LostOwnership as exc:
+        if Run.select(Run.status).where(Run.id == run_id).scalar() == RunStatus.CANCELLED:
+            # Cancelled (control.cancel_run): nothing was sent; nothing is kept.
+            discard_files(settings, store, run_id)
+            logger.info('run %d: cancelled; attempt %d stopped and sent nothing',
+                        *attempt)
+            return Outcome(Ending.CANCELLED)
         logger.warning('%s; it leaves the run to that attempt', exc)
         return Outcome(Ending.LOST)
     except PermanentFailure as exc:

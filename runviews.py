@@ -22,6 +22,9 @@ def run_as_dict(run, deliveries=None):
         'id': run.id,
         'report': run.report,
         'params': run.params,
+        # The relative dates asked for; `params` holds what they resolved to.
+        'asked_params': run.asked_params or {},
+        'params_timezone': run.params_timezone,
         'to': run.recipients,
         'status': run.status,
         'rows': run.rows,
@@ -42,6 +45,8 @@ def run_as_dict(run, deliveries=None):
         if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
         'escape_formulas': run.escape_formulas,
+        'rerun_of': run.rerun_of,
+        'requested_by': run.requested_by,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at)}
                        for d in deliveries],

@@ -13,10 +13,12 @@ import re
 from peewee import IntegrityError, fn
 
 import cron
+import reldates
 import runs
+import slotparams
 from errors import Conflict
-from models import Run, Schedule, db
-from params import InputError, dump_params
+from models import Run, Schedule, db, utcnow
+from params import InputError
 from reports import find_report
 from settings import SettingsError
 from vocab import RunStatus, Trigger
@@ -66,7 +68,8 @@ def clean(registry, settings, data, current=None):
     except InputError as exc:
         # The schedule exists (or is being made); its report field is wrong.
         raise InputError('report', exc.message, code='invalid')
-    typed = definition.parse(merged.get('params'))
+    # Relative dates stay expressions, resolved at each slot (reldates.py).
+    params = reldates.stored_params(definition, merged.get('params'), cron.UTC, utcnow())
     recipients = runs.parse_recipients(merged.get('to'), settings)
     try:
         expression = cron.check_cron(merged.get('cron'))
@@ -80,7 +83,7 @@ def clean(registry, settings, data, current=None):
     enabled = merged.get('enabled', True)
     if not isinstance(enabled, bool):
         raise InputError('enabled', 'must be true or false')
-    return {'name': name, 'report': definition.name, 'params': dump_params(typed),
+    return {'name': name, 'report': definition.name, 'params': params,
             'recipients': recipients, 'cron': expression, 'timezone': timezone,
             'enabled': enabled}
 
@@ -288,7 +291,9 @@ def _create_slot_run(registry, settings, schedule, slot, now):
     try:
         return runs.create_run(registry, settings, schedule.report, schedule.params,
                                schedule.recipients, trigger=Trigger.SCHEDULE,
-                               schedule=schedule.name, slot_at=slot)
+                               schedule=schedule.name, slot_at=slot,
+                               # relative dates: in the schedule's zone at the slot
+                               timezone=schedule.timezone, at=slot)
     except InputError as exc:
         # The report changed under a stored schedule; say so in the history.
         return Run.create(report=schedule.report, params=schedule.params,
@@ -337,7 +342,7 @@ def last_run(schedule):
             .order_by(Run.id.desc()).first())
 
 
-def schedule_as_dict(schedule, now):
+def schedule_as_dict(schedule, now, registry=None):
     upcoming, local = next_run(schedule, now)
     last = last_run(schedule)
     return {
@@ -351,6 +356,8 @@ def schedule_as_dict(schedule, now):
         'managed_by': schedule.managed_by,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
+        'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)
+        if registry is not None else None,
         'last_run': None if last is None else {
             'id': last.id, 'status': last.status, 'trigger': last.trigger,
             'slot_at': _iso(last.slot_at), 'created_at': _iso(last.created_at),

@@ -211,6 +211,15 @@ SETTINGS = (
       '`local` (a folder: `reports_dir`) or `database` (chunks in the application database, '
       'shared by web and workers on other machines)', choices=('local', 'database')),
     S('retention_days', float, 7.0, 'report files are kept this long, then removed'),
+    S('history_days', float, 90.0,
+      'finished runs and their deliveries are kept this long in the history, then removed by '
+      "the tick in batches (0: kept for ever); a run's file goes first, after `retention_days`"),
+    S('history_batch', int, 500,
+      'runs removed per transaction by history retention: small, so the API keeps answering',
+      check=_at_least_one()),
+    S('max_backfill_slots', int, 100,
+      "slots one backfill of a schedule may cover; a longer range is refused (422)",
+      check=_at_least_one()),
     S('public_url', str, 'http://127.0.0.1:8080',
       'base URL of the web server, for links in emails; unset, it follows `port`',
       check=_check_public_url),

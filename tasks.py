@@ -15,6 +15,7 @@ from peewee import IntegrityError
 
 import consumers
 import delivery
+import history
 from dbhealth import DB_ERRORS, DatabaseHealth
 import runfiles
 import runs
@@ -142,6 +143,7 @@ class Jobs:
             created = schedules.tick(self.registry, self.settings, self, now)
             runfiles.remove_expired_files(self.settings, self.store, now)
             runfiles.sweep_orphans(self.settings, self.store)
+            history.remove_old_runs(self.settings, now)
             if self.presence is not None:
                 self.presence.ticked()
         except DB_ERRORS as exc:

@@ -262,6 +262,8 @@
     document.addEventListener('visibilitychange', function () {
       if (!document.hidden) { runs.refresh(); }
     });
+    // Other scripts of the page (control.js) ask for a refresh after they act.
+    document.addEventListener('nightshift:refresh-runs', function () { runs.refresh(); });
     // Next-run times move on; redraw them now and then.
     setInterval(function () { if (!document.hidden) { schedules.refresh(); } }, 60000);
   }

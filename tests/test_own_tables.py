@@ -239,7 +239,7 @@ def test_a_database_of_the_previous_release_is_carried_over(tmp_path, caplog):
         assert b''.join(DatabaseFileStore().open_chunks('run-7/orders.csv')) == b'id\n1'
         assert models.Run.create(report='customers').id == 8  # ids go on after the old ones
         steps = [r.getMessage() for r in caplog.records if 'applying step' in r.getMessage()]
-        assert len(steps) == len(migrations.MIGRATIONS)  # numbers may skip
+        assert len(steps) == len(migrations.MIGRATIONS)
         assert any('carried over from the previous release' in r.getMessage()
                    for r in caplog.records)
         assert database.table_exists('run')  # the old tables are left as they were
@@ -290,8 +290,7 @@ def test_a_schema_that_is_behind_is_not_changed_without_being_told(tmp_path):
             migrations.migrate(database, auto=False)
         assert 'scripts/migrate.py --apply' in str(info.value)
         assert models.Run.select().count() == 0
-        assert migrations.migrate(database) == [v for v, _, _ in migrations.MIGRATIONS
-                                                if v != 1]
+        assert migrations.migrate(database) == [v for v, _, _ in migrations.MIGRATIONS if v > 1]
         assert models.Run.select().count() == 1
     finally:
         models.db.close()

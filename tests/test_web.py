@@ -41,7 +41,9 @@ def test_the_page_offers_each_report_with_typed_labelled_fields(app, shop):
     assert res.content_type == 'text/html'
     page = Page(res.text)
     by_id = {attrs['id']: (tag, attrs) for tag, attrs in page.controls}
-    assert by_id['r-orders-since'][1]['type'] == 'date'
+    # A date field is text: it takes relative dates too, from a list.
+    assert by_id['r-orders-since'][1]['type'] == 'text'
+    assert by_id['r-orders-since'][1]['list'] == 'reldates-choices'
     assert by_id['r-orders-since'][1]['data-field'] == 'params.since'
     assert by_id['r-orders-status'][0] == 'select'
     assert by_id['r-customers-min_orders'][1]['type'] == 'number'

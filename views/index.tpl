@@ -122,6 +122,7 @@
         <p class="help" id="s-timezone-help">An IANA name such as Europe/Lisbon; the cron times are read in it, daylight saving included.</p>
         <p class="error" id="s-timezone-error" hidden></p>
       </div>
+      % include('reldates_preview')
       <div class="field check">
         <input id="s-enabled" name="enabled" data-field="enabled" type="checkbox" checked>
         <label for="s-enabled">Enabled</label>

@@ -24,5 +24,7 @@
 {{!base}}
 </main>
 <script src="/static/app.js" defer></script>
+<script src="/static/reldates.js" defer></script>
+<script src="/static/control.js" defer></script>
 </body>
 </html>

@@ -24,6 +24,8 @@
     % elif run.recipients:
     <small>to {{', '.join(run.recipients)}}</small>
     % end
+    % include('reldates_run_params', run=run)
+    % include('control_run_actions.tpl', run=run)
   </td>
   <td data-label="File">
     % if ready:

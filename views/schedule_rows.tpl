@@ -41,6 +41,7 @@
     <button type="button" data-action="edit" data-name="{{s.name}}" id="schedule-{{s.name}}-edit">Edit<span class="visually-hidden"> {{s.name}}</span></button>
     <button type="button" data-action="delete" data-name="{{s.name}}" id="schedule-{{s.name}}-delete" class="danger">Delete<span class="visually-hidden"> {{s.name}}</span></button>
     % end
+    % include('control_backfill.tpl', s=s)
   </td>
 </tr>
 % end
