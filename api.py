@@ -24,6 +24,7 @@ from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavai
 from guards import TokenAuth, error_response, forget_connection, json_response
 from inputs import (OUTPUT_OPTIONS, RAW_HEADER, WHOLE_NUMBER, flag, query_params,
                     raw_allowed, read_json_body)
+from logformat import run_fields
 from models import Run, Schedule, db, utcnow
 from openapi import build_spec
 from params import dump_params
@@ -237,7 +238,8 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
         try:
             jobs.enqueue_run(run)
         except QueueUnavailable as exc:
-            logger.warning('run %d not queued: %s', run.id, exc)
+            logger.warning('run %d not queued: %s', run.id, exc,
+                           extra=run_fields(run.id, run.report))
             queue_log.down(exc.__cause__ or exc)
             raise QueueUnavailable('the job queue is not answering; run %d was recorded as '
                                    'failed, nothing will be sent. Try again shortly.'

@@ -386,7 +386,7 @@ def reap(settings, now, enqueue, on_failed=None):
         if taken:
             requeued.append(run.id)
     for run_id in requeued:
-        logger.info('run %d queued again by the reaper', run_id)
+        logger.info('run %d queued again by the reaper', run_id, extra=run_fields(run_id))
         enqueue(run_id)
     return requeued
 
