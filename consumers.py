@@ -96,7 +96,8 @@ class Presence:
         self._thread.start()
         logger.info('consumer %d registered (%d %s workers, periodic tasks %s)', self.id,
                     self.info.workers, self.info.worker_type,
-                    'on' if self.info.periodic else 'off: this consumer never ticks schedules')
+                    'on' if self.info.periodic
+                    else 'off (-n): it ticks the schedules only as it starts')
         return self
 
     def ticked(self):
