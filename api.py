@@ -14,10 +14,13 @@ import health
 import history
 import links
 import reldates
+import messageapi
+import runmessages
 import runs
 import runviews
 import schedules
 import slotparams
+import testsend
 from dbhealth import DB_ERRORS
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
@@ -31,6 +34,7 @@ from params import dump_params
 from queueconf import FailureLog
 from reports import find_report
 from runfiles import open_report
+from runmessages import MESSAGE_FIELDS
 from slots import DownloadSlots
 from sources import ReportSQLError, SourceUnavailable, UnknownSource
 from vocab import FINAL, TERMINAL, RunStatus, Trigger
@@ -83,6 +87,7 @@ def install_api(app, settings, jobs, registry):
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
     controlapi.install_control(app, settings, jobs, registry, enqueue)
+    messageapi.install_message_preview(app, settings, registry)
 
 
 def install_health(app, settings, jobs, registry, queue_log):
@@ -220,18 +225,23 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to', 'timezone'} - set(OUTPUT_OPTIONS)
+        unknown = set(body) - {'report', 'params', 'to', 'timezone', 'split_by'} \
+            - set(OUTPUT_OPTIONS) - set(MESSAGE_FIELDS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, timezone, escape_formulas, bom', code='unknown_field')
+                             'to, timezone, split_by, escape_formulas, bom, %s'
+                             % ', '.join(MESSAGE_FIELDS),
+                             code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
         if 'timezone' in body and not isinstance(body['timezone'], str):
             raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+        message = {key: body[key] for key in MESSAGE_FIELDS if key in body}
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
                               body.get('to'), trigger=Trigger.WEB,
-                              timezone=body.get('timezone'), **options)
+                              timezone=body.get('timezone'), split_by=body.get('split_by'),
+                              message=message, **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -367,4 +377,17 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = find_schedule(name)
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
-                                       schedule=schedule.name, timezone=schedule.timezone))
+                                       schedule=schedule.name, timezone=schedule.timezone,
+                                       split_by=schedule.split_by,
+                                       message=runmessages.of_schedule(schedule)))
+
+    @app.post('/api/schedules/<name>/test')
+    def test_schedule(name):
+        # "Send a test to me": the next slot, to one address, recorded as a test.
+        schedule = find_schedule(name)
+        body = read_json_body(settings.max_body_bytes)
+        unknown = sorted(set(body) - {'to'})
+        if unknown:
+            raise InputError(unknown[0], 'unknown field; expected to', code='unknown_field')
+        return enqueue(testsend.send_test(registry, settings, schedule, body.get('to'),
+                                          utcnow()))

@@ -164,6 +164,12 @@ def steps(*parts):
     return step
 
 
+def _message_columns(database):
+    add_columns('Run', 'subject', 'body', 'attachment_name', 'send_rule',
+                'message_token')(database)
+    add_columns('Schedule', 'subject', 'body', 'attachment_name', 'send_rule')(database)
+
+
 # (version, what it does, the step). Append only: a released step never changes.
 MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
@@ -171,12 +177,18 @@ MIGRATIONS = (
      carry_over_legacy),
     (3, 'runs record the relative dates asked for and their timezone',
      add_columns('Run', 'asked_params', 'params_timezone')),
+    (5, 'message templates, send rule and Message-ID token of runs and schedules',
+     _message_columns),
+    (6, 'bursting and test sends: split column, split report, per-recipient files',
+     steps(add_columns('Run', 'split_by', 'split_report', 'test_slot_at'),
+           add_columns('Delivery', 'part', 'rows', 'file_name', 'file_key', 'file_bytes'),
+           add_columns('Schedule', 'split_by'))),
     (7, 'add nightshift_consumer: consumers register and beat there',
      create_new_tables('Consumer')),
     (8, 'runs: rerun_of and requested_by; an index on finished_at for history retention',
      steps(add_columns('Run', 'rerun_of', 'requested_by'), add_index('Run', 'finished_at'))),
 )
-LATEST = MIGRATIONS[-1][0]
+LATEST = max(version for version, _, _ in MIGRATIONS)
 
 
 def _ensure_schema_table(database):

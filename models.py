@@ -3,6 +3,7 @@ later (`bind_database`), so importing this module touches nothing."""
 import datetime
 import json
 import os
+import secrets
 import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
@@ -12,7 +13,7 @@ from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
 from playhouse.db_url import connect, parse
 from playhouse.shortcuts import ReconnectMixin
 
-from vocab import DeliveryStatus, RunStatus, Trigger
+from vocab import DeliveryStatus, RunStatus, SendRule, Trigger
 
 db = DatabaseProxy()
 _bind_lock = threading.Lock()
@@ -24,6 +25,12 @@ SQLITE_PRAGMAS = {
     'synchronous': 'normal',
     'foreign_keys': 1,
 }
+
+
+def new_message_token():
+    """The random part of a run's Message-ID, made with the run: a database
+    reset that gives out run id 1 again still makes a new Message-ID."""
+    return secrets.token_hex(6)
 
 
 def utcnow():
@@ -86,6 +93,19 @@ class Run(BaseModel):
     rerun_of = BigIntegerField(null=True)
     # Who asked, where known: a download's user or client address (history.who).
     requested_by = CharField(null=True)
+    # Bursting (bursting.py): the column holding each row's recipient, and
+    # what the split found (recipients, refused addresses and their rows).
+    split_by = CharField(null=True)
+    split_report = JSONField(null=True)
+    # A test run (trigger test): the slot it stands in for. Not slot_at, so
+    # it never takes the slot's place in the (schedule, slot_at) index.
+    test_slot_at = DateTimeField(null=True)
+    # The message (msgtemplates.py): templates, None for the default; when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
+    message_token = CharField(null=True, default=new_message_token)
 
     class Meta:
         table_name = 'nightshift_run'
@@ -95,11 +115,6 @@ class Run(BaseModel):
             (('report', 'created_at'), False),
         )
 
-    @property
-    def message_id(self):
-        """Stable per run, so a resend after a crash is recognisable downstream."""
-        return '<nightshift-run-%d@nightshift>' % self.id
-
 
 class Delivery(BaseModel):
     """Per-recipient outcome, so a retry goes only to who did not get it."""
@@ -108,6 +123,13 @@ class Delivery(BaseModel):
     status = CharField(default=DeliveryStatus.PENDING)  # vocab.DeliveryStatus
     error = TextField(null=True)
     sent_at = DateTimeField(null=True)
+    # A recipient found in a split run's data gets a file of its own: its
+    # rows only. Typed recipients (part False) get the run's whole file.
+    part = BooleanField(default=False)
+    rows = BigIntegerField(null=True)
+    file_name = CharField(null=True)
+    file_key = CharField(null=True)
+    file_bytes = BigIntegerField(null=True)
 
     class Meta:
         table_name = 'nightshift_delivery'
@@ -123,11 +145,18 @@ class Schedule(BaseModel):
     cron = CharField()
     timezone = CharField()
     enabled = BooleanField(default=True)
+    # Bursting: each recipient found in this column gets only their rows.
+    split_by = CharField(null=True)
     managed_by = CharField(default='api')  # 'api' or 'config' (read-only via the API)
     # Slots up to here are handled (run or skipped); the next tick looks after it.
     checked_through = DateTimeField()
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Its runs' message: templates (None for the default) and when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
 
     class Meta:
         table_name = 'nightshift_schedule'

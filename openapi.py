@@ -3,7 +3,7 @@
 Built from the report registry, so report names and their parameters are
 part of the contract that schemathesis checks in CI.
 """
-from vocab import DeliveryStatus, RunStatus, Trigger
+from vocab import DeliveryStatus, RunStatus, SendRule, Trigger
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
@@ -64,7 +64,8 @@ def _components(report_names):
             'Delivery': {'type': 'object', 'properties': {
                 'address': {'type': 'string'},
                 'status': _enum(DeliveryStatus),
-                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING}},
+                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING,
+                'part': {'type': 'boolean'}, 'rows': {'type': 'integer', 'nullable': True}}},
             'Run': {'type': 'object',
                     'required': ['id', 'report', 'params', 'to', 'status', 'rows', 'bytes',
                                  'attempts', 'error', 'trigger', 'created_at', 'started_at',
@@ -85,10 +86,13 @@ def _components(report_names):
                         'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
                         'escape_formulas': {'type': 'boolean'},
+                        'split_by': NULLABLE_STRING,
+                        'split': {'type': 'object', 'nullable': True},
+                        'test_slot_at': NULLABLE_STRING,
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
                         'asked_params': {'type': 'object'},
                         'params_timezone': NULLABLE_STRING,
-                        'url': {'type': 'string'}}},
+                        'url': {'type': 'string'}, **_message_properties()}},
             'Schedule': {'type': 'object',
                          'required': ['name', 'report', 'params', 'to', 'cron', 'timezone',
                                       'enabled', 'managed_by', 'next_run_at'],
@@ -98,12 +102,14 @@ def _components(report_names):
                              'to': {'type': 'array', 'items': {'type': 'string'}},
                              'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                              'enabled': {'type': 'boolean'},
+                             'split_by': NULLABLE_STRING,
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
                              'next_slot_params': {'type': 'object', 'nullable': True},
                              'last_run': {'type': 'object', 'nullable': True},
                              'created_at': {'type': 'string'},
-                             'updated_at': {'type': 'string'}, 'url': {'type': 'string'}}},
+                             'updated_at': {'type': 'string'}, 'url': {'type': 'string'},
+                             **_message_properties()}},
             'ScheduleInput': {'type': 'object', 'additionalProperties': False, 'properties': {
                 'name': {'type': 'string', 'pattern': r'^[a-z0-9][a-z0-9_-]{0,63}$'},
                 'report': {'type': 'string', 'enum': report_names},
@@ -111,7 +117,9 @@ def _components(report_names):
                 'to': {'type': 'array', 'minItems': 1, 'items': {'type': 'string',
                                                                  'format': 'email'}},
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
-                'enabled': {'type': 'boolean'}}},
+                'enabled': {'type': 'boolean'},
+                'split_by': {'type': 'string', 'nullable': True},
+                **_message_properties()}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
                              'report': {'type': 'string', 'enum': report_names},
@@ -119,7 +127,9 @@ def _components(report_names):
                              'to': {'type': 'array', 'minItems': 1,
                                     'items': {'type': 'string', 'format': 'email'}},
                              'escape_formulas': {'type': 'boolean'},
-                             'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'}}},
+                             'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'},
+                             'split_by': {'type': 'string', 'nullable': True},
+                             **_message_properties()}},
             'PreviewInput': {'type': 'object', 'required': ['report', 'cron'],
                              'additionalProperties': False, 'properties': {
                                  'report': {'type': 'string', 'enum': report_names},
@@ -127,6 +137,14 @@ def _components(report_names):
                                  'timezone': {'type': 'string'}}},
         },
     }
+
+
+def _message_properties():
+    """The message fields of runs and schedules (README: The message)."""
+    template = {'type': 'string', 'nullable': True,
+                'description': 'a sandboxed Jinja2 template; null for the default'}
+    return {'subject': template, 'body': template, 'attachment_name': template,
+            'send_rule': _enum(SendRule)}
 
 
 def build_spec(registry):
@@ -215,6 +233,26 @@ def build_spec(registry):
             '200': {'description': 'the next slot and its parameter values',
                     'content': _json({'type': 'object',
                                       'required': ['slot_at', 'params', 'asked']})},
+            '400': bad, '404': _error('no such report'), '413': too_large,
+            '415': not_json})}}
+    paths['/api/schedules/{name}/test'] = {'post': {
+        'summary': "send a test of the schedule's next slot to one address",
+        'parameters': [name_param],
+        'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['to'], 'additionalProperties': False,
+            'properties': {'to': {'type': 'string', 'format': 'email'}}})},
+        'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': not_found, '409': conflict})}}
+    paths['/api/messages/preview'] = {'post': {
+        'summary': 'the next message as templates would make it (sample values, the date '
+                   'of the next slot of `cron` in `timezone`, or today)',
+        'requestBody': {'required': True, 'content': _json({'type': 'object', 'properties': dict(
+            report={'type': 'string'}, params={'type': 'object'}, cron={'type': 'string'},
+            timezone={'type': 'string'}, **_message_properties())})},
+        'responses': dict(common, **{
+            '200': {'description': 'subject, body, attachment_name, send_rule, date',
+                    'content': _json({'type': 'object'})},
             '400': bad, '404': _error('no such report'), '413': too_large,
             '415': not_json})}}
     paths['/api/runs/{id}/file'] = {'get': {

@@ -15,8 +15,9 @@ import zipfile
 from errors import InputError, LostOwnership, PermanentFailure
 from export import write_file
 from logformat import run_fields
-from models import Run, db_now
+from models import Delivery, Run, db_now
 from reports import BrokenReport, UnknownReport
+from runmessages import name_file
 from sources import ReportSQLError, UnknownSource
 from sqlexport import open_query_csv
 from vocab import FINAL
@@ -145,6 +146,7 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                        sent_as=None)
         stream = write_report(registry, settings, run, csv_path,
                               heartbeat.progress if heartbeat else None)
+        csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
         path, sent_as = package(csv_path, settings)
         key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
         store.save(key, path)
@@ -231,6 +233,9 @@ def remove_expired_files(settings, store, now):
     removed = 0
     for run in Run.select().where(Run.file_key.is_null(False), Run.finished_at < cutoff):
         store.delete(run.file_key)
+        for part in Delivery.select(Delivery.file_key).where(  # a split run's own files
+                Delivery.run == run.id, Delivery.file_key.is_null(False)):
+            store.delete(part.file_key)
         shutil.rmtree(run_folder(settings, run.id), ignore_errors=True)
         Run.update(file_key=None).where(Run.id == run.id).execute()
         removed += 1

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional
 from peewee import Case, PostgresqlDatabase, fn
 
 import reldates
+import bursting
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
 from logformat import note, run_fields
@@ -26,6 +27,7 @@ from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
 from runfiles import discard_files, drop_working_copy, prepare_file, remove_work_files
+from runmessages import clean_message
 from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
@@ -65,12 +67,18 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
                to: Optional[list] = None, *, trigger: Trigger = Trigger.WEB,
                schedule: Optional[str] = None, slot_at: Optional[datetime.datetime] = None,
                escape_formulas: Optional[bool] = None, bom: Optional[bool] = None,
-               timezone: Optional[str] = None, at: Optional[datetime.datetime] = None) -> Run:
+               timezone: Optional[str] = None, at: Optional[datetime.datetime] = None,
+               split_by: Optional[str] = None,
+               test_slot_at: Optional[datetime.datetime] = None,
+               message: Optional[dict] = None) -> Run:
     """Validate a request and record it as a queued run (one transaction).
 
     Relative dates in `params` are resolved here, once, in `timezone`
     (default: the timezone setting) at naive UTC `at` (a schedule's slot;
-    default: now): every attempt of the run uses the same values."""
+    default: now): every attempt of the run uses the same values. With
+    `split_by` typed recipients are optional: the data names them.
+    `message`: subject, body, attachment_name templates and send_rule
+    (runmessages.clean_message), each optional."""
     definition = find_report(registry, report)
     if timezone is not None and not isinstance(timezone, str):
         raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
@@ -78,10 +86,14 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
     params, asked = reldates.resolve_params(definition.params, params,
                                             reldates.check_zone(timezone), at or utcnow())
     typed = definition.parse(params)
-    recipients = parse_recipients(to, settings)
+    split_by = bursting.clean_split_by(definition, split_by)
+    recipients = [] if split_by and not to else parse_recipients(to, settings)
+    stored = dump_params(typed)
+    message = clean_message(message or {}, stored, definition.title, definition.name)
     with db.atomic():
-        run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
+        run = Run.create(report=report, params=stored, recipients=recipients,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
+                         split_by=split_by, test_slot_at=test_slot_at, **message,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
                          bom=settings.csv_bom if bom is None else bom,
@@ -308,9 +320,23 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
 
 def _attempt(attempt, definition, registry, settings, mailer, store, clock):
     started = clock()
+    split = Run.select(Run.split_by).where(Run.id == attempt.run_id).scalar()
     with Heartbeat(attempt, settings.progress_every) as heartbeat:
-        path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
-        deliver(attempt, definition.title, path, settings, mailer, seconds=clock() - started)
+        if split:
+            # Each recipient found in the data gets their own rows (bursting.py).
+            path = bursting.prepare_split(registry, settings, store, attempt,
+                                          heartbeat=heartbeat)
+            skipped = bursting.deliver_split(attempt, definition.title, path, settings, mailer,
+                                             seconds=clock() - started)
+        else:
+            path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
+            skipped = deliver(attempt, definition.title, path, settings, mailer,
+                              seconds=clock() - started)
+    if skipped:
+        # The send rule said no (no rows): a recorded run, nothing sent.
+        attempt.update(status=RunStatus.SKIPPED, finished_at=utcnow(), error=skipped)
+        drop_working_copy(settings, store, attempt.run_id)
+        return
     deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
     refused = [d for d in deliveries if d.status == DeliveryStatus.REFUSED]
     if refused and len(refused) == len(deliveries):

@@ -47,8 +47,17 @@ def run_as_dict(run, deliveries=None):
         'escape_formulas': run.escape_formulas,
         'rerun_of': run.rerun_of,
         'requested_by': run.requested_by,
+        # Bursting: the split column and what the split found (refused rows
+        # and their addresses among it); a test's slot.
+        'split_by': run.split_by,
+        'split': run.split_report,
+        'test_slot_at': _iso(run.test_slot_at),
+        'subject': run.subject,
+        'body': run.body,
+        'attachment_name': run.attachment_name,
+        'send_rule': run.send_rule,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
-                        'sent_at': _iso(d.sent_at)}
+                        'sent_at': _iso(d.sent_at), 'part': d.part, 'rows': d.rows}
                        for d in deliveries],
         'url': '/api/runs/%d' % run.id,
     }

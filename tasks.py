@@ -182,7 +182,7 @@ class Jobs:
             return
         try:
             self.mailer.send(delivery.failure_notice(Run.get_by_id(run_id),
-                                                 self.settings.operator_email))
+                                                 self.settings.operator_email, self.settings))
         except Exception:
             logger.exception('could not tell the operator that run %s failed', run_id,
                              extra=run_fields(run_id))

@@ -24,6 +24,15 @@ class DeliveryStatus(StrEnum):
     SENDING = 'sending'
     SENT = 'sent'
     REFUSED = 'refused'
+    # Not sent because of the run's send rule (no rows): the run is skipped.
+    SKIPPED = 'skipped'
+
+
+class SendRule(StrEnum):
+    """When a run's file is mailed."""
+    ALWAYS = 'always'
+    ROWS = 'rows'  # only when the report has rows; else the run is skipped
+    NOTICE = 'notice'  # with no rows, a short "no data for ..." notice instead of a file
 
 
 class Trigger(StrEnum):
@@ -34,6 +43,8 @@ class Trigger(StrEnum):
     DOWNLOAD = 'download'
     # A past slot of a schedule, run on request (control.backfill).
     BACKFILL = 'backfill'
+    # "Send a test to me": a schedule's next slot, to one address, not the slot's run.
+    TEST = 'test'
 
 
 class Ending(StrEnum):
