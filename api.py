@@ -10,6 +10,7 @@ import logging
 from bottle import HTTPResponse, request, response
 
 import controlapi
+import health
 import history
 import links
 import reldates
@@ -20,11 +21,13 @@ import runviews
 import schedules
 import slotparams
 import testsend
+from dbhealth import DB_ERRORS
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
-from guards import error_response, forget_connection, json_response
+from guards import TokenAuth, error_response, forget_connection, json_response
 from inputs import (OUTPUT_OPTIONS, RAW_HEADER, WHOLE_NUMBER, flag, query_params,
                     raw_allowed, read_json_body)
+from logformat import run_fields
 from models import Run, Schedule, db, utcnow
 from openapi import build_spec
 from params import dump_params
@@ -88,6 +91,8 @@ def install_api(app, settings, jobs, registry):
 
 
 def install_health(app, settings, jobs, registry, queue_log):
+    token_auth = TokenAuth(settings.tokens)
+
     @app.get('/healthz', auth=False)
     def healthz():
         checks = {}
@@ -104,9 +109,24 @@ def install_health(app, settings, jobs, registry, queue_log):
         except Exception as exc:
             checks['queue'] = 'down: %s' % queue_log.down(exc)
         ok = all(v == 'ok' for v in checks.values())
-        return json_response(200 if ok else 503,
-                             dict(checks, status='ok' if ok else 'unavailable',
-                                  queue_backend=settings.queue))
+        body = dict(checks, status='ok' if ok else 'unavailable', queue_backend=settings.queue)
+        if checks['database'] == 'ok':
+            # The consumers, and whether the work is being done (health.py):
+            # "degraded" keeps 200 unless ?strict=1 asks for 503. Who runs
+            # where (hosts, pids) only with a token, when tokens are set.
+            try:
+                body.update(health.report(settings))
+            except DB_ERRORS as exc:
+                forget_connection()
+                body['problems'] = ['consumers: not read (%s)' % type(exc).__name__]
+            if settings.tokens and not token_auth.allowed(
+                    request.get_header('Authorization', '')):
+                body.pop('consumers', None)
+            if ok and body['problems']:
+                body['status'] = 'degraded'
+        strict = request.query.get('strict') in ('1', 'true')
+        return json_response(200 if ok and not (strict and body['status'] != 'ok') else 503,
+                             body)
 
     @app.get('/api/openapi.json', auth=False)
     def openapi_spec():
@@ -228,7 +248,8 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
         try:
             jobs.enqueue_run(run)
         except QueueUnavailable as exc:
-            logger.warning('run %d not queued: %s', run.id, exc)
+            logger.warning('run %d not queued: %s', run.id, exc,
+                           extra=run_fields(run.id, run.report))
             queue_log.down(exc.__cause__ or exc)
             raise QueueUnavailable('the job queue is not answering; run %d was recorded as '
                                    'failed, nothing will be sent. Try again shortly.'

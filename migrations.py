@@ -183,6 +183,8 @@ MIGRATIONS = (
      steps(add_columns('Run', 'split_by', 'split_report', 'test_slot_at'),
            add_columns('Delivery', 'part', 'rows', 'file_name', 'file_key', 'file_bytes'),
            add_columns('Schedule', 'split_by'))),
+    (7, 'add nightshift_consumer: consumers register and beat there',
+     create_new_tables('Consumer')),
     (8, 'runs: rerun_of and requested_by; an index on finished_at for history retention',
      steps(add_columns('Run', 'rerun_of', 'requested_by'), add_index('Run', 'finished_at'))),
 )

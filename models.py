@@ -183,9 +183,29 @@ class AppSecret(BaseModel):
         table_name = 'nightshift_secret'
 
 
+class Consumer(BaseModel):
+    """A consumer process that is, or was lately, alive: it registers at
+    start and beats every `consumer_heartbeat` seconds (on the database's
+    clock), so the web, on another machine, can tell who is working."""
+    host = CharField()
+    pid = IntegerField()
+    started_at = DateTimeField()
+    workers = IntegerField()
+    worker_type = CharField()
+    # Whether it enqueues periodic tasks, the minute tick among them
+    # (`huey_consumer -n` does not).
+    periodic = BooleanField()
+    heartbeat_at = DateTimeField()
+    # When the tick last ran in this process.
+    last_tick_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = 'nightshift_consumer'
+
+
 # Nightshift's own state. Every table is named nightshift_*, so the database
 # can be one the team already uses: nothing else in it is touched.
-ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret)
+ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret, Consumer)
 
 
 class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):

@@ -14,6 +14,7 @@ import zipfile
 
 from errors import InputError, LostOwnership, PermanentFailure
 from export import write_file
+from logformat import run_fields
 from models import Delivery, Run, db_now
 from reports import BrokenReport, UnknownReport
 from runmessages import name_file
@@ -69,7 +70,8 @@ def write_report(registry, settings, run, path, on_progress=None):
                                % (run.report, str(exc.args[0])))
     except ReportSQLError as exc:
         logger.warning('report %s (%s) failed on source %s: %s', run.report,
-                       getattr(definition, 'path', None) or 'python', exc.source, exc.message)
+                       getattr(definition, 'path', None) or 'python', exc.source, exc.message,
+                       extra=run_fields(run.id, run.report))
         raise PermanentFailure('report %s failed on source %s: %s'
                                % (run.report, exc.source, exc.message))
     except InputError as exc:

@@ -6,6 +6,7 @@ Its files are runfiles.py's, its mail delivery.py's, its JSON runviews.py's.
 Plain functions: the Huey task, the web server, the command line and the
 tests all call these.
 """
+import contextvars
 import datetime
 import hashlib
 import logging
@@ -20,6 +21,7 @@ import reldates
 import bursting
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
+from logformat import note, run_fields
 from mail import MailError, check_address
 from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
@@ -213,7 +215,9 @@ class Heartbeat:
         self.rows = self.bytes = None
         self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True,
+        # In the run's logging context, so its lines carry the run's fields.
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._beat,), daemon=True,
                                         name='heartbeat-%d' % attempt.run_id)
 
     def progress(self, rows, size):
@@ -277,6 +281,7 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     run = Run.get_or_none(Run.id == run_id)
     if run is None or run.status != RunStatus.QUEUED:
         return Outcome(Ending.IDLE)
+    note(report=run.report)
     try:
         definition = registry.get(run.report)
     except (UnknownReport, BrokenReport) as exc:
@@ -356,7 +361,7 @@ def _retry_later(attempt, settings, store, exc):
     except LostOwnership:
         return Outcome(Ending.LOST)
     logger.info('run %d: attempt %d failed (%s); retrying in %.1fs',
-                attempt.run_id, attempt.number, reason, delay)
+                attempt.run_id, attempt.number, reason, delay, extra=run_fields(attempt.run_id))
     return Outcome(Ending.RETRY, delay)
 
 
@@ -365,7 +370,7 @@ def _fail(attempt, settings, store, reason):
         attempt.update(status=RunStatus.FAILED, error=reason, finished_at=utcnow())
     except LostOwnership:
         return Outcome(Ending.LOST)
-    logger.warning('run %d failed: %s', attempt.run_id, reason)
+    logger.warning('run %d failed: %s', attempt.run_id, reason, extra=run_fields(attempt.run_id))
     remove_work_files(settings, store, Run.get_by_id(attempt.run_id))
     return Outcome(Ending.FAILED)
 
@@ -382,7 +387,8 @@ def reap(settings, now, enqueue, on_failed=None):
             if mark_failed(run.id, 'worker stopped during attempt %d of %d (no heartbeat '
                            'since %s); giving up' % (run.attempts, settings.max_attempts,
                                                     run.heartbeat_at.isoformat() + 'Z'), now):
-                logger.warning('run %d failed: out of attempts', run.id)
+                logger.warning('run %d failed: out of attempts', run.id,
+                               extra=run_fields(run.id, run.report))
                 if on_failed is not None:
                     on_failed(run.id)
             continue
@@ -394,6 +400,8 @@ def reap(settings, now, enqueue, on_failed=None):
                         Run.heartbeat_at == run.heartbeat_at).execute())
         if taken:
             requeued.append(run.id)
+            logger.info('run %d: its worker went silent; queued again', run.id,
+                        extra=run_fields(run.id, run.report))
     lost = now - datetime.timedelta(seconds=settings.requeue_after)
     for run in Run.select().where(Run.status == RunStatus.QUEUED, Run.queued_at < lost,
                                   (Run.next_attempt_at.is_null()) |
@@ -404,7 +412,7 @@ def reap(settings, now, enqueue, on_failed=None):
         if taken:
             requeued.append(run.id)
     for run_id in requeued:
-        logger.info('run %d queued again by the reaper', run_id)
+        logger.info('run %d queued again by the reaper', run_id, extra=run_fields(run_id))
         enqueue(run_id)
     return requeued
 

@@ -106,6 +106,11 @@ def _at_least_one(why=''):
     return check
 
 
+def _positive(value):
+    if value <= 0:
+        raise ValueError('must be more than 0')
+
+
 def _check_port(port):
     if port > 65535:
         raise ValueError('%d is not a TCP port' % port)
@@ -142,6 +147,11 @@ def _check_tokens(value):
         if len(token) < 16:
             raise ValueError('every NIGHTSHIFT_API_TOKEN must be at least 16 characters '
                              '(e.g. python -c "import secrets; print(secrets.token_urlsafe())")')
+
+
+def _check_metrics_token(value):
+    if value and len(value) < 16:
+        raise ValueError('NIGHTSHIFT_METRICS_TOKEN must be at least 16 characters')
 
 
 def _items(text):
@@ -259,6 +269,22 @@ SETTINGS = (
     S('auto_migrate', bool, True,
       "make or update Nightshift's own tables at start; `false`: refuse to start until "
       "`scripts/migrate.py --apply`"),
+    S('metrics_token', str, '',
+      '**environment only**: a token that may read `/metrics` (and only that), beside the '
+      'API tokens; at least 16 characters', secret=True, check=_check_metrics_token),
+    S('consumer_heartbeat', float, 15.0,
+      "seconds between a consumer's heartbeats; silent three times as long it counts as "
+      'gone, and after an hour it is forgotten', check=_positive),
+    S('tick_alarm_after', float, 120.0,
+      '`/healthz` says `degraded` when schedules are enabled and no consumer has ticked '
+      'them for this many seconds'),
+    S('queue_alarm_after', float, 300.0,
+      '`/healthz` says `degraded` when a run has waited in the queue this many seconds '
+      'and no consumer is alive'),
+    S('log_format', str, 'text',
+      '`text` lines, or `json`: one object per line (time, level, logger, message; '
+      '`run_id` and `report` when about a run), web and consumer alike',
+      choices=('text', 'json')),
 )
 del S
 BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -13,6 +13,7 @@ from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 from peewee import IntegrityError
 
+import consumers
 import delivery
 import history
 from dbhealth import DB_ERRORS, DatabaseHealth
@@ -21,6 +22,7 @@ import runs
 import schedules
 from errors import QueueUnavailable
 from filestore import create_file_store
+from logformat import about_run, install_logging, run_fields
 from mail import create_mailer
 from models import Run, bind_database, utcnow
 from queueconf import redis_options
@@ -57,10 +59,22 @@ class Jobs:
         self.database = DatabaseHealth()
         self._started = threading.Lock()
         self._startup_done = False
+        # Set when a consumer is made from this Huey (huey_consumer, or
+        # server.py --worker): what it says about itself, and its row.
+        self.consumer = self.presence = None
+        make_consumer = huey.create_consumer
+
+        def create_consumer(**options):
+            consumer = make_consumer(**options)
+            self.consumer = consumer
+            install_logging(settings)
+            return consumer
+        huey.create_consumer = create_consumer
 
         @huey.on_startup()
         def start_worker():
             install_log_redaction(settings)
+            install_logging(settings)
             bind_database(settings.database_url, auto=settings.auto_migrate)
             self.startup()
 
@@ -93,6 +107,13 @@ class Jobs:
                     # with it. By the time it is due, this process is gone.
                     huey.add_schedule(run_report.s(run_id, delay=2))
 
+        @huey.on_shutdown()
+        def stop_worker():
+            # Called as each worker thread ends; only a consumer that is
+            # stopping takes its row away (a worker that died is restarted).
+            if self.presence is not None and self.consumer.stop_flag.is_set():
+                self.presence.stop(remove=True)
+
         self.run_report = run_report
         self.tick_schedules = tick_schedules
 
@@ -106,6 +127,9 @@ class Jobs:
             except IntegrityError:
                 # Another consumer starting at the same moment inserted first.
                 schedules.sync_config(self.declared_schedules, utcnow())
+            if self.consumer is not None:
+                self.presence = consumers.Presence(
+                    self.settings, consumers.info_of(self.consumer)).start()
             self._startup_done = True
         self.tick_schedules.call_local()
 
@@ -120,6 +144,8 @@ class Jobs:
             runfiles.remove_expired_files(self.settings, self.store, now)
             runfiles.sweep_orphans(self.settings, self.store)
             history.remove_old_runs(self.settings, now)
+            if self.presence is not None:
+                self.presence.ticked()
         except DB_ERRORS as exc:
             self.database.down(exc)
             return []
@@ -130,8 +156,13 @@ class Jobs:
         """Run one report. Temporary failures come back through Huey after a
         backoff; permanent ones, or running out of attempts, fail the run."""
         try:
-            outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
-                                       self.store)
+            with about_run(run_id):
+                outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
+                                           self.store)
+                # A run waiting for its turn comes back every few seconds.
+                quiet = outcome.status in (Ending.IDLE, Ending.BUSY)
+                logger.log(logging.DEBUG if quiet else logging.INFO, 'run %d: %s', run_id,
+                           outcome.status)
         except DB_ERRORS as exc:
             # The state database is what failed, before anything was claimed
             # or while recording: nothing to count an attempt against. Try
@@ -153,7 +184,8 @@ class Jobs:
             self.mailer.send(delivery.failure_notice(Run.get_by_id(run_id),
                                                  self.settings.operator_email, self.settings))
         except Exception:
-            logger.exception('could not tell the operator that run %s failed', run_id)
+            logger.exception('could not tell the operator that run %s failed', run_id,
+                             extra=run_fields(run_id))
 
     def enqueue_run(self, run):
         """Hand a committed run to the queue; a queue that is down marks the

@@ -180,7 +180,8 @@ def test_nightshift_never_touches_the_teams_tables(user_database, make_settings,
         % ("'public'" if user_database.engine == 'postgres' else "'%s'" % user_database.name))}
     assert tables - set(USER_TABLES) == {'nightshift_run', 'nightshift_delivery',
                                          'nightshift_schedule', 'nightshift_file_chunk',
-                                         'nightshift_secret', 'nightshift_schema'}
+                                         'nightshift_secret', 'nightshift_schema',
+                                         'nightshift_consumer'}
 
 
 LEGACY_SQLITE = [

@@ -153,4 +153,5 @@
     % end
   </datalist>
 </section>
+% include('consumers_panel', watch=watch)
 <div id="announcer" class="visually-hidden" role="status" aria-live="polite"></div>
