@@ -10,6 +10,7 @@ import logging
 from bottle import HTTPResponse, request, response
 
 import links
+from alarmsapi import install_notifications
 import runs
 import runviews
 import schedules
@@ -75,6 +76,7 @@ def install_api(app, settings, jobs, registry):
     install_downloads(app, settings, registry, slots)
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
+    install_notifications(app)
 
 
 def install_health(app, settings, jobs, registry, queue_log):

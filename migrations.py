@@ -139,11 +139,38 @@ def create_new_tables(*model_names):
     return step
 
 
+def add_indexes(model_name):
+    """A step that makes the indexes a model declares and its table lacks
+    (a database made after they were declared has them from step 1)."""
+    def step(database):
+        import models
+        from playhouse.migrate import SchemaMigrator, migrate as run_migration
+        model = getattr(models, model_name)
+        table = model._meta.table_name
+        present = {tuple(index.columns) for index in database.get_indexes(table)}
+        migrator = SchemaMigrator.from_database(database)
+        for fields, unique in model._meta.indexes:
+            columns = tuple(model._meta.fields[name].column_name for name in fields)
+            if columns not in present:
+                run_migration(migrator.add_index(table, columns, unique))
+    step.__name__ = 'add_indexes_%s' % model_name.lower()
+    return step
+
+
+def _alarms(database):
+    add_columns('Run', 'late')(database)
+    add_indexes('Run')(database)
+    add_columns('Schedule', 'late_after', 'webhook_url')(database)
+    create_new_tables('Notice', 'Notification')(database)
+
+
 # (version, what it does, the step). Append only: a released step never changes.
 MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (9, 'late slots and notifications: run.late, schedule.late_after and webhook_url, '
+        'the notice outbox and the notification log', _alarms),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -6,7 +6,7 @@ import os
 import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
-                    CompositeKey, DatabaseProxy, DateTimeField, ForeignKeyField,
+                    CompositeKey, DatabaseProxy, DateTimeField, FloatField, ForeignKeyField,
                     IntegerField, InterfaceError, Model, MySQLDatabase, OperationalError,
                     PostgresqlDatabase, TextField)
 from playhouse.db_url import connect, parse
@@ -77,6 +77,9 @@ class Run(BaseModel):
     bom = BooleanField(default=True)
     # Cut at max_rows: the email says so.
     truncated = BooleanField(default=False)
+    # A slot's run, judged once its grace (late_after) is over: True when it
+    # had not delivered by then (alarms.py). None: not judged, or no slot.
+    late = BooleanField(null=True)
 
     class Meta:
         table_name = 'nightshift_run'
@@ -84,6 +87,7 @@ class Run(BaseModel):
             (('schedule', 'slot_at'), True),
             (('status', 'created_at'), False),
             (('report', 'created_at'), False),
+            (('late', 'slot_at'), False),
         )
 
     @property
@@ -119,6 +123,10 @@ class Schedule(BaseModel):
     checked_through = DateTimeField()
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Seconds after a slot before its run counts as late (None: the setting),
+    # and where this schedule's runs are announced besides the global webhook.
+    late_after = FloatField(null=True)
+    webhook_url = TextField(null=True)
 
     class Meta:
         table_name = 'nightshift_schedule'
@@ -145,9 +153,47 @@ class AppSecret(BaseModel):
         table_name = 'nightshift_secret'
 
 
+class Notice(BaseModel):
+    """Something to announce (a run delivered, failed, late or skipped),
+    waiting in this outbox until the tick groups it with the others into one
+    message per channel (alarms.py). A copy of what it says, so it outlives
+    its run."""
+    event = CharField()  # vocab.Event
+    run_id = BigIntegerField(null=True)
+    report = CharField()
+    schedule = CharField(null=True)
+    slot_at = DateTimeField(null=True)
+    detail = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = 'nightshift_notice'
+
+
+class Notification(BaseModel):
+    """One grouped message to one target (the operator's address, or a
+    webhook URL), with its tries: the notification log."""
+    channel = CharField()  # 'email' or 'webhook'
+    target = TextField()
+    subject = TextField(null=True)
+    body = TextField()  # the email's text, or the JSON payload as posted
+    events = IntegerField(default=0)
+    status = CharField(default='pending')  # vocab.SendStatus
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow)
+    response_status = IntegerField(null=True)
+    error = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    sent_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = 'nightshift_notification'
+        indexes = ((('status', 'next_attempt_at'), False),)
+
+
 # Nightshift's own state. Every table is named nightshift_*, so the database
 # can be one the team already uses: nothing else in it is touched.
-ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret)
+ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret, Notice, Notification)
 
 
 class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):

@@ -3,7 +3,7 @@
 Built from the report registry, so report names and their parameters are
 part of the contract that schemathesis checks in CI.
 """
-from vocab import DeliveryStatus, RunStatus, Trigger
+from vocab import DeliveryStatus, RunStatus, SendStatus, Trigger
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
@@ -84,6 +84,7 @@ def _components(report_names):
                         'file_url': NULLABLE_STRING, 'sent_as': NULLABLE_STRING,
                         'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
+                        'late': {'type': 'boolean', 'nullable': True},
                         'escape_formulas': {'type': 'boolean'},
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
                         'url': {'type': 'string'}}},
@@ -97,6 +98,8 @@ def _components(report_names):
                              'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                              'enabled': {'type': 'boolean'},
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
+                             'late_after': {'type': 'number', 'nullable': True},
+                             'webhook': NULLABLE_STRING,
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
                              'last_run': {'type': 'object', 'nullable': True},
                              'created_at': {'type': 'string'},
@@ -108,7 +111,9 @@ def _components(report_names):
                 'to': {'type': 'array', 'minItems': 1, 'items': {'type': 'string',
                                                                  'format': 'email'}},
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
-                'enabled': {'type': 'boolean'}}},
+                'enabled': {'type': 'boolean'},
+                'late_after': {'type': 'number', 'nullable': True, 'minimum': 0},
+                'webhook': {'type': 'string', 'nullable': True, 'format': 'uri'}}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
                              'report': {'type': 'string', 'enum': report_names},
@@ -200,6 +205,18 @@ def build_spec(registry):
         'responses': dict(common, **{
             '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
             '400': bad, '404': not_found})}}
+    paths['/api/notifications'] = {'get': {
+        'summary': 'the notification log: operator emails and webhook POSTs, newest first',
+        'parameters': [
+            {'name': 'status', 'in': 'query', 'schema': _enum(SendStatus)},
+            {'name': 'limit', 'in': 'query', 'schema': {'type': 'integer', 'minimum': 1,
+                                                        'maximum': 500}}],
+        'responses': dict(common, **{
+            '200': {'description': 'notifications', 'content': _json({
+                'type': 'object', 'required': ['notifications'],
+                'properties': {'notifications': {'type': 'array',
+                                                 'items': {'type': 'object'}}}})},
+            '400': bad})}}
     paths['/api/runs/{id}/file'] = {'get': {
         'summary': "a finished run's file, while it is kept",
         'parameters': [

@@ -12,19 +12,21 @@ import re
 
 from peewee import IntegrityError, fn
 
+import alarms
 import cron
 import runs
 from errors import Conflict
 from models import Run, Schedule, db
 from params import InputError, dump_params
 from reports import find_report
-from settings import SettingsError
+from settings import SettingsError, hide_path
 from vocab import RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
-FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled')
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'late_after',
+          'webhook')
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -50,12 +52,16 @@ def clean(registry, settings, data, current=None):
     if current is not None:
         merged = {'name': current.name, 'report': current.report, 'params': current.params,
                   'to': current.recipients, 'cron': current.cron,
-                  'timezone': current.timezone, 'enabled': current.enabled}
+                  'timezone': current.timezone, 'enabled': current.enabled,
+                  'late_after': current.late_after, 'webhook': current.webhook_url}
         if 'name' in data and data['name'] != current.name:
             raise InputError('name', 'a schedule cannot be renamed; create a new one')
         if 'report' in data and 'params' not in data:
             merged['params'] = {}
     merged.update(data)
+    if current is not None and current.webhook_url \
+            and merged.get('webhook') == hide_path(current.webhook_url):
+        merged['webhook'] = current.webhook_url  # sent back as shown: unchanged
 
     name = merged.get('name')
     if not isinstance(name, str) or not NAME.match(name):
@@ -80,9 +86,9 @@ def clean(registry, settings, data, current=None):
     enabled = merged.get('enabled', True)
     if not isinstance(enabled, bool):
         raise InputError('enabled', 'must be true or false')
-    return {'name': name, 'report': definition.name, 'params': dump_params(typed),
-            'recipients': recipients, 'cron': expression, 'timezone': timezone,
-            'enabled': enabled}
+    return dict({'name': name, 'report': definition.name, 'params': dump_params(typed),
+                 'recipients': recipients, 'cron': expression, 'timezone': timezone,
+                 'enabled': enabled}, **alarms.schedule_options(merged, settings))
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -158,6 +164,14 @@ def declared_schedules(registry, settings):
                 'to': spec['to'], 'cron': spec['cron'], 'enabled': spec['enabled']}
         if spec.get('timezone'):
             data['timezone'] = spec['timezone']
+        if spec.get('webhook'):
+            data['webhook'] = spec['webhook']
+        if spec.get('late_after'):
+            try:
+                data['late_after'] = float(spec['late_after'])
+            except ValueError:
+                raise SettingsError('[schedule:%s] late_after: %r is not a number of seconds'
+                                    % (spec['name'], spec['late_after']))
         try:
             declared[spec['name']] = clean(registry, settings, data)
         except InputError as exc:
@@ -349,6 +363,8 @@ def schedule_as_dict(schedule, now):
         'timezone': schedule.timezone,
         'enabled': schedule.enabled,
         'managed_by': schedule.managed_by,
+        'late_after': schedule.late_after,
+        'webhook': hide_path(schedule.webhook_url) if schedule.webhook_url else None,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
         'last_run': None if last is None else {
