@@ -118,7 +118,7 @@ class Alarms:
                                     Run.trigger == Trigger.SCHEDULE, due)
                  .order_by(Run.id).limit(JUDGE_LIMIT))
         late = []
-        for run in query:
+        for run in list(query):  # read whole before writing (see schedules.tick)
             grace = overrides.get(run.schedule, default)
             verdict = _verdict(run, grace, now)
             if verdict is None:

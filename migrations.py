@@ -162,6 +162,12 @@ def _alarms(database):
     add_indexes('Run')(database)
     add_columns('Schedule', 'late_after', 'webhook_url')(database)
     create_new_tables('Notice', 'Notification')(database)
+    # Slots that were over before this release are not judged now: an
+    # upgrade must not announce every missed or late slot of the history.
+    database.execute_sql(
+        "UPDATE %s SET late = %s WHERE slot_at IS NOT NULL AND late IS NULL AND status IN "
+        "('delivered', 'failed', 'skipped')" % (_quote(database, 'nightshift_run'),
+                                                 database.param), (False,))
 
 
 # (version, what it does, the step). Append only: a released step never changes.
@@ -169,8 +175,9 @@ MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
-    (9, 'late slots and notifications: run.late, schedule.late_after and webhook_url, '
-        'the notice outbox and the notification log', _alarms),
+    (9, 'late slots and notifications: run.late (slots already over count as judged), '
+        'schedule.late_after and webhook_url, the notice outbox and the notification log',
+     _alarms),
 )
 LATEST = MIGRATIONS[-1][0]
 

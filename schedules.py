@@ -244,7 +244,10 @@ def tick(registry, settings, jobs, now):
     budget = settings.max_runs_per_tick
     created, deferred = [], 0
     enabled = Schedule.select().where(Schedule.enabled == True)  # noqa: E712
-    for schedule in enabled.order_by(Schedule.checked_through, Schedule.id):
+    # Read whole before writing: on SQLite a cursor still open keeps its read
+    # snapshot, and the first write after another process committed fails at
+    # once ("database is locked") instead of waiting its turn.
+    for schedule in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
         due, skipped, latest, more = plan_slots(schedule, now, window)
         if latest is None:
             continue

@@ -191,3 +191,28 @@ def test_two_consumers_grouping_at_once_send_each_notice_once(alarm_jobs, databa
     assert sorted(n.channel for n in notes) == ['email', 'webhook']
     assert sum(n.events for n in notes) == 80 and Notice.select().count() == 0
     assert sorted(len(w) for w in written.values()) == [0, 2]
+
+
+def test_an_upgrade_does_not_announce_the_history(tmp_path, make_settings):
+    """Slots over before step 9 count as judged; a run still queued is judged as usual."""
+    import migrations
+    import models
+    from alarms import Alarms
+    path = tmp_path / 'upgraded.db'
+    try:
+        database = models.bind_database('sqlite:///%s' % path, create=False)
+        database.create_tables(models.ALL_MODELS)
+        database.execute_sql('CREATE TABLE nightshift_schema (version INTEGER PRIMARY KEY, '
+                             'name TEXT, applied_at TEXT)')
+        database.execute_sql("INSERT INTO nightshift_schema VALUES (1, 'x', 'y'), (2, 'x', 'y')")
+        old = dt(2025, 1, 1)
+        for hour, status in enumerate(['skipped', 'delivered', 'failed', 'queued']):
+            Run.create(report='customers', status=status, trigger='schedule', schedule='s',
+                       slot_at=old + timedelta(hours=hour), finished_at=old)
+        assert 9 in migrations.migrate(database)
+        assert [r.late for r in Run.select().order_by(Run.id)] == [False, False, False, None]
+        settings = make_settings(operator_email='ops@example.org')
+        Alarms(settings, mailer=None).judge_slots(dt(2026, 3, 2))
+        assert [n.event for n in Notice.select()] == ['run.late']
+    finally:
+        models.db.close()
