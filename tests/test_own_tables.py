@@ -178,9 +178,8 @@ def test_nightshift_never_touches_the_teams_tables(user_database, make_settings,
     tables = {t.lower() for (t,) in user_database.query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
         % ("'public'" if user_database.engine == 'postgres' else "'%s'" % user_database.name))}
-    assert tables - set(USER_TABLES) == {'nightshift_run', 'nightshift_delivery',
-                                         'nightshift_schedule', 'nightshift_file_chunk',
-                                         'nightshift_secret', 'nightshift_schema'}
+    assert tables - set(USER_TABLES) == {m._meta.table_name for m in models.ALL_MODELS} | {
+        'nightshift_schema'}
 
 
 LEGACY_SQLITE = [
@@ -238,7 +237,7 @@ def test_a_database_of_the_previous_release_is_carried_over(tmp_path, caplog):
         assert b''.join(DatabaseFileStore().open_chunks('run-7/orders.csv')) == b'id\n1'
         assert models.Run.create(report='customers').id == 8  # ids go on after the old ones
         steps = [r.getMessage() for r in caplog.records if 'applying step' in r.getMessage()]
-        assert len(steps) == migrations.LATEST
+        assert len(steps) == len(migrations.MIGRATIONS)
         assert any('carried over from the previous release' in r.getMessage()
                    for r in caplog.records)
         assert database.table_exists('run')  # the old tables are left as they were
@@ -289,7 +288,7 @@ def test_a_schema_that_is_behind_is_not_changed_without_being_told(tmp_path):
             migrations.migrate(database, auto=False)
         assert 'scripts/migrate.py --apply' in str(info.value)
         assert models.Run.select().count() == 0
-        assert migrations.migrate(database) == [2]
+        assert migrations.migrate(database) == [v for v, _, _ in migrations.MIGRATIONS if v > 1]
         assert models.Run.select().count() == 1
     finally:
         models.db.close()
