@@ -120,7 +120,8 @@ class Jobs:
         self.tick_schedules.call_local()
 
     def tick(self, now=None):
-        """Every minute: reap lost runs, start due schedule slots, expire files.
+        """Every minute: reap lost runs, start due schedule slots, judge late
+        slots and send notices (alarms.py), expire files.
         A database that does not answer skips the tick (logged once per
         outage); the next minute tries again."""
         now = now or utcnow()

@@ -111,8 +111,8 @@ def measure(tick_every, schedules_count, minutes, redis_url, workdir, log, apart
         deadline = time.time() + (last - utcnow()).total_seconds() + 70
         bind_database(env['DATABASE_URL'], create=False)
         while time.time() < deadline:
-            taken = Run.select().where(Run.slot_at <= last, Run.started_at.is_null(False)) \
-                .count()
+            taken = Run.select().where(Run.slot_at >= first, Run.slot_at <= last,
+                                       Run.started_at.is_null(False)).count()
             if taken >= schedules_count * minutes:
                 break
             time.sleep(1)

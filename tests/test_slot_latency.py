@@ -4,19 +4,49 @@ several every-minute schedules becomes exactly one run, started within
 seconds of its minute (Huey's periodic tick alone starts it up to 60 s
 late, depending on when each consumer started)."""
 import datetime
+import threading
+import time
 
 import pytest
 
+import clock
 import demo
 from conftest import wait_until
 from models import Run, utcnow
 from test_e2e import spawn, stop
 
-pytestmark = pytest.mark.slow
-
 NAMES = ['minute-%d' % i for i in range(4)]
 
 
+def test_beats_fall_on_the_wall_clock():
+    # Every 5 s: at :00.02, :05.02, ... whatever the time asked at.
+    assert clock.next_beat(100.0, 5) == pytest.approx(100.02)
+    assert clock.next_beat(100.02, 5) == pytest.approx(105.02)
+    assert clock.next_beat(1764374399.99, 5) == pytest.approx(1764374400.02)
+    assert clock.next_beat(7.0, 2) == pytest.approx(8.02)
+
+
+def test_a_beat_that_fails_is_logged_and_beats_on(caplog):
+    calls = []
+    stop = threading.Event()
+
+    def work():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RuntimeError('database gone for a moment')
+        if len(calls) == 3:
+            stop.set()
+
+    thread = threading.Thread(target=clock.run_beat,
+                              args=(clock.Beat('test beat', 0.05, work), stop))
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and len(calls) == 3
+    assert 'test beat failed; trying again at the next beat' in caplog.text
+    assert 'database gone for a moment' in caplog.text
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
 def test_two_consumers_start_each_slot_once_within_seconds(app, consumer_env, smtp_sink,
                                                            tmp_path):
@@ -33,8 +63,9 @@ def test_two_consumers_start_each_slot_once_within_seconds(app, consumer_env, sm
     try:
         for log, path in zip(logs, paths):
             procs.append(spawn(command, env, log))
-            wait_until(lambda: b'schedule clock every 5s' in path.read_bytes(), timeout=30,
-                       message='the consumer\'s schedule clock')
+            # Its beats start with it (huey_consumer logs only huey's own lines).
+            wait_until(lambda: b'consumer started' in path.read_bytes(), timeout=30,
+                       message='the consumer to start')
         # The first minute that comes after both are up: their start-up ticks
         # (which catch up a slot that passed) are no part of it.
         slot = (utcnow() + datetime.timedelta(minutes=1)).replace(second=0, microsecond=0)
