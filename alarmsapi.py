@@ -1,10 +1,20 @@
-"""The notification log in the JSON API: GET /api/notifications."""
-from alarms import notification_as_dict
+"""The notification log: GET /api/notifications, and its rows on the page."""
+import json
+
+import web
+from alarms import notification_as_dict, shown_target
 from errors import InputError
 from guards import json_response
 from inputs import WHOLE_NUMBER, query_params
-from models import Notification
+from models import Notification, utcnow
 from vocab import SendStatus
+
+PAGE_ROWS = 10
+
+
+def _note_text(note):
+    return note.subject if note.channel == 'email' else json.loads(note.body).get('text', '') \
+        .split('\n', 1)[0]
 
 
 def install_notifications(app):
@@ -26,3 +36,10 @@ def install_notifications(app):
             raise InputError('limit', 'must be a whole number from 1 to 500')
         return json_response(200, {'notifications': [
             notification_as_dict(note) for note in query.limit(int(limit))]})
+
+    @app.get('/ui/notifications')
+    def notifications_fragment():
+        notes = list(Notification.select().order_by(Notification.id.desc()).limit(PAGE_ROWS))
+        return web.render('alarms_notification_rows', notes=notes, now=utcnow(), ago=web.ago,
+                          iso=web.iso, utc_text=web.utc_text, shown_target=shown_target,
+                          note_text=_note_text)

@@ -266,3 +266,15 @@ def test_a_config_schedule_takes_a_webhook_and_late_after(make_settings, tmp_pat
                       'to = a@example.org\nlate_after = soon\n')
     with pytest.raises(SettingsError, match='late_after'):
         schedules.declared_schedules(registry, load_settings(config, environ={}))
+
+
+def test_the_pages_rows_show_the_log_masked(make_jobs, database, hook):
+    jobs = hook_jobs(make_jobs, hook, webhook_attempts=1)
+    hook.replies = [500]
+    failed_notice()
+    jobs.notify_beat(NOW)
+    html = web_app(jobs).get('/ui/notifications').text
+    assert 'Nightshift: run #7 (customers) failed' in html and 'HTTP 500' in html
+    assert 'http://127.0.0.1:%d/***' % hook.port in html and 'secret-part' not in html
+    Notification.delete().execute()
+    assert 'Nothing announced yet' in web_app(jobs).get('/ui/notifications').text

@@ -148,4 +148,5 @@
     % end
   </datalist>
 </section>
+% include('alarms_notifications')
 <div id="announcer" class="visually-hidden" role="status" aria-live="polite"></div>

@@ -24,5 +24,6 @@
 {{!base}}
 </main>
 <script src="/static/app.js" defer></script>
+<script src="/static/alarms.js" defer></script>
 </body>
 </html>
