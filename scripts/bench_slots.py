@@ -87,21 +87,31 @@ def stop(proc):
             proc.wait()
 
 
-def measure(tick_every, schedules_count, minutes, redis_url, workdir, log, apart=(5, 40)):
-    """(latencies to start, latencies to creation, problems) for one mode."""
+def wait_for_second(second):
+    """Sleep until the wall clock is `second` seconds past a minute."""
+    time.sleep((second - time.time() % 60) % 60)
+
+
+def measure(tick_every, schedules_count, minutes, redis_url, workdir, log, apart=(5, 40),
+            start_at=None):
+    """(latencies to start, latencies to creation, problems, the consumers'
+    start seconds past the minute) for one mode."""
     from models import Run, bind_database, utcnow
     env = environment(workdir, tick_every, redis_url)
     begin = utcnow()
     prepare(env, schedules_count, begin)
     command = [sys.executable, '-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2',
                '-k', 'thread']
-    procs = []
+    procs, offsets = [], []
     try:
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
-        time.sleep(random.uniform(*apart))  # started apart, as deployments are
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
+        for i in range(2):
+            if start_at:
+                wait_for_second(start_at[i])
+            elif i:
+                time.sleep(random.uniform(*apart))  # started apart, as deployments are
+            offsets.append(time.time() % 60)
+            procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
         # The first slot measured comes after both have started (a slot before
         # is caught up by a starting consumer's own tick: another story).
         first = (utcnow() + datetime.timedelta(seconds=65)).replace(second=0, microsecond=0)
@@ -135,7 +145,7 @@ def measure(tick_every, schedules_count, minutes, redis_url, workdir, log, apart
         problems.append('%d runs never started' % len(not_started))
     start = [(r.started_at - r.slot_at).total_seconds() for r in runs if r.started_at]
     created = [(r.created_at - r.slot_at).total_seconds() for r in runs]
-    return start, created, problems
+    return start, created, problems, offsets
 
 
 def main(argv=None):
@@ -143,6 +153,8 @@ def main(argv=None):
     parser.add_argument('--schedules', type=int, default=20)
     parser.add_argument('--minutes', type=int, default=3)
     parser.add_argument('--modes', default='5,0', help='tick_every values, comma-separated')
+    parser.add_argument('--start-at', help='seconds past the minute to start each consumer '
+                        'at, e.g. 20,45 (default: 5-40 s apart at random)')
     parser.add_argument('--smoke', action='store_true',
                         help='3 schedules, one minute, tick_every 5 only; exits 1 if p99 > 5 s')
     args = parser.parse_args(argv)
@@ -161,10 +173,12 @@ def main(argv=None):
                 import redis
                 redis.Redis.from_url(redis_server.url).flushdb()
             with open(os.path.join(workdir, 'consumers.log'), 'wb') as log:
-                start, created, problems = measure(
+                start, created, problems, offsets = measure(
                     mode, args.schedules, args.minutes,
                     redis_server.url if redis_server else None, workdir, log,
-                    apart=(1, 3) if args.smoke else (5, 40))
+                    apart=(1, 3) if args.smoke else (5, 40),
+                    start_at=[float(s) for s in args.start_at.split(',')]
+                    if args.start_at else None)
             from models import db
             db.close()
             if problems:
@@ -176,17 +190,19 @@ def main(argv=None):
                          percentile(start, 0.99), max(start or [float('nan')]),
                          statistics.median(created) if created else float('nan'),
                          percentile(created, 0.99), 'exactly once' if not problems
-                         else '; '.join(problems)))
+                         else '; '.join(problems),
+                         ', '.join(':%02d' % o for o in offsets)))
     finally:
         if redis_server is not None:
             redis_server.stop()
             shutil.rmtree(redis_server.dir, ignore_errors=True)
     print('| tick_every | slots | start p50 s | start p99 s | start max s | created p50 s '
-          '| created p99 s | runs per slot |')
-    print('|---|---|---|---|---|---|---|---|')
+          '| created p99 s | runs per slot | consumers started at |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for row in rows:
         label = '%g (schedule clock)' % row[0] if row[0] else "0 (Huey's minute tick only)"
-        print('| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %s |' % ((label,) + row[1:]))
+        print('| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %s |'
+              % ((label,) + row[1:]))
     if args.smoke and (failed or rows[0][3] > 5):
         sys.exit(1)
     sys.exit(1 if failed else 0)
