@@ -31,6 +31,7 @@ import webhooks
 from delivery import failure_notice
 from mail import Mail, MailError
 from models import Notice, Notification, Run, Schedule, db
+from runmessages import installation_id
 from runs import retry_delay
 from settings import hide_path
 from vocab import Event, RunStatus, SendStatus, Trigger
@@ -86,7 +87,8 @@ class Alarms:
         run = Run.get_by_id(run_id)
         first = 'Run #%d of report %s failed: %s' % (run.id, run.report,
                                                     _first_line(run.error))
-        notice = failure_notice(run, self.settings.operator_email or 'operator@invalid')
+        notice = failure_notice(run, self.settings.operator_email or 'operator@invalid',
+                                self.settings)
         return self.record(Event.FAILED, run, first + '\n\n' + notice.body, now)
 
     def delivered(self, run_id, now=None):
@@ -162,12 +164,21 @@ class Alarms:
             if trouble:
                 subject, body = email_text(trouble)
                 messages.append(dict(channel='email', target=settings.operator_email,
-                                     subject=subject, body=body, events=len(trouble)))
+                                     subject=subject, body=body, events=len(trouble),
+                                     message_id=self._single_failure_id(trouble)))
         for url, chosen in self._webhook_targets(notices).items():
             messages.append(dict(channel='webhook', target=url, subject=None,
                                  body=json.dumps(payload(chosen, settings, now)),
                                  events=len(chosen)))
         return messages
+
+    def _single_failure_id(self, trouble):
+        """A lone failure's message is the one it always was: its run's Message-ID."""
+        if len(trouble) != 1 or trouble[0].event != Event.FAILED:
+            return None
+        run = Run.get_or_none(Run.id == trouble[0].run_id)
+        return None if run is None else \
+            failure_notice(run, self.settings.operator_email, self.settings).message_id
 
     def _webhook_targets(self, notices) -> Dict[str, List[Notice]]:
         settings = self.settings
@@ -216,8 +227,7 @@ class Alarms:
 
     def _send(self, note, now):
         if note.channel == 'email':
-            mail = Mail([note.target], note.subject, note.body, None,
-                        '<nightshift-notification-%d@nightshift>' % note.id)
+            mail = Mail([note.target], note.subject, note.body, None, self._message_id(note))
             try:
                 reply = self.mailer.send(mail).get(note.target) or '421 no reply'
             except MailError as exc:
@@ -233,6 +243,13 @@ class Alarms:
             event=kinds[0] if len(kinds) == 1 else 'mixed',
             allow_private=self.settings.webhook_private or note.target == self.settings.webhook_url)
         return reply
+
+    def _message_id(self, note):
+        # The same on every try; unique across installations, as the reports' are.
+        if note.message_id:
+            return note.message_id
+        return '<nightshift-notification-%d-%s@%s>' % (
+            note.id, installation_id(), self.settings.mail_from.rsplit('@', 1)[1])
 
     def _record(self, note, status, error, final, now):
         if error is None:
@@ -263,6 +280,10 @@ def _verdict(run, grace, now):
     """(late, event to announce or None, its text) once `run` can be judged,
     else None."""
     where = 'schedule %s, slot %s' % (run.schedule, _minute(run.slot_at))
+    if run.status == RunStatus.CANCELLED or (run.status == RunStatus.SKIPPED and run.attempts):
+        # Stopped by someone, or run and skipped by its send rule (no rows):
+        # as meant, not late.
+        return False, None, None
     if run.status == RunStatus.SKIPPED:
         return True, Event.SKIPPED, 'Slot %s of schedule %s (report %s) was missed: %s' % (
             _minute(run.slot_at), run.schedule, run.report, _first_line(run.error))

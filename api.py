@@ -9,11 +9,18 @@ import logging
 
 from bottle import HTTPResponse, request, response
 
+import controlapi
+import history
 import links
+import reldates
+import messageapi
+import runmessages
 from alarmsapi import install_notifications
 import runs
 import runviews
 import schedules
+import slotparams
+import testsend
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
 from guards import error_response, forget_connection, json_response
@@ -25,6 +32,7 @@ from params import dump_params
 from queueconf import FailureLog
 from reports import find_report
 from runfiles import open_report
+from runmessages import MESSAGE_FIELDS
 from slots import DownloadSlots
 from sources import ReportSQLError, SourceUnavailable, UnknownSource
 from vocab import FINAL, TERMINAL, RunStatus, Trigger
@@ -76,6 +84,8 @@ def install_api(app, settings, jobs, registry):
     install_downloads(app, settings, registry, slots)
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
+    controlapi.install_control(app, settings, jobs, registry, enqueue)
+    messageapi.install_message_preview(app, settings, registry)
     install_notifications(app)
 
 
@@ -126,6 +136,9 @@ def install_downloads(app, settings, registry, slots):
             raise InputError('escape_formulas', 'false needs the header %s: 1 or a Bearer '
                              'token, so that a link alone cannot turn escaping off'
                              % RAW_HEADER)
+        # Relative dates: now, in the timezone setting.
+        raw, _ = reldates.resolve_params(definition.params, raw,
+                                         reldates.check_zone(settings.timezone), utcnow())
         return definition, definition.parse(raw), options
 
     @app.get('/api/reports/<name>/check')
@@ -156,26 +169,37 @@ def install_downloads(app, settings, registry, slots):
         definition, typed, options = download_request(name)
         held = slots.take()
         download_headers(name)
-        return held.wrap(stream_csv(definition, typed,
-                                    escape=options.get('escape_formulas',
-                                                       definition.escape_formulas),
-                                    bom=options.get('bom', settings.csv_bom)))
+        escape = options.get('escape_formulas', definition.escape_formulas)
+        bom = options.get('bom', settings.csv_bom)
+        # Recorded in the run history (trigger download): an insert now, an update at the end.
+        record = history.DownloadRecord.start(definition, typed, escape, bom,
+                                              history.who(settings))
+        return held.wrap(stream_csv(definition, typed, escape=escape, bom=bom, record=record))
 
-    def stream_csv(definition, typed, escape, bom):
+    def stream_csv(definition, typed, escape, bom, record=None):
         # Bottle reads the first chunk before it sends headers, so a report
         # that fails before anything was written still becomes a clean JSON
         # error: the report's own (422) or its source's (503).
         started = False
+        stream = None
         try:
             with open_report(definition, settings, typed, escape, bom) as stream, \
                     contextlib.closing(iter(stream)) as chunks:
                 for chunk in chunks:
                     started = True
                     yield chunk
+            if record is not None:
+                record.end(stream)
         except (ReportSQLError, SourceUnavailable, UnknownSource) as exc:
+            error = report_error(definition, exc)
+            if record is not None:
+                record.end(stream, error.message)
             if started:
                 raise
-            yield error_response(report_error(definition, exc))
+            yield error_response(error)
+        finally:
+            if record is not None:
+                record.stopped(stream)
 
 
 def install_runs(app, settings, jobs, registry, slots, queue_log):
@@ -183,15 +207,23 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     @app.post('/api/runs')
     def create_run():
         body = read_json_body(settings.max_body_bytes)
-        unknown = set(body) - {'report', 'params', 'to'} - set(OUTPUT_OPTIONS)
+        unknown = set(body) - {'report', 'params', 'to', 'timezone', 'split_by'} \
+            - set(OUTPUT_OPTIONS) - set(MESSAGE_FIELDS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, escape_formulas, bom', code='unknown_field')
+                             'to, timezone, split_by, escape_formulas, bom, %s'
+                             % ', '.join(MESSAGE_FIELDS),
+                             code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'params' in body and not isinstance(body['params'], dict):
             raise InputError('params', 'must be an object of parameter values')
+        if 'timezone' in body and not isinstance(body['timezone'], str):
+            raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+        message = {key: body[key] for key in MESSAGE_FIELDS if key in body}
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
-                              body.get('to'), trigger=Trigger.WEB, **options)
+                              body.get('to'), trigger=Trigger.WEB,
+                              timezone=body.get('timezone'), split_by=body.get('split_by'),
+                              message=message, **options)
         return enqueue(run)
 
     def enqueue(run):
@@ -272,13 +304,14 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
 
 def install_schedules(app, settings, registry, enqueue):
     def schedule_response(status, schedule, headers=None):
-        return json_response(status, schedules.schedule_as_dict(schedule, utcnow()), headers)
+        return json_response(status, schedules.schedule_as_dict(schedule, utcnow(), registry),
+                             headers)
 
     @app.get('/api/schedules')
     def list_schedules():
         now = utcnow()
         return json_response(200, {'schedules': [
-            schedules.schedule_as_dict(s, now)
+            schedules.schedule_as_dict(s, now, registry)
             for s in schedules.with_last_runs(Schedule.select().order_by(Schedule.name))]})
 
     @app.post('/api/schedules')
@@ -287,6 +320,13 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = schedules.create_schedule(registry, settings, body, utcnow())
         url = '/api/schedules/%s' % schedule.name
         return schedule_response(201, schedule, {'Location': url})
+
+    @app.post('/api/schedule-preview')
+    def preview_schedule():
+        # The schedule form asks while the user types: the next slot and the
+        # values its relative dates will have then.
+        body = read_json_body(settings.max_body_bytes)
+        return json_response(200, slotparams.preview(registry, settings, body, utcnow()))
 
     @app.get('/api/schedules/<name>')
     def get_schedule(name):
@@ -318,4 +358,17 @@ def install_schedules(app, settings, registry, enqueue):
         schedule = find_schedule(name)
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
-                                       schedule=schedule.name))
+                                       schedule=schedule.name, timezone=schedule.timezone,
+                                       split_by=schedule.split_by,
+                                       message=runmessages.of_schedule(schedule)))
+
+    @app.post('/api/schedules/<name>/test')
+    def test_schedule(name):
+        # "Send a test to me": the next slot, to one address, recorded as a test.
+        schedule = find_schedule(name)
+        body = read_json_body(settings.max_body_bytes)
+        unknown = sorted(set(body) - {'to'})
+        if unknown:
+            raise InputError(unknown[0], 'unknown field; expected to', code='unknown_field')
+        return enqueue(testsend.send_test(registry, settings, schedule, body.get('to'),
+                                          utcnow()))

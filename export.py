@@ -136,6 +136,80 @@ class CsvStream:
                 return
 
 
+class LineStream:
+    """CsvStream for rows that arrive as CSV lines the database joined (see
+    sqlexport._sqlite_lines): Python joins lines, and looks at a line's
+    cells only where a batch holds a quote, CR, LF or NUL. Each row's line
+    is followed by a value per `float_columns` entry: that column's float,
+    for Python to write, or None."""
+
+    def __init__(self, header, cursor, float_columns=(), chunk_rows=2000, bom=False,
+                 limit=None, final=False):
+        self.header, self.cursor, self.float_columns = header, cursor, float_columns
+        # final: lines come quoted in full (MariaDB), nothing to look at.
+        self.final = final
+        self.chunk_rows, self.bom, self.limit = chunk_rows, bom, limit
+        self.rows = self.bytes = 0
+        self.truncated = False
+
+    def __iter__(self):
+        buffer = _Buffer()
+        if self.bom:
+            buffer.write('\ufeff')
+        csv.writer(buffer, lineterminator=LINE_END).writerow(self.header)
+        head = buffer.drain()
+        single = len(self.header) == 1
+        fetch = self.cursor.fetchmany
+        while True:
+            wanted = self.chunk_rows
+            if self.limit is not None:
+                wanted = min(wanted, self.limit - self.rows)
+            batch = fetch(wanted) if wanted > 0 else []
+            lines = [row[0] for row in batch]
+            if self.final and single:
+                lines = [line or '""' for line in lines]
+            text = LINE_END.join(lines)
+            if self.final:
+                pass
+            elif single or '"' in text or '\r' in text or '\x00' in text \
+                    or text.count(LINE_END) != len(lines) - 1:
+                text = LINE_END.join([_line_text(row, single, self.float_columns)
+                                      for row in batch])
+            if lines:
+                text += LINE_END
+            text = head + text
+            head = ''
+            if text:
+                if '\x00' in text:
+                    text = text.replace('\x00', NUL_STANDIN)
+                data = text.encode('utf-8')
+                self.rows += len(lines)
+                self.bytes += len(data)
+                yield data
+            if len(batch) < wanted or wanted <= 0:
+                if self.limit is not None and self.rows >= self.limit:
+                    self.truncated = bool(fetch(1))
+                return
+
+
+def _line_text(row, single, float_columns):
+    line = row[0]
+    if line[:1] == '\x00':
+        line = line[1:]  # quoted by the database
+        if any(value is not None for value in row[1:]):
+            cells = next(csv.reader([line.replace('\x00', NUL_STANDIN)])) or ['']
+            for column, value in zip(float_columns, row[1:]):
+                if value is not None:
+                    cells[column] = repr(value)
+            line = ','.join(_quoted(cell) for cell in cells)
+        return line
+    if '"' in line or '\r' in line or '\n' in line:
+        return ','.join(_quoted(cell) for cell in line.split(','))
+    if single and not line:
+        return '""'  # as csv.writer writes a row of one empty cell
+    return line
+
+
 def _quoted(value):
     if value is None:
         return ''

@@ -139,35 +139,44 @@ def create_new_tables(*model_names):
     return step
 
 
-def add_indexes(model_name):
-    """A step that makes the indexes a model declares and its table lacks
-    (a database made after they were declared has them from step 1)."""
+def add_index(model_name, *field_names):
+    """A step that indexes fields of a Nightshift model's table, unless an
+    index on exactly those columns exists."""
     def step(database):
         import models
         from playhouse.migrate import SchemaMigrator, migrate as run_migration
         model = getattr(models, model_name)
         table = model._meta.table_name
-        present = {tuple(index.columns) for index in database.get_indexes(table)}
-        migrator = SchemaMigrator.from_database(database)
-        for fields, unique in model._meta.indexes:
-            columns = tuple(model._meta.fields[name].column_name for name in fields)
-            if columns not in present:
-                run_migration(migrator.add_index(table, columns, unique))
-    step.__name__ = 'add_indexes_%s' % model_name.lower()
+        columns = [model._meta.fields[name].column_name for name in field_names]
+        if any(list(index.columns) == columns for index in database.get_indexes(table)):
+            return
+        run_migration(SchemaMigrator.from_database(database).add_index(table, columns))
+    step.__name__ = 'add_index_%s' % model_name.lower()
     return step
 
 
-def _alarms(database):
-    add_columns('Run', 'late')(database)
-    add_indexes('Run')(database)
-    add_columns('Schedule', 'late_after', 'webhook_url')(database)
-    create_new_tables('Notice', 'Notification')(database)
-    # Slots that were over before this release are not judged now: an
-    # upgrade must not announce every missed or late slot of the history.
+def steps(*parts):
+    """One step made of several builders' steps, in order."""
+    def step(database):
+        for part in parts:
+            part(database)
+    step.__name__ = '_'.join(part.__name__ for part in parts)
+    return step
+
+
+def _judge_history(database):
+    """Slots that were over before alarms came are not judged now: an upgrade
+    must not announce every missed or late slot of the history."""
     database.execute_sql(
         "UPDATE %s SET late = %s WHERE slot_at IS NOT NULL AND late IS NULL AND status IN "
-        "('delivered', 'failed', 'skipped')" % (_quote(database, 'nightshift_run'),
-                                                 database.param), (False,))
+        "('delivered', 'failed', 'skipped', 'cancelled')" % (_quote(database, 'nightshift_run'),
+                                                              database.param), (False,))
+
+
+def _message_columns(database):
+    add_columns('Run', 'subject', 'body', 'attachment_name', 'send_rule',
+                'message_token')(database)
+    add_columns('Schedule', 'subject', 'body', 'attachment_name', 'send_rule')(database)
 
 
 # (version, what it does, the step). Append only: a released step never changes.
@@ -175,11 +184,23 @@ MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
     (2, 'carry over the run history, schedules and files of the previous release',
      carry_over_legacy),
+    (3, 'runs record the relative dates asked for and their timezone',
+     add_columns('Run', 'asked_params', 'params_timezone')),
+    (5, 'message templates, send rule and Message-ID token of runs and schedules',
+     _message_columns),
+    (6, 'bursting and test sends: split column, split report, per-recipient files',
+     steps(add_columns('Run', 'split_by', 'split_report', 'test_slot_at'),
+           add_columns('Delivery', 'part', 'rows', 'file_name', 'file_key', 'file_bytes'),
+           add_columns('Schedule', 'split_by'))),
+    (8, 'runs: rerun_of and requested_by; an index on finished_at for history retention',
+     steps(add_columns('Run', 'rerun_of', 'requested_by'), add_index('Run', 'finished_at'))),
     (9, 'late slots and notifications: run.late (slots already over count as judged), '
         'schedule.late_after and webhook_url, the notice outbox and the notification log',
-     _alarms),
+     steps(add_columns('Run', 'late'), add_index('Run', 'late', 'slot_at'),
+           add_columns('Schedule', 'late_after', 'webhook_url'),
+           create_new_tables('Notice', 'Notification'), _judge_history)),
 )
-LATEST = MIGRATIONS[-1][0]
+LATEST = max(version for version, _, _ in MIGRATIONS)
 
 
 def _ensure_schema_table(database):

@@ -3,6 +3,7 @@ later (`bind_database`), so importing this module touches nothing."""
 import datetime
 import json
 import os
+import secrets
 import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
@@ -12,7 +13,7 @@ from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
 from playhouse.db_url import connect, parse
 from playhouse.shortcuts import ReconnectMixin
 
-from vocab import DeliveryStatus, RunStatus, Trigger
+from vocab import DeliveryStatus, RunStatus, SendRule, Trigger
 
 db = DatabaseProxy()
 _bind_lock = threading.Lock()
@@ -24,6 +25,12 @@ SQLITE_PRAGMAS = {
     'synchronous': 'normal',
     'foreign_keys': 1,
 }
+
+
+def new_message_token():
+    """The random part of a run's Message-ID, made with the run: a database
+    reset that gives out run id 1 again still makes a new Message-ID."""
+    return secrets.token_hex(6)
 
 
 def utcnow():
@@ -77,6 +84,28 @@ class Run(BaseModel):
     bom = BooleanField(default=True)
     # Cut at max_rows: the email says so.
     truncated = BooleanField(default=False)
+    # The relative dates asked for ({name: 'yesterday'}; `params` holds what
+    # they resolved to) and the timezone they were resolved in (reldates.py).
+    asked_params = JSONField(null=True)
+    params_timezone = CharField(null=True)
+    # The run this one repeats (control.rerun); not a foreign key, so history
+    # retention may remove the older run first.
+    rerun_of = BigIntegerField(null=True)
+    # Who asked, where known: a download's user or client address (history.who).
+    requested_by = CharField(null=True)
+    # Bursting (bursting.py): the column holding each row's recipient, and
+    # what the split found (recipients, refused addresses and their rows).
+    split_by = CharField(null=True)
+    split_report = JSONField(null=True)
+    # A test run (trigger test): the slot it stands in for. Not slot_at, so
+    # it never takes the slot's place in the (schedule, slot_at) index.
+    test_slot_at = DateTimeField(null=True)
+    # The message (msgtemplates.py): templates, None for the default; when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
+    message_token = CharField(null=True, default=new_message_token)
     # A slot's run, judged once its grace (late_after) is over: True when it
     # had not delivered by then (alarms.py). None: not judged, or no slot.
     late = BooleanField(null=True)
@@ -90,11 +119,6 @@ class Run(BaseModel):
             (('late', 'slot_at'), False),
         )
 
-    @property
-    def message_id(self):
-        """Stable per run, so a resend after a crash is recognisable downstream."""
-        return '<nightshift-run-%d@nightshift>' % self.id
-
 
 class Delivery(BaseModel):
     """Per-recipient outcome, so a retry goes only to who did not get it."""
@@ -103,6 +127,13 @@ class Delivery(BaseModel):
     status = CharField(default=DeliveryStatus.PENDING)  # vocab.DeliveryStatus
     error = TextField(null=True)
     sent_at = DateTimeField(null=True)
+    # A recipient found in a split run's data gets a file of its own: its
+    # rows only. Typed recipients (part False) get the run's whole file.
+    part = BooleanField(default=False)
+    rows = BigIntegerField(null=True)
+    file_name = CharField(null=True)
+    file_key = CharField(null=True)
+    file_bytes = BigIntegerField(null=True)
 
     class Meta:
         table_name = 'nightshift_delivery'
@@ -118,11 +149,18 @@ class Schedule(BaseModel):
     cron = CharField()
     timezone = CharField()
     enabled = BooleanField(default=True)
+    # Bursting: each recipient found in this column gets only their rows.
+    split_by = CharField(null=True)
     managed_by = CharField(default='api')  # 'api' or 'config' (read-only via the API)
     # Slots up to here are handled (run or skipped); the next tick looks after it.
     checked_through = DateTimeField()
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Its runs' message: templates (None for the default) and when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
     # Seconds after a slot before its run counts as late (None: the setting),
     # and where this schedule's runs are announced besides the global webhook.
     late_after = FloatField(null=True)
@@ -177,6 +215,9 @@ class Notification(BaseModel):
     target = TextField()
     subject = TextField(null=True)
     body = TextField()  # the email's text, or the JSON payload as posted
+    # An email's Message-ID when it is not the notification's own (a single
+    # failure keeps its run's, as before grouping).
+    message_id = TextField(null=True)
     events = IntegerField(default=0)
     status = CharField(default='pending')  # vocab.SendStatus
     attempts = IntegerField(default=0)

@@ -3,7 +3,7 @@
 Built from the report registry, so report names and their parameters are
 part of the contract that schemathesis checks in CI.
 """
-from vocab import DeliveryStatus, RunStatus, SendStatus, Trigger
+from vocab import DeliveryStatus, RunStatus, SendRule, SendStatus, Trigger
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
@@ -64,7 +64,8 @@ def _components(report_names):
             'Delivery': {'type': 'object', 'properties': {
                 'address': {'type': 'string'},
                 'status': _enum(DeliveryStatus),
-                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING}},
+                'error': NULLABLE_STRING, 'sent_at': NULLABLE_STRING,
+                'part': {'type': 'boolean'}, 'rows': {'type': 'integer', 'nullable': True}}},
             'Run': {'type': 'object',
                     'required': ['id', 'report', 'params', 'to', 'status', 'rows', 'bytes',
                                  'attempts', 'error', 'trigger', 'created_at', 'started_at',
@@ -86,8 +87,13 @@ def _components(report_names):
                         'truncated': {'type': 'boolean'},
                         'late': {'type': 'boolean', 'nullable': True},
                         'escape_formulas': {'type': 'boolean'},
+                        'split_by': NULLABLE_STRING,
+                        'split': {'type': 'object', 'nullable': True},
+                        'test_slot_at': NULLABLE_STRING,
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
-                        'url': {'type': 'string'}}},
+                        'asked_params': {'type': 'object'},
+                        'params_timezone': NULLABLE_STRING,
+                        'url': {'type': 'string'}, **_message_properties()}},
             'Schedule': {'type': 'object',
                          'required': ['name', 'report', 'params', 'to', 'cron', 'timezone',
                                       'enabled', 'managed_by', 'next_run_at'],
@@ -97,13 +103,16 @@ def _components(report_names):
                              'to': {'type': 'array', 'items': {'type': 'string'}},
                              'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                              'enabled': {'type': 'boolean'},
+                             'split_by': NULLABLE_STRING,
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
                              'late_after': {'type': 'number', 'nullable': True},
                              'webhook': NULLABLE_STRING,
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
+                             'next_slot_params': {'type': 'object', 'nullable': True},
                              'last_run': {'type': 'object', 'nullable': True},
                              'created_at': {'type': 'string'},
-                             'updated_at': {'type': 'string'}, 'url': {'type': 'string'}}},
+                             'updated_at': {'type': 'string'}, 'url': {'type': 'string'},
+                             **_message_properties()}},
             'ScheduleInput': {'type': 'object', 'additionalProperties': False, 'properties': {
                 'name': {'type': 'string', 'pattern': r'^[a-z0-9][a-z0-9_-]{0,63}$'},
                 'report': {'type': 'string', 'enum': report_names},
@@ -112,8 +121,10 @@ def _components(report_names):
                                                                  'format': 'email'}},
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                 'enabled': {'type': 'boolean'},
+                'split_by': {'type': 'string', 'nullable': True},
                 'late_after': {'type': 'number', 'nullable': True, 'minimum': 0},
-                'webhook': {'type': 'string', 'nullable': True, 'format': 'uri'}}},
+                'webhook': {'type': 'string', 'nullable': True, 'format': 'uri'},
+                **_message_properties()}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
                              'report': {'type': 'string', 'enum': report_names},
@@ -121,9 +132,24 @@ def _components(report_names):
                              'to': {'type': 'array', 'minItems': 1,
                                     'items': {'type': 'string', 'format': 'email'}},
                              'escape_formulas': {'type': 'boolean'},
-                             'bom': {'type': 'boolean'}}},
+                             'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'},
+                             'split_by': {'type': 'string', 'nullable': True},
+                             **_message_properties()}},
+            'PreviewInput': {'type': 'object', 'required': ['report', 'cron'],
+                             'additionalProperties': False, 'properties': {
+                                 'report': {'type': 'string', 'enum': report_names},
+                                 'params': {'type': 'object'}, 'cron': {'type': 'string'},
+                                 'timezone': {'type': 'string'}}},
         },
     }
+
+
+def _message_properties():
+    """The message fields of runs and schedules (README: The message)."""
+    template = {'type': 'string', 'nullable': True,
+                'description': 'a sandboxed Jinja2 template; null for the default'}
+    return {'subject': template, 'body': template, 'attachment_name': template,
+            'send_rule': _enum(SendRule)}
 
 
 def build_spec(registry):
@@ -205,6 +231,35 @@ def build_spec(registry):
         'responses': dict(common, **{
             '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
             '400': bad, '404': not_found})}}
+    paths['/api/schedule-preview'] = {'post': {
+        'summary': "a schedule's next slot and the values its relative dates take then",
+        'requestBody': {'required': True, 'content': _json(_ref('PreviewInput'))},
+        'responses': dict(common, **{
+            '200': {'description': 'the next slot and its parameter values',
+                    'content': _json({'type': 'object',
+                                      'required': ['slot_at', 'params', 'asked']})},
+            '400': bad, '404': _error('no such report'), '413': too_large,
+            '415': not_json})}}
+    paths['/api/schedules/{name}/test'] = {'post': {
+        'summary': "send a test of the schedule's next slot to one address",
+        'parameters': [name_param],
+        'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['to'], 'additionalProperties': False,
+            'properties': {'to': {'type': 'string', 'format': 'email'}}})},
+        'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': not_found, '409': conflict})}}
+    paths['/api/messages/preview'] = {'post': {
+        'summary': 'the next message as templates would make it (sample values, the date '
+                   'of the next slot of `cron` in `timezone`, or today)',
+        'requestBody': {'required': True, 'content': _json({'type': 'object', 'properties': dict(
+            report={'type': 'string'}, params={'type': 'object'}, cron={'type': 'string'},
+            timezone={'type': 'string'}, **_message_properties())})},
+        'responses': dict(common, **{
+            '200': {'description': 'subject, body, attachment_name, send_rule, date',
+                    'content': _json({'type': 'object'})},
+            '400': bad, '404': _error('no such report'), '413': too_large,
+            '415': not_json})}}
     paths['/api/notifications'] = {'get': {
         'summary': 'the notification log: operator emails and webhook POSTs, newest first',
         'parameters': [
@@ -233,6 +288,29 @@ def build_spec(registry):
             {'name': 'sig', 'in': 'query', 'required': True, 'schema': {'type': 'string'}}],
         'responses': {'200': file_ok,
                       '403': _error('not valid or expired'), '404': _error('no longer kept')}}}
+    id_param = {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'integer'}}
+    paths['/api/runs/{id}/cancel'] = {'post': {
+        'summary': 'cancel a queued or running run before its mail goes out',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '200': {'description': 'the cancelled run', 'content': _json(_ref('Run'))},
+            '404': _error('no such run'),
+            '409': _error('the run is over, or sending its mail')})}}
+    paths['/api/runs/{id}/rerun'] = {'post': {
+        'summary': 'a failed or cancelled run again, as a new run (rerun_of)',
+        'parameters': [id_param], 'responses': dict(common, **{
+            '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
+            '400': bad, '404': _error('no such run'),
+            '409': _error('the run is not failed or cancelled')})}}
+    paths['/api/schedules/{name}/backfill'] = {'post': {
+        'summary': "one run per past slot of the schedule in a range of days",
+        'parameters': [name_param], 'requestBody': {'required': True, 'content': _json({
+            'type': 'object', 'required': ['from', 'to'],
+            'properties': {'from': {'type': 'string'}, 'to': {'type': 'string'}}})},
+        'responses': dict(common, **{
+            '200': {'description': 'the runs created and the slots skipped, with why',
+                    'content': _json({'type': 'object',
+                                      'required': ['created', 'skipped']})},
+            '400': bad, '404': not_found, '413': too_large, '415': not_json})}}
     for report in registry:
         parameters = [{'name': p.name, 'in': 'query', 'required': p.required,
                        'description': p.help, 'schema': _param_schema(p)}

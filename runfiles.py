@@ -14,8 +14,9 @@ import zipfile
 
 from errors import InputError, LostOwnership, PermanentFailure
 from export import write_file
-from models import Run, db_now
+from models import Delivery, Run, db_now
 from reports import BrokenReport, UnknownReport
+from runmessages import name_file
 from sources import ReportSQLError, UnknownSource
 from sqlexport import open_query_csv
 from vocab import FINAL
@@ -143,6 +144,7 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                        sent_as=None)
         stream = write_report(registry, settings, run, csv_path,
                               heartbeat.progress if heartbeat else None)
+        csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
         path, sent_as = package(csv_path, settings)
         key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
         store.save(key, path)
@@ -185,6 +187,16 @@ def remove_work_files(settings, store, run):
             os.rmdir(parent)  # only when empty
 
 
+def discard_files(settings, store, run_id):
+    """Everything a cancelled run made: its work folder and any file it had
+    published (nobody was sent it)."""
+    key = Run.select(Run.file_key).where(Run.id == run_id).scalar()
+    if key:
+        store.delete(key)
+        Run.update(file_key=None).where(Run.id == run_id).execute()
+    shutil.rmtree(run_folder(settings, run_id), ignore_errors=True)
+
+
 def sweep_orphans(settings, store):
     """Work folders nothing will use again: of runs that are over (their
     published file kept), or that no longer exist. Runs still queued or
@@ -219,6 +231,9 @@ def remove_expired_files(settings, store, now):
     removed = 0
     for run in Run.select().where(Run.file_key.is_null(False), Run.finished_at < cutoff):
         store.delete(run.file_key)
+        for part in Delivery.select(Delivery.file_key).where(  # a split run's own files
+                Delivery.run == run.id, Delivery.file_key.is_null(False)):
+            store.delete(part.file_key)
         shutil.rmtree(run_folder(settings, run.id), ignore_errors=True)
         Run.update(file_key=None).where(Run.id == run.id).execute()
         removed += 1

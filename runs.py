@@ -16,14 +16,17 @@ from typing import NamedTuple, Optional
 
 from peewee import Case, PostgresqlDatabase, fn
 
+import reldates
+import bursting
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
 from mail import MailError, check_address
 from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
-from runfiles import drop_working_copy, prepare_file, remove_work_files
-from vocab import TERMINAL, DeliveryStatus, Ending, RunStatus, Trigger
+from runfiles import discard_files, drop_working_copy, prepare_file, remove_work_files
+from runmessages import clean_message
+from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
 logger = logging.getLogger('nightshift.runs')
@@ -61,17 +64,38 @@ def parse_recipients(to, settings):
 def create_run(registry, settings, report: str, params: Optional[dict] = None,
                to: Optional[list] = None, *, trigger: Trigger = Trigger.WEB,
                schedule: Optional[str] = None, slot_at: Optional[datetime.datetime] = None,
-               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None) -> Run:
-    """Validate a request and record it as a queued run (one transaction)."""
+               escape_formulas: Optional[bool] = None, bom: Optional[bool] = None,
+               timezone: Optional[str] = None, at: Optional[datetime.datetime] = None,
+               split_by: Optional[str] = None,
+               test_slot_at: Optional[datetime.datetime] = None,
+               message: Optional[dict] = None) -> Run:
+    """Validate a request and record it as a queued run (one transaction).
+
+    Relative dates in `params` are resolved here, once, in `timezone`
+    (default: the timezone setting) at naive UTC `at` (a schedule's slot;
+    default: now): every attempt of the run uses the same values. With
+    `split_by` typed recipients are optional: the data names them.
+    `message`: subject, body, attachment_name templates and send_rule
+    (runmessages.clean_message), each optional."""
     definition = find_report(registry, report)
+    if timezone is not None and not isinstance(timezone, str):
+        raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+    timezone = timezone or settings.timezone
+    params, asked = reldates.resolve_params(definition.params, params,
+                                            reldates.check_zone(timezone), at or utcnow())
     typed = definition.parse(params)
-    recipients = parse_recipients(to, settings)
+    split_by = bursting.clean_split_by(definition, split_by)
+    recipients = [] if split_by and not to else parse_recipients(to, settings)
+    stored = dump_params(typed)
+    message = clean_message(message or {}, stored, definition.title, definition.name)
     with db.atomic():
-        run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
+        run = Run.create(report=report, params=stored, recipients=recipients,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
+                         split_by=split_by, test_slot_at=test_slot_at, **message,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
-                         bom=settings.csv_bom if bom is None else bom)
+                         bom=settings.csv_bom if bom is None else bom,
+                         asked_params=asked or None, params_timezone=timezone if asked else None)
         for address in recipients:
             Delivery.create(run=run, address=address)
     return run
@@ -81,7 +105,7 @@ def mark_failed(run_id, reason, now=None):
     """Record a run that is not in a worker's hands as failed for good (its
     task could not be queued, or the reaper gave up). True if it changed."""
     return bool(Run.update(status=RunStatus.FAILED, error=reason, finished_at=now or utcnow())
-                .where(Run.id == run_id, Run.status.not_in(TERMINAL)).execute())
+                .where(Run.id == run_id, Run.status.not_in(FINAL)).execute())
 
 
 def record_wait(run_id, next_attempt_at):
@@ -134,7 +158,9 @@ def claim(run_id, now=None, report=None, limit=None):
                 db.execute_sql('SELECT pg_advisory_xact_lock(%s)', (_report_lock_key(report),))
             busy = Run.alias('busy')
             in_progress = (busy.select(fn.COUNT(busy.id))
-                           .where((busy.report == report) & (busy.status == RunStatus.RUNNING)))
+                           .where((busy.report == report) & (busy.status == RunStatus.RUNNING)
+                                  # A download streams in the web server, not a worker.
+                                  & (busy.trigger != Trigger.DOWNLOAD)))
             condition &= (in_progress < limit)
         now = now or db_now()
         if not (Run.update(status=RunStatus.RUNNING, attempts=Run.attempts + 1, started_at=now,
@@ -212,8 +238,9 @@ class Heartbeat:
                 try:
                     if not Run.update(values).where(self.attempt.owned()).execute():
                         self.lost = True
-                        logger.warning('run %d: attempt %d was taken back by the reaper; '
-                                       'this worker stops it', *self.attempt)
+                        logger.warning('run %d: attempt %d no longer owns it (taken back '
+                                       'by the reaper, or cancelled); this worker stops it',
+                                       *self.attempt)
                         return
                 except Exception:
                     logger.warning('heartbeat of run %d not recorded', self.attempt.run_id,
@@ -267,6 +294,12 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     try:
         _attempt(attempt, definition, registry, settings, mailer, store, clock)
     except LostOwnership as exc:
+        if Run.select(Run.status).where(Run.id == run_id).scalar() == RunStatus.CANCELLED:
+            # Cancelled (control.cancel_run): nothing was sent; nothing is kept.
+            discard_files(settings, store, run_id)
+            logger.info('run %d: cancelled; attempt %d stopped and sent nothing',
+                        *attempt)
+            return Outcome(Ending.CANCELLED)
         logger.warning('%s; it leaves the run to that attempt', exc)
         return Outcome(Ending.LOST)
     except PermanentFailure as exc:
@@ -282,9 +315,23 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
 
 def _attempt(attempt, definition, registry, settings, mailer, store, clock):
     started = clock()
+    split = Run.select(Run.split_by).where(Run.id == attempt.run_id).scalar()
     with Heartbeat(attempt, settings.progress_every) as heartbeat:
-        path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
-        deliver(attempt, definition.title, path, settings, mailer, seconds=clock() - started)
+        if split:
+            # Each recipient found in the data gets their own rows (bursting.py).
+            path = bursting.prepare_split(registry, settings, store, attempt,
+                                          heartbeat=heartbeat)
+            skipped = bursting.deliver_split(attempt, definition.title, path, settings, mailer,
+                                             seconds=clock() - started)
+        else:
+            path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
+            skipped = deliver(attempt, definition.title, path, settings, mailer,
+                              seconds=clock() - started)
+    if skipped:
+        # The send rule said no (no rows): a recorded run, nothing sent.
+        attempt.update(status=RunStatus.SKIPPED, finished_at=utcnow(), error=skipped)
+        drop_working_copy(settings, store, attempt.run_id)
+        return
     deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
     refused = [d for d in deliveries if d.status == DeliveryStatus.REFUSED]
     if refused and len(refused) == len(deliveries):

@@ -22,6 +22,9 @@ def run_as_dict(run, deliveries=None):
         'id': run.id,
         'report': run.report,
         'params': run.params,
+        # The relative dates asked for; `params` holds what they resolved to.
+        'asked_params': run.asked_params or {},
+        'params_timezone': run.params_timezone,
         'to': run.recipients,
         'status': run.status,
         'rows': run.rows,
@@ -43,8 +46,19 @@ def run_as_dict(run, deliveries=None):
         'truncated': run.truncated,
         'late': run.late,
         'escape_formulas': run.escape_formulas,
+        'rerun_of': run.rerun_of,
+        'requested_by': run.requested_by,
+        # Bursting: the split column and what the split found (refused rows
+        # and their addresses among it); a test's slot.
+        'split_by': run.split_by,
+        'split': run.split_report,
+        'test_slot_at': _iso(run.test_slot_at),
+        'subject': run.subject,
+        'body': run.body,
+        'attachment_name': run.attachment_name,
+        'send_rule': run.send_rule,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
-                        'sent_at': _iso(d.sent_at)}
+                        'sent_at': _iso(d.sent_at), 'part': d.part, 'rows': d.rows}
                        for d in deliveries],
         'url': '/api/runs/%d' % run.id,
     }

@@ -13,11 +13,15 @@ import re
 from peewee import IntegrityError, fn
 
 import alarms
+import bursting
 import cron
+import reldates
+import runmessages
 import runs
+import slotparams
 from errors import Conflict
-from models import Run, Schedule, db
-from params import InputError, dump_params
+from models import Run, Schedule, db, utcnow
+from params import InputError
 from reports import find_report
 from settings import SettingsError, hide_path
 from vocab import RunStatus, Trigger
@@ -25,8 +29,8 @@ from vocab import RunStatus, Trigger
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
-FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'late_after',
-          'webhook')
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'split_by',
+          'late_after', 'webhook') + runmessages.MESSAGE_FIELDS
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -53,6 +57,7 @@ def clean(registry, settings, data, current=None):
         merged = {'name': current.name, 'report': current.report, 'params': current.params,
                   'to': current.recipients, 'cron': current.cron,
                   'timezone': current.timezone, 'enabled': current.enabled,
+                  'split_by': current.split_by,
                   'late_after': current.late_after, 'webhook': current.webhook_url}
         if 'name' in data and data['name'] != current.name:
             raise InputError('name', 'a schedule cannot be renamed; create a new one')
@@ -72,8 +77,12 @@ def clean(registry, settings, data, current=None):
     except InputError as exc:
         # The schedule exists (or is being made); its report field is wrong.
         raise InputError('report', exc.message, code='invalid')
-    typed = definition.parse(merged.get('params'))
-    recipients = runs.parse_recipients(merged.get('to'), settings)
+    # Relative dates stay expressions, resolved at each slot (reldates.py).
+    params = reldates.stored_params(definition, merged.get('params'), cron.UTC, utcnow())
+    # Split by a column, the data names the recipients: typed ones are optional.
+    split_by = bursting.clean_split_by(definition, merged.get('split_by'))
+    recipients = [] if split_by and not merged.get('to') \
+        else runs.parse_recipients(merged.get('to'), settings)
     try:
         expression = cron.check_cron(merged.get('cron'))
     except ValueError as exc:
@@ -86,9 +95,12 @@ def clean(registry, settings, data, current=None):
     enabled = merged.get('enabled', True)
     if not isinstance(enabled, bool):
         raise InputError('enabled', 'must be true or false')
-    return dict({'name': name, 'report': definition.name, 'params': dump_params(typed),
+    message = runmessages.clean_message(data, params, definition.title, definition.name,
+                                        current=current)
+    return dict({'name': name, 'report': definition.name, 'params': params,
                  'recipients': recipients, 'cron': expression, 'timezone': timezone,
-                 'enabled': enabled}, **alarms.schedule_options(merged, settings))
+                 'enabled': enabled, 'split_by': split_by}, **message,
+                **alarms.schedule_options(merged, settings))
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -161,9 +173,14 @@ def declared_schedules(registry, settings):
     declared = {}
     for spec in settings.schedules:
         data = {'name': spec['name'], 'report': spec['report'], 'params': spec['params'],
-                'to': spec['to'], 'cron': spec['cron'], 'enabled': spec['enabled']}
+                'to': spec.get('to'), 'cron': spec['cron'], 'enabled': spec['enabled']}
         if spec.get('timezone'):
             data['timezone'] = spec['timezone']
+        if spec.get('split_by'):
+            data['split_by'] = spec['split_by']
+        for key in runmessages.MESSAGE_FIELDS:
+            if spec.get(key):
+                data[key] = spec[key]
         if spec.get('webhook'):
             data['webhook'] = spec['webhook']
         if spec.get('late_after'):
@@ -301,12 +318,25 @@ def _record_skipped(schedule, skipped, more, now):
         Run.insert_many(rows).execute()
 
 
-def _create_slot_run(registry, settings, schedule, slot, now):
+def _create_slot_run(registry, settings, schedule, slot, now, *, to=None,
+                     trigger=Trigger.SCHEDULE):
+    """The run of the schedule's `slot`. A test (trigger test, `to` one
+    address) is made here too, so it covers the slot's window as the slot's
+    own run will; it keeps the slot in test_slot_at, leaving slot_at (and
+    the slot's place in the unique index) to the real run."""
+    test = trigger == Trigger.TEST
     try:
         return runs.create_run(registry, settings, schedule.report, schedule.params,
-                               schedule.recipients, trigger=Trigger.SCHEDULE,
-                               schedule=schedule.name, slot_at=slot)
+                               schedule.recipients if to is None else to, trigger=trigger,
+                               schedule=schedule.name, slot_at=None if test else slot,
+                               test_slot_at=slot if test else None,
+                               split_by=schedule.split_by,
+                               # relative dates: in the schedule's zone at the slot
+                               timezone=schedule.timezone, at=slot,
+                               message=runmessages.of_schedule(schedule))
     except InputError as exc:
+        if test:
+            raise  # the person asking is told at once
         # The report changed under a stored schedule; say so in the history.
         return Run.create(report=schedule.report, params=schedule.params,
                           recipients=schedule.recipients, status=RunStatus.FAILED,
@@ -337,7 +367,7 @@ def with_last_runs(query):
     found = list(query)
     names = [s.name for s in found]
     latest = (Run.select(fn.MAX(Run.id))
-              .where(Run.schedule.in_(names), Run.status != RunStatus.SKIPPED)
+              .where(Run.schedule.in_(names), _ran())
               .group_by(Run.schedule))
     last = {run.schedule: run for run in Run.select().where(Run.id.in_(latest))} \
         if names else {}
@@ -350,11 +380,17 @@ def last_run(schedule):
     fetched = getattr(schedule, '_last_run', _NOT_FETCHED)
     if fetched is not _NOT_FETCHED:
         return fetched
-    return (Run.select().where(Run.schedule == schedule.name, Run.status != RunStatus.SKIPPED)
+    return (Run.select().where(Run.schedule == schedule.name, _ran())
             .order_by(Run.id.desc()).first())
 
 
-def schedule_as_dict(schedule, now):
+def _ran():
+    # A missed slot is recorded skipped without an attempt; a run its send
+    # rule skipped (no rows) did run, and is the schedule's last run.
+    return (Run.status != RunStatus.SKIPPED) | (Run.attempts > 0)
+
+
+def schedule_as_dict(schedule, now, registry=None):
     upcoming, local = next_run(schedule, now)
     last = last_run(schedule)
     return {
@@ -365,11 +401,15 @@ def schedule_as_dict(schedule, now):
         'cron': schedule.cron,
         'timezone': schedule.timezone,
         'enabled': schedule.enabled,
+        'split_by': schedule.split_by,
         'managed_by': schedule.managed_by,
+        **runmessages.message_as_dict(schedule),
         'late_after': schedule.late_after,
         'webhook': hide_path(schedule.webhook_url) if schedule.webhook_url else None,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
+        'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)
+        if registry is not None else None,
         'last_run': None if last is None else {
             'id': last.id, 'status': last.status, 'trigger': last.trigger,
             'slot_at': _iso(last.slot_at), 'created_at': _iso(last.created_at),

@@ -111,6 +111,12 @@ def _check_port(port):
         raise ValueError('%d is not a TCP port' % port)
 
 
+def _split_cap(value):
+    # Each recipient of a split run is an open file while the rows stream by.
+    if not 1 <= value <= 1000:
+        raise ValueError('must be from 1 to 1000 (one open file per recipient)')
+
+
 def _check_public_url(url):
     if not url.startswith(('http://', 'https://')):
         raise ValueError('%r must start with http:// or https://' % url)
@@ -119,6 +125,11 @@ def _check_public_url(url):
 def _check_sender(address):
     # The sender may be a development name (nightshift@localhost).
     check_address(address, single_label_domain=True)
+
+
+def _check_display_name(name):
+    if any(c in name for c in '\r\n\x00') or len(name) > 100:
+        raise ValueError('must be one line of at most 100 characters')
 
 
 def _check_optional_address(address):
@@ -183,6 +194,8 @@ SETTINGS = (
     S('smtp_timeout', float, 30.0, 'seconds before an SMTP connection attempt gives up'),
     S('mail_from', str, 'nightshift@localhost', 'sender address', env=('MAIL_FROM',),
       check=_check_sender),
+    S('mail_from_name', str, '', 'display name in `From` (e.g. `Acme Reports`); empty: the '
+      'address alone', env=('MAIL_FROM_NAME',), check=_check_display_name),
     S('reports_dir', str, 'var/reports', 'where the worker writes CSV files', resolve=_path),
     S('host', str, '127.0.0.1', 'address the web server binds to'),
     S('port', int, 8080, 'port the web server listens on', env=('PORT',), check=_check_port),
@@ -194,6 +207,10 @@ SETTINGS = (
       'open connections waitress keeps at most, slow clients included'),
     S('workers', int, 2, 'consumer threads of `server.py --worker`'),
     S('max_recipients', int, 20, 'recipients per run'),
+    S('max_split_recipients', int, 200,
+      'distinct recipients a split run (`split_by`) may find in its data, at most 1000: one '
+      'open file each while the rows are written; a run that finds more fails, saying so',
+      check=_split_cap),
     S('max_body_bytes', int, 65536, 'largest JSON body'),
     S('max_attempts', int, 5, 'tries of a run, first included, before it is `failed`',
       check=_at_least_one()),
@@ -215,6 +232,15 @@ SETTINGS = (
       '`local` (a folder: `reports_dir`) or `database` (chunks in the application database, '
       'shared by web and workers on other machines)', choices=('local', 'database')),
     S('retention_days', float, 7.0, 'report files are kept this long, then removed'),
+    S('history_days', float, 90.0,
+      'finished runs and their deliveries are kept this long in the history, then removed by '
+      "the tick in batches (0: kept for ever); a run's file goes first, after `retention_days`"),
+    S('history_batch', int, 500,
+      'runs removed per transaction by history retention: small, so the API keeps answering',
+      check=_at_least_one()),
+    S('max_backfill_slots', int, 100,
+      "slots one backfill of a schedule may cover; a longer range is refused (422)",
+      check=_at_least_one()),
     S('public_url', str, 'http://127.0.0.1:8080',
       'base URL of the web server, for links in emails; unset, it follows `port`',
       check=_check_public_url),
@@ -347,7 +373,8 @@ Settings = make_dataclass(
 Settings.__module__ = __name__  # pickling finds it here
 Settings.__doc__ = 'The values of SETTINGS, read once at start-up (see load_settings).'
 
-SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled', 'late_after', 'webhook')
+SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled', 'split_by', 'subject', 'body',
+                 'attachment_name', 'send_rule', 'late_after', 'webhook')
 
 
 class RedactSecrets(logging.Filter):
@@ -611,7 +638,7 @@ def _read_schedule(section, items, path):
         else:
             raise SettingsError('unknown key %r in %s; expected %s or param.<name>'
                                 % (key, where, ', '.join(SCHEDULE_KEYS)))
-    for key in ('report', 'cron', 'to'):
+    for key in ('report', 'cron') + (() if spec.get('split_by') else ('to',)):
         if not spec.get(key):
             raise SettingsError('%s: missing in %s' % (key, where))
     return spec

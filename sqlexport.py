@@ -24,14 +24,18 @@ import contextlib
 import datetime
 import decimal
 import functools
+import logging
 import os
 
 from typing import List, Optional, Union
 
+import mysqllines
 import sources
 from export import (CHUNK_BYTES, FORMULA_TRIGGERS, LEADING_BLANKS, POSTGRES_FORMULA_PATTERN,
-                    CsvStream, RowEnds, escape_formula)
+                    CsvStream, LineStream, RowEnds, escape_formula)
 from sources import ReportSQLError, Source
+
+logger = logging.getLogger('nightshift.export')
 
 ISO_SECONDS = '%Y-%m-%dT%H:%M:%S.%f'
 
@@ -78,7 +82,9 @@ class _Guarded:
     def __iter__(self):
         try:
             yield from self._stream
-            self.exhausted = True
+            # Cut at a row limit, the query still has rows: it is stopped,
+            # not read to its end.
+            self.exhausted = not getattr(self._stream, 'truncated', False)
         except self._errors as exc:
             raise sources.classify(self._source, exc,
                                    getattr(self._conn, 'deadline', None)) from exc
@@ -146,9 +152,11 @@ def _pg_column(position, oid, escape):
 
 def pg_escape_sql(x):
     """The formula escape (export.escape_formula) as a PostgreSQL expression:
-    the same rule, from the same lists of characters."""
-    return ("(CASE WHEN %s ~ %s AND %s !~ '^-[0-9][0-9.]*$' THEN '''' || %s ELSE %s END)"
-            % (x, POSTGRES_FORMULA_PATTERN, x, x, x))
+    the same rule, from the same lists of characters. The first character
+    is looked at first: a regular expression on every cell costs more."""
+    return ("(CASE WHEN ascii(%s) IN (%s) AND %s ~ %s AND %s !~ '^-[0-9][0-9.]*$' "
+            "THEN '''' || %s ELSE %s END)"
+            % (x, _FIRST_CODES, x, POSTGRES_FORMULA_PATTERN, x, x, x))
 
 
 @contextlib.contextmanager
@@ -295,15 +303,57 @@ def _formatted(rows, cells):
         yield [cell(value) for cell, value in zip(cells, row)]
 
 
+# The server writes the CSV lines where it can (tests turn it off to compare).
+MYSQL_LINES = True
+# A statement the server stopped (time limit, killed) or a lost connection:
+# running it again cell by cell would only do the same.
+_MYSQL_NO_FALLBACK = {1317, 1927, 1969, 3024}
+
+
 @contextlib.contextmanager
 def _mysql(source, conn, sql, params, escape, bom, limit):
     import pymysql.cursors
+    # PyMySQL reads %-formats only when given parameters: a rewritten
+    # statement's doubled %% must always be read.
+    params = params if params is not None else ()
+    if MYSQL_LINES:
+        fields = _mysql_fields(conn, sql, params)
+        statement = fields and mysqllines.line_statement(sql, fields, escape)
+        if statement:
+            cursor = conn.cursor(pymysql.cursors.SSCursor)
+            try:
+                cursor.execute(statement, params)
+            except pymysql.err.MySQLError as exc:
+                code = exc.args[0] if exc.args else 0
+                if not isinstance(code, int) or code >= 2000 or code in _MYSQL_NO_FALLBACK:
+                    raise
+                logger.info('export: the server refused the statement written as CSV lines '
+                            '(%s); reading its cells instead', exc)
+            else:
+                yield LineStream([f.name for f in fields], cursor, final=True, bom=bom,
+                                 limit=limit)
+                return
     cursor = conn.cursor(pymysql.cursors.SSCursor)
     cursor.execute(sql, params)
     header = [d[0] for d in cursor.description]
     cells = [_mysql_cell(d, escape) for d in cursor.description]
     yield CsvStream(header, _formatted(_fetching(cursor), cells), escape=False,
                     chunk_rows=2000, bom=bom, limit=limit)
+
+
+def _mysql_fields(conn, sql, params):
+    """PyMySQL's fields (type, charset) of the query's columns, no row read;
+    None when the query cannot be looked at so (two columns of one name)."""
+    import pymysql
+    cursor = conn.cursor()
+    try:
+        cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
+        cursor.fetchall()
+        return list(cursor._result.fields)
+    except pymysql.err.MySQLError:
+        return None
+    finally:
+        cursor.close()
 
 
 def _fetching(cursor, size=2000):
@@ -335,18 +385,80 @@ def _mysql_cell(description, escape):
 @contextlib.contextmanager
 def _sqlite(source, conn, sql, params, escape, bom, limit):
     # The columns first (names, count), then one SELECT that prints each
-    # column in the canonical form, so rows go from the cursor to csv.writer
-    # untouched: per-cell Python would cost most of the export's time.
+    # column in the canonical form: per-cell Python would cost most of the
+    # export's time. Where the query's types are known, SQLite also joins
+    # each row into its CSV line (see _sqlite_lines).
     cursor = conn.cursor()
     header = [d[0] for d in describe(cursor, sql, params)]
     types = sqlite_column_types(source, sql)
     if types is None or len(types) != len(header):
         types = [None] * len(header)
     names = ', '.join('c%d' % i for i in range(len(header)))
+    with_q = 'WITH q(%s) AS (\n%s\n) SELECT ' % (names, sql)
+    if SQLITE_LINES and all(kind is not None and kind[0] in _LINE_KINDS for kind in types):
+        cursor.execute(with_q + _sqlite_lines(types, escape) + ' FROM q', params)
+        numbers = [i for i, kind in enumerate(types) if kind[0] == 'number']
+        yield LineStream(header, cursor, numbers, bom=bom, limit=limit)
+        return
     select = ', '.join('%s AS c%d' % (_sqlite_column('q.c%d' % i, kind, escape), i)
                        for i, kind in enumerate(types))
-    cursor.execute('WITH q(%s) AS (\n%s\n) SELECT %s FROM q' % (names, sql, select), params)
+    cursor.execute(with_q + select + ' FROM q', params)
     yield CsvStream(header, cursor, escape=False, chunk_rows=2000, bom=bom, limit=limit)
+
+
+# Lines built by SQLite where the types allow (tests turn it off to compare).
+SQLITE_LINES = True
+_LINE_KINDS = ('number', 'decimal', 'bool', 'date', 'timestamp', 'text')
+
+
+def _sqlite_lines(types, escape):
+    """The SELECT list giving each row as its CSV line, cells joined by
+    commas, then for each integer column the value when it is a float.
+
+    Quoting is left to Python for the rare line with a quote, CR or LF (its
+    commas still split it right). A row with a comma in a cell, or holding
+    what its column's type does not (SQLite keeps a float or text given to
+    an integer column), comes quoted here in full after a NUL (a plain line
+    never starts with one), a float's cell left empty: SQLite's printf
+    cannot write every float as Python does, so Python writes those, from
+    the values that follow the line (see export.LineStream)."""
+    plain, marked, odd, floats = [], [], [], []
+    for i, kind in enumerate(types):
+        x = 'q.c%d' % i
+        cell = _sqlite_column(x, kind, escape)
+        if kind[0] == 'number':
+            plain.append("ifnull(%s, '')" % x)
+            odd.append("typeof(%s) NOT IN ('integer', 'null')" % x)
+            marked.append("(CASE typeof(%s) WHEN 'real' THEN '' WHEN 'blob' THEN '\\x' || "
+                          "lower(hex(%s)) ELSE %s END)" % (x, x, _sqlite_quoted(x, x)))
+            floats.append("CASE WHEN typeof(%s) = 'real' THEN %s END" % (x, x))
+            continue
+        if kind[0] in ('decimal', 'bool'):
+            plain.append("ifnull(%s, '')" % cell)
+            marked.append(plain[-1])
+            continue
+        if kind[0] == 'text':
+            # NULL and '' are both an empty cell: no NULLIF needed here.
+            cell = sqlite_escape_sql(x) if escape else x
+        plain.append("ifnull(%s, '')" % cell)
+        odd.append("instr(%s, ',')" % x)
+        marked.append(_sqlite_quoted(x, cell))
+        if i == 0:
+            # unicode() and length() stop at a NUL; a blob's bytes do not.
+            odd.append("substr(CAST(%s AS BLOB), 1, 1) = x'00'" % x)
+    line = " || ',' || ".join(plain)
+    if len(plain) == 1:
+        line = "'' || %s" % line  # text, as a line of several cells is
+    return ', '.join(["CASE WHEN %s THEN char(0) || %s ELSE %s END" % (
+        ' OR '.join(odd), " || ',' || ".join(marked), line)] + floats)
+
+
+def _sqlite_quoted(x, cell):
+    """`cell` as csv.writer writes it: quoted when `x`, the value it prints,
+    holds a comma, quote, CR or LF (printing adds none of those)."""
+    return ("(CASE WHEN instr(%(x)s, ',') OR instr(%(x)s, '\"') OR instr(%(x)s, char(10)) OR "
+            "instr(%(x)s, char(13)) THEN '\"' || replace(%(c)s, '\"', '\"\"') || '\"' "
+            "ELSE ifnull(%(c)s, '') END)" % {'x': x, 'c': cell})
 
 
 _DIGITS2 = '[0-9][0-9]'
@@ -374,7 +486,9 @@ def _sqlite_column(x, kind, escape):
                 "%(x)s || 'T00:00:00.000000' ELSE NULLIF(%(x)s, '') END)"
                 % {'x': x, 'date': _SQLITE_DATE})
     if name == 'number':
-        return x
+        # SQLite keeps whatever it is given: bytes are printed as bytes are.
+        return ("(CASE WHEN typeof(%s) = 'blob' THEN '\\x' || lower(hex(%s)) ELSE %s END)"
+                % (x, x, x))
     if name == 'date':
         return "NULLIF(%s, '')" % x
     if name == 'text':

@@ -15,6 +15,7 @@ from peewee import IntegrityError
 
 from alarms import Alarms
 from clock import Beat, ClockedRedisHuey, ClockedSqliteHuey
+import history
 from dbhealth import DB_ERRORS, DatabaseHealth
 import runfiles
 import runs
@@ -132,6 +133,7 @@ class Jobs:
             self.alarms.tick(max(now, utcnow()))
             runfiles.remove_expired_files(self.settings, self.store, now)
             runfiles.sweep_orphans(self.settings, self.store)
+            history.remove_old_runs(self.settings, now)
         except DB_ERRORS as exc:
             self.database.down(exc)
             return []

@@ -14,6 +14,8 @@ class RunStatus(StrEnum):
     DELIVERED = 'delivered'
     FAILED = 'failed'
     SKIPPED = 'skipped'
+    # Stopped by someone before anything was sent (control.cancel_run).
+    CANCELLED = 'cancelled'
 
 
 class DeliveryStatus(StrEnum):
@@ -22,12 +24,27 @@ class DeliveryStatus(StrEnum):
     SENDING = 'sending'
     SENT = 'sent'
     REFUSED = 'refused'
+    # Not sent because of the run's send rule (no rows): the run is skipped.
+    SKIPPED = 'skipped'
+
+
+class SendRule(StrEnum):
+    """When a run's file is mailed."""
+    ALWAYS = 'always'
+    ROWS = 'rows'  # only when the report has rows; else the run is skipped
+    NOTICE = 'notice'  # with no rows, a short "no data for ..." notice instead of a file
 
 
 class Trigger(StrEnum):
     WEB = 'web'
     SCHEDULE = 'schedule'
     CLI = 'cli'
+    # A CSV streamed to a browser or curl (/reports/<name>.csv), recorded as it ends.
+    DOWNLOAD = 'download'
+    # A past slot of a schedule, run on request (control.backfill).
+    BACKFILL = 'backfill'
+    # "Send a test to me": a schedule's next slot, to one address, not the slot's run.
+    TEST = 'test'
 
 
 class Ending(StrEnum):
@@ -38,12 +55,14 @@ class Ending(StrEnum):
     BUSY = 'busy'  # the report has no free turn; wait for one
     LOST = 'lost'  # taken back: another attempt owns the run
     IDLE = 'idle'  # nothing to do: the run is not queued
+    CANCELLED = 'cancelled'  # someone cancelled it while this attempt ran
 
 
 # A worker took these runs as far as they go: they may keep a file.
 TERMINAL = (RunStatus.DELIVERED, RunStatus.FAILED)
-# Runs that never change again: the terminal ones and the slots a schedule skipped.
-FINAL = TERMINAL + (RunStatus.SKIPPED,)
+# Runs that never change again: the terminal ones, the slots a schedule
+# skipped and the runs someone cancelled.
+FINAL = TERMINAL + (RunStatus.SKIPPED, RunStatus.CANCELLED)
 # Recipients still owed the file.
 UNSENT = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
 

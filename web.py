@@ -16,6 +16,7 @@ from peewee import DatabaseError, InterfaceError
 
 import charts
 import outbox
+import reldates
 import runviews
 import schedules
 from mail import human_size
@@ -87,7 +88,7 @@ def next_run_text(row, now):
 
 HELPERS = dict(next_run_text=next_run_text, human_size=human_size, ago=ago, utc_text=utc_text,
                iso=iso, seconds_text=charts.seconds_text, run_duration=run_duration,
-               file_ready=runviews.file_ready,
+               file_ready=runviews.file_ready, describe_params=reldates.describe,
                # The page's script reads which statuses are final from here.
                final_statuses=' '.join(FINAL), RunStatus=RunStatus)
 

@@ -21,11 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from huey.exceptions import RetryTask  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import reldates  # noqa: E402
 import runfiles  # noqa: E402
 import runs  # noqa: E402
 import sqlexport  # noqa: E402
 from export import write_file  # noqa: E402
-from models import Run, bind_database  # noqa: E402
+from models import Run, bind_database, utcnow  # noqa: E402
 from params import InputError  # noqa: E402
 from reports import BrokenReport, UnknownReport, create_catalogue  # noqa: E402
 from settings import SettingsError, load_settings  # noqa: E402
@@ -72,6 +73,9 @@ def params_from(pairs):
 def export_file(settings, definition, params, path, escape, bom, quiet):
     """Write the report to `path`, or to standard output when it is `-`
     (then the progress bar and the summary go to standard error)."""
+    # Relative dates (yesterday, -7d): now, in the timezone setting.
+    params, _ = reldates.resolve_params(definition.params, params,
+                                        reldates.check_zone(settings.timezone), utcnow())
     typed = definition.parse(params)
     to_stdout = path == '-'
     report = sys.stderr if to_stdout else sys.stdout

@@ -122,7 +122,7 @@ MUTANTS = [
            'two reapers at once queue a lost run once',
            (promise('test_two_reapers_at_once_queue_a_lost_run_once'),)),
     Mutant('failure-overwrites-delivered', ('runs.py',),
-           '.where(Run.id == run_id, Run.status.not_in(TERMINAL)).execute())',
+           '.where(Run.id == run_id, Run.status.not_in(FINAL)).execute())',
            '.where(Run.id == run_id).execute())',
            'a delivered run is never marked failed afterwards',
            (promise('test_a_delivered_run_is_never_marked_failed_afterwards'),)),

@@ -78,6 +78,8 @@
       var given = splitAddresses(input.value)[Number(index[1])];
       if (given) { message = '“' + given + '”: ' + message; }
     }
+    var fold = input.closest('details');
+    if (fold) { fold.open = true; }  // a field in a folded section
     var box = document.getElementById(input.id + '-error');
     if (!box) {  // a field without a place for messages (a checkbox)
       setStatus(form, data.field + ': ' + message, true);
@@ -105,6 +107,30 @@
     return params;
   }
 
+  // Fields a feature adds to a form (data-extra): sent under their data-field
+  // name, a checkbox as true/false. Empty is "not given", or `emptyAs` (null:
+  // back to the default) when that is set. Templates (textareas) go as typed.
+  function extrasOf(form, emptyAs) {
+    var extra = {};
+    form.querySelectorAll('[data-extra]').forEach(function (el) {
+      if (el.closest('[disabled]')) { return; }
+      var name = el.getAttribute('data-field');
+      var value = el.tagName === 'TEXTAREA' ? el.value : el.value.trim();
+      if (el.type === 'checkbox') { extra[name] = el.checked; }
+      else if (value !== '') { extra[name] = value; }
+      else if (emptyAs !== undefined) { extra[name] = emptyAs; }
+    });
+    return extra;
+  }
+
+  function fillExtraFields(form, values) {
+    form.querySelectorAll('[data-extra]').forEach(function (el) {
+      var value = values[el.getAttribute('data-field')];
+      if (el.type === 'checkbox') { el.checked = !!value; }
+      else { el.value = value === null || value === undefined ? '' : String(value); }
+    });
+  }
+
   function busy(form, on) {
     form.querySelectorAll('button').forEach(function (b) { b.disabled = on; });
   }
@@ -129,11 +155,13 @@
       return;
     }
     var to = splitAddresses(enabledField(form, 'to').value);
-    api('POST', '/api/runs', {report: report, params: params, to: to}).then(function (result) {
+    api('POST', '/api/runs', Object.assign({report: report, params: params, to: to},
+                                           extrasOf(form))).then(function (result) {
       done();
       if (!result.ok) { showError(form, result); return; }
       setStatus(form, 'Run #' + result.data.id + ' queued: it will be emailed to ' +
-                to.join(', ') + '. Follow it under Recent runs.');
+                (to.length ? to.join(', ') : 'the addresses in its data') +
+                '. Follow it under Recent runs.');
       runs.refresh();
     });
   }
@@ -262,6 +290,8 @@
     document.addEventListener('visibilitychange', function () {
       if (!document.hidden) { runs.refresh(); }
     });
+    // Other scripts of the page (control.js) ask for a refresh after they act.
+    document.addEventListener('nightshift:refresh-runs', function () { runs.refresh(); });
     // Next-run times move on; redraw them now and then.
     setInterval(function () { if (!document.hidden) { schedules.refresh(); } }, 60000);
   }
@@ -296,6 +326,7 @@
       enabledField(scheduleForm, 'cron').value = schedule.cron;
       enabledField(scheduleForm, 'timezone').value = schedule.timezone;
       enabledField(scheduleForm, 'enabled').checked = schedule.enabled;
+      fillExtraFields(scheduleForm, schedule);
     }
     showParamsFor(enabledField(scheduleForm, 'report').value);
     if (schedule) {
@@ -335,6 +366,7 @@
         timezone: enabledField(scheduleForm, 'timezone').value.trim(),
         enabled: enabledField(scheduleForm, 'enabled').checked
       };
+      Object.assign(body, extrasOf(scheduleForm, null));
       var request = editing
         ? api('PUT', '/api/schedules/' + encodeURIComponent(editing), body)
         : api('POST', '/api/schedules',

@@ -41,7 +41,9 @@ def test_the_page_offers_each_report_with_typed_labelled_fields(app, shop):
     assert res.content_type == 'text/html'
     page = Page(res.text)
     by_id = {attrs['id']: (tag, attrs) for tag, attrs in page.controls}
-    assert by_id['r-orders-since'][1]['type'] == 'date'
+    # A date field is text: it takes relative dates too, from a list.
+    assert by_id['r-orders-since'][1]['type'] == 'text'
+    assert by_id['r-orders-since'][1]['list'] == 'reldates-choices'
     assert by_id['r-orders-since'][1]['data-field'] == 'params.since'
     assert by_id['r-orders-status'][0] == 'select'
     assert by_id['r-customers-min_orders'][1]['type'] == 'number'
@@ -191,7 +193,7 @@ def test_outbox_lists_messages_and_serves_their_attachments(outbox_app, shop):
     assert listed.parsed.get_payload() == ''  # the listing read headers only
     page = app.get('/outbox/%s' % name).text
     assert '>%s</a>' % filename in page
-    assert '&lt;nightshift-run-%d@nightshift&gt;' % run_id in page
+    assert '&lt;nightshift-run-%d-' % run_id in page  # its Message-ID
     first_line = data.decode('utf-8-sig').splitlines()[1].split(',')
     assert '<td>%s</td>' % first_line[0] in page  # the preview table
     served = app.get('/outbox/%s/0' % name)

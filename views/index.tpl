@@ -31,6 +31,8 @@
         <p class="help" id="r-{{report.name}}-to-help">One or more addresses, separated by commas. Only needed for email.</p>
         <p class="error" id="r-{{report.name}}-to-error" hidden></p>
       </div>
+      % include('bursting_run_field', report=report)
+      % include('messages_fields', prefix='r-' + report.name)
       <div class="buttons">
         <button type="submit" value="download">Download CSV</button>
         <button type="submit" value="email" class="primary">Email it</button>
@@ -108,6 +110,7 @@
         <p class="help" id="s-to-help">One or more addresses, separated by commas.</p>
         <p class="error" id="s-to-error" hidden></p>
       </div>
+      % include('bursting_schedule_field')
       <div class="field">
         <label for="s-cron">When (cron)</label>
         <input id="s-cron" name="cron" data-field="cron" type="text" autocomplete="off" spellcheck="false"
@@ -122,10 +125,12 @@
         <p class="help" id="s-timezone-help">An IANA name such as Europe/Lisbon; the cron times are read in it, daylight saving included.</p>
         <p class="error" id="s-timezone-error" hidden></p>
       </div>
+      % include('reldates_preview')
       <div class="field check">
         <input id="s-enabled" name="enabled" data-field="enabled" type="checkbox" checked>
         <label for="s-enabled">Enabled</label>
       </div>
+      % include('messages_fields', prefix='s')
       <div class="buttons">
         <button type="submit" class="primary">Save schedule</button>
         <button type="button" id="schedule-cancel">Cancel</button>

@@ -24,6 +24,10 @@
 {{!base}}
 </main>
 <script src="/static/app.js" defer></script>
+<script src="/static/reldates.js" defer></script>
+<script src="/static/control.js" defer></script>
+<script src="/static/bursting.js" defer></script>
+<script src="/static/messages.js" defer></script>
 <script src="/static/alarms.js" defer></script>
 </body>
 </html>

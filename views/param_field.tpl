@@ -14,11 +14,15 @@
     % end
   </select>
   % else:
-  % kind = {'date': 'date', 'datetime': 'datetime-local', 'int': 'number'}.get(param.type, 'text')
+  % # Dates are text: they take relative dates too (reldates.py), offered by a list.
+  % kind = {'int': 'number'}.get(param.type, 'text')
   <input id="{{fid}}" name="{{param.name}}" data-field="params.{{param.name}}" type="{{kind}}"
          aria-describedby="{{described}}"
     % if param.type == 'int':
          step="1"
+    % end
+    % if param.type in ('date', 'datetime'):
+         list="reldates-choices" autocomplete="off" spellcheck="false"
     % end
     % if param.type == 'decimal':
          inputmode="decimal"
@@ -31,6 +35,10 @@
     % end
     % if param.default is not None:
          placeholder="{{param.dump(param.default)}}"
+    % elif param.type == 'date':
+         placeholder="YYYY-MM-DD or yesterday, start of last month..."
+    % elif param.type == 'datetime':
+         placeholder="YYYY-MM-DDTHH:MM or today, -7d..."
     % end
     % if param.type == 'str':
          maxlength="1000"

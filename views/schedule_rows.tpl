@@ -6,6 +6,7 @@
 % last = row['last']
 <tr id="schedule-{{s.name}}" data-schedule="{{s.name}}" data-enabled="{{'yes' if s.enabled else 'no'}}">
   <td data-label="Name"><strong>{{s.name}}</strong><br><small>{{s.report}} to {{', '.join(s.recipients)}}</small>
+    % include('bursting_schedule_split', s=s)
     % if any(v is not None for v in s.params.values()):
     <br><small>{{', '.join('%s=%s' % (k, v) for k, v in s.params.items() if v is not None)}}</small>
     % end
@@ -41,6 +42,8 @@
     <button type="button" data-action="edit" data-name="{{s.name}}" id="schedule-{{s.name}}-edit">Edit<span class="visually-hidden"> {{s.name}}</span></button>
     <button type="button" data-action="delete" data-name="{{s.name}}" id="schedule-{{s.name}}-delete" class="danger">Delete<span class="visually-hidden"> {{s.name}}</span></button>
     % end
+    % include('control_backfill.tpl', s=s)
+    % include('bursting_schedule_test', s=s)
   </td>
 </tr>
 % end
