@@ -262,8 +262,8 @@ SETTINGS = (
     S('max_schedules', int, 200,
       'schedules kept, `config.ini` and API together; one more is refused (409)'),
     S('max_runs_per_tick', int, 100,
-      'scheduled runs one tick (each minute) creates; due schedules beyond it wait for the '
-      'next tick, oldest first', check=_at_least_one(', or schedules never run')),
+      'scheduled runs one tick (each `tick_every` seconds) creates; due schedules beyond it '
+      'wait for the next tick, oldest first', check=_at_least_one(', or schedules never run')),
     S('report_paths', str, 'reports', 'folders of report `.sql` files, comma-separated',
       resolve=_paths),
     S('python_reports', str, '', 'modules of Python reports to import, comma-separated'),

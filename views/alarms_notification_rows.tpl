@@ -10,7 +10,7 @@
     % if note.attempts:
     <br><small>{{note.attempts}} tr{{'y' if note.attempts == 1 else 'ies'}}{{(', HTTP %d' % note.response_status) if note.response_status else ''}}</small>
     % end
-    % if note.error:
+    % if note.error and note.error != 'HTTP %s' % note.response_status:
     <br><span class="error-text">{{note.error}}</span>
     % end
   </td>
