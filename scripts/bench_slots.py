@@ -3,6 +3,7 @@
 consumer processes, every-minute schedules, real minutes.
 
     .venv/bin/python scripts/bench_slots.py [--schedules 20] [--minutes 3] [--modes 5,0]
+                                            [--start-at 20,45]
     .venv/bin/python scripts/bench_slots.py --smoke     # 3 schedules, one minute, ~1.5 min
 
 Each mode is a value of `tick_every`: 5 runs the consumers' schedule clock

@@ -4,6 +4,7 @@ several every-minute schedules becomes exactly one run, started within
 seconds of its minute (Huey's periodic tick alone starts it up to 60 s
 late, depending on when each consumer started)."""
 import datetime
+import signal
 import threading
 import time
 
@@ -44,6 +45,29 @@ def test_a_beat_that_fails_is_logged_and_beats_on(caplog):
     assert not thread.is_alive() and len(calls) == 3
     assert 'test beat failed; trying again at the next beat' in caplog.text
     assert 'database gone for a moment' in caplog.text
+
+
+def test_beats_run_only_in_consumers_with_periodic_tasks(tmp_path):
+    """`huey_consumer -n` turns Huey's periodic tasks off, and the beats with them."""
+    huey = clock.ClockedSqliteHuey('beats', filename=str(tmp_path / 'q.db'), results=False)
+    calls = []
+    huey.beats = (clock.Beat('test beat', 0.05, lambda: calls.append(1)),)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        seen = {}
+        for periodic in (False, True):
+            calls.clear()
+            consumer = huey.create_consumer(workers=1, periodic=periodic, worker_type='thread')
+            assert isinstance(consumer, clock.ClockedConsumer)
+            consumer.start()
+            time.sleep(0.4)
+            consumer.stop(graceful=True)
+            seen[periodic] = (len(calls), len(consumer.beat_threads))
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert seen[False] == (0, 0)
+    assert seen[True][0] >= 3 and seen[True][1] == 1
 
 
 @pytest.mark.slow
