@@ -16,6 +16,7 @@ import links
 import reldates
 import messageapi
 import runmessages
+from alarmsapi import install_notifications
 import runs
 import runviews
 import schedules
@@ -88,6 +89,7 @@ def install_api(app, settings, jobs, registry):
     install_schedules(app, settings, registry, enqueue)
     controlapi.install_control(app, settings, jobs, registry, enqueue)
     messageapi.install_message_preview(app, settings, registry)
+    install_notifications(app)
 
 
 def install_health(app, settings, jobs, registry, queue_log):

@@ -164,6 +164,15 @@ def steps(*parts):
     return step
 
 
+def _judge_history(database):
+    """Slots that were over before alarms came are not judged now: an upgrade
+    must not announce every missed or late slot of the history."""
+    database.execute_sql(
+        "UPDATE %s SET late = %s WHERE slot_at IS NOT NULL AND late IS NULL AND status IN "
+        "('delivered', 'failed', 'skipped', 'cancelled')" % (_quote(database, 'nightshift_run'),
+                                                              database.param), (False,))
+
+
 def _message_columns(database):
     add_columns('Run', 'subject', 'body', 'attachment_name', 'send_rule',
                 'message_token')(database)
@@ -187,6 +196,11 @@ MIGRATIONS = (
      create_new_tables('Consumer')),
     (8, 'runs: rerun_of and requested_by; an index on finished_at for history retention',
      steps(add_columns('Run', 'rerun_of', 'requested_by'), add_index('Run', 'finished_at'))),
+    (9, 'late slots and notifications: run.late (slots already over count as judged), '
+        'schedule.late_after and webhook_url, the notice outbox and the notification log',
+     steps(add_columns('Run', 'late'), add_index('Run', 'late', 'slot_at'),
+           add_columns('Schedule', 'late_after', 'webhook_url'),
+           create_new_tables('Notice', 'Notification'), _judge_history)),
 )
 LATEST = max(version for version, _, _ in MIGRATIONS)
 

@@ -7,7 +7,7 @@ import secrets
 import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
-                    CompositeKey, DatabaseProxy, DateTimeField, ForeignKeyField,
+                    CompositeKey, DatabaseProxy, DateTimeField, FloatField, ForeignKeyField,
                     IntegerField, InterfaceError, Model, MySQLDatabase, OperationalError,
                     PostgresqlDatabase, TextField)
 from playhouse.db_url import connect, parse
@@ -106,6 +106,9 @@ class Run(BaseModel):
     attachment_name = TextField(null=True)
     send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
     message_token = CharField(null=True, default=new_message_token)
+    # A slot's run, judged once its grace (late_after) is over: True when it
+    # had not delivered by then (alarms.py). None: not judged, or no slot.
+    late = BooleanField(null=True)
 
     class Meta:
         table_name = 'nightshift_run'
@@ -113,6 +116,7 @@ class Run(BaseModel):
             (('schedule', 'slot_at'), True),
             (('status', 'created_at'), False),
             (('report', 'created_at'), False),
+            (('late', 'slot_at'), False),
         )
 
 
@@ -157,6 +161,10 @@ class Schedule(BaseModel):
     body = TextField(null=True)
     attachment_name = TextField(null=True)
     send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
+    # Seconds after a slot before its run counts as late (None: the setting),
+    # and where this schedule's runs are announced besides the global webhook.
+    late_after = FloatField(null=True)
+    webhook_url = TextField(null=True)
 
     class Meta:
         table_name = 'nightshift_schedule'
@@ -203,9 +211,51 @@ class Consumer(BaseModel):
         table_name = 'nightshift_consumer'
 
 
+class Notice(BaseModel):
+    """Something to announce (a run delivered, failed, late or skipped),
+    waiting in this outbox until the tick groups it with the others into one
+    message per channel (alarms.py). A copy of what it says, so it outlives
+    its run."""
+    event = CharField()  # vocab.Event
+    run_id = BigIntegerField(null=True)
+    report = CharField()
+    schedule = CharField(null=True)
+    slot_at = DateTimeField(null=True)
+    detail = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = 'nightshift_notice'
+
+
+class Notification(BaseModel):
+    """One grouped message to one target (the operator's address, or a
+    webhook URL), with its tries: the notification log."""
+    channel = CharField()  # 'email' or 'webhook'
+    target = TextField()
+    subject = TextField(null=True)
+    body = TextField()  # the email's text, or the JSON payload as posted
+    # An email's Message-ID when it is not the notification's own (a single
+    # failure keeps its run's, as before grouping).
+    message_id = TextField(null=True)
+    events = IntegerField(default=0)
+    status = CharField(default='pending')  # vocab.SendStatus
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow)
+    response_status = IntegerField(null=True)
+    error = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    sent_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = 'nightshift_notification'
+        indexes = ((('status', 'next_attempt_at'), False),)
+
+
 # Nightshift's own state. Every table is named nightshift_*, so the database
 # can be one the team already uses: nothing else in it is touched.
-ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret, Consumer)
+ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret, Consumer, Notice,
+              Notification)
 
 
 class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):

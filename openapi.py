@@ -3,7 +3,7 @@
 Built from the report registry, so report names and their parameters are
 part of the contract that schemathesis checks in CI.
 """
-from vocab import DeliveryStatus, RunStatus, SendRule, Trigger
+from vocab import DeliveryStatus, RunStatus, SendRule, SendStatus, Trigger
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
@@ -85,6 +85,7 @@ def _components(report_names):
                         'file_url': NULLABLE_STRING, 'sent_as': NULLABLE_STRING,
                         'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
+                        'late': {'type': 'boolean', 'nullable': True},
                         'escape_formulas': {'type': 'boolean'},
                         'split_by': NULLABLE_STRING,
                         'split': {'type': 'object', 'nullable': True},
@@ -104,6 +105,8 @@ def _components(report_names):
                              'enabled': {'type': 'boolean'},
                              'split_by': NULLABLE_STRING,
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
+                             'late_after': {'type': 'number', 'nullable': True},
+                             'webhook': NULLABLE_STRING,
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
                              'next_slot_params': {'type': 'object', 'nullable': True},
                              'last_run': {'type': 'object', 'nullable': True},
@@ -119,6 +122,8 @@ def _components(report_names):
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                 'enabled': {'type': 'boolean'},
                 'split_by': {'type': 'string', 'nullable': True},
+                'late_after': {'type': 'number', 'nullable': True, 'minimum': 0},
+                'webhook': {'type': 'string', 'nullable': True, 'format': 'uri'},
                 **_message_properties()}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
@@ -256,6 +261,18 @@ def build_spec(registry):
                     'content': _json({'type': 'object'})},
             '400': bad, '404': _error('no such report'), '413': too_large,
             '415': not_json})}}
+    paths['/api/notifications'] = {'get': {
+        'summary': 'the notification log: operator emails and webhook POSTs, newest first',
+        'parameters': [
+            {'name': 'status', 'in': 'query', 'schema': _enum(SendStatus)},
+            {'name': 'limit', 'in': 'query', 'schema': {'type': 'integer', 'minimum': 1,
+                                                        'maximum': 500}}],
+        'responses': dict(common, **{
+            '200': {'description': 'notifications', 'content': _json({
+                'type': 'object', 'required': ['notifications'],
+                'properties': {'notifications': {'type': 'array',
+                                                 'items': {'type': 'object'}}}})},
+            '400': bad})}}
     paths['/api/runs/{id}/file'] = {'get': {
         'summary': "a finished run's file, while it is kept",
         'parameters': [

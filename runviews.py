@@ -44,6 +44,7 @@ def run_as_dict(run, deliveries=None):
         'duration_seconds': round((run.finished_at - run.started_at).total_seconds(), 3)
         if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
+        'late': run.late,
         'escape_formulas': run.escape_formulas,
         'rerun_of': run.rerun_of,
         'requested_by': run.requested_by,

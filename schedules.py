@@ -12,6 +12,7 @@ import re
 
 from peewee import IntegrityError, fn
 
+import alarms
 import bursting
 import cron
 import reldates
@@ -22,14 +23,14 @@ from errors import Conflict
 from models import Run, Schedule, db, utcnow
 from params import InputError
 from reports import find_report
-from settings import SettingsError
+from settings import SettingsError, hide_path
 from vocab import RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
-FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'split_by') \
-    + runmessages.MESSAGE_FIELDS
+FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'split_by',
+          'late_after', 'webhook') + runmessages.MESSAGE_FIELDS
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -56,12 +57,16 @@ def clean(registry, settings, data, current=None):
         merged = {'name': current.name, 'report': current.report, 'params': current.params,
                   'to': current.recipients, 'cron': current.cron,
                   'timezone': current.timezone, 'enabled': current.enabled,
-                  'split_by': current.split_by}
+                  'split_by': current.split_by,
+                  'late_after': current.late_after, 'webhook': current.webhook_url}
         if 'name' in data and data['name'] != current.name:
             raise InputError('name', 'a schedule cannot be renamed; create a new one')
         if 'report' in data and 'params' not in data:
             merged['params'] = {}
     merged.update(data)
+    if current is not None and current.webhook_url \
+            and merged.get('webhook') == hide_path(current.webhook_url):
+        merged['webhook'] = current.webhook_url  # sent back as shown: unchanged
 
     name = merged.get('name')
     if not isinstance(name, str) or not NAME.match(name):
@@ -94,7 +99,8 @@ def clean(registry, settings, data, current=None):
                                         current=current)
     return dict({'name': name, 'report': definition.name, 'params': params,
                  'recipients': recipients, 'cron': expression, 'timezone': timezone,
-                 'enabled': enabled, 'split_by': split_by}, **message)
+                 'enabled': enabled, 'split_by': split_by}, **message,
+                **alarms.schedule_options(merged, settings))
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -175,6 +181,14 @@ def declared_schedules(registry, settings):
         for key in runmessages.MESSAGE_FIELDS:
             if spec.get(key):
                 data[key] = spec[key]
+        if spec.get('webhook'):
+            data['webhook'] = spec['webhook']
+        if spec.get('late_after'):
+            try:
+                data['late_after'] = float(spec['late_after'])
+            except ValueError:
+                raise SettingsError('[schedule:%s] late_after: %r is not a number of seconds'
+                                    % (spec['name'], spec['late_after']))
         try:
             declared[spec['name']] = clean(registry, settings, data)
         except InputError as exc:
@@ -247,7 +261,10 @@ def tick(registry, settings, jobs, now):
     budget = settings.max_runs_per_tick
     created, deferred = [], 0
     enabled = Schedule.select().where(Schedule.enabled == True)  # noqa: E712
-    for schedule in enabled.order_by(Schedule.checked_through, Schedule.id):
+    # Read whole before writing: on SQLite a cursor still open keeps its read
+    # snapshot, and the first write after another process committed fails at
+    # once ("database is locked") instead of waiting its turn.
+    for schedule in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
         due, skipped, latest, more = plan_slots(schedule, now, window)
         if latest is None:
             continue
@@ -387,6 +404,8 @@ def schedule_as_dict(schedule, now, registry=None):
         'split_by': schedule.split_by,
         'managed_by': schedule.managed_by,
         **runmessages.message_as_dict(schedule),
+        'late_after': schedule.late_after,
+        'webhook': hide_path(schedule.webhook_url) if schedule.webhook_url else None,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
         'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)

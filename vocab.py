@@ -65,3 +65,18 @@ TERMINAL = (RunStatus.DELIVERED, RunStatus.FAILED)
 FINAL = TERMINAL + (RunStatus.SKIPPED, RunStatus.CANCELLED)
 # Recipients still owed the file.
 UNSENT = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+
+
+class Event(StrEnum):
+    """What is announced about a run (alarms.py): a webhook's `event` field."""
+    DELIVERED = 'run.delivered'
+    FAILED = 'run.failed'
+    LATE = 'run.late'
+    SKIPPED = 'run.skipped'
+
+
+class SendStatus(StrEnum):
+    """A notification's state in the notification log."""
+    PENDING = 'pending'  # waiting for its (next) try
+    SENT = 'sent'
+    FAILED = 'failed'  # out of tries

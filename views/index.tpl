@@ -154,4 +154,5 @@
   </datalist>
 </section>
 % include('consumers_panel', watch=watch)
+% include('alarms_notifications')
 <div id="announcer" class="visually-hidden" role="status" aria-live="polite"></div>

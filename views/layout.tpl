@@ -28,5 +28,6 @@
 <script src="/static/control.js" defer></script>
 <script src="/static/bursting.js" defer></script>
 <script src="/static/messages.js" defer></script>
+<script src="/static/alarms.js" defer></script>
 </body>
 </html>
