@@ -12,26 +12,33 @@ import urllib.parse
 from bottle import HTTPResponse, request, response
 
 import controlapi
+import health
 import history
 import links
 import reldates
+import messageapi
+import runmessages
+from alarmsapi import install_notifications
 import runs
 import runviews
 import schedules
 import slotparams
 import testsend
+from dbhealth import DB_ERRORS
 from errors import (Conflict, Forbidden, Gone, InputError, NotFound, QueueUnavailable,
                     ReportFailed, SourceDown)
 from formats import CONTENT_TYPES, EXTENSIONS, check_format, content_type_of
-from guards import error_response, forget_connection, json_response
+from guards import TokenAuth, error_response, forget_connection, json_response
 from inputs import (OUTPUT_OPTIONS, RAW_HEADER, WHOLE_NUMBER, flag, query_params,
                     raw_allowed, read_json_body)
+from logformat import run_fields
 from models import Run, Schedule, db, utcnow
 from openapi import build_spec
 from params import dump_params
 from queueconf import FailureLog
 from reports import find_report
 from outputs import open_output
+from runmessages import MESSAGE_FIELDS
 from slots import DownloadSlots
 from sources import ReportSQLError, SourceUnavailable, UnknownSource
 from vocab import FINAL, TERMINAL, FileFormat, RunStatus, Trigger
@@ -84,9 +91,13 @@ def install_api(app, settings, jobs, registry):
     enqueue = install_runs(app, settings, jobs, registry, slots, queue_log)
     install_schedules(app, settings, registry, enqueue)
     controlapi.install_control(app, settings, jobs, registry, enqueue)
+    messageapi.install_message_preview(app, settings, registry)
+    install_notifications(app)
 
 
 def install_health(app, settings, jobs, registry, queue_log):
+    token_auth = TokenAuth(settings.tokens)
+
     @app.get('/healthz', auth=False)
     def healthz():
         checks = {}
@@ -103,9 +114,24 @@ def install_health(app, settings, jobs, registry, queue_log):
         except Exception as exc:
             checks['queue'] = 'down: %s' % queue_log.down(exc)
         ok = all(v == 'ok' for v in checks.values())
-        return json_response(200 if ok else 503,
-                             dict(checks, status='ok' if ok else 'unavailable',
-                                  queue_backend=settings.queue))
+        body = dict(checks, status='ok' if ok else 'unavailable', queue_backend=settings.queue)
+        if checks['database'] == 'ok':
+            # The consumers, and whether the work is being done (health.py):
+            # "degraded" keeps 200 unless ?strict=1 asks for 503. Who runs
+            # where (hosts, pids) only with a token, when tokens are set.
+            try:
+                body.update(health.report(settings))
+            except DB_ERRORS as exc:
+                forget_connection()
+                body['problems'] = ['consumers: not read (%s)' % type(exc).__name__]
+            if settings.tokens and not token_auth.allowed(
+                    request.get_header('Authorization', '')):
+                body.pop('consumers', None)
+            if ok and body['problems']:
+                body['status'] = 'degraded'
+        strict = request.query.get('strict') in ('1', 'true')
+        return json_response(200 if ok and not (strict and body['status'] != 'ok') else 503,
+                             body)
 
     @app.get('/api/openapi.json', auth=False)
     def openapi_spec():
@@ -230,10 +256,11 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
     def create_run():
         body = read_json_body(settings.max_body_bytes)
         unknown = set(body) - {'report', 'params', 'to', 'timezone', 'split_by', 'format'} \
-            - set(OUTPUT_OPTIONS)
+            - set(OUTPUT_OPTIONS) - set(MESSAGE_FIELDS)
         if unknown:
             raise InputError(sorted(unknown)[0], 'unknown field; expected report, params, '
-                             'to, timezone, split_by, format, escape_formulas, bom',
+                             'to, timezone, split_by, format, escape_formulas, bom, %s'
+                             % ', '.join(MESSAGE_FIELDS),
                              code='unknown_field')
         options = {key: flag(body[key], key) for key in OUTPUT_OPTIONS if key in body}
         if 'format' in body:
@@ -242,17 +269,19 @@ def install_runs(app, settings, jobs, registry, slots, queue_log):
             raise InputError('params', 'must be an object of parameter values')
         if 'timezone' in body and not isinstance(body['timezone'], str):
             raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
+        message = {key: body[key] for key in MESSAGE_FIELDS if key in body}
         run = runs.create_run(registry, settings, body.get('report'), body.get('params'),
                               body.get('to'), trigger=Trigger.WEB,
                               timezone=body.get('timezone'), split_by=body.get('split_by'),
-                              **options)
+                              message=message, **options)
         return enqueue(run)
 
     def enqueue(run):
         try:
             jobs.enqueue_run(run)
         except QueueUnavailable as exc:
-            logger.warning('run %d not queued: %s', run.id, exc)
+            logger.warning('run %d not queued: %s', run.id, exc,
+                           extra=run_fields(run.id, run.report))
             queue_log.down(exc.__cause__ or exc)
             raise QueueUnavailable('the job queue is not answering; run %d was recorded as '
                                    'failed, nothing will be sent. Try again shortly.'
@@ -380,7 +409,9 @@ def install_schedules(app, settings, registry, enqueue):
         return enqueue(runs.create_run(registry, settings, schedule.report, schedule.params,
                                        schedule.recipients, trigger=Trigger.WEB,
                                        schedule=schedule.name, timezone=schedule.timezone,
-                                       split_by=schedule.split_by, file_format=schedule.format))
+                                       split_by=schedule.split_by,
+                                       message=runmessages.of_schedule(schedule),
+                                       file_format=schedule.format))
 
     @app.post('/api/schedules/<name>/test')
     def test_schedule(name):

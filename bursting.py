@@ -26,6 +26,7 @@ import shutil
 import time
 from typing import Optional
 
+import runmessages
 from delivery import _record_until_it_lands, deliver
 from errors import InputError, PermanentFailure
 from export import escape_formula
@@ -416,9 +417,9 @@ def _publish_parts(run_id, records):
 class _PartView:
     """The run as one recipient's message shows it: their rows, their file."""
 
-    def __init__(self, run, delivery):
+    def __init__(self, run, delivery, settings):
         self._run, self.rows, self.bytes = run, delivery.rows, delivery.file_bytes
-        local, _, domain = run.message_id.strip('<>').partition('@')
+        local, _, domain = runmessages.message_id(run, settings).strip('<>').partition('@')
         # Stable for this recipient, so a resend is recognisable downstream.
         self.message_id = '<%s.p%d@%s>' % (local, delivery.id, domain)
 
@@ -433,20 +434,25 @@ def deliver_split(attempt, title, path, settings, mailer, *, seconds):
     retried for those only), a permanent one at once."""
     temporary = []
     try:
-        deliver(attempt, title, path, settings, mailer, seconds=seconds)
+        skipped = deliver(attempt, title, path, settings, mailer, seconds=seconds)
     except MailError as exc:
         if not exc.temporary:
             raise
         temporary.append(str(exc))
+        skipped = None
+    if skipped:
+        return skipped  # the send rule said no: nobody gets a part either
     run = Run.get_by_id(attempt.run_id)
     # Read whole first (at most max_split_recipients): no cursor stays open
     # across the writes and the SMTP transactions below.
     targets = list(Delivery.select().where(Delivery.run == run.id, Delivery.part == True,  # noqa
                                            Delivery.status.in_(UNSENT)).order_by(Delivery.id))
     for target in targets:
-        mail = compose(_PartView(run, target), title, [target.address],
+        view = _PartView(run, target, settings)
+        mail = compose(view, title, [target.address],
                        local_path(settings, target.file_key), seconds,
-                       cut_at=settings.max_rows if run.truncated else None)
+                       cut_at=settings.max_rows if run.truncated else None,
+                       message_id=view.message_id, date=runmessages.local_date(run, settings))
         with db.atomic():
             attempt.update(heartbeat_at=db_now())
             Delivery.update(status=DeliveryStatus.SENDING).where(
@@ -462,6 +468,7 @@ def deliver_split(attempt, title, path, settings, mailer, *, seconds):
             temporary.append('%s: %s' % (target.address, target.error))
     if temporary:
         raise MailError('recipients to retry: %s' % '; '.join(temporary), temporary=True)
+    return None
 
 
 __all__ = ['clean_split_by', 'prepare_split', 'deliver_split', 'split_stream', 'judge']

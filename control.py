@@ -18,6 +18,7 @@ import cron
 import runs
 import schedules
 from errors import Conflict, InputError, NotFound
+from logformat import run_fields
 from models import Delivery, Run, Schedule, db, utcnow
 from runfiles import discard_files
 from vocab import DeliveryStatus, RunStatus, Trigger
@@ -76,7 +77,8 @@ def cancel_run(settings, store, run_id, by=None, now=None) -> Run:
     if was == RunStatus.QUEUED:
         # No worker holds it: whatever an earlier attempt left goes now.
         discard_files(settings, store, run_id)
-    logger.info('run %d (%s, %s) %s', run_id, run.report, was, reason)
+    logger.info('run %d (%s, %s) %s', run_id, run.report, was, reason,
+                extra=run_fields(run_id, run.report))
     return Run.get_by_id(run_id)
 
 
@@ -98,7 +100,8 @@ def rerun(registry, settings, run_id, trigger=Trigger.WEB, by=None) -> Run:
                               escape_formulas=old.escape_formulas, bom=old.bom)
         Run.update(rerun_of=old.id, requested_by=by).where(Run.id == new.id).execute()
     new.rerun_of, new.requested_by = old.id, by
-    logger.info('run %d runs run %d again', new.id, old.id)
+    logger.info('run %d runs run %d again', new.id, old.id,
+                extra=run_fields(new.id, new.report))
     return new
 
 

@@ -12,6 +12,7 @@ import runviews
 from errors import InputError, QueueUnavailable
 from guards import json_response
 from inputs import read_json_body
+from logformat import run_fields
 from models import Run, utcnow
 from vocab import RunStatus, Trigger
 
@@ -57,6 +58,7 @@ def install_control(app, settings, jobs, registry, enqueue):
         try:
             jobs.enqueue_run(run)
         except QueueUnavailable as exc:
-            logger.warning('backfill: run %d not queued: %s', run.id, exc)
+            logger.warning('backfill: run %d not queued: %s', run.id, exc,
+                           extra=run_fields(run.id, run.report))
             return Run.select(Run.status).where(Run.id == run.id).scalar()
         return RunStatus.QUEUED

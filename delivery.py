@@ -5,27 +5,44 @@ import datetime
 import time
 
 import links
+import runmessages
 from dbhealth import DB_ERRORS
-from mail import Mail, MailError, compose
+from mail import Mail, MailError, compose, compose_notice
 from models import Delivery, Run, db, db_now, utcnow
 from vocab import UNSENT, DeliveryStatus
 
 
-def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float) -> None:
-    """Mail the file to every recipient who has not got it yet."""
+def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float):
+    """Mail the file to every recipient who has not got it yet. Returns why
+    nothing is sent when the run's send rule says so (the run is skipped),
+    else None. Decided from the finished file's rows, the same way on every
+    attempt."""
     run = Run.get_by_id(attempt.run_id)
+    skipped = runmessages.skip_reason(run)
+    if skipped:
+        Delivery.update(status=DeliveryStatus.SKIPPED, error=skipped) \
+            .where(Delivery.run == run.id, Delivery.status.in_(UNSENT)).execute()
+        return skipped
     # Typed recipients only: a split run's found ones get their own file (bursting.py).
     targets = [d for d in run.deliveries.where(Delivery.part == False)  # noqa: E712
                .order_by(Delivery.id) if d.status in UNSENT]
     if not targets:
-        return
-    link = expires = None
-    if run.sent_as == 'link':
-        expires = utcnow() + datetime.timedelta(days=settings.retention_days)
-        link = links.download_url(settings, run, expires)
-    mail = compose(run, title, [d.address for d in targets], path, seconds,
-                   link=link, link_expires=expires, limit_mb=settings.mail_max_mb,
-                   cut_at=settings.max_rows if run.truncated else None)
+        return None
+    to = [d.address for d in targets]
+    message_id = runmessages.message_id(run, settings)
+    date = runmessages.local_date(run, settings)
+    if runmessages.sends_notice(run):
+        attempt.update(sent_as='notice')
+        mail = compose_notice(run, title, to, message_id=message_id, date=date)
+    else:
+        link = expires = None
+        if run.sent_as == 'link':
+            expires = utcnow() + datetime.timedelta(days=settings.retention_days)
+            link = links.download_url(settings, run, expires)
+        mail = compose(run, title, to, path, seconds,
+                       link=link, link_expires=expires, limit_mb=settings.mail_max_mb,
+                       cut_at=settings.max_rows if run.truncated else None,
+                       message_id=message_id, date=date)
     ids = [d.id for d in targets]
     # Marked first, and only while the run is still this attempt's: a crash
     # after the server accepted shows as "sending", and the retry sends
@@ -83,8 +100,10 @@ def record_replies(targets, replies, sent_at):
             .where(Delivery.id == delivery.id, Delivery.status != DeliveryStatus.SENT).execute()
 
 
-def failure_notice(run, operator):
-    """The message telling the operator a run failed for good."""
+def failure_notice(run, operator, settings=None):
+    """The message telling the operator a run failed for good. With
+    `settings` its Message-ID is the run's own, marked -failed (unique
+    across installations, like the report's)."""
     body = '\n'.join([
         'Run #%d of report %s failed after %d attempt(s).' % (run.id, run.report, run.attempts),
         '',
@@ -92,5 +111,8 @@ def failure_notice(run, operator):
         'Trigger: %s%s' % (run.trigger, ' (schedule %s)' % run.schedule if run.schedule else ''),
         'Recipients: %s' % ', '.join(run.recipients),
     ])
+    message_id = '<nightshift-run-%d-failed@nightshift>' % run.id
+    if settings is not None:
+        message_id = runmessages.message_id(run, settings).replace('@', '-failed@', 1)
     return Mail([operator], 'Nightshift: run #%d (%s) failed' % (run.id, run.report), body,
-                None, '<nightshift-run-%d-failed@nightshift>' % run.id)
+                None, message_id)

@@ -1,23 +1,25 @@
 """Mail delivery: compose a report message and hand it to a backend.
 
-Both backends build the message with yagmail, so what lands in the outbox
-is what an SMTP server would receive.
+Both backends build the message with the standard library's email package
+(build_message), so what lands in the outbox is what an SMTP server would
+receive.
 """
 import datetime
-import email
-import email.encoders
+import email.policy
+import email.utils
 import os
 import re
 import smtplib
 import ssl
 import uuid
-from email.mime.base import MIMEBase
+from email.headerregistry import Address
+from email.message import EmailMessage
 from typing import Dict, List, NamedTuple, Optional, Protocol
 
-import yagmail
+import msgtemplates
 
-from reldates import describe as describe_params
 from formats import content_type_of
+from reldates import describe as describe_params
 
 MAX_ADDRESS_LENGTH = 254
 # RFC 5321 4.5.3.1.1; longer local parts are a sign of abuse, not of a person.
@@ -94,93 +96,101 @@ def human_size(n):
 
 def compose(run, title: str, to: List[str], path: str, seconds: float, *,
             link: Optional[str] = None, link_expires: Optional[datetime.datetime] = None,
-            limit_mb: Optional[float] = None, cut_at: Optional[int] = None) -> 'Mail':
+            limit_mb: Optional[float] = None, cut_at: Optional[int] = None,
+            message_id: Optional[str] = None, date: Optional[datetime.date] = None) -> 'Mail':
     """The message for a finished run; `to` is who still needs it. With a
-    `link` the file is not attached and the body says why."""
-    params = describe_params(run.params, run.asked_params, run.params_timezone)
+    `link` the file is not attached and the body says why. Subject and body
+    are the run's templates (msgtemplates.DEFAULTS when it has none); a
+    template that cannot be rendered raises TemplateFailure."""
     name = os.path.basename(path)
-    lines = [
-        '%s report' % title,
-        '',
-        'Parameters: %s' % params,
-        'Rows: {:,}'.format(run.rows),
-        'Size: %s' % human_size(run.bytes),
-        'Took: %.1f s' % seconds,
-    ]
-    if cut_at:
-        lines.insert(4, 'NOTE: this report was cut at {:,} rows (the max_rows limit); '
-                        'the data has more.'.format(cut_at))
     if link:
         size = os.path.getsize(path)
         # Providers count the message after base64 (4 bytes per 3, CRLF every
         # 76): say so, or "372.8 KB is over 0.5 MB" reads as a mistake.
         encoded = -(-size // 3) * 4
         encoded += -(-encoded // 76) * 2
-        lines += [
+        file_note = '\n'.join([
             'File: %s is %s: too large to attach. As an attachment it would take '
             '%s after base64 encoding, plus headers, over the mail provider\'s %g MB '
             'limit.' % (name, human_size(size), human_size(encoded), limit_mb),
             'Download it here until %s UTC:' % link_expires.strftime('%Y-%m-%d %H:%M'),
-            link,
-        ]
+            link])
     else:
         zipped = ' (zipped)' if name.endswith('.zip') else ''
-        lines.append('File: %s, attached%s' % (name, zipped))
-    lines += ['', 'Run #%d, sent by Nightshift.' % run.id]
-    subject = 'Nightshift: %s report ({:,} rows{})'.format(
-        run.rows, ', cut' if cut_at else '') % title
-    # Titles come from code, but a header must never carry a line break.
-    subject = ' '.join(subject.split())
-    return Mail(list(to), subject, '\n'.join(lines), None if link else path, run.message_id)
+        file_note = 'File: %s, attached%s' % (name, zipped)
+    cut_note = ('NOTE: this report was cut at {:,} rows (the max_rows limit); '
+                'the data has more.'.format(cut_at)) if cut_at else ''
+    context = msgtemplates.base_context(
+        title=title, report=run.report, params=run.params, date=date or datetime.date.today(),
+        stamp=run.created_at.strftime('%Y%m%d-%H%M%S'), rows=run.rows,
+        size=human_size(run.bytes), cut=bool(cut_at), run_id=run.id)
+    # The values used, and what each relative date asked for (reldates.py).
+    context['parameters'] = describe_params(run.params, run.asked_params, run.params_timezone)
+    context.update(took='%.1f s' % seconds, file_name=name, file_note=file_note,
+                   link=link or '', cut_note=cut_note,
+                   link_expires=link_expires.strftime('%Y-%m-%d %H:%M') if link else '')
+    subject = msgtemplates.render('subject', run.subject or msgtemplates.DEFAULTS['subject'],
+                                  context)
+    body = msgtemplates.render('body', run.body or msgtemplates.DEFAULTS['body'], context)
+    # What nobody may miss, whatever the sender's template says: where the
+    # file is when it is not attached, and that the data was cut.
+    if link and link not in body:
+        body = body.rstrip('\n') + '\n\n' + file_note
+    if cut_note and cut_note not in body:
+        body = body.rstrip('\n') + '\n\n' + cut_note
+    return Mail(list(to), subject, body, None if link else path,
+                message_id or '<nightshift-run-%d@nightshift>' % run.id)
 
 
-def _builder(settings):
-    """yagmail only builds the message here: its send() reconnects and resends
-    up to three times on a dropped connection, which would put copies in
-    inboxes behind our back. One SMTP transaction per attempt; retries are
-    ours (tasks.py)."""
-    # Always explicit: a None password makes yagmail prompt on a terminal.
-    return yagmail.SMTP(user=settings.mail_from, password='', host='localhost',
-                        smtp_skip_login=True, soft_email_validation=False)
+def compose_notice(run, title: str, to: List[str], *, message_id: str,
+                   date: Optional[datetime.date] = None) -> 'Mail':
+    """The short message a run with send rule `notice` sends when its report
+    has no rows: no file, the window it covered, nothing else to read."""
+    window = msgtemplates.params_text(run.params)
+    window = window if window != 'none' else 'all rows'
+    body = '\n'.join([
+        'No data for %s: %s.' % (title, window),
+        '',
+        'The report ran%s and found no rows, so no file is attached.'
+        % (' for %s' % date.isoformat() if date else ''),
+        '',
+        'Run #%d, sent by Nightshift.' % run.id])
+    subject = msgtemplates.one_line('Nightshift: no data for %s (%s)' % (title, window))
+    return Mail(list(to), subject, body, None, message_id)
 
 
-def _message_args(mail):
-    # One content per line: yagmail joins them with newlines in the text part
-    # (a single string would get <br> in it). raw(): a line that happens to
-    # name a file must not become an attachment.
-    lines = [yagmail.raw(line) for line in mail.body.split('\n')]
-    return dict(to=mail.to, subject=mail.subject, contents=lines,
-                attachments=[mail.attachment] if mail.attachment else None,
-                message_id=mail.message_id, prettify_html=False)
+def build_message(settings, mail):
+    """The MIME message: a plain-text body (no HTML part, so no value is
+    ever read as markup) and the file as an attachment with its name."""
+    message = EmailMessage(policy=email.policy.default)
+    message['Date'] = email.utils.formatdate()
+    sender = settings.mail_from
+    if settings.mail_from_name:
+        local, domain = sender.rsplit('@', 1)
+        sender = Address(display_name=msgtemplates.one_line(settings.mail_from_name),
+                         username=local, domain=domain)
+    message['From'] = sender
+    message['To'] = ', '.join(mail.to)
+    # One line whatever went into it: a value cannot start a header of its own.
+    message['Subject'] = msgtemplates.one_line(mail.subject)
+    message['Message-ID'] = mail.message_id
+    body = mail.body.replace('\r\n', '\n').replace('\r', '\n')
+    message.set_content(body, charset='utf-8', cte='base64')
+    if mail.attachment:
+        name = os.path.basename(mail.attachment)
+        # By the format (formats.py): a .csv.gz is gzip, not text/csv.
+        kind = content_type_of(name).split(';')[0]
+        with open(mail.attachment, 'rb') as data:
+            message.add_attachment(data.read(), maintype=kind.split('/')[0],
+                                   subtype=kind.split('/')[1], filename=name,
+                                   disposition='attachment')
+    return message
 
 
 def message_text(settings, mail):
-    """The whole message as text, exactly as it goes to the server."""
-    args = _message_args(mail)
-    if not mail.attachment:
-        return _builder(settings).prepare_send(**args)[1]
-    # The file is attached here, not by yagmail, which guesses its type from
-    # the name (a .csv.gz would go out as text/csv) and marks only some
-    # types as attachments.
-    args['attachments'] = None
-    message = email.message_from_string(_builder(settings).prepare_send(**args)[1])
-    message.attach(attachment_part(mail.attachment))
-    return message.as_string()
-
-
-def attachment_part(path):
-    """The file as a base64 MIME part of its format's type (formats.py),
-    marked as an attachment with its file name."""
-    name = os.path.basename(path)
-    kind = content_type_of(name)
-    maintype, subtype = kind.split(';')[0].split('/')
-    extra = {'charset': 'utf-8'} if 'charset=utf-8' in kind else {}
-    part = MIMEBase(maintype, subtype, name=name, **extra)
-    with open(path, 'rb') as data:
-        part.set_payload(data.read())
-    email.encoders.encode_base64(part)
-    part.add_header('Content-Disposition', 'attachment', filename=name)
-    return part
+    """The whole message as text, exactly as it goes to the server (ASCII:
+    headers are encoded, the body and the file base64)."""
+    return build_message(settings, mail).as_string()
 
 
 # The reply a recipient of a message that went to the outbox gets.

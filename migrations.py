@@ -164,6 +164,21 @@ def steps(*parts):
     return step
 
 
+def _judge_history(database):
+    """Slots that were over before alarms came are not judged now: an upgrade
+    must not announce every missed or late slot of the history."""
+    database.execute_sql(
+        "UPDATE %s SET late = %s WHERE slot_at IS NOT NULL AND late IS NULL AND status IN "
+        "('delivered', 'failed', 'skipped', 'cancelled')" % (_quote(database, 'nightshift_run'),
+                                                              database.param), (False,))
+
+
+def _message_columns(database):
+    add_columns('Run', 'subject', 'body', 'attachment_name', 'send_rule',
+                'message_token')(database)
+    add_columns('Schedule', 'subject', 'body', 'attachment_name', 'send_rule')(database)
+
+
 # (version, what it does, the step). Append only: a released step never changes.
 MIGRATIONS = (
     (1, "create Nightshift's tables (nightshift_*)", create_tables),
@@ -173,12 +188,21 @@ MIGRATIONS = (
      add_columns('Run', 'asked_params', 'params_timezone')),
     (4, 'runs and schedules choose their file format (csv, csv.gz, xlsx)',
      steps(add_columns('Run', 'format'), add_columns('Schedule', 'format'))),
+    (5, 'message templates, send rule and Message-ID token of runs and schedules',
+     _message_columns),
     (6, 'bursting and test sends: split column, split report, per-recipient files',
      steps(add_columns('Run', 'split_by', 'split_report', 'test_slot_at'),
            add_columns('Delivery', 'part', 'rows', 'file_name', 'file_key', 'file_bytes'),
            add_columns('Schedule', 'split_by'))),
+    (7, 'add nightshift_consumer: consumers register and beat there',
+     create_new_tables('Consumer')),
     (8, 'runs: rerun_of and requested_by; an index on finished_at for history retention',
      steps(add_columns('Run', 'rerun_of', 'requested_by'), add_index('Run', 'finished_at'))),
+    (9, 'late slots and notifications: run.late (slots already over count as judged), '
+        'schedule.late_after and webhook_url, the notice outbox and the notification log',
+     steps(add_columns('Run', 'late'), add_index('Run', 'late', 'slot_at'),
+           add_columns('Schedule', 'late_after', 'webhook_url'),
+           create_new_tables('Notice', 'Notification'), _judge_history)),
 )
 LATEST = max(version for version, _, _ in MIGRATIONS)
 

@@ -3,16 +3,17 @@ later (`bind_database`), so importing this module touches nothing."""
 import datetime
 import json
 import os
+import secrets
 import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
-                    CompositeKey, DatabaseProxy, DateTimeField, ForeignKeyField,
+                    CompositeKey, DatabaseProxy, DateTimeField, FloatField, ForeignKeyField,
                     IntegerField, InterfaceError, Model, MySQLDatabase, OperationalError,
                     PostgresqlDatabase, TextField)
 from playhouse.db_url import connect, parse
 from playhouse.shortcuts import ReconnectMixin
 
-from vocab import DeliveryStatus, RunStatus, Trigger
+from vocab import DeliveryStatus, RunStatus, SendRule, Trigger
 
 db = DatabaseProxy()
 _bind_lock = threading.Lock()
@@ -24,6 +25,12 @@ SQLITE_PRAGMAS = {
     'synchronous': 'normal',
     'foreign_keys': 1,
 }
+
+
+def new_message_token():
+    """The random part of a run's Message-ID, made with the run: a database
+    reset that gives out run id 1 again still makes a new Message-ID."""
+    return secrets.token_hex(6)
 
 
 def utcnow():
@@ -93,6 +100,15 @@ class Run(BaseModel):
     # A test run (trigger test): the slot it stands in for. Not slot_at, so
     # it never takes the slot's place in the (schedule, slot_at) index.
     test_slot_at = DateTimeField(null=True)
+    # The message (msgtemplates.py): templates, None for the default; when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
+    message_token = CharField(null=True, default=new_message_token)
+    # A slot's run, judged once its grace (late_after) is over: True when it
+    # had not delivered by then (alarms.py). None: not judged, or no slot.
+    late = BooleanField(null=True)
     # What the file is written as: vocab.FileFormat (formats.py).
     format = CharField(default='csv')
 
@@ -102,12 +118,8 @@ class Run(BaseModel):
             (('schedule', 'slot_at'), True),
             (('status', 'created_at'), False),
             (('report', 'created_at'), False),
+            (('late', 'slot_at'), False),
         )
-
-    @property
-    def message_id(self):
-        """Stable per run, so a resend after a crash is recognisable downstream."""
-        return '<nightshift-run-%d@nightshift>' % self.id
 
 
 class Delivery(BaseModel):
@@ -146,6 +158,15 @@ class Schedule(BaseModel):
     checked_through = DateTimeField()
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
+    # Its runs' message: templates (None for the default) and when to send.
+    subject = TextField(null=True)
+    body = TextField(null=True)
+    attachment_name = TextField(null=True)
+    send_rule = CharField(default=SendRule.ALWAYS)  # vocab.SendRule
+    # Seconds after a slot before its run counts as late (None: the setting),
+    # and where this schedule's runs are announced besides the global webhook.
+    late_after = FloatField(null=True)
+    webhook_url = TextField(null=True)
     # The file format of its runs: vocab.FileFormat (formats.py).
     format = CharField(default='csv')
 
@@ -174,9 +195,71 @@ class AppSecret(BaseModel):
         table_name = 'nightshift_secret'
 
 
+class Consumer(BaseModel):
+    """A consumer process that is, or was lately, alive: it registers at
+    start and beats every `consumer_heartbeat` seconds (on the database's
+    clock), so the web, on another machine, can tell who is working."""
+    host = CharField()
+    pid = IntegerField()
+    started_at = DateTimeField()
+    workers = IntegerField()
+    worker_type = CharField()
+    # Whether it enqueues periodic tasks, the minute tick among them
+    # (`huey_consumer -n` does not).
+    periodic = BooleanField()
+    heartbeat_at = DateTimeField()
+    # When the tick last ran in this process.
+    last_tick_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = 'nightshift_consumer'
+
+
+class Notice(BaseModel):
+    """Something to announce (a run delivered, failed, late or skipped),
+    waiting in this outbox until the tick groups it with the others into one
+    message per channel (alarms.py). A copy of what it says, so it outlives
+    its run."""
+    event = CharField()  # vocab.Event
+    run_id = BigIntegerField(null=True)
+    report = CharField()
+    schedule = CharField(null=True)
+    slot_at = DateTimeField(null=True)
+    detail = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = 'nightshift_notice'
+
+
+class Notification(BaseModel):
+    """One grouped message to one target (the operator's address, or a
+    webhook URL), with its tries: the notification log."""
+    channel = CharField()  # 'email' or 'webhook'
+    target = TextField()
+    subject = TextField(null=True)
+    body = TextField()  # the email's text, or the JSON payload as posted
+    # An email's Message-ID when it is not the notification's own (a single
+    # failure keeps its run's, as before grouping).
+    message_id = TextField(null=True)
+    events = IntegerField(default=0)
+    status = CharField(default='pending')  # vocab.SendStatus
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow)
+    response_status = IntegerField(null=True)
+    error = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    sent_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = 'nightshift_notification'
+        indexes = ((('status', 'next_attempt_at'), False),)
+
+
 # Nightshift's own state. Every table is named nightshift_*, so the database
 # can be one the team already uses: nothing else in it is touched.
-ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret)
+ALL_MODELS = (Run, Delivery, Schedule, ReportFileChunk, AppSecret, Consumer, Notice,
+              Notification)
 
 
 class ReconnectingPostgresqlDatabase(ReconnectMixin, PostgresqlDatabase):

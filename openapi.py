@@ -4,7 +4,7 @@ Built from the report registry, so report names and their parameters are
 part of the contract that schemathesis checks in CI.
 """
 from formats import CONTENT_TYPES, EXTENSIONS
-from vocab import DeliveryStatus, FileFormat, RunStatus, Trigger
+from vocab import DeliveryStatus, FileFormat, RunStatus, SendRule, SendStatus, Trigger
 
 PARAM_SCHEMAS = {
     'date': {'type': 'string', 'format': 'date'},
@@ -86,6 +86,7 @@ def _components(report_names):
                         'file_url': NULLABLE_STRING, 'sent_as': NULLABLE_STRING,
                         'duration_seconds': {'type': 'number', 'nullable': True},
                         'truncated': {'type': 'boolean'},
+                        'late': {'type': 'boolean', 'nullable': True},
                         'escape_formulas': {'type': 'boolean'},
                         'split_by': NULLABLE_STRING,
                         'split': {'type': 'object', 'nullable': True},
@@ -94,7 +95,7 @@ def _components(report_names):
                         'deliveries': {'type': 'array', 'items': _ref('Delivery')},
                         'asked_params': {'type': 'object'},
                         'params_timezone': NULLABLE_STRING,
-                        'url': {'type': 'string'}}},
+                        'url': {'type': 'string'}, **_message_properties()}},
             'Schedule': {'type': 'object',
                          'required': ['name', 'report', 'params', 'to', 'cron', 'timezone',
                                       'enabled', 'managed_by', 'next_run_at'],
@@ -107,11 +108,14 @@ def _components(report_names):
                              'split_by': NULLABLE_STRING,
                              'format': _enum(FileFormat),
                              'managed_by': {'type': 'string', 'enum': ['api', 'config']},
+                             'late_after': {'type': 'number', 'nullable': True},
+                             'webhook': NULLABLE_STRING,
                              'next_run_at': NULLABLE_STRING, 'next_run_local': NULLABLE_STRING,
                              'next_slot_params': {'type': 'object', 'nullable': True},
                              'last_run': {'type': 'object', 'nullable': True},
                              'created_at': {'type': 'string'},
-                             'updated_at': {'type': 'string'}, 'url': {'type': 'string'}}},
+                             'updated_at': {'type': 'string'}, 'url': {'type': 'string'},
+                             **_message_properties()}},
             'ScheduleInput': {'type': 'object', 'additionalProperties': False, 'properties': {
                 'name': {'type': 'string', 'pattern': r'^[a-z0-9][a-z0-9_-]{0,63}$'},
                 'report': {'type': 'string', 'enum': report_names},
@@ -120,7 +124,10 @@ def _components(report_names):
                                                                  'format': 'email'}},
                 'cron': {'type': 'string'}, 'timezone': {'type': 'string'},
                 'enabled': {'type': 'boolean'}, 'format': _enum(FileFormat),
-                'split_by': {'type': 'string', 'nullable': True}}},
+                'split_by': {'type': 'string', 'nullable': True},
+                'late_after': {'type': 'number', 'nullable': True, 'minimum': 0},
+                'webhook': {'type': 'string', 'nullable': True, 'format': 'uri'},
+                **_message_properties()}},
             'RunInput': {'type': 'object', 'required': ['report', 'to'],
                          'additionalProperties': False, 'properties': {
                              'report': {'type': 'string', 'enum': report_names},
@@ -130,7 +137,8 @@ def _components(report_names):
                              'escape_formulas': {'type': 'boolean'},
                              'bom': {'type': 'boolean'}, 'timezone': {'type': 'string'},
                              'format': _enum(FileFormat),
-                             'split_by': {'type': 'string', 'nullable': True}}},
+                             'split_by': {'type': 'string', 'nullable': True},
+                             **_message_properties()}},
             'PreviewInput': {'type': 'object', 'required': ['report', 'cron'],
                              'additionalProperties': False, 'properties': {
                                  'report': {'type': 'string', 'enum': report_names},
@@ -138,6 +146,15 @@ def _components(report_names):
                                  'timezone': {'type': 'string'}}},
         },
     }
+
+
+def _message_properties():
+    """The message fields of runs and schedules (README: The message)."""
+    template = {'type': 'string', 'nullable': True,
+                'description': 'a sandboxed Jinja2 template; null for the default'}
+    return {'subject': template, 'body': template, 'attachment_name': template,
+            'send_rule': {'type': 'string', 'nullable': True,
+                          'enum': [rule.value for rule in SendRule] + [None]}}
 
 
 def build_spec(registry):
@@ -239,6 +256,29 @@ def build_spec(registry):
         'responses': dict(common, **{
             '202': {'description': 'queued', 'content': _json(_ref('Accepted'))},
             '400': bad, '404': not_found, '409': conflict})}}
+    paths['/api/messages/preview'] = {'post': {
+        'summary': 'the next message as templates would make it (sample values, the date '
+                   'of the next slot of `cron` in `timezone`, or today)',
+        'requestBody': {'required': True, 'content': _json({'type': 'object', 'properties': dict(
+            report={'type': 'string'}, params={'type': 'object'}, cron={'type': 'string'},
+            timezone={'type': 'string'}, **_message_properties())})},
+        'responses': dict(common, **{
+            '200': {'description': 'subject, body, attachment_name, send_rule, date',
+                    'content': _json({'type': 'object'})},
+            '400': bad, '404': _error('no such report'), '413': too_large,
+            '415': not_json})}}
+    paths['/api/notifications'] = {'get': {
+        'summary': 'the notification log: operator emails and webhook POSTs, newest first',
+        'parameters': [
+            {'name': 'status', 'in': 'query', 'schema': _enum(SendStatus)},
+            {'name': 'limit', 'in': 'query', 'schema': {'type': 'integer', 'minimum': 1,
+                                                        'maximum': 500}}],
+        'responses': dict(common, **{
+            '200': {'description': 'notifications', 'content': _json({
+                'type': 'object', 'required': ['notifications'],
+                'properties': {'notifications': {'type': 'array',
+                                                 'items': {'type': 'object'}}}})},
+            '400': bad})}}
     paths['/api/runs/{id}/file'] = {'get': {
         'summary': "a finished run's file, while it is kept",
         'parameters': [

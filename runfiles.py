@@ -15,9 +15,11 @@ import zipfile
 from errors import InputError, LostOwnership, PermanentFailure
 from export import write_file
 from formats import EXTENSIONS, check_format, format_of_name, without_extension
+from logformat import run_fields
 from models import Delivery, Run, db_now
 from outputs import open_output
 from reports import BrokenReport, UnknownReport
+from runmessages import name_file
 from sources import ReportSQLError, UnknownSource
 from sqlexport import open_query_csv
 from vocab import FINAL
@@ -72,7 +74,8 @@ def write_report(registry, settings, run, path, on_progress=None):
                                % (run.report, str(exc.args[0])))
     except ReportSQLError as exc:
         logger.warning('report %s (%s) failed on source %s: %s', run.report,
-                       getattr(definition, 'path', None) or 'python', exc.source, exc.message)
+                       getattr(definition, 'path', None) or 'python', exc.source, exc.message,
+                       extra=run_fields(run.id, run.report))
         raise PermanentFailure('report %s failed on source %s: %s'
                                % (run.report, exc.source, exc.message))
     except InputError as exc:
@@ -148,6 +151,7 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                        sent_as=None)
         stream = write_report(registry, settings, run, csv_path,
                               heartbeat.progress if heartbeat else None)
+        csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
         path, sent_as = package(csv_path, settings)
         key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
         store.save(key, path)

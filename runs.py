@@ -6,6 +6,7 @@ Its files are runfiles.py's, its mail delivery.py's, its JSON runviews.py's.
 Plain functions: the Huey task, the web server, the command line and the
 tests all call these.
 """
+import contextvars
 import datetime
 import hashlib
 import logging
@@ -21,11 +22,13 @@ import bursting
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
 from formats import check_format, check_split
+from logformat import note, run_fields
 from mail import MailError, check_address
 from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
 from runfiles import discard_files, drop_working_copy, prepare_file, remove_work_files
+from runmessages import clean_message
 from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
@@ -68,13 +71,16 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
                timezone: Optional[str] = None, at: Optional[datetime.datetime] = None,
                split_by: Optional[str] = None,
                test_slot_at: Optional[datetime.datetime] = None,
+               message: Optional[dict] = None,
                file_format: Optional[str] = None) -> Run:
     """Validate a request and record it as a queued run (one transaction).
 
     Relative dates in `params` are resolved here, once, in `timezone`
     (default: the timezone setting) at naive UTC `at` (a schedule's slot;
     default: now): every attempt of the run uses the same values. With
-    `split_by` typed recipients are optional: the data names them."""
+    `split_by` typed recipients are optional: the data names them.
+    `message`: subject, body, attachment_name templates and send_rule
+    (runmessages.clean_message), each optional."""
     definition = find_report(registry, report)
     if timezone is not None and not isinstance(timezone, str):
         raise InputError('timezone', 'give an IANA timezone such as Europe/Lisbon')
@@ -86,10 +92,12 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
     recipients = [] if split_by and not to else parse_recipients(to, settings)
     file_format = check_format(file_format)
     check_split(file_format, split_by)
+    stored = dump_params(typed)
+    message = clean_message(message or {}, stored, definition.title, definition.name)
     with db.atomic():
-        run = Run.create(report=report, params=dump_params(typed), recipients=recipients,
+        run = Run.create(report=report, params=stored, recipients=recipients,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
-                         split_by=split_by, test_slot_at=test_slot_at,
+                         split_by=split_by, test_slot_at=test_slot_at, **message,
                          escape_formulas=definition.escape_formulas
                          if escape_formulas is None else escape_formulas,
                          bom=settings.csv_bom if bom is None else bom,
@@ -212,7 +220,9 @@ class Heartbeat:
         self.rows = self.bytes = None
         self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True,
+        # In the run's logging context, so its lines carry the run's fields.
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._beat,), daemon=True,
                                         name='heartbeat-%d' % attempt.run_id)
 
     def progress(self, rows, size):
@@ -276,6 +286,7 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     run = Run.get_or_none(Run.id == run_id)
     if run is None or run.status != RunStatus.QUEUED:
         return Outcome(Ending.IDLE)
+    note(report=run.report)
     try:
         definition = registry.get(run.report)
     except (UnknownReport, BrokenReport) as exc:
@@ -320,12 +331,17 @@ def _attempt(attempt, definition, registry, settings, mailer, store, clock):
             # Each recipient found in the data gets their own rows (bursting.py).
             path = bursting.prepare_split(registry, settings, store, attempt,
                                           heartbeat=heartbeat)
-            bursting.deliver_split(attempt, definition.title, path, settings, mailer,
-                                   seconds=clock() - started)
+            skipped = bursting.deliver_split(attempt, definition.title, path, settings, mailer,
+                                             seconds=clock() - started)
         else:
             path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
-            deliver(attempt, definition.title, path, settings, mailer,
-                    seconds=clock() - started)
+            skipped = deliver(attempt, definition.title, path, settings, mailer,
+                              seconds=clock() - started)
+    if skipped:
+        # The send rule said no (no rows): a recorded run, nothing sent.
+        attempt.update(status=RunStatus.SKIPPED, finished_at=utcnow(), error=skipped)
+        drop_working_copy(settings, store, attempt.run_id)
+        return
     deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
     refused = [d for d in deliveries if d.status == DeliveryStatus.REFUSED]
     if refused and len(refused) == len(deliveries):
@@ -350,7 +366,7 @@ def _retry_later(attempt, settings, store, exc):
     except LostOwnership:
         return Outcome(Ending.LOST)
     logger.info('run %d: attempt %d failed (%s); retrying in %.1fs',
-                attempt.run_id, attempt.number, reason, delay)
+                attempt.run_id, attempt.number, reason, delay, extra=run_fields(attempt.run_id))
     return Outcome(Ending.RETRY, delay)
 
 
@@ -359,7 +375,7 @@ def _fail(attempt, settings, store, reason):
         attempt.update(status=RunStatus.FAILED, error=reason, finished_at=utcnow())
     except LostOwnership:
         return Outcome(Ending.LOST)
-    logger.warning('run %d failed: %s', attempt.run_id, reason)
+    logger.warning('run %d failed: %s', attempt.run_id, reason, extra=run_fields(attempt.run_id))
     remove_work_files(settings, store, Run.get_by_id(attempt.run_id))
     return Outcome(Ending.FAILED)
 
@@ -376,7 +392,8 @@ def reap(settings, now, enqueue, on_failed=None):
             if mark_failed(run.id, 'worker stopped during attempt %d of %d (no heartbeat '
                            'since %s); giving up' % (run.attempts, settings.max_attempts,
                                                     run.heartbeat_at.isoformat() + 'Z'), now):
-                logger.warning('run %d failed: out of attempts', run.id)
+                logger.warning('run %d failed: out of attempts', run.id,
+                               extra=run_fields(run.id, run.report))
                 if on_failed is not None:
                     on_failed(run.id)
             continue
@@ -388,6 +405,8 @@ def reap(settings, now, enqueue, on_failed=None):
                         Run.heartbeat_at == run.heartbeat_at).execute())
         if taken:
             requeued.append(run.id)
+            logger.info('run %d: its worker went silent; queued again', run.id,
+                        extra=run_fields(run.id, run.report))
     lost = now - datetime.timedelta(seconds=settings.requeue_after)
     for run in Run.select().where(Run.status == RunStatus.QUEUED, Run.queued_at < lost,
                                   (Run.next_attempt_at.is_null()) |
@@ -398,7 +417,7 @@ def reap(settings, now, enqueue, on_failed=None):
         if taken:
             requeued.append(run.id)
     for run_id in requeued:
-        logger.info('run %d queued again by the reaper', run_id)
+        logger.info('run %d queued again by the reaper', run_id, extra=run_fields(run_id))
         enqueue(run_id)
     return requeued
 

@@ -44,6 +44,7 @@ def run_as_dict(run, deliveries=None):
         'duration_seconds': round((run.finished_at - run.started_at).total_seconds(), 3)
         if run.finished_at and run.started_at else None,
         'truncated': run.truncated,
+        'late': run.late,
         'escape_formulas': run.escape_formulas,
         'rerun_of': run.rerun_of,
         'requested_by': run.requested_by,
@@ -52,6 +53,10 @@ def run_as_dict(run, deliveries=None):
         'split_by': run.split_by,
         'split': run.split_report,
         'test_slot_at': _iso(run.test_slot_at),
+        'subject': run.subject,
+        'body': run.body,
+        'attachment_name': run.attachment_name,
+        'send_rule': run.send_rule,
         'format': run.format,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
                         'sent_at': _iso(d.sent_at), 'part': d.part, 'rows': d.rows}

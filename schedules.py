@@ -12,9 +12,11 @@ import re
 
 from peewee import IntegrityError, fn
 
+import alarms
 import bursting
 import cron
 import reldates
+import runmessages
 import runs
 import slotparams
 from errors import Conflict
@@ -22,14 +24,14 @@ from formats import check_format, check_split
 from models import Run, Schedule, db, utcnow
 from params import InputError
 from reports import find_report
-from settings import SettingsError
+from settings import SettingsError, hide_path
 from vocab import RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.schedules')
 
 NAME = re.compile(r'[a-z0-9][a-z0-9_-]{0,63}\Z')
 FIELDS = ('name', 'report', 'params', 'to', 'cron', 'timezone', 'enabled', 'split_by',
-          'format')
+          'late_after', 'webhook', 'format') + runmessages.MESSAGE_FIELDS
 # Missed slots recorded one by one after downtime; older ones are summarised
 # on the oldest record, and the cron walk never goes further back than this.
 SKIPPED_RECORD_LIMIT = 100
@@ -56,12 +58,17 @@ def clean(registry, settings, data, current=None):
         merged = {'name': current.name, 'report': current.report, 'params': current.params,
                   'to': current.recipients, 'cron': current.cron,
                   'timezone': current.timezone, 'enabled': current.enabled,
-                  'split_by': current.split_by, 'format': current.format}
+                  'split_by': current.split_by,
+                  'late_after': current.late_after, 'webhook': current.webhook_url,
+                  'format': current.format}
         if 'name' in data and data['name'] != current.name:
             raise InputError('name', 'a schedule cannot be renamed; create a new one')
         if 'report' in data and 'params' not in data:
             merged['params'] = {}
     merged.update(data)
+    if current is not None and current.webhook_url \
+            and merged.get('webhook') == hide_path(current.webhook_url):
+        merged['webhook'] = current.webhook_url  # sent back as shown: unchanged
 
     name = merged.get('name')
     if not isinstance(name, str) or not NAME.match(name):
@@ -92,9 +99,12 @@ def clean(registry, settings, data, current=None):
         raise InputError('enabled', 'must be true or false')
     file_format = check_format(merged.get('format'), given='format' in data)
     check_split(file_format, split_by)
-    return {'name': name, 'report': definition.name, 'params': params,
-            'recipients': recipients, 'cron': expression, 'timezone': timezone,
-            'enabled': enabled, 'split_by': split_by, 'format': file_format}
+    message = runmessages.clean_message(data, params, definition.title, definition.name,
+                                        current=current)
+    return dict({'name': name, 'report': definition.name, 'params': params,
+                 'recipients': recipients, 'cron': expression, 'timezone': timezone,
+                 'enabled': enabled, 'split_by': split_by, 'format': file_format}, **message,
+                **alarms.schedule_options(merged, settings))
 
 
 def create_schedule(registry, settings, data, now, managed_by='api'):
@@ -174,6 +184,17 @@ def declared_schedules(registry, settings):
             data['split_by'] = spec['split_by']
         if spec.get('format'):
             data['format'] = spec['format']
+        for key in runmessages.MESSAGE_FIELDS:
+            if spec.get(key):
+                data[key] = spec[key]
+        if spec.get('webhook'):
+            data['webhook'] = spec['webhook']
+        if spec.get('late_after'):
+            try:
+                data['late_after'] = float(spec['late_after'])
+            except ValueError:
+                raise SettingsError('[schedule:%s] late_after: %r is not a number of seconds'
+                                    % (spec['name'], spec['late_after']))
         try:
             declared[spec['name']] = clean(registry, settings, data)
         except InputError as exc:
@@ -246,7 +267,10 @@ def tick(registry, settings, jobs, now):
     budget = settings.max_runs_per_tick
     created, deferred = [], 0
     enabled = Schedule.select().where(Schedule.enabled == True)  # noqa: E712
-    for schedule in enabled.order_by(Schedule.checked_through, Schedule.id):
+    # Read whole before writing: on SQLite a cursor still open keeps its read
+    # snapshot, and the first write after another process committed fails at
+    # once ("database is locked") instead of waiting its turn.
+    for schedule in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
         due, skipped, latest, more = plan_slots(schedule, now, window)
         if latest is None:
             continue
@@ -315,6 +339,7 @@ def _create_slot_run(registry, settings, schedule, slot, now, *, to=None,
                                split_by=schedule.split_by,
                                # relative dates: in the schedule's zone at the slot
                                timezone=schedule.timezone, at=slot,
+                               message=runmessages.of_schedule(schedule),
                                file_format=schedule.format)
     except InputError as exc:
         if test:
@@ -349,7 +374,7 @@ def with_last_runs(query):
     found = list(query)
     names = [s.name for s in found]
     latest = (Run.select(fn.MAX(Run.id))
-              .where(Run.schedule.in_(names), Run.status != RunStatus.SKIPPED)
+              .where(Run.schedule.in_(names), _ran())
               .group_by(Run.schedule))
     last = {run.schedule: run for run in Run.select().where(Run.id.in_(latest))} \
         if names else {}
@@ -362,8 +387,14 @@ def last_run(schedule):
     fetched = getattr(schedule, '_last_run', _NOT_FETCHED)
     if fetched is not _NOT_FETCHED:
         return fetched
-    return (Run.select().where(Run.schedule == schedule.name, Run.status != RunStatus.SKIPPED)
+    return (Run.select().where(Run.schedule == schedule.name, _ran())
             .order_by(Run.id.desc()).first())
+
+
+def _ran():
+    # A missed slot is recorded skipped without an attempt; a run its send
+    # rule skipped (no rows) did run, and is the schedule's last run.
+    return (Run.status != RunStatus.SKIPPED) | (Run.attempts > 0)
 
 
 def schedule_as_dict(schedule, now, registry=None):
@@ -380,6 +411,9 @@ def schedule_as_dict(schedule, now, registry=None):
         'split_by': schedule.split_by,
         'format': schedule.format,
         'managed_by': schedule.managed_by,
+        **runmessages.message_as_dict(schedule),
+        'late_after': schedule.late_after,
+        'webhook': hide_path(schedule.webhook_url) if schedule.webhook_url else None,
         'next_run_at': _iso(upcoming),
         'next_run_local': local.isoformat() if local else None,
         'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)

@@ -18,6 +18,8 @@ from bottle import Bottle
 
 import guards
 from api import install_api
+from logformat import install_logging
+from metrics import install_metrics
 from migrations import SchemaBehind
 from models import bind_database
 from settings import SettingsError, install_log_redaction, load_settings
@@ -39,6 +41,7 @@ def create_app(settings, jobs, registry=None):
     app.add_hook('after_request', guards.protective_headers)
     install_api(app, settings, jobs, registry)
     install_pages(app, settings, jobs, registry)
+    install_metrics(app, settings, registry)
     return app
 
 
@@ -115,6 +118,7 @@ def main(argv=None):
     except SettingsError as exc:
         sys.exit('nightshift: %s' % exc)
     install_log_redaction(settings)
+    install_logging(settings)
     logger.info('settings: %s', settings.describe())
 
     from waitress.server import create_server

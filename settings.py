@@ -106,6 +106,11 @@ def _at_least_one(why=''):
     return check
 
 
+def _positive(value):
+    if value <= 0:
+        raise ValueError('must be more than 0')
+
+
 def _check_port(port):
     if port > 65535:
         raise ValueError('%d is not a TCP port' % port)
@@ -127,6 +132,11 @@ def _check_sender(address):
     check_address(address, single_label_domain=True)
 
 
+def _check_display_name(name):
+    if any(c in name for c in '\r\n\x00') or len(name) > 100:
+        raise ValueError('must be one line of at most 100 characters')
+
+
 def _check_optional_address(address):
     if address:
         check_address(address)
@@ -137,6 +147,23 @@ def _check_tokens(value):
         if len(token) < 16:
             raise ValueError('every NIGHTSHIFT_API_TOKEN must be at least 16 characters '
                              '(e.g. python -c "import secrets; print(secrets.token_urlsafe())")')
+
+
+def _check_metrics_token(value):
+    if value and len(value) < 16:
+        raise ValueError('NIGHTSHIFT_METRICS_TOKEN must be at least 16 characters')
+def _check_webhook_url(url):
+    if url and not url.startswith(('http://', 'https://')):
+        raise ValueError('%r must start with http:// or https://' % url.split('?', 1)[0])
+
+
+EVENTS = ('delivered', 'failed', 'late', 'skipped')
+
+
+def _check_events(value):
+    for event in _items(value):
+        if event not in EVENTS:
+            raise ValueError('%r is not one of %s' % (event, ', '.join(EVENTS)))
 
 
 def _items(text):
@@ -175,6 +202,8 @@ SETTINGS = (
     S('smtp_timeout', float, 30.0, 'seconds before an SMTP connection attempt gives up'),
     S('mail_from', str, 'nightshift@localhost', 'sender address', env=('MAIL_FROM',),
       check=_check_sender),
+    S('mail_from_name', str, '', 'display name in `From` (e.g. `Acme Reports`); empty: the '
+      'address alone', env=('MAIL_FROM_NAME',), check=_check_display_name),
     S('reports_dir', str, 'var/reports', 'where the worker writes CSV files', resolve=_path),
     S('host', str, '127.0.0.1', 'address the web server binds to'),
     S('port', int, 8080, 'port the web server listens on', env=('PORT',), check=_check_port),
@@ -241,8 +270,8 @@ SETTINGS = (
     S('max_schedules', int, 200,
       'schedules kept, `config.ini` and API together; one more is refused (409)'),
     S('max_runs_per_tick', int, 100,
-      'scheduled runs one tick (each minute) creates; due schedules beyond it wait for the '
-      'next tick, oldest first', check=_at_least_one(', or schedules never run')),
+      'scheduled runs one tick (each `tick_every` seconds) creates; due schedules beyond it '
+      'wait for the next tick, oldest first', check=_at_least_one(', or schedules never run')),
     S('report_paths', str, 'reports', 'folders of report `.sql` files, comma-separated',
       resolve=_paths),
     S('python_reports', str, '', 'modules of Python reports to import, comma-separated'),
@@ -252,6 +281,47 @@ SETTINGS = (
     S('auto_migrate', bool, True,
       "make or update Nightshift's own tables at start; `false`: refuse to start until "
       "`scripts/migrate.py --apply`"),
+    S('metrics_token', str, '',
+      '**environment only**: a token that may read `/metrics` (and only that), beside the '
+      'API tokens; at least 16 characters', secret=True, check=_check_metrics_token),
+    S('consumer_heartbeat', float, 15.0,
+      "seconds between a consumer's heartbeats; silent three times as long it counts as "
+      'gone, and after an hour it is forgotten', check=_positive),
+    S('tick_alarm_after', float, 120.0,
+      '`/healthz` says `degraded` when schedules are enabled and no consumer has ticked '
+      'them for this many seconds'),
+    S('queue_alarm_after', float, 300.0,
+      '`/healthz` says `degraded` when a run has waited in the queue this many seconds '
+      'and no consumer is alive'),
+    S('log_format', str, 'text',
+      '`text` lines, or `json`: one object per line (time, level, logger, message; '
+      '`run_id` and `report` when about a run), web and consumer alike',
+      choices=('text', 'json')),
+    S('tick_every', float, 5.0,
+      "seconds between each consumer's look at its schedules, on the clock's beat, so a "
+      "slot's run starts within about a second; 0 leaves only Huey's once-a-minute tick "
+      "(up to 60 s late)"),
+    S('late_after', float, 3600.0,
+      'a scheduled run not delivered this many seconds after its slot is marked late and '
+      'announced once; per schedule `late_after`; 0: never'),
+    S('notify_every', float, 60.0,
+      'announcements (operator email, webhooks) wait this long for others to join them: a '
+      'burst of failures is one message, at most one per channel each interval'),
+    S('webhook_url', str, '',
+      'gets a signed JSON POST for runs delivered, failed, late or skipped (see Webhooks); '
+      'per schedule `webhook`', check=_check_webhook_url),
+    S('webhook_events', str, 'delivered,failed,late,skipped',
+      'which events `webhook_url` gets, comma-separated', check=_check_events),
+    S('webhook_secret', str, '',
+      '**environment only**: signs webhook POSTs (HMAC-SHA256 over timestamp and body)',
+      secret=True),
+    S('webhook_timeout', float, 10.0, 'seconds a webhook POST may take'),
+    S('webhook_attempts', int, 5,
+      'tries of a webhook POST or operator email before the log says failed; waits as '
+      "runs' retries", check=_at_least_one()),
+    S('webhook_private', bool, False,
+      "let a schedule's `webhook` reach loopback, private and link-local addresses "
+      '(refused by default: see Webhooks)'),
 )
 del S
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -276,6 +346,10 @@ class _SettingsBehaviour:
         return _items(self.api_tokens)
 
     @property
+    def webhook_event_names(self):
+        return _items(self.webhook_events)
+
+    @property
     def domains(self):
         return tuple(d.lower() for d in _items(self.allowed_domains))
 
@@ -285,6 +359,8 @@ class _SettingsBehaviour:
         values += [getattr(self, s.name) for s in SETTINGS if s.secret]
         urls = [getattr(self, s.name) for s in SETTINGS if s.name.endswith('_url')]
         values += [url_password(url) for url in urls + [s.url for s in self.sources]]
+        # A webhook URL is its own credential (Slack's and Teams' are).
+        values.append(self.webhook_url)
         return tuple(dict.fromkeys(v for v in values if v and len(v) >= 4))
 
     def redact(self, text):
@@ -302,6 +378,8 @@ class _SettingsBehaviour:
 def _shown(setting, value):
     if setting.secret:
         return '***' if value else ''
+    if setting.name == 'webhook_url':
+        return hide_path(value)
     if setting.name.endswith('_url'):
         return mask_url(value)
     return value
@@ -319,7 +397,9 @@ Settings = make_dataclass(
 Settings.__module__ = __name__  # pickling finds it here
 Settings.__doc__ = 'The values of SETTINGS, read once at start-up (see load_settings).'
 
-SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled', 'split_by', 'format')
+SCHEDULE_KEYS = ('report', 'cron', 'timezone', 'to', 'enabled', 'split_by', 'subject', 'body',
+                 'attachment_name', 'send_rule', 'late_after', 'webhook',
+                 'format')
 
 
 class RedactSecrets(logging.Filter):
@@ -356,6 +436,23 @@ def url_password(url):
         return urlparse(url).password or ''
     except ValueError:
         return ''
+
+
+def hide_path(url):
+    """A webhook URL as it may be shown: scheme and host, the rest (where
+    Slack and Teams put the credential) hidden."""
+    from urllib.parse import urlsplit
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ''
+        port = ':%d' % parts.port if parts.port else ''
+    except ValueError:
+        return '***'
+    if ':' in host:
+        host = '[%s]' % host
+    return '%s://%s%s/***' % (parts.scheme, host, port)
 
 
 def mask_url(url):

@@ -8,12 +8,14 @@ import logging
 import os
 import threading
 
-from huey import RedisHuey, SqliteHuey, crontab
+from huey import crontab
 from huey.exceptions import RetryTask
 from huey.signals import SIGNAL_INTERRUPTED
 from peewee import IntegrityError
 
-import delivery
+from alarms import Alarms
+from clock import Beat, ClockedRedisHuey, ClockedSqliteHuey
+import consumers
 import history
 from dbhealth import DB_ERRORS, DatabaseHealth
 import runfiles
@@ -21,8 +23,9 @@ import runs
 import schedules
 from errors import QueueUnavailable
 from filestore import create_file_store
+from logformat import about_run, install_logging, run_fields
 from mail import create_mailer
-from models import Run, bind_database, utcnow
+from models import bind_database, utcnow
 from queueconf import redis_options
 from reports import create_catalogue
 from settings import install_log_redaction
@@ -33,15 +36,17 @@ logger = logging.getLogger('nightshift.tasks')
 
 # Seconds a stopping consumer gives a run in hand before handing it back.
 HAND_BACK_GRACE = 5.0
+# Seconds between a consumer's looks at late slots and notifications to send.
+NOTIFY_BEAT = 2.0
 
 
 def create_huey(settings):
     # results=False: a run's outcome lives in the database, not in the queue.
     if settings.queue == 'redis':
         # No silent fallback: a Redis that is configured but down is an error.
-        return RedisHuey(settings.queue_name, results=False, **redis_options(settings))
+        return ClockedRedisHuey(settings.queue_name, results=False, **redis_options(settings))
     os.makedirs(os.path.dirname(settings.queue_path), exist_ok=True)
-    return SqliteHuey(settings.queue_name, filename=settings.queue_path, results=False)
+    return ClockedSqliteHuey(settings.queue_name, filename=settings.queue_path, results=False)
 
 
 class Jobs:
@@ -55,12 +60,32 @@ class Jobs:
         self.declared_schedules = schedules.declared_schedules(registry, settings)
         self.huey = huey = create_huey(settings)
         self.database = DatabaseHealth()
+        self.alarms = Alarms(settings, self.mailer)
         self._started = threading.Lock()
         self._startup_done = False
+        # Set when a consumer is made from this Huey (huey_consumer, or
+        # server.py --worker): what it says about itself, and its row.
+        self.consumer = self.presence = None
+        make_consumer = huey.create_consumer
+
+        def create_consumer(**options):
+            consumer = make_consumer(**options)
+            self.consumer = consumer
+            install_logging(settings)
+            return consumer
+        huey.create_consumer = create_consumer
+        self._bound = False
+        # The consumer's own clock (clock.py): slots seen on time, whatever
+        # the consumer's start time; notices sent without waiting a minute.
+        beats = [Beat('notifier', NOTIFY_BEAT, self.notify_beat)]
+        if settings.tick_every > 0:
+            beats.insert(0, Beat('schedule clock', settings.tick_every, self.clock_beat))
+        huey.beats = tuple(beats)
 
         @huey.on_startup()
         def start_worker():
             install_log_redaction(settings)
+            install_logging(settings)
             bind_database(settings.database_url, auto=settings.auto_migrate)
             self.startup()
 
@@ -93,6 +118,13 @@ class Jobs:
                     # with it. By the time it is due, this process is gone.
                     huey.add_schedule(run_report.s(run_id, delay=2))
 
+        @huey.on_shutdown()
+        def stop_worker():
+            # Called as each worker thread ends; only a consumer that is
+            # stopping takes its row away (a worker that died is restarted).
+            if self.presence is not None and self.consumer.stop_flag.is_set():
+                self.presence.stop(remove=True)
+
         self.run_report = run_report
         self.tick_schedules = tick_schedules
 
@@ -106,32 +138,72 @@ class Jobs:
             except IntegrityError:
                 # Another consumer starting at the same moment inserted first.
                 schedules.sync_config(self.declared_schedules, utcnow())
+            if self.consumer is not None:
+                self.presence = consumers.Presence(
+                    self.settings, consumers.info_of(self.consumer)).start()
             self._startup_done = True
         self.tick_schedules.call_local()
 
     def tick(self, now=None):
-        """Every minute: reap lost runs, start due schedule slots, expire files.
+        """Every minute: reap lost runs, start due schedule slots, judge late
+        slots and send notices (alarms.py), expire files.
         A database that does not answer skips the tick (logged once per
         outage); the next minute tries again."""
         now = now or utcnow()
         try:
             runs.reap(self.settings, now, self.run_report, self.notify_failed)
             created = schedules.tick(self.registry, self.settings, self, now)
+            # After the reap and the slots, whose notices are stamped later than `now`.
+            self.alarms.tick(max(now, utcnow()))
             runfiles.remove_expired_files(self.settings, self.store, now)
             runfiles.sweep_orphans(self.settings, self.store)
             history.remove_old_runs(self.settings, now)
+            if self.presence is not None:
+                self.presence.ticked()
         except DB_ERRORS as exc:
             self.database.down(exc)
             return []
         self.database.up()
         return created
 
+    def _bind(self):
+        # A beat may come before any worker's start-up hook bound the database.
+        if not self._bound:
+            bind_database(self.settings.database_url, auto=self.settings.auto_migrate)
+            self._bound = True
+
+    def clock_beat(self, now=None):
+        """Every tick_every seconds: start the slots that are due, and only
+        that (the rest of the tick stays on the minute)."""
+        self._bind()
+        try:
+            created = schedules.tick(self.registry, self.settings, self, now or utcnow())
+        except DB_ERRORS as exc:
+            self.database.down(exc)
+            return []
+        self.database.up()
+        return created
+
+    def notify_beat(self, now=None):
+        """Every few seconds: judge late slots, group notices, send what is due."""
+        self._bind()
+        try:
+            return self.alarms.tick(now or utcnow())
+        except DB_ERRORS as exc:
+            self.database.down(exc)
+            return []
+
     def execute(self, run_id):
         """Run one report. Temporary failures come back through Huey after a
         backoff; permanent ones, or running out of attempts, fail the run."""
         try:
-            outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
-                                       self.store)
+            with about_run(run_id):
+                outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
+                                           self.store)
+                # A run waiting for its turn comes back every few seconds.
+                quiet = outcome.status in (Ending.IDLE, Ending.BUSY)
+                logger.log(logging.DEBUG if quiet else logging.INFO, 'run %d: %s', run_id,
+                           outcome.status)
         except DB_ERRORS as exc:
             # The state database is what failed, before anything was claimed
             # or while recording: nothing to count an attempt against. Try
@@ -139,6 +211,8 @@ class Jobs:
             self.database.down(exc)
             raise RetryTask(delay=self.database.retry_in(self.settings))
         self.database.up()
+        if outcome.status == Ending.DELIVERED:
+            self._announce(self.alarms.delivered, run_id)
         if outcome.status == Ending.FAILED:
             self.notify_failed(run_id)
         elif outcome.status in (Ending.RETRY, Ending.BUSY):
@@ -146,14 +220,18 @@ class Jobs:
         return outcome.status.value
 
     def notify_failed(self, run_id):
-        """Tell the operator (if one is set) that a run failed for good."""
-        if not self.settings.operator_email:
-            return
+        """Announce that a run failed for good (to the operator, if one is
+        set, and webhooks): into the outbox, grouped and sent by the tick."""
+        self._announce(self.alarms.failed, run_id)
+
+    def _announce(self, record, run_id):
+        # The run's outcome is recorded already; a notice that cannot be
+        # written must not make Huey run it again.
         try:
-            self.mailer.send(delivery.failure_notice(Run.get_by_id(run_id),
-                                                 self.settings.operator_email))
+            record(run_id)
         except Exception:
-            logger.exception('could not tell the operator that run %s failed', run_id)
+            logger.exception('could not record the notice of run %s', run_id,
+                             extra=run_fields(run_id))
 
     def enqueue_run(self, run):
         """Hand a committed run to the queue; a queue that is down marks the

@@ -24,6 +24,15 @@ class DeliveryStatus(StrEnum):
     SENDING = 'sending'
     SENT = 'sent'
     REFUSED = 'refused'
+    # Not sent because of the run's send rule (no rows): the run is skipped.
+    SKIPPED = 'skipped'
+
+
+class SendRule(StrEnum):
+    """When a run's file is mailed."""
+    ALWAYS = 'always'
+    ROWS = 'rows'  # only when the report has rows; else the run is skipped
+    NOTICE = 'notice'  # with no rows, a short "no data for ..." notice instead of a file
 
 
 class Trigger(StrEnum):
@@ -56,6 +65,21 @@ TERMINAL = (RunStatus.DELIVERED, RunStatus.FAILED)
 FINAL = TERMINAL + (RunStatus.SKIPPED, RunStatus.CANCELLED)
 # Recipients still owed the file.
 UNSENT = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+
+
+class Event(StrEnum):
+    """What is announced about a run (alarms.py): a webhook's `event` field."""
+    DELIVERED = 'run.delivered'
+    FAILED = 'run.failed'
+    LATE = 'run.late'
+    SKIPPED = 'run.skipped'
+
+
+class SendStatus(StrEnum):
+    """A notification's state in the notification log."""
+    PENDING = 'pending'  # waiting for its (next) try
+    SENT = 'sent'
+    FAILED = 'failed'  # out of tries
 
 
 class FileFormat(StrEnum):

@@ -15,6 +15,7 @@ from bottle import HTTPResponse, static_file, template
 from peewee import DatabaseError, InterfaceError
 
 import charts
+import health
 import outbox
 import reldates
 import runviews
@@ -130,7 +131,8 @@ def install_pages(app, settings, jobs, registry):
                         charts={r.name: chart_for(r) for r in reports},
                         runs=recent_runs(), schedules=schedule_rows(now), now=now,
                         timezones=timezone_names(), default_timezone=settings.timezone,
-                        retention_days=settings.retention_days)
+                        retention_days=settings.retention_days,
+                        watch=health.report(settings))
         except (InterfaceError, DatabaseError):
             # A person, not a program, is reading: say it in a page. (The API
             # answers the same with JSON.)

@@ -250,7 +250,8 @@ def drill(args, workdir):
             states = [call('GET', '%s/api/runs/%d' % (system.base, r))[1] for r in accepted]
         time.sleep(2)  # anything sent twice would arrive by now
         ids = [m['message']['Message-ID'] for m in sink.messages]
-        expected = {'<nightshift-run-%d@nightshift>' % r for r in accepted}
+        # Message-IDs are <nightshift-run-<id>-<installation>.<token>@<domain>>.
+        runs_mailed = {int(i.strip().split('-')[2].split('@')[0]) for i in ids}
         delivered = sum(1 for s in states if s and s['status'] == 'delivered')
         failed = sum(1 for s in states if s and s['status'] == 'failed')
         # A message whose reply never came may have arrived: it goes again
@@ -263,7 +264,7 @@ def drill(args, workdir):
         crash_resent = 0
         for message_id in sorted({i for i in ids if ids.count(i) > 1}):
             copies = [m for m in sink.messages if m['message']['Message-ID'] == message_id]
-            run_id = int(message_id.split('-')[2].split('@')[0])
+            run_id = int(message_id.strip().split('-')[2].split('@')[0])
             state = next((s for s in states if s and s['id'] == run_id), {}) or {}
             after = [name for at_time, name in marks if at_time <= copies[-1]['at']]
             late = sum(1 for m in copies if m['reply_late'])
@@ -279,8 +280,8 @@ def drill(args, workdir):
         broken = sum(1 for m in sink.messages if not attachment_matches(m['message']))
         lost = sum(1 for s in states if not s or s['status'] not in TERMINAL) \
             + sum(1 for s in states if s and s['status'] == 'delivered'
-                  and '<nightshift-run-%d@nightshift>' % s['id'] not in ids)
-        stray = len(set(ids) - expected)
+                  and s['id'] not in runs_mailed)
+        stray = len(runs_mailed - set(accepted))
         return {'database': args.database, 'events': events, 'requested': len(accepted),
                 'refused': refused, 'delivered': delivered, 'failed': failed,
                 'duplicates': duplicates, 'resent': resent, 'crash_resent': crash_resent,

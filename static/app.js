@@ -78,6 +78,8 @@
       var given = splitAddresses(input.value)[Number(index[1])];
       if (given) { message = '“' + given + '”: ' + message; }
     }
+    var fold = input.closest('details');
+    if (fold) { fold.open = true; }  // a field in a folded section
     var box = document.getElementById(input.id + '-error');
     if (!box) {  // a field without a place for messages (a checkbox)
       setStatus(form, data.field + ': ' + message, true);
@@ -106,13 +108,17 @@
   }
 
   // Fields a feature adds to a form (data-extra): sent under their data-field
-  // name, empty as null; a checkbox as true/false.
-  function extraFields(form) {
+  // name, a checkbox as true/false. Empty is "not given", or `emptyAs` (null:
+  // back to the default) when that is set. Templates (textareas) go as typed.
+  function extrasOf(form, emptyAs) {
     var extra = {};
     form.querySelectorAll('[data-extra]').forEach(function (el) {
       if (el.closest('[disabled]')) { return; }
       var name = el.getAttribute('data-field');
-      extra[name] = el.type === 'checkbox' ? el.checked : (el.value.trim() || null);
+      var value = el.tagName === 'TEXTAREA' ? el.value : el.value.trim();
+      if (el.type === 'checkbox') { extra[name] = el.checked; }
+      else if (value !== '') { extra[name] = value; }
+      else if (emptyAs !== undefined) { extra[name] = emptyAs; }
     });
     return extra;
   }
@@ -151,8 +157,8 @@
       return;
     }
     var to = splitAddresses(enabledField(form, 'to').value);
-    var body = Object.assign({report: report, params: params, to: to}, extraFields(form));
-    api('POST', '/api/runs', body).then(function (result) {
+    api('POST', '/api/runs', Object.assign({report: report, params: params, to: to},
+                                           extrasOf(form))).then(function (result) {
       done();
       if (!result.ok) { showError(form, result); return; }
       setStatus(form, 'Run #' + result.data.id + ' queued: it will be emailed to ' +
@@ -362,7 +368,7 @@
         timezone: enabledField(scheduleForm, 'timezone').value.trim(),
         enabled: enabledField(scheduleForm, 'enabled').checked
       };
-      Object.assign(body, extraFields(scheduleForm));
+      Object.assign(body, extrasOf(scheduleForm, null));
       var request = editing
         ? api('PUT', '/api/schedules/' + encodeURIComponent(editing), body)
         : api('POST', '/api/schedules',

@@ -126,6 +126,7 @@ class SmtpSink:
         with self._lock:
             self.messages.append({'from': envelope.mail_from, 'at': time.perf_counter(),
                                   'to': list(envelope.rcpt_tos), 'message': message,
+                                  'raw': envelope.original_content or envelope.content,
                                   'reply_late': bool(self.data_delay)})
         if self.data_delay:
             import asyncio

@@ -70,7 +70,8 @@ def test_post_run_emails_the_csv(app, jobs, shop, smtp_sink):
     assert sent['to'] == ['ana@example.org', 'bo@example.org']
     assert sent['from'] == 'reports@nightshift.test'
     message = sent['message']
-    assert message['Message-ID'] == '<nightshift-run-%d@nightshift>' % run_id
+    assert re.fullmatch(r'<nightshift-run-%d-[0-9a-f]{12}\.[0-9a-f]{12}@%s>'
+                        % (run_id, re.escape('nightshift.test')), message['Message-ID'])
     assert 'Orders' in message['Subject']
     body = message.get_body(('plain',)).get_content()
     expected = order_rows('shipped')
@@ -261,8 +262,9 @@ def test_unknown_paths_and_runs_are_json_404(app):
 
 def test_healthz(app):
     res = app.get('/healthz')
-    assert res.json == {'status': 'ok', 'database': 'ok', 'queue': 'ok',
-                        'queue_backend': 'redis'}
+    core = {key: res.json[key] for key in ('status', 'database', 'queue', 'queue_backend')}
+    assert core == {'status': 'ok', 'database': 'ok', 'queue': 'ok', 'queue_backend': 'redis'}
+    assert res.json['problems'] == []  # the consumers' part: tests/test_consumers.py
 
 
 def test_queue_down_is_503_and_the_run_is_recorded_failed(app, shop, redis_server):

@@ -71,8 +71,9 @@ def test_cancel_during_a_million_row_export_sends_nothing_and_frees_the_worker(
     run = app.get('/api/runs/%d' % big).json
     assert run['status'] == 'cancelled' and run['file_url'] is None
     assert 0 < run['rows'] < 1000000
-    assert run['deliveries'] == [{'address': 'big@example.org', 'status': 'pending',
-                                  'error': None, 'sent_at': None}]
+    assert [{k: d[k] for k in ('address', 'status', 'sent_at')}
+            for d in run['deliveries']] == [{'address': 'big@example.org', 'status': 'pending',
+                                             'sent_at': None}]
     assert not os.path.exists(os.path.join(jobs.settings.reports_dir, 'run-%d' % big))
     # The worker took the next run at once: the small report itself takes well
     # under a second, the heartbeat notices a cancel within progress_every.

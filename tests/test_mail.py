@@ -2,6 +2,7 @@
 import email
 import email.policy
 import os
+import re
 
 import pytest
 
@@ -145,7 +146,8 @@ def test_outbox_backend_writes_the_message(make_jobs, shop):
     with open(os.path.join(settings.outbox_dir, name), 'rb') as f:
         message = email.message_from_binary_file(f, policy=email.policy.default)
     assert message['To'] == 'a@example.org'
-    assert message['Message-ID'] == '<nightshift-run-%d@nightshift>' % run_id
+    assert re.fullmatch(r'<nightshift-run-%d-[0-9a-f]{12}\.[0-9a-f]{12}@%s>'
+                        % (run_id, re.escape('nightshift.test')), message['Message-ID'])
     body = message.get_body(('plain',)).get_content()
     assert 'Rows: 50' in body and '<br>' not in body
     filename, data = attachment(message)

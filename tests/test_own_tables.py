@@ -178,9 +178,8 @@ def test_nightshift_never_touches_the_teams_tables(user_database, make_settings,
     tables = {t.lower() for (t,) in user_database.query(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
         % ("'public'" if user_database.engine == 'postgres' else "'%s'" % user_database.name))}
-    assert tables - set(USER_TABLES) == {'nightshift_run', 'nightshift_delivery',
-                                         'nightshift_schedule', 'nightshift_file_chunk',
-                                         'nightshift_secret', 'nightshift_schema'}
+    assert tables - set(USER_TABLES) == {m._meta.table_name for m in models.ALL_MODELS} | {
+        'nightshift_schema'}
 
 
 LEGACY_SQLITE = [

@@ -156,7 +156,8 @@ SAMPLES = {'database_url': 'postgres://u@db.example/app', 'mail_from': 'r@exampl
            'operator_email': 'ops@example.org', 'api_tokens': 'a-token-of-16-chars',
            'queue_path': '/srv/queue.db', 'outbox_dir': '/srv/outbox',
            'reports_dir': '/srv/reports', 'report_paths': '/srv/sql',
-           'redis_url': 'redis://127.0.0.1:2/0'}
+           'redis_url': 'redis://127.0.0.1:2/0',
+           'webhook_url': 'https://hooks.example/T0/B0/x', 'webhook_events': 'failed,late'}
 # What a sample value needs beside it; secrets under their last name, so that
 # a test of the first name overrides them.
 COMPANIONS = {'NIGHTSHIFT_REDIS_URL': 'redis://127.0.0.1:1/0',

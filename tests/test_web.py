@@ -193,7 +193,7 @@ def test_outbox_lists_messages_and_serves_their_attachments(outbox_app, shop):
     assert listed.parsed.get_payload() == ''  # the listing read headers only
     page = app.get('/outbox/%s' % name).text
     assert '>%s</a>' % filename in page
-    assert '&lt;nightshift-run-%d@nightshift&gt;' % run_id in page
+    assert '&lt;nightshift-run-%d-' % run_id in page  # its Message-ID
     first_line = data.decode('utf-8-sig').splitlines()[1].split(',')
     assert '<td>%s</td>' % first_line[0] in page  # the preview table
     served = app.get('/outbox/%s/0' % name)

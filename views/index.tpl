@@ -33,6 +33,7 @@
       </div>
       % include('formats_field', prefix='r-' + report.name, help='For the download and the email. Excel keeps numbers, decimals and dates as such.')
       % include('bursting_run_field', report=report)
+      % include('messages_fields', prefix='r-' + report.name)
       <div class="buttons">
         <button type="submit" value="download" data-download-label>Download CSV</button>
         <button type="submit" value="email" class="primary">Email it</button>
@@ -131,6 +132,7 @@
         <input id="s-enabled" name="enabled" data-field="enabled" type="checkbox" checked>
         <label for="s-enabled">Enabled</label>
       </div>
+      % include('messages_fields', prefix='s')
       <div class="buttons">
         <button type="submit" class="primary">Save schedule</button>
         <button type="button" id="schedule-cancel">Cancel</button>
@@ -153,4 +155,6 @@
     % end
   </datalist>
 </section>
+% include('consumers_panel', watch=watch)
+% include('alarms_notifications')
 <div id="announcer" class="visually-hidden" role="status" aria-live="polite"></div>

@@ -27,6 +27,8 @@
 <script src="/static/reldates.js" defer></script>
 <script src="/static/control.js" defer></script>
 <script src="/static/bursting.js" defer></script>
+<script src="/static/messages.js" defer></script>
+<script src="/static/alarms.js" defer></script>
 <script src="/static/formats.js" defer></script>
 </body>
 </html>

@@ -15,12 +15,14 @@
   <td data-label="Attempts" class="num">{{run.attempts}}</td>
   <td data-label="Details" class="details">
     % if run.error:
-    <span class="error-text">{{run.error}}</span>
+    <span class="{{'skip-text' if run.status == RunStatus.SKIPPED else 'error-text'}}">{{run.error}}</span>
     % if run.status == RunStatus.QUEUED and run.next_attempt_at:
     <br><small>next attempt {{ago(run.next_attempt_at, now)}}</small>
     % end
     % elif run.status == RunStatus.RUNNING and not writing:
     <small>file written; sending to {{', '.join(run.recipients)}}</small>
+    % elif run.sent_as == 'notice':
+    <small>no rows: a “no data” notice went to {{', '.join(run.recipients)}}</small>
     % elif run.recipients:
     <small>to {{', '.join(run.recipients)}}</small>
     % end

@@ -1,0 +1,167 @@
+"""What a run's message is made of beyond its data: the templates and send
+rule it was given (checked when given), its Message-ID, the local date its
+templates see, and its attachment's name.
+
+A Message-ID is `<nightshift-run-<id>-<installation>.<token>@<sender's
+domain>>`: the installation id is made once and kept in the state database
+(like the link secret), the token is made with the run and stored on it. A
+resend of the run has the same one; another installation, or this one after
+its database was reset, never makes it again.
+"""
+import datetime
+import os
+import secrets
+
+from peewee import IntegrityError
+
+import cron
+import msgtemplates
+from errors import InputError
+from mail import human_size
+from models import AppSecret, Schedule, db, utcnow
+from vocab import SendRule
+
+MESSAGE_FIELDS = msgtemplates.FIELDS + ('send_rule',)
+
+
+def clean_message(data, params, title, report, current=None):
+    """The stored form of the message fields in `data` (subject, body,
+    attachment_name, send_rule), checked against the run's or schedule's
+    parameter values. With `current` (a schedule being changed) the fields
+    not in `data` keep its values. InputError names the bad field."""
+    given = {key: data[key] for key in MESSAGE_FIELDS if key in data}
+    if current is not None:
+        for key in MESSAGE_FIELDS:
+            given.setdefault(key, getattr(current, key))
+    rule = given.pop('send_rule', None)
+    if rule is None:
+        rule = SendRule.ALWAYS
+    if rule not in list(SendRule):
+        raise InputError('send_rule', 'must be one of %s' % ', '.join(SendRule))
+    cleaned = msgtemplates.check_templates(given, params, title=title, report=report)
+    for field in msgtemplates.FIELDS:
+        cleaned.setdefault(field, None)
+    cleaned['send_rule'] = SendRule(rule)
+    return cleaned
+
+
+def of_schedule(schedule):
+    """A schedule's message fields, as create_run takes them."""
+    return {key: getattr(schedule, key) for key in MESSAGE_FIELDS}
+
+
+def message_as_dict(record):
+    return {key: getattr(record, key) for key in MESSAGE_FIELDS}
+
+
+def installation_id():
+    """Made once per state database and kept in it (nightshift_secret)."""
+    row = AppSecret.get_or_none(AppSecret.name == 'installation')
+    if row is None:
+        try:
+            with db.atomic():
+                row = AppSecret.create(name='installation', value=secrets.token_hex(6))
+        except IntegrityError:
+            row = AppSecret.get(AppSecret.name == 'installation')
+    return row.value
+
+
+def message_id(run, settings):
+    """Stable for the run (a resend is recognisable downstream), unique
+    across installations and database resets."""
+    domain = settings.mail_from.rsplit('@', 1)[1]
+    if not run.message_token:  # made before Message-IDs had a token
+        return '<nightshift-run-%d@%s>' % (run.id, domain)
+    return '<nightshift-run-%d-%s.%s@%s>' % (run.id, installation_id(), run.message_token,
+                                             domain)
+
+
+def zone_of(run, settings):
+    name = None
+    if run.schedule:
+        name = Schedule.select(Schedule.timezone).where(Schedule.name == run.schedule).scalar()
+    return cron.check_timezone(name or settings.timezone)
+
+
+def local_date(run, settings, now=None):
+    """The slot's date in the schedule's timezone; for a run without a slot,
+    the day it was made (in the schedule's or the default timezone)."""
+    instant = run.slot_at or run.created_at or now or utcnow()
+    return cron.to_local(instant, zone_of(run, settings)).date()
+
+
+def template_context(run, settings, title, *, rows=None, size=None, cut=None):
+    """The values every template sees (msgtemplates.COMMON)."""
+    return msgtemplates.base_context(
+        title=title, report=run.report, params=run.params,
+        date=local_date(run, settings),
+        stamp=(run.created_at or utcnow()).strftime('%Y%m%d-%H%M%S'),
+        rows=run.rows if rows is None else rows,
+        size=human_size(run.bytes if size is None else size),
+        cut=run.truncated if cut is None else cut, run_id=run.id)
+
+
+def name_file(run, settings, title, path, stream):
+    """Rename the freshly written file `path` (named <report>-<stamp><ext>)
+    as the run's attachment_name template says; the extension stays. Returns
+    the new path. A template that fails raises TemplateFailure (the run
+    fails: its message cannot be what its sender asked)."""
+    if not run.attachment_name:
+        return path
+    folder, current = os.path.split(path)
+    stem = '%s-%s' % (run.report, (run.created_at or utcnow()).strftime('%Y%m%d-%H%M%S'))
+    extension = current[len(stem):] if current.startswith(stem) else os.path.splitext(current)[1]
+    context = template_context(run, settings, title, rows=stream.rows, size=stream.bytes,
+                               cut=stream.truncated)
+    text = msgtemplates.render('attachment_name', run.attachment_name, context)
+    name = msgtemplates.safe_file_name(text, extension, stem)
+    if name == current:
+        return path
+    renamed = os.path.join(folder, name)
+    os.replace(path, renamed)
+    return renamed
+
+
+def preview(definition, params, data, settings, zone=None, slot=None):
+    """The next message as the templates in `data` would make it, with
+    sample values (1,234 rows) and the given or next slot's date."""
+    cleaned = clean_message(data, params, definition.title, definition.name)
+    if slot is not None:
+        date = cron.to_local(slot, zone).date()
+    else:
+        date = cron.to_local(utcnow(), zone or cron.check_timezone(settings.timezone)).date()
+    context = msgtemplates.sample_context(params, date=date, title=definition.title,
+                                          report=definition.name, run_id=0)
+    sources = {field: cleaned[field] or msgtemplates.DEFAULTS[field]
+               for field in msgtemplates.FIELDS}
+    name = msgtemplates.safe_file_name(
+        msgtemplates.render('attachment_name', sources['attachment_name'], context), '.csv',
+        definition.name)
+    context.update(file_name=name, file_note='File: %s, attached' % name)
+    result = {'subject': msgtemplates.render('subject', sources['subject'], context),
+              'body': msgtemplates.render('body', sources['body'], context),
+              'attachment_name': name, 'send_rule': cleaned['send_rule'],
+              'date': date.isoformat()}
+    if cleaned['send_rule'] == SendRule.NOTICE:
+        result['notice_subject'] = notice_subject(definition.title, context['window'])
+    return result
+
+
+def notice_subject(title, window):
+    return msgtemplates.one_line('Nightshift: no data for %s (%s)' % (title, window))
+
+
+def skip_reason(run):
+    """Why the run's file is not sent (its send rule and no rows), or None."""
+    if run.rows == 0 and run.send_rule == SendRule.ROWS:
+        return 'no rows: send rule "rows" sends only when the report has rows; nothing sent'
+    return None
+
+
+def sends_notice(run):
+    return run.rows == 0 and run.send_rule == SendRule.NOTICE
+
+
+def expiry_text(expires):
+    return expires.strftime('%Y-%m-%d %H:%M') if isinstance(expires, datetime.datetime) \
+        else None
