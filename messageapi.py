@@ -2,6 +2,7 @@
 send, before they are saved."""
 import cron
 from errors import InputError
+from formats import EXTENSIONS, check_format
 from guards import json_response
 from inputs import read_json_body
 from models import utcnow
@@ -9,7 +10,7 @@ from params import dump_params
 from reports import find_report
 from runmessages import MESSAGE_FIELDS, preview
 
-PREVIEW_FIELDS = ('report', 'params', 'cron', 'timezone') + MESSAGE_FIELDS
+PREVIEW_FIELDS = ('report', 'params', 'cron', 'timezone', 'format') + MESSAGE_FIELDS
 
 
 def install_message_preview(app, settings, registry):
@@ -41,5 +42,7 @@ def install_message_preview(app, settings, registry):
                 raise InputError('cron', str(exc))
             zone = zone or cron.check_timezone(settings.timezone)
             slot = cron.next_slot(expression, zone, utcnow())
+        # The attachment's name ends as the chosen format's file (formats.py).
+        extension = EXTENSIONS[check_format(body.get('format'), given='format' in body)]
         return json_response(200, preview(definition, params, body, settings, zone=zone,
-                                          slot=slot))
+                                          slot=slot, extension=extension))

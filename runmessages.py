@@ -122,7 +122,7 @@ def name_file(run, settings, title, path, stream):
     return renamed
 
 
-def preview(definition, params, data, settings, zone=None, slot=None):
+def preview(definition, params, data, settings, zone=None, slot=None, extension='.csv'):
     """The next message as the templates in `data` would make it, with
     sample values (1,234 rows) and the given or next slot's date."""
     cleaned = clean_message(data, params, definition.title, definition.name)
@@ -135,7 +135,7 @@ def preview(definition, params, data, settings, zone=None, slot=None):
     sources = {field: cleaned[field] or msgtemplates.DEFAULTS[field]
                for field in msgtemplates.FIELDS}
     name = msgtemplates.safe_file_name(
-        msgtemplates.render('attachment_name', sources['attachment_name'], context), '.csv',
+        msgtemplates.render('attachment_name', sources['attachment_name'], context), extension,
         definition.name)
     context.update(file_name=name, file_note='File: %s, attached' % name)
     result = {'subject': msgtemplates.render('subject', sources['subject'], context),

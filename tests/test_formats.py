@@ -509,3 +509,23 @@ def test_a_real_at_its_decimal_scale_is_the_number_the_exact_path_gives():
             got = float(got.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)) \
                 if isinstance(got, D) else got
             assert got == exact, (value, places)
+
+
+def test_the_message_preview_names_the_file_of_the_chosen_format(app, shop):
+    body = {'report': 'orders', 'attachment_name': 'paid-{{ date }}'}
+    names = {fmt: app.post_json('/api/messages/preview', dict(body, format=fmt))
+             .json['attachment_name'] for fmt in ('csv', 'csv.gz', 'xlsx')}
+    assert [names[f].split('.', 1)[1] for f in ('csv', 'csv.gz', 'xlsx')] == \
+        ['csv', 'csv.gz', 'xlsx']
+    assert app.post_json('/api/messages/preview', body).json['attachment_name'].endswith('.csv')
+    res = app.post_json('/api/messages/preview', dict(body, format='pdf'), expect_errors=True)
+    assert (res.status_int, res.json['field']) == (400, 'format')
+
+
+def test_a_templated_file_name_keeps_the_format_extension(app, jobs, shop, smtp_sink):
+    app.post_json('/api/runs', {'report': 'orders', 'to': ['ana@example.org'],
+                                'format': 'csv.gz', 'attachment_name': 'orders-{{ rows }}'})
+    assert run_queued(jobs) == 1
+    name, data = attachment(smtp_sink.messages[0]['message'])
+    assert name == 'orders-%d.csv.gz' % Order.select().count()
+    assert gzip.decompress(data).startswith(b'\xef\xbb\xbfid,created_at')
