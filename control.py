@@ -21,6 +21,7 @@ from errors import Conflict, InputError, NotFound
 from logformat import run_fields
 from models import Delivery, Run, Schedule, db, utcnow
 from runfiles import discard_files
+from runmessages import MESSAGE_FIELDS
 from vocab import DeliveryStatus, RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.control')
@@ -84,7 +85,8 @@ def cancel_run(settings, store, run_id, by=None, now=None) -> Run:
 
 def rerun(registry, settings, run_id, trigger=Trigger.WEB, by=None) -> Run:
     """A new queued run of a failed or cancelled run's report, with the same
-    parameters, recipients and output options, linked to it by `rerun_of`.
+    parameters, recipients, output options, format, split column and message
+    templates, linked to it by `rerun_of`.
     Not yet queued: the caller enqueues it after the commit."""
     old = find_run(run_id)
     if old.status not in RERUNNABLE:
@@ -97,7 +99,10 @@ def rerun(registry, settings, run_id, trigger=Trigger.WEB, by=None) -> Run:
         # Validated again: the report or the allowed domains may have changed.
         new = runs.create_run(registry, settings, old.report, old.params, old.recipients,
                               trigger=trigger, schedule=old.schedule,
-                              escape_formulas=old.escape_formulas, bom=old.bom)
+                              escape_formulas=old.escape_formulas, bom=old.bom,
+                              split_by=old.split_by, file_format=old.format,
+                              message={key: getattr(old, key) for key in MESSAGE_FIELDS
+                                       if getattr(old, key) is not None})
         Run.update(rerun_of=old.id, requested_by=by).where(Run.id == new.id).execute()
     new.rerun_of, new.requested_by = old.id, by
     logger.info('run %d runs run %d again', new.id, old.id,

@@ -387,7 +387,10 @@ def reap(settings, now, enqueue, on_failed=None):
     out of attempts (`on_failed(id)`). Returns the ids queued again."""
     requeued = []
     stale = db_now() - datetime.timedelta(seconds=settings.stale_after)
-    for run in Run.select().where(Run.status == RunStatus.RUNNING, Run.heartbeat_at < stale):
+    # Read whole first: on SQLite a write while a cursor is open can fail
+    # with 'database is locked' under another process's write.
+    for run in list(Run.select().where(Run.status == RunStatus.RUNNING,
+                                       Run.heartbeat_at < stale)):
         if run.attempts >= settings.max_attempts:
             if mark_failed(run.id, 'worker stopped during attempt %d of %d (no heartbeat '
                            'since %s); giving up' % (run.attempts, settings.max_attempts,
@@ -408,9 +411,9 @@ def reap(settings, now, enqueue, on_failed=None):
             logger.info('run %d: its worker went silent; queued again', run.id,
                         extra=run_fields(run.id, run.report))
     lost = now - datetime.timedelta(seconds=settings.requeue_after)
-    for run in Run.select().where(Run.status == RunStatus.QUEUED, Run.queued_at < lost,
-                                  (Run.next_attempt_at.is_null()) |
-                                  (Run.next_attempt_at < lost)):
+    for run in list(Run.select().where(Run.status == RunStatus.QUEUED, Run.queued_at < lost,
+                                       (Run.next_attempt_at.is_null()) |
+                                       (Run.next_attempt_at < lost))):
         taken = (Run.update(queued_at=now)
                  .where(Run.id == run.id, Run.status == RunStatus.QUEUED,
                         Run.queued_at == run.queued_at).execute())

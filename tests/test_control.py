@@ -280,6 +280,23 @@ def control(env, *args):
 
 
 @pytest.mark.slow
+def test_a_rerun_keeps_the_format_and_the_message_of_the_run_it_repeats(app, jobs, smtp_sink):
+    first = app.post_json('/api/runs', {
+        'report': 'orders', 'to': ['a@example.org'], 'format': 'csv.gz',
+        'subject': 'Orders again: {{ rows }} rows', 'attachment_name': 'orders-again',
+        'send_rule': 'always'}).json['id']
+    runs.mark_failed(first, 'the source was down for good')
+    second = app.post_json('/api/runs/%d/rerun' % first, {}).json['id']
+    run_queued(jobs)
+    new = Run.get_by_id(second)
+    assert (new.status, new.format, new.subject, new.attachment_name, new.send_rule) == \
+        ('delivered', 'csv.gz', 'Orders again: {{ rows }} rows', 'orders-again', 'always')
+    [sent] = smtp_sink.messages
+    assert sent['message']['Subject'].startswith('Orders again: ')
+    [part] = [p for p in sent['message'].walk() if p.get_filename()]
+    assert part.get_filename() == 'orders-again.csv.gz'
+
+
 def test_the_command_line_cancels_reruns_and_backfills(app, jobs, consumer_env):
     daily_schedule(app)
     run_id = app.post_json('/api/runs', {'report': 'customers',
