@@ -19,6 +19,7 @@ from bottle import Bottle
 import guards
 from api import install_api
 from logformat import install_logging
+from memlimits import limit_malloc_arenas
 from metrics import install_metrics
 from migrations import SchemaBehind
 from models import bind_database
@@ -120,6 +121,8 @@ def main(argv=None):
     install_log_redaction(settings)
     install_logging(settings)
     logger.info('settings: %s', settings.describe())
+    # Before any thread allocates (memlimits.py says why).
+    limit_malloc_arenas(settings.malloc_arenas)
 
     from waitress.server import create_server
 

@@ -208,6 +208,10 @@ SETTINGS = (
     S('host', str, '127.0.0.1', 'address the web server binds to'),
     S('port', int, 8080, 'port the web server listens on', env=('PORT',), check=_check_port),
     S('web_threads', int, 4, 'waitress threads'),
+    S('malloc_arenas', int, 1,
+      "glibc malloc arenas of `server.py` (0: glibc's default, one per thread): one keeps a "
+      'server that has streamed big downloads ~20 MB smaller, at the same speed '
+      '(scripts/bench_arenas.py)'),
     S('download_slots', int, 2,
       'downloads streamed at once (at most `web_threads` − 1); more get 503 with '
       '`Retry-After`, so health checks and the API keep a thread'),
