@@ -64,34 +64,56 @@ def test_messages_from_one_thread_go_over_one_connection(mail_settings, smtp_sin
     assert (name, data) == ('orders.csv', b'id,total\r\n1,9.50\r\n2,12.00\r\n')
 
 
+@pytest.mark.parametrize('quiet', [0, 5], ids=['found at MAIL FROM', 'found by RSET'])
 def test_a_connection_the_server_dropped_is_replaced_and_the_message_goes_once(
-        mail_settings, smtp_sink, report_file):
-    mailer = SmtpMailer(mail_settings())
+        mail_settings, smtp_sink, report_file, quiet):
+    clock = Clock()
+    mailer = SmtpMailer(mail_settings(), clock=clock)
     mailer.send(mail(report_file, 1))
     smtp_sink.hang_up_all()
     time.sleep(0.1)
+    clock.now += quiet
     assert mailer.send(mail(report_file, 2)) == {'a@example.org': '250 Message accepted'}
     assert subjects(smtp_sink) == ['Orders 1', 'Orders 2']
     assert len(smtp_sink.greeted) == 2
 
 
-@pytest.mark.parametrize('fault', [
-    {'rset_replies': ['421 4.3.2 shutting down']},
-    {'rset_replies': ['451 4.3.0 lost track']},
-    {'mail_replies': ['421 4.3.2 closing']},
+@pytest.mark.parametrize('fault,quiet', [
+    ({'rset_replies': ['421 4.3.2 shutting down']}, 5),
+    ({'rset_replies': ['451 4.3.0 lost track']}, 5),
+    ({'mail_replies': ['421 4.3.2 closing']}, 0),
+    ({'mail_replies': ['421 4.3.2 closing']}, 5),
 ])
 def test_a_kept_connection_refused_before_the_message_is_replaced(mail_settings, smtp_sink,
-                                                                  report_file, fault):
-    mailer = SmtpMailer(mail_settings())
+                                                                  report_file, fault, quiet):
+    clock = Clock()
+    mailer = SmtpMailer(mail_settings(), clock=clock)
     mailer.send(mail(report_file, 1))
     for name, replies in fault.items():
         setattr(smtp_sink, name, list(replies))
+    clock.now += quiet
     assert mailer.send(mail(report_file, 2)) == {'a@example.org': '250 Message accepted'}
     assert subjects(smtp_sink) == ['Orders 1', 'Orders 2']
     assert len(smtp_sink.greeted) == 2
     # And the new connection is the one kept.
     mailer.send(mail(report_file, 3))
     assert len(smtp_sink.greeted) == 2
+
+
+def test_a_connection_in_use_is_not_asked_rset_first(mail_settings, smtp_sink, report_file):
+    # Back to back, the last message's 250 vouches for the session: no RSET
+    # round trip per message. After SmtpMailer.RSET_AFTER quiet seconds, one.
+    clock = Clock()
+    mailer = SmtpMailer(mail_settings(), clock=clock)
+    smtp_sink.rset_replies = ['250 RSET seen']
+    for n in range(3):
+        mailer.send(mail(report_file, n))
+        clock.now += SmtpMailer.RSET_AFTER / 2
+    assert smtp_sink.rset_replies == ['250 RSET seen']
+    clock.now += SmtpMailer.RSET_AFTER
+    mailer.send(mail(report_file, 3))
+    assert smtp_sink.rset_replies == []
+    assert len(smtp_sink.messages) == 4 and len(smtp_sink.greeted) == 1
 
 
 def test_a_new_connection_refusing_the_sender_is_not_tried_again(mail_settings, smtp_sink,
