@@ -9,7 +9,7 @@ by side, in interleaved rounds:
 - mail.SmtpMailer with smtp_idle_close = 0: a connection per message, as
   before connections were kept (it also builds each message);
 - mail.SmtpMailer on its defaults: each thread keeps its connection (RSET
-  before each next message).
+  only before a message that follows 2 s or more of quiet).
 
     .venv/bin/python scripts/bench_smtp.py [--messages 1000] [--threads 2] [--rounds 3]
                                             [--root OTHER_CHECKOUT]
@@ -187,7 +187,7 @@ def main():
          lambda port: (smtplib_way(port, reuse=True), prebuilt)),
         ('SmtpMailer, smtp_idle_close = 0 (a connection per message, as before)',
          lambda port: (mailer_way(make_settings(workdir, port, 0)), mails)),
-        ('SmtpMailer, kept per thread (RSET between messages)',
+        ('SmtpMailer, kept per thread (RSET only after 2 s quiet)',
          lambda port: (mailer_way(make_settings(workdir, port, 30)), mails)),
     ]
     results = {name: [] for name, _ in ways}
