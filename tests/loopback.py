@@ -194,10 +194,15 @@ class SmtpSink:
     def hang_up_all(self):
         """Close every open connection from the server's side, as a server
         does with clients that stay quiet too long."""
+        import asyncio
         with self._lock:
             servers, self._servers = self._servers, []
-        for server in servers:
-            self.controller.loop.call_soon_threadsafe(server.transport.close)
+
+        async def close_all():
+            for server in servers:
+                server.transport.close()
+            await asyncio.sleep(0.05)  # the sockets close on the loop's next turns
+        asyncio.run_coroutine_threadsafe(close_all(), self.controller.loop).result(10)
 
     def stop(self):
         if self.controller is not None:

@@ -71,7 +71,6 @@ def test_a_connection_the_server_dropped_is_replaced_and_the_message_goes_once(
     mailer = SmtpMailer(mail_settings(), clock=clock)
     mailer.send(mail(report_file, 1))
     smtp_sink.hang_up_all()
-    time.sleep(0.1)
     clock.now += quiet
     assert mailer.send(mail(report_file, 2)) == {'a@example.org': '250 Message accepted'}
     assert subjects(smtp_sink) == ['Orders 1', 'Orders 2']
@@ -319,7 +318,6 @@ def test_runs_in_a_row_share_a_connection_and_a_421_still_retries_once(settings,
     assert len(smtp_sink.greeted) == 2
 
 
-@pytest.mark.slow
 def test_a_stopping_consumer_says_quit_on_its_connections(settings, jobs, shop, smtp_sink):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     consumer = jobs.huey.create_consumer(workers=2, worker_type='thread', periodic=False)
