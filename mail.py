@@ -11,6 +11,8 @@ import os
 import re
 import smtplib
 import ssl
+import threading
+import time
 import uuid
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -74,6 +76,10 @@ class Mailer(Protocol):
         reply ("250 ..." when it was accepted, "4xx ..." to try again later,
         "5xx ..." refused). Raises MailError when nothing could be handed over
         at all; its `temporary` says whether trying later may help."""
+
+    def close(self) -> None:
+        """Let go of what the calling thread keeps open (a connection), if
+        anything: its worker is ending."""
 
 
 class Mail(NamedTuple):
@@ -215,6 +221,9 @@ class OutboxMailer:
         os.replace(tmp, os.path.join(self.folder, name))
         return {address: OUTBOX_REPLY for address in mail.to}
 
+    def close(self):
+        pass
+
 
 def _reply(code, message):
     if isinstance(message, bytes):
@@ -227,7 +236,8 @@ SECURITY_HINT = ('set NIGHTSHIFT_SMTP_SECURITY to what the server speaks: startt
 
 
 class SmtpMailer:
-    """Real delivery over SMTP: one connection and one transaction per message.
+    """Real delivery over SMTP: one transaction per message, over a connection
+    each thread keeps for its next message.
 
     `send` returns {address: reply} for every recipient. Only a recipient
     whose reply starts with 2 got the message: its RCPT was accepted and then
@@ -235,28 +245,99 @@ class SmtpMailer:
     of its own (the server hung up, or never answered after DATA) gets a 4xx
     reply saying so, so it is tried again, never counted as sent. Raises
     MailError when nothing could be handed over at all.
+
+    A connection is kept only after a transaction the server finished with a
+    2xx to the DATA; anything else (a refusal, a lost reply, a hang-up)
+    closes it. A kept one idle longer than `smtp_idle_close` seconds is
+    closed; one quiet for RSET_AFTER seconds or more must answer RSET with
+    250 first. One that does not, or that answers the next MAIL FROM with
+    421 or a hang-up, is replaced by a new connection: nothing of the
+    message went out yet. `smtp_idle_close` 0 keeps none. `clock` is
+    seconds, monotonic.
     """
 
-    def __init__(self, settings):
+    # In a burst the 250 that ended the last message has just shown the
+    # session is alive and reset (RFC 5321 4.1.1.4); an RSET would cost a
+    # round trip per message (a fifth of the rate, docs/benchmarks.md).
+    RSET_AFTER = 2.0
+
+    def __init__(self, settings, clock=time.monotonic):
         self.settings = settings
+        self.clock = clock
+        self._kept = threading.local()
+        self._context = None
 
     def send(self, mail):
         text = message_text(self.settings, mail)
-        conn = self._connect()
-        try:
-            return self._transaction(conn, mail.to, text)
-        finally:
+        conn = self._take_kept()
+        if conn is not None:
             try:
-                conn.quit()
-            except (smtplib.SMTPException, OSError):
-                conn.close()
+                return self._over(conn, mail.to, text, reused=True)
+            except _Stale:
+                pass
+        return self._over(self._connect(), mail.to, text)
+
+    def close(self):
+        """Say goodbye on this thread's kept connection, if it has one (a
+        worker thread that is ending)."""
+        conn = self._take_kept(check=False)
+        if conn is not None:
+            _quit(conn)
+
+    def _over(self, conn, recipients, text, reused=False):
+        finished = False
+        try:
+            replies, finished = self._transaction(conn, recipients, text, reused)
+            return replies
+        finally:
+            if finished and self.settings.smtp_idle_close > 0:
+                self._kept.conn = (conn, os.getpid(), self.clock())
+            else:
+                _quit(conn)
+
+    def _take_kept(self, check=True):
+        """This thread's kept connection, ready for MAIL FROM, or None."""
+        kept = getattr(self._kept, 'conn', None)
+        self._kept.conn = None
+        if kept is None:
+            return None
+        conn, pid, since = kept
+        if pid != os.getpid():
+            # A forked worker holds its parent's socket: a word on it would
+            # land in the parent's session. Let go of this copy silently.
+            conn.close()
+            return None
+        if not check:
+            return conn
+        idle = self.clock() - since
+        if idle > self.settings.smtp_idle_close:
+            # Servers drop quiet clients; one that has not yet may any moment.
+            _quit(conn)
+            return None
+        if idle < self.RSET_AFTER:
+            return conn
+        try:
+            code, _ = conn.rset()
+        except (smtplib.SMTPException, OSError):
+            code = None
+        if code != 250:
+            conn.close()
+            return None
+        return conn
 
     def _where(self):
         return 'SMTP server %s:%s' % (self.settings.smtp_host, self.settings.smtp_port)
 
+    def _tls_context(self):
+        # Made once: loading the system's CA certificates takes ~30 ms of
+        # CPU, more than the rest of a small message's connection.
+        if self._context is None:
+            self._context = ssl.create_default_context()
+        return self._context
+
     def _connect(self):
         s = self.settings
-        context = ssl.create_default_context()
+        context = self._tls_context() if s.smtp_security != 'none' else None
         try:
             if s.smtp_security == 'ssl':
                 conn = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
@@ -298,15 +379,25 @@ class SmtpMailer:
             raise MailError('%s unreachable: %s' % (self._where(), exc), temporary=True)
         return conn
 
-    def _transaction(self, conn, recipients, text):
+    def _transaction(self, conn, recipients, text, reused=False):
+        """(replies, finished): `finished` when the server answered the DATA
+        with 2xx, so the connection may carry another message. On a `reused`
+        connection a hang-up or 421 at MAIL FROM raises _Stale."""
         replies = {}
+        accepted = []
         try:
-            code, message = conn.mail(self.settings.mail_from)
+            try:
+                code, message = conn.mail(self.settings.mail_from)
+            except (smtplib.SMTPServerDisconnected, OSError):
+                if reused:
+                    raise _Stale()
+                raise
+            if code == 421 and reused:
+                raise _Stale()
             if code != 250:
                 raise MailError('%s refused the sender: %s'
                                 % (self._where(), _reply(code, message)),
                                 temporary=not 500 <= code < 600)
-            accepted = []
             for address in recipients:
                 code, message = conn.rcpt(address)
                 replies[address] = _reply(code, message)
@@ -318,9 +409,10 @@ class SmtpMailer:
                     for earlier in accepted:
                         replies[earlier] = '421 not sent: the server closed the connection'
                     return _unanswered(replies, recipients, 'not sent: the server closed '
-                                       'the connection before this recipient')
+                                       'the connection before this recipient'), False
             if not accepted:
-                return _unanswered(replies, recipients, 'not sent: no recipient was accepted')
+                return _unanswered(replies, recipients,
+                                   'not sent: no recipient was accepted'), False
             try:
                 code, message = conn.data(text)
             except smtplib.SMTPDataError as exc:
@@ -331,14 +423,29 @@ class SmtpMailer:
                 for address in accepted:
                     replies[address] = ('451 no reply after the message was sent (%s); '
                                         'sending again' % (str(exc) or type(exc).__name__))
-                return _unanswered(replies, recipients, 'not sent')
+                return _unanswered(replies, recipients, 'not sent'), False
             # The DATA reply is every accepted recipient's answer: 250 sent,
             # 4xx try again, 5xx refused.
             for address in accepted:
                 replies[address] = _reply(code, message)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            return _unanswered(replies, recipients, 'not sent: connection lost (%s)' % exc)
-        return _unanswered(replies, recipients, 'not sent')
+            # Before any DATA: an RCPT accepted earlier got nothing.
+            for address in accepted:
+                replies[address] = '421 not sent: connection lost (%s)' % exc
+            return _unanswered(replies, recipients,
+                               'not sent: connection lost (%s)' % exc), False
+        return _unanswered(replies, recipients, 'not sent'), 200 <= code < 300
+
+
+class _Stale(Exception):
+    """A kept connection the server had given up on: nothing was sent on it."""
+
+
+def _quit(conn):
+    try:
+        conn.quit()
+    except (smtplib.SMTPException, OSError):
+        conn.close()
 
 
 def _unanswered(replies, recipients, why):

@@ -200,6 +200,8 @@ SETTINGS = (
     S('smtp_password', str, '', '**environment only**; refused in `config.ini`',
       env=('SMTP_PASSWORD',), secret=True),
     S('smtp_timeout', float, 30.0, 'seconds before an SMTP connection attempt gives up'),
+    S('smtp_idle_close', float, 30.0, 'seconds a worker keeps its SMTP connection open '
+      'between messages (it is reused for the next one); `0`: a new connection per message'),
     S('mail_from', str, 'nightshift@localhost', 'sender address', env=('MAIL_FROM',),
       check=_check_sender),
     S('mail_from_name', str, '', 'display name in `From` (e.g. `Acme Reports`); empty: the '

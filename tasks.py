@@ -120,10 +120,14 @@ class Jobs:
 
         @huey.on_shutdown()
         def stop_worker():
-            # Called as each worker thread ends; only a consumer that is
-            # stopping takes its row away (a worker that died is restarted).
+            # Called as each worker thread ends: its kept SMTP connection
+            # goes with it. Only a consumer that is stopping takes its row
+            # away (a worker that died is restarted).
             if self.presence is not None and self.consumer.stop_flag.is_set():
                 self.presence.stop(remove=True)
+            close_mail = getattr(self.mailer, 'close', None)
+            if close_mail is not None:
+                close_mail()
 
         self.run_report = run_report
         self.tick_schedules = tick_schedules

@@ -79,6 +79,10 @@ def _pings(client):
         return False
 
 
+# An RCPT reply for SmtpSink.rcpt_replies: the connection closes, no reply.
+HANG_UP = 'hang up'
+
+
 def _hang_up(server):
     # After the reply is written: it goes out first, then the connection closes.
     import asyncio
@@ -103,14 +107,53 @@ class SmtpSink:
         self.data_reply = None
         self.data_delay = 0
         self.hang_up_after_data = False
+        # For connection reuse: who said EHLO (one entry a session), how
+        # many said QUIT, replies the next RSETs and MAILs get in turn (a
+        # 421 hangs up too). An RCPT reply HANG_UP closes without a reply.
+        self.greeted = []
+        self.quits = 0
+        self.rset_replies = []
+        self.mail_replies = []
+        self._servers = []
         self.logins = []
         self.controller = None
         self.port = free_port()
         self._lock = threading.Lock()
 
     # aiosmtpd handler hooks
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        with self._lock:
+            self.greeted.append(session.peer)
+            self._servers.append(server)
+        return responses
+
+    async def handle_QUIT(self, server, session, envelope):
+        with self._lock:
+            self.quits += 1
+        return '221 Bye'
+
+    async def handle_RSET(self, server, session, envelope):
+        reply = self.rset_replies.pop(0) if self.rset_replies else '250 OK'
+        if reply.startswith('421'):
+            _hang_up(server)
+        return reply
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        reply = self.mail_replies.pop(0) if self.mail_replies else None
+        if reply:
+            if reply.startswith('421'):
+                _hang_up(server)
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return '250 OK'
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_replies.pop(0) if self.rcpt_replies else self.refuse.get(address)
+        if reply == HANG_UP:
+            server.transport.close()
+            return '421 never written: the connection is closed'
         if reply:
             if reply.startswith('421'):
                 _hang_up(server)
@@ -147,6 +190,19 @@ class SmtpSink:
             kwargs = dict(authenticator=self.authenticate, auth_require_tls=False)
         self.controller = Controller(self, hostname='127.0.0.1', port=self.port, **kwargs)
         self.controller.start()
+
+    def hang_up_all(self):
+        """Close every open connection from the server's side, as a server
+        does with clients that stay quiet too long."""
+        import asyncio
+        with self._lock:
+            servers, self._servers = self._servers, []
+
+        async def close_all():
+            for server in servers:
+                server.transport.close()
+            await asyncio.sleep(0.05)  # the sockets close on the loop's next turns
+        asyncio.run_coroutine_threadsafe(close_all(), self.controller.loop).result(10)
 
     def stop(self):
         if self.controller is not None:
