@@ -116,7 +116,8 @@ def mark_failed(run_id, reason, now=None):
 
 
 def record_wait(run_id, next_attempt_at):
-    """The run waits for a turn (not a failure): the reaper leaves it alone."""
+    """The run waits for a turn (not a failure), until `next_attempt_at` or,
+    with None, until a run of its report hands it one (turns.py)."""
     Run.update(next_attempt_at=next_attempt_at).where(Run.id == run_id).execute()
 
 
@@ -268,7 +269,7 @@ class Heartbeat:
 
 class Outcome(NamedTuple):
     """What became of one execution: `status` says how it ended (see
-    vocab.Ending); `delay` is the wait before a retry or a turn."""
+    vocab.Ending); `delay` is the wait before a retry."""
     status: Ending
     delay: Optional[float] = None
 
@@ -296,11 +297,15 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
         return Outcome(Ending.FAILED)
     attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
     if attempt is None:
-        if Run.select(Run.status).where(Run.id == run_id).scalar() == RunStatus.QUEUED:
-            delay = max(retry_delay(1, settings), 1.0)
-            record_wait(run_id, utcnow() + datetime.timedelta(seconds=delay))
-            return Outcome(Ending.BUSY, delay)
-        return Outcome(Ending.IDLE)
+        if Run.select(Run.status).where(Run.id == run_id).scalar() != RunStatus.QUEUED:
+            return Outcome(Ending.IDLE)
+        # No free turn: wait for one, with no time set (turns.py). Then
+        # claim again: a run that ended between the two may have looked
+        # for waiting runs before this one was waiting.
+        record_wait(run_id, None)
+        attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
+        if attempt is None:
+            return Outcome(Ending.BUSY)
     try:
         _attempt(attempt, definition, registry, settings, mailer, store, clock)
     except LostOwnership as exc:
