@@ -48,9 +48,10 @@ def test_a_run_with_no_free_turn_waits_without_a_timer_and_is_handed_the_next_tu
     jobs.huey.dequeue()  # the second run's task, carried out here
     assert runs.execute_run(second, jobs.registry, jobs.settings, jobs.mailer,
                             jobs.store).status == Ending.BUSY
-    # Waiting: queued, no retry time, no task in the queue or its schedule.
+    # Waiting: queued, due since it was queued, no task in the queue or its schedule.
     waiting = Run.get_by_id(second)
-    assert waiting.status == RunStatus.QUEUED and waiting.next_attempt_at is None
+    assert waiting.status == RunStatus.QUEUED
+    assert waiting.next_attempt_at == waiting.queued_at
     assert queue_empty(jobs) and waiting.attempts == 0
     # The turn ends: handed on at once, to the waiting run.
     held.update(status=RunStatus.DELIVERED, finished_at=utcnow())
@@ -104,9 +105,7 @@ def test_a_waiting_run_whose_finisher_died_is_started_by_the_tick(make_jobs, sho
     # Its finisher records the run delivered and dies before handing on.
     held.update(status=RunStatus.DELIVERED, finished_at=utcnow())
     assert queue_empty(jobs)
-    jobs.tick()  # it has not waited stale_after yet: its task may be in the queue
-    assert queue_empty(jobs)
-    jobs.tick(utcnow() + datetime.timedelta(seconds=jobs.settings.stale_after + 1))
+    jobs.tick()
     assert run_queued(jobs) == 1
     assert Run.get_by_id(second).status == RunStatus.DELIVERED
     assert len(smtp_sink.messages) == 1
@@ -134,13 +133,26 @@ def test_a_waiting_run_behind_a_dead_worker_runs_after_the_reaper(make_jobs, sho
 
 def test_the_tick_leaves_reports_without_free_turns_alone(make_jobs, shop):
     jobs = make_jobs(max_concurrent_per_report=1)
-    first = queued(jobs)
-    queued(jobs)
-    jobs.huey.dequeue()
+    first, second = queued(jobs), queued(jobs)
     jobs.huey.dequeue()
     runs.claim(first, report='customers', limit=1)
-    jobs.tick(utcnow() + datetime.timedelta(seconds=jobs.settings.stale_after + 1))
+    assert run_queued(jobs) == 1
+    assert Run.get_by_id(second).next_attempt_at is not None  # waiting
+    jobs.tick()
     assert queue_empty(jobs)
+
+
+def test_a_run_never_tried_is_not_handed_a_turn(make_jobs, shop, smtp_sink):
+    """A run recorded but not queued (its creator enqueues it after the
+    commit, or chose not to) is not started by someone else's turn."""
+    jobs = make_jobs(max_concurrent_per_report=1)
+    first = queued(jobs)
+    recorded = create(jobs, 'b@example.org').id
+    assert run_queued(jobs) == 1
+    jobs.tick()
+    assert queue_empty(jobs)
+    assert Run.get_by_id(recorded).status == RunStatus.QUEUED
+    assert Run.get_by_id(first).status == RunStatus.DELIVERED
 
 
 # --- a burst through a real consumer ------------------------------------------
