@@ -116,9 +116,11 @@ def mark_failed(run_id, reason, now=None):
 
 
 def record_wait(run_id, next_attempt_at):
-    """The run waits for a turn (not a failure): `next_attempt_at` in the
-    past means until a run of its report hands it one (turns.py)."""
-    Run.update(next_attempt_at=next_attempt_at).where(Run.id == run_id).execute()
+    """The run waits for a turn (not a failure): until `next_attempt_at`,
+    or, set to the run's queued_at, until a run of its report hands it one
+    (turns.py)."""
+    Run.update(next_attempt_at=next_attempt_at).where(Run.id == run_id,
+                                                      Run.status == RunStatus.QUEUED).execute()
 
 
 def retry_delay(attempts, settings, rng=random):
@@ -299,10 +301,10 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     if attempt is None:
         if Run.select(Run.status).where(Run.id == run_id).scalar() != RunStatus.QUEUED:
             return Outcome(Ending.IDLE)
-        # No free turn: wait for one (turns.py), due since it was queued,
-        # with no task; the next run of the report to end hands it its turn.
-        # Then claim again: a run that ended between the two may have
-        # looked for waiting runs before this one was waiting.
+        # No free turn: wait for one (turns.py), with no task, the next
+        # attempt set to the moment it was queued; the next run of the
+        # report to end hands it its turn. Then claim again: a run that
+        # ended between the two may have looked before this one waited.
         record_wait(run_id, Run.queued_at)
         attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
         if attempt is None:

@@ -158,7 +158,7 @@ class Jobs:
         try:
             runs.reap(self.settings, now, self.run_report, self.notify_failed)
             # Turns a finisher did not hand on (it died first) go out here.
-            turns.hand_free_turns(self.settings, self.run_report, now)
+            turns.hand_free_turns(self.settings, self.run_report)
             created = schedules.tick(self.registry, self.settings, self, now)
             # After the reap and the slots, whose notices are stamped later than `now`.
             self.alarms.tick(max(now, utcnow()))

@@ -3,12 +3,12 @@ and the next free turn is handed to it at once.
 
 `max_concurrent_per_report` limits the runs of one report in progress; the
 claim (runs.claim) is what holds that limit. A run that finds no free turn
-is left queued with no task, its next attempt due since it was queued:
-waiting for a turn. Whoever
-frees a turn hands it on: the worker that ends a run of the report enqueues
-the oldest waiting runs, as many as there are free turns (`pass_turn`); the
-minute's tick does the same for every report (`hand_free_turns`), so a
-run whose finisher died before handing on is started by the next tick.
+is left queued with no task, its next attempt set to the moment it was
+queued: waiting for a turn. Whoever frees a turn hands it on: the worker
+that ends a run of the report enqueues the oldest waiting runs, as many as
+there are free turns (`pass_turn`); the minute's tick does the same for
+every report (`hand_free_turns`), so a run whose finisher died before
+handing on is started by the next tick.
 
 A handed turn is a hint, not a lease: the task still claims, and a run
 enqueued twice (its own task was still in the queue) is claimed once, the
@@ -19,7 +19,7 @@ import logging
 from peewee import fn
 
 from logformat import run_fields
-from models import Run, utcnow
+from models import Run
 from vocab import RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.turns')
@@ -33,27 +33,27 @@ def in_progress(report):
                    Run.trigger != Trigger.DOWNLOAD).scalar())
 
 
-def _waits(now):
-    # Recorded as waiting (runs.execute_run: next_attempt_at set to when it
-    # was queued), or a retry whose time has come. A run queued and never
-    # tried has none: its task is in the queue, or its creator's hands.
+def _waits():
+    # Recorded as waiting by runs.execute_run: its next attempt is the moment
+    # it was queued. A run never tried has none (its task is in the queue,
+    # or its creator's hands); a retry's is its own time, and its own task
+    # comes then.
     return ((Run.status == RunStatus.QUEUED) & (Run.trigger != Trigger.DOWNLOAD)
-            & Run.next_attempt_at.is_null(False) & (Run.next_attempt_at <= now))
+            & (Run.next_attempt_at == Run.queued_at))
 
 
-def waiting(report, now=None):
+def waiting(report):
     """`report`'s runs a free turn goes to, the oldest first."""
-    return (Run.select(Run.id).where((Run.report == report) & _waits(now or utcnow()))
-            .order_by(Run.id))
+    return Run.select(Run.id).where((Run.report == report) & _waits()).order_by(Run.id)
 
 
-def hand_turns(report, limit, enqueue, now=None):
+def hand_turns(report, limit, enqueue):
     """Enqueue the oldest waiting runs of `report`, one per free turn.
     Returns their ids."""
     free = limit - in_progress(report)
     if free <= 0:
         return []
-    handed = [run_id for run_id, in waiting(report, now).limit(free).tuples()]
+    handed = [run_id for run_id, in waiting(report).limit(free).tuples()]
     for run_id in handed:
         logger.debug('run %d: a turn of %s is free; started', run_id, report,
                      extra=run_fields(run_id, report))
@@ -61,7 +61,7 @@ def hand_turns(report, limit, enqueue, now=None):
     return handed
 
 
-def pass_turn(run_id, settings, enqueue, now=None):
+def pass_turn(run_id, settings, enqueue):
     """A run has ended (or stopped) in this worker: its turn goes to the
     report's oldest waiting run at once. Returns the ids enqueued."""
     if not settings.max_concurrent_per_report:
@@ -69,21 +69,19 @@ def pass_turn(run_id, settings, enqueue, now=None):
     report = Run.select(Run.report).where(Run.id == run_id).scalar()
     if report is None:
         return []
-    return hand_turns(report, settings.max_concurrent_per_report, enqueue, now)
+    return hand_turns(report, settings.max_concurrent_per_report, enqueue)
 
 
-def hand_free_turns(settings, enqueue, now=None):
+def hand_free_turns(settings, enqueue):
     """The tick's safety net: every report with waiting runs and free turns
     gets them started (a finisher that died before handing on its turn).
     Returns the ids enqueued."""
     if not settings.max_concurrent_per_report:
         return []
-    now = now or utcnow()
-    reports = [report for report, in
-               Run.select(Run.report).distinct().where(_waits(now)).tuples()]
+    reports = [report for report, in Run.select(Run.report).distinct().where(_waits()).tuples()]
     handed = []
     for report in reports:
-        handed += hand_turns(report, settings.max_concurrent_per_report, enqueue, now)
+        handed += hand_turns(report, settings.max_concurrent_per_report, enqueue)
     if handed:
         logger.info('%d waiting run(s) started on free turns', len(handed))
     return handed
