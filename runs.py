@@ -419,9 +419,12 @@ def reap(settings, now, enqueue, on_failed=None):
             logger.info('run %d: its worker went silent; queued again', run.id,
                         extra=run_fields(run.id, run.report))
     lost = now - datetime.timedelta(seconds=settings.requeue_after)
+    # A run waiting for a turn (next attempt = queued_at) has no task by
+    # design: turns.py hands it one, the tick's hand_free_turns included.
     for run in list(Run.select().where(Run.status == RunStatus.QUEUED, Run.queued_at < lost,
                                        (Run.next_attempt_at.is_null()) |
-                                       (Run.next_attempt_at < lost))):
+                                       ((Run.next_attempt_at < lost) &
+                                        (Run.next_attempt_at != Run.queued_at)))):
         taken = (Run.update(queued_at=now)
                  .where(Run.id == run.id, Run.status == RunStatus.QUEUED,
                         Run.queued_at == run.queued_at).execute())

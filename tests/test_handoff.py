@@ -13,7 +13,7 @@ import pytest
 import demo
 import runs
 from conftest import demo_catalogue, run_queued, wait_until
-from models import Run, db, utcnow
+from models import Run, db, db_now, utcnow
 from vocab import Ending, RunStatus
 
 registry = demo_catalogue()
@@ -140,6 +140,21 @@ def test_the_tick_leaves_reports_without_free_turns_alone(make_jobs, shop):
     assert Run.get_by_id(second).next_attempt_at is not None  # waiting
     jobs.tick()
     assert queue_empty(jobs)
+
+
+def test_a_long_wait_is_not_taken_for_a_lost_task(make_jobs, shop):
+    """Past requeue_after a waiting run is still waiting, not re-queued by
+    the reaper at every tick (a long backlog would flood the queue)."""
+    jobs = make_jobs(max_concurrent_per_report=1)
+    first, second = queued(jobs), queued(jobs)
+    jobs.huey.dequeue()
+    runs.claim(first, report='customers', limit=1)
+    assert run_queued(jobs) == 1
+    later = utcnow() + datetime.timedelta(seconds=jobs.settings.requeue_after + 60)
+    Run.update(heartbeat_at=db_now()).where(Run.id == first).execute()
+    jobs.tick(later)
+    assert queue_empty(jobs)
+    assert Run.get_by_id(second).next_attempt_at == Run.get_by_id(second).queued_at
 
 
 def test_a_run_never_tried_is_not_handed_a_turn(make_jobs, shop, smtp_sink):
