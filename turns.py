@@ -48,12 +48,13 @@ def waiting(report):
 
 
 def hand_turns(report, limit, enqueue):
-    """Enqueue the oldest waiting runs of `report`, one per free turn.
-    Returns their ids."""
-    free = limit - in_progress(report)
-    if free <= 0:
-        return []
-    handed = [run_id for run_id, in waiting(report).limit(free).tuples()]
+    """Enqueue the oldest waiting runs of `report`, one per free turn (all
+    of them with no limit: it was lifted while they waited). Returns their ids."""
+    query = waiting(report)
+    # The waiting runs first: usually there are none, and no count is needed.
+    handed = [run_id for run_id, in (query.limit(limit) if limit else query).tuples()]
+    if handed and limit:
+        handed = handed[:max(limit - in_progress(report), 0)]
     for run_id in handed:
         logger.debug('run %d: a turn of %s is free; started', run_id, report,
                      extra=run_fields(run_id, report))
@@ -64,8 +65,6 @@ def hand_turns(report, limit, enqueue):
 def pass_turn(run_id, settings, enqueue):
     """A run has ended (or stopped) in this worker: its turn goes to the
     report's oldest waiting run at once. Returns the ids enqueued."""
-    if not settings.max_concurrent_per_report:
-        return []
     report = Run.select(Run.report).where(Run.id == run_id).scalar()
     if report is None:
         return []
@@ -76,8 +75,6 @@ def hand_free_turns(settings, enqueue):
     """The tick's safety net: every report with waiting runs and free turns
     gets them started (a finisher that died before handing on its turn).
     Returns the ids enqueued."""
-    if not settings.max_concurrent_per_report:
-        return []
     reports = [report for report, in Run.select(Run.report).distinct().where(_waits()).tuples()]
     handed = []
     for report in reports:

@@ -157,6 +157,19 @@ def test_a_long_wait_is_not_taken_for_a_lost_task(make_jobs, shop):
     assert Run.get_by_id(second).next_attempt_at == Run.get_by_id(second).queued_at
 
 
+def test_runs_waiting_when_the_limit_is_lifted_are_started_by_the_tick(make_jobs, shop,
+                                                                     smtp_sink):
+    jobs = make_jobs(max_concurrent_per_report=1)
+    first, second = queued(jobs), queued(jobs, 'b@example.org')
+    jobs.huey.dequeue()
+    runs.claim(first, report='customers', limit=1)
+    assert run_queued(jobs) == 1
+    unlimited = make_jobs(max_concurrent_per_report=0)
+    unlimited.tick()
+    assert run_queued(unlimited) == 1
+    assert Run.get_by_id(second).status == RunStatus.DELIVERED
+
+
 def test_a_run_never_tried_is_not_handed_a_turn(make_jobs, shop, smtp_sink):
     """A run recorded but not queued (its creator enqueues it after the
     commit, or chose not to) is not started by someone else's turn."""
