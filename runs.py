@@ -116,8 +116,11 @@ def mark_failed(run_id, reason, now=None):
 
 
 def record_wait(run_id, next_attempt_at):
-    """The run waits for a turn (not a failure): the reaper leaves it alone."""
-    Run.update(next_attempt_at=next_attempt_at).where(Run.id == run_id).execute()
+    """The run waits for a turn (not a failure): until `next_attempt_at`,
+    or, set to the run's queued_at, until a run of its report hands it one
+    (turns.py)."""
+    Run.update(next_attempt_at=next_attempt_at).where(Run.id == run_id,
+                                                      Run.status == RunStatus.QUEUED).execute()
 
 
 def retry_delay(attempts, settings, rng=random):
@@ -268,7 +271,7 @@ class Heartbeat:
 
 class Outcome(NamedTuple):
     """What became of one execution: `status` says how it ended (see
-    vocab.Ending); `delay` is the wait before a retry or a turn."""
+    vocab.Ending); `delay` is the wait before a retry."""
     status: Ending
     delay: Optional[float] = None
 
@@ -296,11 +299,16 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
         return Outcome(Ending.FAILED)
     attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
     if attempt is None:
-        if Run.select(Run.status).where(Run.id == run_id).scalar() == RunStatus.QUEUED:
-            delay = max(retry_delay(1, settings), 1.0)
-            record_wait(run_id, utcnow() + datetime.timedelta(seconds=delay))
-            return Outcome(Ending.BUSY, delay)
-        return Outcome(Ending.IDLE)
+        if Run.select(Run.status).where(Run.id == run_id).scalar() != RunStatus.QUEUED:
+            return Outcome(Ending.IDLE)
+        # No free turn: wait for one (turns.py), with no task, the next
+        # attempt set to the moment it was queued; the next run of the
+        # report to end hands it its turn. Then claim again: a run that
+        # ended between the two may have looked before this one waited.
+        record_wait(run_id, Run.queued_at)
+        attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
+        if attempt is None:
+            return Outcome(Ending.BUSY)
     try:
         _attempt(attempt, definition, registry, settings, mailer, store, clock)
     except LostOwnership as exc:
@@ -411,9 +419,12 @@ def reap(settings, now, enqueue, on_failed=None):
             logger.info('run %d: its worker went silent; queued again', run.id,
                         extra=run_fields(run.id, run.report))
     lost = now - datetime.timedelta(seconds=settings.requeue_after)
+    # A run waiting for a turn (next attempt = queued_at) has no task by
+    # design: turns.py hands it one, the tick's hand_free_turns included.
     for run in list(Run.select().where(Run.status == RunStatus.QUEUED, Run.queued_at < lost,
                                        (Run.next_attempt_at.is_null()) |
-                                       (Run.next_attempt_at < lost))):
+                                       ((Run.next_attempt_at < lost) &
+                                        (Run.next_attempt_at != Run.queued_at)))):
         taken = (Run.update(queued_at=now)
                  .where(Run.id == run.id, Run.status == RunStatus.QUEUED,
                         Run.queued_at == run.queued_at).execute())

@@ -21,6 +21,7 @@ from dbhealth import DB_ERRORS, DatabaseHealth
 import runfiles
 import runs
 import schedules
+import turns
 from errors import QueueUnavailable
 from filestore import create_file_store
 from logformat import about_run, install_logging, run_fields
@@ -156,6 +157,8 @@ class Jobs:
         now = now or utcnow()
         try:
             runs.reap(self.settings, now, self.run_report, self.notify_failed)
+            # Turns a finisher did not hand on (it died first) go out here.
+            turns.hand_free_turns(self.settings, self.run_report)
             created = schedules.tick(self.registry, self.settings, self, now)
             # After the reap and the slots, whose notices are stamped later than `now`.
             self.alarms.tick(max(now, utcnow()))
@@ -204,7 +207,10 @@ class Jobs:
             with about_run(run_id):
                 outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
                                            self.store)
-                # A run waiting for its turn comes back every few seconds.
+                if outcome.status not in (Ending.IDLE, Ending.BUSY):
+                    # First of all: the turn this run held goes to a waiting run.
+                    self.pass_turn(run_id)
+                # A run waiting for its turn is handed one later (turns.py).
                 quiet = outcome.status in (Ending.IDLE, Ending.BUSY)
                 logger.log(logging.DEBUG if quiet else logging.INFO, 'run %d: %s', run_id,
                            outcome.status)
@@ -219,9 +225,19 @@ class Jobs:
             self._announce(self.alarms.delivered, run_id)
         if outcome.status == Ending.FAILED:
             self.notify_failed(run_id)
-        elif outcome.status in (Ending.RETRY, Ending.BUSY):
+        elif outcome.status == Ending.RETRY:
             raise RetryTask(delay=outcome.delay) if outcome.delay else RetryTask()
         return outcome.status.value
+
+    def pass_turn(self, run_id):
+        """Enqueue the oldest runs of `run_id`'s report waiting for a turn,
+        one per free turn. Best effort: the run's outcome is recorded
+        already, and the minute's tick hands out any turn missed here."""
+        try:
+            turns.pass_turn(run_id, self.settings, self.run_report)
+        except Exception:
+            logger.exception('could not hand on the turn of run %s', run_id,
+                             extra=run_fields(run_id))
 
     def notify_failed(self, run_id):
         """Announce that a run failed for good (to the operator, if one is

@@ -1,0 +1,84 @@
+"""Turns of a report: a run that finds its report's turns all taken waits,
+and the next free turn is handed to it at once.
+
+`max_concurrent_per_report` limits the runs of one report in progress; the
+claim (runs.claim) is what holds that limit. A run that finds no free turn
+is left queued with no task, its next attempt set to the moment it was
+queued: waiting for a turn. Whoever frees a turn hands it on: the worker
+that ends a run of the report enqueues the oldest waiting runs, as many as
+there are free turns (`pass_turn`); the minute's tick does the same for
+every report (`hand_free_turns`), so a run whose finisher died before
+handing on is started by the next tick.
+
+A handed turn is a hint, not a lease: the task still claims, and a run
+enqueued twice (its own task was still in the queue) is claimed once, the
+other task finding it no longer queued.
+"""
+import logging
+
+from peewee import fn
+
+from logformat import run_fields
+from models import Run
+from vocab import RunStatus, Trigger
+
+logger = logging.getLogger('nightshift.turns')
+
+
+def in_progress(report):
+    """Runs of `report` holding a turn (a download streams in the web
+    server, not a worker: it holds none)."""
+    return (Run.select(fn.COUNT(Run.id))
+            .where(Run.report == report, Run.status == RunStatus.RUNNING,
+                   Run.trigger != Trigger.DOWNLOAD).scalar())
+
+
+def _waits():
+    # Recorded as waiting by runs.execute_run: its next attempt is the moment
+    # it was queued. A run never tried has none (its task is in the queue,
+    # or its creator's hands); a retry's is its own time, and its own task
+    # comes then.
+    return ((Run.status == RunStatus.QUEUED) & (Run.trigger != Trigger.DOWNLOAD)
+            & (Run.next_attempt_at == Run.queued_at))
+
+
+def waiting(report):
+    """`report`'s runs a free turn goes to, the oldest first."""
+    return Run.select(Run.id).where((Run.report == report) & _waits()).order_by(Run.id)
+
+
+def hand_turns(report, limit, enqueue):
+    """Enqueue the oldest waiting runs of `report`, one per free turn (all
+    of them with no limit: it was lifted while they waited). Returns their ids."""
+    query = waiting(report)
+    # The waiting runs first: usually there are none, and no count is needed.
+    handed = [run_id for run_id, in (query.limit(limit) if limit else query).tuples()]
+    if handed and limit:
+        handed = handed[:max(limit - in_progress(report), 0)]
+    for run_id in handed:
+        logger.debug('run %d: a turn of %s is free; started', run_id, report,
+                     extra=run_fields(run_id, report))
+        enqueue(run_id)
+    return handed
+
+
+def pass_turn(run_id, settings, enqueue):
+    """A run has ended (or stopped) in this worker: its turn goes to the
+    report's oldest waiting run at once. Returns the ids enqueued."""
+    report = Run.select(Run.report).where(Run.id == run_id).scalar()
+    if report is None:
+        return []
+    return hand_turns(report, settings.max_concurrent_per_report, enqueue)
+
+
+def hand_free_turns(settings, enqueue):
+    """The tick's safety net: every report with waiting runs and free turns
+    gets them started (a finisher that died before handing on its turn).
+    Returns the ids enqueued."""
+    reports = [report for report, in Run.select(Run.report).distinct().where(_waits()).tuples()]
+    handed = []
+    for report in reports:
+        handed += hand_turns(report, settings.max_concurrent_per_report, enqueue)
+    if handed:
+        logger.info('%d waiting run(s) started on free turns', len(handed))
+    return handed
