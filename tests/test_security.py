@@ -10,6 +10,7 @@ import webtest
 
 import demo
 import runs
+import turns
 from conftest import ROOT, attachment, free_port, run_queued, web_app
 from demo import Customer, Order
 from models import Run
@@ -248,7 +249,13 @@ def test_runs_of_one_report_are_bounded(make_jobs):
     assert Run.get_by_id(waiting.id).status == 'queued'
     assert Run.get_by_id(waiting.id).attempts == 0  # waiting is not failing
     assert Run.get_by_id(other.id).status == 'delivered'
-    assert jobs.huey.scheduled_count() == 1  # it comes back for its turn
+    # It waits for a turn (no timed retry), and gets the one freed next.
+    assert jobs.huey.scheduled_count() == 0 and jobs.huey.pending_count() == 0
+    assert [r.id for r in turns.waiting('orders')] == [waiting.id]
+    Run.update(status='delivered').where(Run.id == busy.id).execute()
+    jobs.pass_turn(busy.id)
+    run_queued(jobs)
+    assert Run.get_by_id(waiting.id).status == 'delivered'
 
 
 def test_crlf_in_a_report_title_never_reaches_a_header(settings, jobs, database, smtp_sink):
