@@ -47,14 +47,27 @@ def open_query_csv(source: Source, sql: str, params: Union[dict, list, tuple], *
     """The rows of `sql` (bound `params`) on `source` as a stream of CSV
     byte chunks with .rows, .bytes and .truncated. Raises ReportSQLError
     for the SQL's own failures and SourceUnavailable for the database's."""
+    opener = {'postgres': _postgres, 'mysql': _mysql, 'sqlite': _sqlite}[source.engine]
+    with guarded_query(source, timeout,
+                       lambda source, conn: opener(source, conn, sql, params, escape, bom,
+                                                   limit)) as stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def guarded_query(source: Source, timeout: Optional[float], open_stream):
+    """Connect to `source` (read-only, under the effective time limit), open
+    `open_stream(source, conn)` (a context manager giving an iterable) and
+    yield it guarded: driver errors, opening or iterating, become the right
+    Source error, and the connection is closed after, its query stopped on
+    the server unless it was read to its end."""
     timeout = effective_timeout(source, timeout)
     conn = sources.connect(source, timeout)
     source = source._replace(query_timeout=timeout)
-    opener = {'postgres': _postgres, 'mysql': _mysql, 'sqlite': _sqlite}[source.engine]
     errors = sources.driver_errors(source.engine)
     guarded = None
     try:
-        with opener(source, conn, sql, params, escape, bom, limit) as stream:
+        with open_stream(source, conn) as stream:
             guarded = _Guarded(stream, source, conn, errors)
             yield guarded
     except errors as exc:

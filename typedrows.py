@@ -19,10 +19,8 @@ import decimal
 import time
 from typing import Iterator, List, NamedTuple, Optional, Union
 
-import sources
 from sources import ReportSQLError, Source
-from sqlexport import (_Guarded, _close, _parse_timestamp, describe, effective_timeout,
-                       sqlite_column_types)
+from sqlexport import _fetching, _parse_timestamp, describe, guarded_query, sqlite_column_types
 
 BATCH = 2000
 
@@ -62,32 +60,16 @@ def open_query_rows(source: Source, sql: str, params: Union[dict, list, tuple], 
     """The rows of `sql` (bound `params`) on `source` as a TypedRows. Raises
     ReportSQLError for the SQL's own failures and SourceUnavailable for the
     database's, like sqlexport.open_query_csv."""
-    timeout = effective_timeout(source, timeout)
-    conn = sources.connect(source, timeout)
-    source = source._replace(query_timeout=timeout)
     opener = {'postgres': _postgres, 'mysql': _mysql, 'sqlite': _sqlite}[source.engine]
-    errors = sources.driver_errors(source.engine)
-    guarded = None
-    try:
+
+    def opening(source, conn):
         columns, rows = opener(conn, source, sql, params)
-        stream = TypedRows(columns, rows, limit)
-        guarded = _Guarded(stream, source, conn, errors)
-        yield guarded
-    except errors as exc:
-        raise sources.classify(source, exc, getattr(conn, 'deadline', None)) from exc
-    finally:
-        # A limit reached leaves the query unfinished: stopped like an
-        # abandoned one, so MariaDB does not read the rest of it.
-        _close(source, conn, guarded is not None and guarded.exhausted
-               and not guarded.truncated)
+        return contextlib.nullcontext(TypedRows(columns, rows, limit))
 
-
-def _batches(cursor, size=BATCH):
-    while True:
-        batch = cursor.fetchmany(size)
-        if not batch:
-            return
-        yield from batch
+    # A limit reached leaves the query unfinished: stopped like an abandoned
+    # one (the guard counts a truncated stream as not read to its end).
+    with guarded_query(source, timeout, opening) as rows:
+        yield rows
 
 
 # --- PostgreSQL: a server-side cursor; types psycopg knows -------------------
@@ -175,7 +157,7 @@ def _mysql_column(description):
 
 
 def _mysql_rows(cursor, bools):
-    for row in _batches(cursor):
+    for row in _fetching(cursor, BATCH):
         row = list(row)
         for i in bools:
             if row[i] is not None:
@@ -204,7 +186,7 @@ def _sqlite(conn, source, sql, params):
 
 def _sqlite_rows(cursor, converters):
     active = [(i, f) for i, f in enumerate(converters) if f is not None]
-    for row in _batches(cursor):
+    for row in _fetching(cursor, BATCH):
         if active:
             row = list(row)
             for i, convert in active:
