@@ -136,6 +136,24 @@ class CsvStream:
                 return
 
 
+class StreamOf:
+    """A byte-chunk stream made from another (a CsvStream's gzip, typed
+    rows' workbook): `rows` and `truncated` are the inner stream's, `bytes`
+    counts this one's own chunks."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.bytes = 0
+
+    @property
+    def rows(self):
+        return self.inner.rows
+
+    @property
+    def truncated(self):
+        return self.inner.truncated
+
+
 class LineStream:
     """CsvStream for rows that arrive as CSV lines the database joined (see
     sqlexport._sqlite_lines): Python joins lines, and looks at a line's
@@ -169,10 +187,8 @@ class LineStream:
             if self.final and single:
                 lines = [line or '""' for line in lines]
             text = LINE_END.join(lines)
-            if self.final:
-                pass
-            elif single or '"' in text or '\r' in text or '\x00' in text \
-                    or text.count(LINE_END) != len(lines) - 1:
+            if not self.final and (single or '"' in text or '\r' in text or '\x00' in text \
+                    or text.count(LINE_END) != len(lines) - 1):
                 text = LINE_END.join([_line_text(row, single, self.float_columns)
                                       for row in batch])
             if lines:

@@ -9,32 +9,24 @@ them. Downloads send the chunks; a run writes them to its file.
 import contextlib
 import zlib
 
+from export import StreamOf
 from sqlexport import open_query_csv
 from typedrows import open_query_rows
 from vocab import FileFormat
 from xlsxexport import EXCEL_MAX_ROWS, XlsxStream
 
 
-class GzipStream:
+class GzipStream(StreamOf):
     """A byte-chunk stream, gzipped chunk by chunk. The gzip header carries
     no time and no name, so the same CSV always gives the same file."""
 
     def __init__(self, stream, level=6):
-        self.stream = stream
+        super().__init__(stream)
         self.level = level
-        self.bytes = 0
-
-    @property
-    def rows(self):
-        return self.stream.rows
-
-    @property
-    def truncated(self):
-        return self.stream.truncated
 
     def __iter__(self):
         packer = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: a gzip wrapper
-        for chunk in self.stream:
+        for chunk in self.inner:
             packed = packer.compress(chunk)
             if packed:
                 self.bytes += len(packed)

@@ -34,13 +34,14 @@ import os
 import re
 import tempfile
 
+from export import CHUNK_BYTES, StreamOf
+
 EXCEL_MAX_ROWS = 1048576  # rows in one sheet, the header included
 EXCEL_MAX_TEXT = 32767  # characters in one cell
 EXACT_DIGITS = 15  # significant digits a double keeps exactly
 EARLIEST_DATE = datetime.date(1900, 1, 1)
 DATE_FORMAT = 'yyyy-mm-dd'
 TIMESTAMP_FORMAT = 'yyyy-mm-dd hh:mm:ss'
-CHUNK_BYTES = 1 << 18
 _SHEET_FORBIDDEN = re.compile(r'[\[\]:*?/\\]')
 _FLOAT_WORDS = {math.inf: 'Infinity', -math.inf: '-Infinity'}
 
@@ -204,7 +205,7 @@ def writing_xlsx(rows, columns, path, *, title='Report', sheet_rows=EXCEL_MAX_RO
     yield count
 
 
-class XlsxStream:
+class XlsxStream(StreamOf):
     """A TypedRows as a finished workbook's bytes, in chunks: the workbook
     is written to a temporary file first (a zip cannot be sent before it is
     complete), then read out and removed. While it is written, an empty
@@ -213,19 +214,10 @@ class XlsxStream:
     has them."""
 
     def __init__(self, typed, title, *, tmpdir=None, sheet_rows=EXCEL_MAX_ROWS):
-        self.typed = typed
+        super().__init__(typed)
         self.title = title
         self.tmpdir = tmpdir
         self.sheet_rows = sheet_rows
-        self.bytes = 0
-
-    @property
-    def rows(self):
-        return self.typed.rows
-
-    @property
-    def truncated(self):
-        return self.typed.truncated
 
     def __iter__(self):
         if self.tmpdir:
@@ -233,7 +225,7 @@ class XlsxStream:
         fd, path = tempfile.mkstemp(suffix='.xlsx', dir=self.tmpdir)
         os.close(fd)
         try:
-            for _ in writing_xlsx(iter(self.typed), self.typed.columns, path, title=self.title,
+            for _ in writing_xlsx(iter(self.inner), self.inner.columns, path, title=self.title,
                                   sheet_rows=self.sheet_rows, tmpdir=self.tmpdir):
                 yield b''
             with open(path, 'rb') as data:
