@@ -360,8 +360,7 @@ def _mysql_fields(conn, sql, params):
     import pymysql
     cursor = conn.cursor()
     try:
-        cursor.execute('SELECT * FROM (\n%s\n) AS q LIMIT 0' % sql, params)
-        cursor.fetchall()
+        describe(cursor, sql, params)
         return list(cursor._result.fields)
     except pymysql.err.MySQLError:
         return None
