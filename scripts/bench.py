@@ -194,9 +194,10 @@ def _pymysql_sscursor(url, out):
     return export
 
 
-def run_child(way, url, out):
-    """Run one export in a fresh process; (seconds, peak RSS MB, rows)."""
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', way, url, out],
+def run_child(way, url, out, script=__file__):
+    """Run one export in a fresh process of `script` (its `--child` calls
+    child_main); (seconds, peak RSS MB, rows)."""
+    proc = subprocess.run([sys.executable, os.path.abspath(script), '--child', way, url, out],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError('%s failed: %s' % (way, proc.stderr[-2000:]))
@@ -204,8 +205,8 @@ def run_child(way, url, out):
     return info['seconds'], info['peak_mb'], info['rows']
 
 
-def child_main(way, url, out):
-    export = CHILD_WAYS[way](url, out)
+def child_main(way, url, out, ways=CHILD_WAYS):
+    export = ways[way](url, out)
     started = time.perf_counter()
     rows = export()
     seconds = time.perf_counter() - started

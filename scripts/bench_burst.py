@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,28 +32,11 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))  # the loopback services live with the tests
+from loopback import idle_turn_gaps, stop_gracefully  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get('NIGHTSHIFT_TEST_PG', 'postgresql://postgres@127.0.0.1:5432/test')
 SINK = ('import sys, time; sys.path.insert(0, %r); from loopback import SmtpSink; '
         's = SmtpSink(); s.start(); print(s.port, flush=True); time.sleep(10 ** 6)')
-
-
-def idle_turn_gaps(rows, limit):
-    """Stretches (seconds) during which a turn was free while a run of the
-    burst had not started yet, from each run's started_at and finished_at."""
-    events = sorted([(r.started_at, 1) for r in rows] + [(r.finished_at, -1) for r in rows])
-    running = started = 0
-    gaps, free_since = [], None
-    for at, step in events:
-        running += step
-        started += step == 1
-        idle = running < limit and started < len(rows)
-        if idle and free_since is None:
-            free_since = at
-        elif not idle and free_since is not None:
-            gaps.append((at - free_since).total_seconds())
-            free_since = None
-    return gaps
 
 
 def postgres_database(cleanup):
@@ -80,16 +62,6 @@ def environment(workdir, database_url, redis_url, smtp_port):
                 SMTP_HOST='127.0.0.1', SMTP_PORT=str(smtp_port),
                 MAIL_FROM='bench@nightshift.test', NIGHTSHIFT_API_TOKEN='',
                 NIGHTSHIFT_REPORT_PATHS=os.path.join(ROOT, 'reports'))
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def burst(env, code, runs, workers, consumers, log, timeout=300):
@@ -124,7 +96,7 @@ def burst(env, code, runs, workers, consumers, log, timeout=300):
             time.sleep(0.2)
     finally:
         for proc in procs:
-            stop(proc)
+            stop_gracefully(proc, timeout=30)
     rows = list(Run.select().where(Run.id.in_(ids)))
     db.close()
     done = [r for r in rows if r.status == RunStatus.DELIVERED]

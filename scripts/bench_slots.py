@@ -24,7 +24,6 @@ import datetime
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))  # the loopback services live with the tests
+from loopback import stop_gracefully  # noqa: E402
 
 
 def percentile(values, share):
@@ -78,16 +78,6 @@ def prepare(env, count, now):
             'to': ['bench@example.org'], 'timezone': 'UTC'}, now)
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def wait_for_second(second):
     """Sleep until the wall clock is `second` seconds past a minute."""
     time.sleep((second - time.time() % 60) % 60)
@@ -129,7 +119,7 @@ def measure(tick_every, schedules_count, minutes, redis_url, workdir, log, apart
             time.sleep(1)
     finally:
         for proc in procs:
-            stop(proc)
+            stop_gracefully(proc, timeout=30)
     runs = list(Run.select().where(Run.slot_at >= first, Run.slot_at <= last))
     problems = []
     seen = {}

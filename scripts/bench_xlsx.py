@@ -17,13 +17,10 @@ the driver gives it: no types looked at, no formats, one sheet per
 """
 import argparse
 import contextlib
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # before scripts/: scripts/export.py is not export.py
@@ -92,20 +89,7 @@ WAYS = {'nightshift': _nightshift, 'bare': _bare}
 
 
 def run_child(way, url, out):
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', way, url, out],
-                          cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError('%s failed: %s' % (way, proc.stderr[-2000:]))
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    return info['seconds'], info['peak_mb'], info['rows']
-
-
-def child_main(way, url, out):
-    export = WAYS[way](url, out)
-    started = time.perf_counter()
-    rows = export()
-    seconds = time.perf_counter() - started
-    print(json.dumps({'seconds': seconds, 'peak_mb': bench.peak_rss_mb(), 'rows': rows}))
+    return bench.run_child(way, url, out, script=__file__)
 
 
 def sources_for(args, workdir, cleanup, rows, tag):
@@ -176,7 +160,7 @@ def _sheets(path):
 
 def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == '--child':
-        return child_main(*sys.argv[2:5])
+        return bench.child_main(*sys.argv[2:5], ways=WAYS)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rows', type=int, default=500000, help='rows for the speed table')
     parser.add_argument('--small', type=int, default=100000)

@@ -303,3 +303,36 @@ def mariadb_url():
     with admin.cursor() as cursor:
         cursor.execute('DROP DATABASE IF EXISTS %s' % name)
     admin.close()
+
+
+def fill_items(engine, url, ddl, rows):
+    """Create and fill the table `items` as a source's owner would (not through
+    Nightshift, which never writes a source). SQLite gets its decimals as
+    floats and its dates as ISO text."""
+    import datetime
+    import decimal
+    placeholders = ', '.join(['?' if engine == 'sqlite' else '%s'] * len(rows[0]))
+    if engine == 'sqlite':
+        import sqlite3
+        import sources
+        conn = sqlite3.connect(sources.sqlite_path(url))
+        rows = [tuple(float(v) if isinstance(v, decimal.Decimal) else
+                      (v.isoformat(' ') if isinstance(v, datetime.datetime) else
+                       (v.isoformat() if isinstance(v, datetime.date) else v)) for v in row)
+                for row in rows]
+    elif engine == 'postgres':
+        import psycopg
+        conn = psycopg.connect(url)
+    else:
+        import pymysql
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        conn = pymysql.connect(host=parts.hostname, port=parts.port, user=parts.username,
+                               password=parts.password or '', database=parts.path[1:],
+                               charset='utf8mb4')
+    cursor = conn.cursor()
+    cursor.execute('DROP TABLE IF EXISTS items')
+    cursor.execute(ddl)
+    cursor.executemany('INSERT INTO items VALUES (%s)' % placeholders, rows)
+    conn.commit()
+    conn.close()

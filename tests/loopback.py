@@ -1,10 +1,12 @@
 """Throwaway services on loopback for the tests, the fault drill and the
 benchmark: a redis-server on a free port, an SMTP sink with faults (aiosmtpd,
-a dev dependency), an HTTP helper and waits. Test infrastructure, so it lives
+a dev dependency), an HTTP helper, waits, a graceful stop for spawned processes
+and the burst's idle-turn measure. Test infrastructure, so it lives
 with the tests; scripts/drill.py and scripts/bench.py put this folder on
 sys.path. Nothing in the application imports it."""
 import email
 import email.policy
+import signal
 import socket
 import subprocess
 import tempfile
@@ -26,6 +28,35 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message='condition'):
             return result
         time.sleep(interval)
     raise AssertionError('timed out after %.1fs waiting for %s' % (timeout, message))
+
+
+def stop_gracefully(proc, timeout=20):
+    """SIGINT (a consumer finishes the task in hand), then kill after `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def idle_turn_gaps(rows, limit):
+    """Stretches (seconds) during which a turn was free while a run of the
+    burst had not started yet, from each run's started_at and finished_at."""
+    events = sorted([(r.started_at, 1) for r in rows] + [(r.finished_at, -1) for r in rows])
+    running = started = 0
+    gaps, free_since = [], None
+    for at, step in events:
+        running += step
+        started += step == 1
+        idle = running < limit and started < len(rows)
+        if idle and free_since is None:
+            free_since = at
+        elif not idle and free_since is not None:
+            gaps.append((at - free_since).total_seconds())
+            free_since = None
+    return gaps
 
 
 def call(method, url, body=None):

@@ -20,7 +20,8 @@ import schedules
 from conftest import ROOT, attachment, free_port, missing, wait_until
 from demo import Customer, Order
 from models import Run, Schedule, utcnow
-from test_e2e import _get_json, spawn, stop
+from loopback import stop_gracefully
+from test_e2e import _get_json, spawn
 
 pytestmark = pytest.mark.slow
 ON_POSTGRES = pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
@@ -87,14 +88,15 @@ class Live:
 
     def close(self):
         for proc in self.procs:
-            stop(proc)
+            stop_gracefully(proc)
         for log in self.logs:
             log.close()
 
 
-@pytest.fixture
-def live(consumer_env, tmp_path):
-    server = Live(dict(consumer_env, NIGHTSHIFT_API_TOKEN=TOKEN), tmp_path)
+def serve(env, tmp_path):
+    """For a `live` fixture (`yield from`): the page's server on `env`, whose
+    logs, once it is closed, hold no traceback and not the token."""
+    server = Live(env, tmp_path)
     server.start_web()
     yield server
     server.close()
@@ -104,6 +106,11 @@ def live(consumer_env, tmp_path):
             text = log.read_text()
             assert 'Traceback' not in text, text[-3000:]
             assert TOKEN not in text
+
+
+@pytest.fixture
+def live(consumer_env, tmp_path):
+    yield from serve(dict(consumer_env, NIGHTSHIFT_API_TOKEN=TOKEN), tmp_path)
 
 
 @pytest.fixture
@@ -473,5 +480,5 @@ def test_main_command_page_with_the_outbox(browser, tmp_path):
             assert len(rows) == 501 and rows[0][0] == 'id'
         finally:
             context.close()
-            stop(server)
+            stop_gracefully(server)
     assert server.returncode == 0, (tmp_path / 'server.log').read_text()

@@ -9,7 +9,7 @@ import pytest
 from conftest import attachment
 from demo import Customer, Order
 from models import Run
-from test_browser import ARTIFACTS, ON_POSTGRES, TOKEN, Live, read_csv, statuses_of
+from test_browser import ARTIFACTS, ON_POSTGRES, TOKEN, read_csv, serve, statuses_of
 from test_browser import browser, page  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -20,15 +20,8 @@ PEOPLE = {'ann@example.org': 3, 'bob@example.org': 2, 'eve@elsewhere.net': 2}
 @pytest.fixture
 def live(consumer_env, tmp_path):
     """The page's server (and consumer, on demand) allowing mail to example.org only."""
-    server = Live(dict(consumer_env, NIGHTSHIFT_API_TOKEN=TOKEN,
-                       NIGHTSHIFT_ALLOWED_DOMAINS='example.org'), tmp_path)
-    server.start_web()
-    yield server
-    server.close()
-    for name in ('web', 'consumer'):
-        log = tmp_path / ('%s.log' % name)
-        if log.exists():
-            assert 'Traceback' not in log.read_text(), log.read_text()[-3000:]
+    yield from serve(dict(consumer_env, NIGHTSHIFT_API_TOKEN=TOKEN,
+                          NIGHTSHIFT_ALLOWED_DOMAINS='example.org'), tmp_path)
 
 
 @pytest.fixture

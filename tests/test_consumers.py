@@ -4,7 +4,6 @@ reason) when nobody ticks the enabled schedules, or when old runs wait in
 the queue with no consumer alive."""
 import datetime
 import os
-import signal
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 
 from conftest import ROOT, wait_until, web_app
 from consumers import Presence, ProcessInfo, beat, record_tick, register
+from loopback import stop_gracefully
 from models import Consumer, Run, db_now, utcnow
 from settings import Settings
 
@@ -144,16 +144,6 @@ def spawn_consumer(env, log, *options):
         stderr=subprocess.STDOUT)
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
 def test_consumers_started_with_n_make_healthz_degraded_with_the_reason(
@@ -187,7 +177,7 @@ def test_consumers_started_with_n_make_healthz_degraded_with_the_reason(
         assert res['consumers_live'] == 2
     finally:
         for proc in procs:
-            stop(proc)
+            stop_gracefully(proc)
     assert [p.returncode for p in procs] == [0, 0]
     # Stopped cleanly, they take their rows away.
     assert _health(app).json['consumers'] == []

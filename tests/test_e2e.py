@@ -2,7 +2,6 @@
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +11,7 @@ import pytest
 import demo
 from conftest import ROOT, attachment, faketime_library, free_port, wait_until
 from demo import Customer, Order
+from loopback import stop_gracefully as stop
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +20,6 @@ def spawn(args, env, log):
     full_env = dict(os.environ, **env)
     return subprocess.Popen([sys.executable] + args, cwd=ROOT, env=full_env,
                             stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)  # graceful: finish the task in hand
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_huey_consumer_process_delivers_a_posted_run(app, consumer_env, smtp_sink, tmp_path):

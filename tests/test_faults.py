@@ -9,9 +9,9 @@ import pytest
 
 import demo
 from conftest import faketime_library, free_port, missing, wait_until
-from loopback import call
+from loopback import call, stop_gracefully as stop
 from models import Run
-from test_e2e import spawn, stop
+from test_e2e import spawn
 
 pytestmark = pytest.mark.slow
 CONSUMER = ['-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2', '-k', 'thread']

@@ -16,7 +16,7 @@ import pytest
 import demo
 import sources
 import xlsxexport
-from conftest import attachment, run_queued
+from conftest import attachment, fill_items, run_queued
 from demo import Customer, Order
 from models import Run
 from typedrows import Column, open_query_rows
@@ -66,31 +66,7 @@ QUERY = 'SELECT id, name, amount, price, paid, day, at, note, delta FROM items O
 
 
 def _fill(engine, url):
-    """The table as the source's owner makes it (Nightshift never writes a source)."""
-    placeholders = ', '.join(['?' if engine == 'sqlite' else '%s'] * len(ROWS[0]))
-    rows = ROWS
-    if engine == 'sqlite':
-        conn = sqlite3.connect(sources.sqlite_path(url))
-        rows = [tuple(float(v) if isinstance(v, D) else
-                      (v.isoformat(' ') if isinstance(v, datetime.datetime) else
-                       (v.isoformat() if isinstance(v, datetime.date) else v)) for v in row)
-                for row in ROWS]
-    elif engine == 'postgres':
-        import psycopg
-        conn = psycopg.connect(url)
-    else:
-        import pymysql
-        from urllib.parse import urlsplit
-        parts = urlsplit(url)
-        conn = pymysql.connect(host=parts.hostname, port=parts.port, user=parts.username,
-                               password=parts.password or '', database=parts.path[1:],
-                               charset='utf8mb4')
-    cursor = conn.cursor()
-    cursor.execute('DROP TABLE IF EXISTS items')
-    cursor.execute(DDL[engine])
-    cursor.executemany('INSERT INTO items VALUES (%s)' % placeholders, rows)
-    conn.commit()
-    conn.close()
+    fill_items(engine, url, DDL[engine], ROWS)
 
 
 @pytest.fixture(params=['sqlite', 'postgres', 'mysql'])

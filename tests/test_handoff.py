@@ -13,6 +13,7 @@ import pytest
 import demo
 import runs
 from conftest import demo_catalogue, run_queued, wait_until
+from loopback import idle_turn_gaps
 from models import Run, db, db_now, utcnow
 from vocab import Ending, RunStatus
 
@@ -184,24 +185,6 @@ def test_a_run_never_tried_is_not_handed_a_turn(make_jobs, shop, smtp_sink):
 
 
 # --- a burst through a real consumer ------------------------------------------
-
-def idle_turn_gaps(rows, limit):
-    """Stretches (seconds) during which a turn was free while a run of the
-    burst had not started yet, from each run's started_at and finished_at."""
-    events = sorted([(r.started_at, 1) for r in rows] + [(r.finished_at, -1) for r in rows])
-    running = started = 0
-    gaps, free_since = [], None
-    for at, step in events:
-        running += step
-        started += step == 1
-        idle = running < limit and started < len(rows)
-        if idle and free_since is None:
-            free_since = at
-        elif not idle and free_since is not None:
-            gaps.append((at - free_since).total_seconds())
-            free_since = None
-    return gaps
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize('database_url', ['sqlite', 'postgres'], indirect=True)

@@ -213,7 +213,8 @@ LEGACY_SQLITE = [
 ]
 
 
-def test_a_database_of_the_previous_release_is_carried_over(tmp_path, caplog):
+def legacy_database(tmp_path):
+    """The path of a SQLite file as the previous release left it."""
     import sqlite3
     path = tmp_path / 'old.db'
     conn = sqlite3.connect(str(path))
@@ -221,6 +222,11 @@ def test_a_database_of_the_previous_release_is_carried_over(tmp_path, caplog):
         conn.execute(sql)
     conn.commit()
     conn.close()
+    return path
+
+
+def test_a_database_of_the_previous_release_is_carried_over(tmp_path, caplog):
+    path = legacy_database(tmp_path)
     caplog.set_level(logging.INFO, logger='nightshift.migrations')
     try:
         database = models.bind_database('sqlite:///%s' % path)
@@ -271,13 +277,7 @@ def test_a_foreign_table_named_run_is_not_carried_over(tmp_path, caplog):
 
 
 def test_a_schema_that_is_behind_is_not_changed_without_being_told(tmp_path):
-    import sqlite3
-    path = tmp_path / 'old.db'
-    conn = sqlite3.connect(str(path))
-    for sql in LEGACY_SQLITE:
-        conn.execute(sql)
-    conn.commit()
-    conn.close()
+    path = legacy_database(tmp_path)
     try:
         database = models.bind_database('sqlite:///%s' % path, create=False)
         database.create_tables(models.ALL_MODELS)  # made by step 1 of an older run...

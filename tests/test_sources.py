@@ -2,7 +2,6 @@
 the same SQL on SQLite, PostgreSQL and MariaDB."""
 import datetime
 import decimal
-import sqlite3
 import textwrap
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 import sources
 import sqlexport
 import sqlfiles
+from conftest import fill_items
 
 D = decimal.Decimal
 ROWS = [
@@ -38,33 +38,7 @@ QUERY = 'SELECT id, name, amount, price, paid, day, at, note FROM items ORDER BY
 
 
 def _fill(engine, url):
-    """Create and fill the table as the source's owner would (not through
-    Nightshift, which never writes a source)."""
-    placeholders = ', '.join(['?' if engine == 'sqlite' else '%s'] * 8)
-    if engine == 'sqlite':
-        conn = sqlite3.connect(sources.sqlite_path(url))
-        rows = [tuple(float(v) if isinstance(v, D) else
-                      (v.isoformat(' ') if isinstance(v, datetime.datetime) else
-                       (v.isoformat() if isinstance(v, datetime.date) else v)) for v in row)
-                for row in ROWS]
-    elif engine == 'postgres':
-        import psycopg
-        conn = psycopg.connect(url)
-        rows = ROWS
-    else:
-        import pymysql
-        from urllib.parse import urlsplit
-        parts = urlsplit(url)
-        conn = pymysql.connect(host=parts.hostname, port=parts.port, user=parts.username,
-                               password=parts.password or '', database=parts.path[1:],
-                               charset='utf8mb4')
-        rows = ROWS
-    cursor = conn.cursor()
-    cursor.execute('DROP TABLE IF EXISTS items')
-    cursor.execute(DDL[engine])
-    cursor.executemany('INSERT INTO items VALUES (%s)' % placeholders, rows)
-    conn.commit()
-    conn.close()
+    fill_items(engine, url, DDL[engine], ROWS)
 
 
 @pytest.fixture
