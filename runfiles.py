@@ -53,18 +53,16 @@ def open_report(definition, settings, typed, escape, bom):
                           timeout=definition.timeout)
 
 
-def write_report(registry, settings, run, path, on_progress=None):
-    """Write the run's file (in its format) to `path`; `on_progress(rows,
-    bytes)` as it goes. Returns the finished stream (rows, bytes, truncated).
-    A report that cannot work (its SQL fails, its file is broken, its source
-    is not configured) is a PermanentFailure; a source that does not answer
-    is not."""
+@contextlib.contextmanager
+def report_definition(registry, run):
+    """The run's report definition, for the body that reads it. A report that
+    cannot work (gone, its file broken, its source not configured, its SQL
+    failing, its saved parameters no longer fitting) becomes a
+    PermanentFailure; a source that does not answer does not."""
+    definition = None
     try:
         definition = registry.get(run.report)
-        with open_output(definition, settings, definition.parse(run.params), run.format,
-                         escape=run.escape_formulas, bom=run.bom,
-                         tmpdir=os.path.dirname(path)) as stream:
-            write_file(stream, path, on_progress=on_progress, every=0.1)
+        yield definition
     except UnknownReport:
         raise PermanentFailure('report %r no longer exists' % run.report)
     except BrokenReport as exc:
@@ -81,6 +79,17 @@ def write_report(registry, settings, run, path, on_progress=None):
     except InputError as exc:
         raise PermanentFailure('report %s: its parameters no longer fit: %s'
                                % (run.report, exc))
+
+
+def write_report(registry, settings, run, path, on_progress=None):
+    """Write the run's file (in its format) to `path`; `on_progress(rows,
+    bytes)` as it goes. Returns the finished stream (rows, bytes, truncated).
+    Failures as report_definition says."""
+    with report_definition(registry, run) as definition:
+        with open_output(definition, settings, definition.parse(run.params), run.format,
+                         escape=run.escape_formulas, bom=run.bom,
+                         tmpdir=os.path.dirname(path)) as stream:
+            write_file(stream, path, on_progress=on_progress, every=0.1)
     return stream
 
 
