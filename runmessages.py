@@ -46,12 +46,8 @@ def clean_message(data, params, title, report, current=None):
 
 
 def of_schedule(schedule):
-    """A schedule's message fields, as create_run takes them."""
+    """A schedule's (or run's) message fields, as create_run takes them."""
     return {key: getattr(schedule, key) for key in MESSAGE_FIELDS}
-
-
-def message_as_dict(record):
-    return {key: getattr(record, key) for key in MESSAGE_FIELDS}
 
 
 def installation_id():
