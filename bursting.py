@@ -33,7 +33,7 @@ from export import escape_formula
 from mail import MailError, check_address, compose
 from models import Delivery, Run, db, db_now
 from runfiles import (_published_copy, attempt_folder, local_path, open_report, package,
-                      report_definition)
+                      report_definition, store_key)
 from vocab import UNSENT, DeliveryStatus, Trigger
 
 BOM = b'\xef\xbb\xbf'
@@ -318,7 +318,7 @@ def prepare_split(registry, settings, store, attempt, *, heartbeat=None) -> str:
                               split, run.trigger != Trigger.TEST,
                               heartbeat.progress if heartbeat else None)
         path, sent_as = package(csv_path, settings)
-        key = _key(settings, path)
+        key = store_key(settings, path)
         store.save(key, path)
         saved.append(key)
         records = []
@@ -360,10 +360,6 @@ def _write_split(registry, settings, run, csv_path, parts_folder, split, write_p
                                 write_parts=write_parts, on_progress=on_progress)
 
 
-def _key(settings, path):
-    return os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
-
-
 def _part_record(settings, store, run, part, saved):
     """The delivery row for one recipient's file, its file saved to the
     store. A file too large to attach even zipped is refused for that
@@ -377,7 +373,7 @@ def _part_record(settings, store, run, part, saved):
                       error='their file is too large to attach (%d bytes, mail_max_mb); '
                             'split runs do not send links' % record['file_bytes'])
         return record
-    key = _key(settings, path)
+    key = store_key(settings, path)
     store.save(key, path)
     saved.append(key)
     record['file_key'] = key

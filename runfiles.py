@@ -43,6 +43,11 @@ def local_path(settings, key):
     return os.path.join(settings.reports_dir, *key.split('/'))
 
 
+def store_key(settings, path):
+    """The store's key for a file under reports_dir (local_path's inverse)."""
+    return os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
+
+
 def open_report(definition, settings, typed, escape, bom):
     """The report's rows on its source as a CSV stream (a context manager).
     Raises ReportSQLError / SourceUnavailable from the source, and
@@ -162,7 +167,7 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                               heartbeat.progress if heartbeat else None)
         csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
         path, sent_as = package(csv_path, settings)
-        key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
+        key = store_key(settings, path)
         store.save(key, path)
         attempt.update(rows=stream.rows, bytes=stream.bytes, truncated=stream.truncated,
                        file_name=os.path.basename(path), file_key=key,
