@@ -32,7 +32,8 @@ from errors import InputError, PermanentFailure
 from export import escape_formula
 from mail import MailError, check_address, compose
 from models import Delivery, Run, db, db_now
-from runfiles import _published_copy, attempt_folder, local_path, open_report, package
+from runfiles import (_published_copy, attempt_folder, local_path, open_report, package,
+                      report_definition, store_key)
 from vocab import UNSENT, DeliveryStatus, Trigger
 
 BOM = b'\xef\xbb\xbf'
@@ -317,7 +318,7 @@ def prepare_split(registry, settings, store, attempt, *, heartbeat=None) -> str:
                               split, run.trigger != Trigger.TEST,
                               heartbeat.progress if heartbeat else None)
         path, sent_as = package(csv_path, settings)
-        key = _key(settings, path)
+        key = store_key(settings, path)
         store.save(key, path)
         saved.append(key)
         records = []
@@ -351,32 +352,12 @@ def prepare_split(registry, settings, store, attempt, *, heartbeat=None) -> str:
 
 def _write_split(registry, settings, run, csv_path, parts_folder, split, write_parts,
                  on_progress):
-    """write_report's error handling around split_stream."""
-    from reports import BrokenReport, UnknownReport
-    from sources import ReportSQLError, UnknownSource
-    try:
-        definition = registry.get(run.report)
+    """split_stream over the run's report, failing as write_report does."""
+    with report_definition(registry, run) as definition:
         with open_report(definition, settings, definition.parse(run.params),
                          run.escape_formulas, run.bom) as stream:
             return split_stream(stream, csv_path, parts_folder, split, settings,
                                 write_parts=write_parts, on_progress=on_progress)
-    except UnknownReport:
-        raise PermanentFailure('report %r no longer exists' % run.report)
-    except BrokenReport as exc:
-        raise PermanentFailure('report %s cannot be used: %s' % (run.report, exc.error))
-    except UnknownSource as exc:
-        raise PermanentFailure('report %s reads source %r, which is not configured'
-                               % (run.report, str(exc.args[0])))
-    except ReportSQLError as exc:
-        raise PermanentFailure('report %s failed on source %s: %s'
-                               % (run.report, exc.source, exc.message))
-    except InputError as exc:
-        raise PermanentFailure('report %s: its parameters no longer fit: %s'
-                               % (run.report, exc))
-
-
-def _key(settings, path):
-    return os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
 
 
 def _part_record(settings, store, run, part, saved):
@@ -392,7 +373,7 @@ def _part_record(settings, store, run, part, saved):
                       error='their file is too large to attach (%d bytes, mail_max_mb); '
                             'split runs do not send links' % record['file_bytes'])
         return record
-    key = _key(settings, path)
+    key = store_key(settings, path)
     store.save(key, path)
     saved.append(key)
     record['file_key'] = key

@@ -43,6 +43,11 @@ def local_path(settings, key):
     return os.path.join(settings.reports_dir, *key.split('/'))
 
 
+def store_key(settings, path):
+    """The store's key for a file under reports_dir (local_path's inverse)."""
+    return os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
+
+
 def open_report(definition, settings, typed, escape, bom):
     """The report's rows on its source as a CSV stream (a context manager).
     Raises ReportSQLError / SourceUnavailable from the source, and
@@ -53,18 +58,16 @@ def open_report(definition, settings, typed, escape, bom):
                           timeout=definition.timeout)
 
 
-def write_report(registry, settings, run, path, on_progress=None):
-    """Write the run's file (in its format) to `path`; `on_progress(rows,
-    bytes)` as it goes. Returns the finished stream (rows, bytes, truncated).
-    A report that cannot work (its SQL fails, its file is broken, its source
-    is not configured) is a PermanentFailure; a source that does not answer
-    is not."""
+@contextlib.contextmanager
+def report_definition(registry, run):
+    """The run's report definition, for the body that reads it. A report that
+    cannot work (gone, its file broken, its source not configured, its SQL
+    failing, its saved parameters no longer fitting) becomes a
+    PermanentFailure; a source that does not answer does not."""
+    definition = None
     try:
         definition = registry.get(run.report)
-        with open_output(definition, settings, definition.parse(run.params), run.format,
-                         escape=run.escape_formulas, bom=run.bom,
-                         tmpdir=os.path.dirname(path)) as stream:
-            write_file(stream, path, on_progress=on_progress, every=0.1)
+        yield definition
     except UnknownReport:
         raise PermanentFailure('report %r no longer exists' % run.report)
     except BrokenReport as exc:
@@ -81,6 +84,17 @@ def write_report(registry, settings, run, path, on_progress=None):
     except InputError as exc:
         raise PermanentFailure('report %s: its parameters no longer fit: %s'
                                % (run.report, exc))
+
+
+def write_report(registry, settings, run, path, on_progress=None):
+    """Write the run's file (in its format) to `path`; `on_progress(rows,
+    bytes)` as it goes. Returns the finished stream (rows, bytes, truncated).
+    Failures as report_definition says."""
+    with report_definition(registry, run) as definition:
+        with open_output(definition, settings, definition.parse(run.params), run.format,
+                         escape=run.escape_formulas, bom=run.bom,
+                         tmpdir=os.path.dirname(path)) as stream:
+            write_file(stream, path, on_progress=on_progress, every=0.1)
     return stream
 
 
@@ -153,7 +167,7 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                               heartbeat.progress if heartbeat else None)
         csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
         path, sent_as = package(csv_path, settings)
-        key = os.path.relpath(path, settings.reports_dir).replace(os.sep, '/')
+        key = store_key(settings, path)
         store.save(key, path)
         attempt.update(rows=stream.rows, bytes=stream.bytes, truncated=stream.truncated,
                        file_name=os.path.basename(path), file_key=key,

@@ -8,7 +8,6 @@ domain>>`: the installation id is made once and kept in the state database
 resend of the run has the same one; another installation, or this one after
 its database was reset, never makes it again.
 """
-import datetime
 import os
 import secrets
 
@@ -46,12 +45,8 @@ def clean_message(data, params, title, report, current=None):
 
 
 def of_schedule(schedule):
-    """A schedule's message fields, as create_run takes them."""
+    """A schedule's (or run's) message fields, as create_run takes them."""
     return {key: getattr(schedule, key) for key in MESSAGE_FIELDS}
-
-
-def message_as_dict(record):
-    return {key: getattr(record, key) for key in MESSAGE_FIELDS}
 
 
 def installation_id():
@@ -160,8 +155,3 @@ def skip_reason(run):
 
 def sends_notice(run):
     return run.rows == 0 and run.send_rule == SendRule.NOTICE
-
-
-def expiry_text(expires):
-    return expires.strftime('%Y-%m-%d %H:%M') if isinstance(expires, datetime.datetime) \
-        else None

@@ -411,7 +411,7 @@ def schedule_as_dict(schedule, now, registry=None):
         'split_by': schedule.split_by,
         'format': schedule.format,
         'managed_by': schedule.managed_by,
-        **runmessages.message_as_dict(schedule),
+        **runmessages.of_schedule(schedule),
         'late_after': schedule.late_after,
         'webhook': hide_path(schedule.webhook_url) if schedule.webhook_url else None,
         'next_run_at': _iso(upcoming),

@@ -172,6 +172,21 @@ def test_a_missing_column_found_only_at_run_time_fails_the_run_clearly(make_jobs
     assert smtp_sink.messages == []
 
 
+def test_a_split_run_whose_sql_fails_fails_for_good_like_any_run(make_jobs, shop, smtp_sink):
+    python = Registry()
+
+    @python.report('gone', 'Gone', source='demo')
+    def gone():
+        return 'SELECT email AS owner FROM no_such_table'
+    jobs = make_jobs(registry=python)
+    run = runs.create_run(python, jobs.settings, 'gone', {}, None, split_by='owner')
+    outcome = runs.execute_run(run.id, python, jobs.settings, jobs.mailer, jobs.store)
+    run = Run.get_by_id(run.id)
+    assert outcome.status == 'failed' and run.attempts == 1
+    assert 'report gone failed on source demo' in run.error
+    assert smtp_sink.messages == []
+
+
 def test_one_query_however_many_recipients_and_the_cap(make_jobs, database, smtp_sink):
     """Twelve recipients, one statement; over max_split_recipients the run
     fails saying so and nobody gets anything."""
