@@ -11,9 +11,8 @@ import secrets
 import time
 from urllib.parse import urlencode
 
-from peewee import IntegrityError
 
-from models import AppSecret, db
+from models import AppSecret
 
 _cache = {}
 _EXPIRES = re.compile(r'[0-9]{1,12}\Z')
@@ -27,14 +26,7 @@ def signing_key(settings):
         return settings.secret_key.encode()
     url = settings.database_url
     if url not in _cache:
-        row = AppSecret.get_or_none(AppSecret.name == 'links')
-        if row is None:
-            try:
-                with db.atomic():
-                    row = AppSecret.create(name='links', value=secrets.token_urlsafe(32))
-            except IntegrityError:
-                row = AppSecret.get(AppSecret.name == 'links')
-        _cache[url] = row.value.encode()
+        _cache[url] = AppSecret.value_of('links', lambda: secrets.token_urlsafe(32)).encode()
     return _cache[url]
 
 

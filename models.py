@@ -8,8 +8,8 @@ import threading
 
 from peewee import (BigIntegerField, BlobField, BooleanField, CharField,
                     CompositeKey, DatabaseProxy, DateTimeField, FloatField, ForeignKeyField,
-                    IntegerField, InterfaceError, Model, MySQLDatabase, OperationalError,
-                    PostgresqlDatabase, TextField)
+                    IntegerField, IntegrityError, InterfaceError, Model, MySQLDatabase,
+                    OperationalError, PostgresqlDatabase, TextField)
 from playhouse.db_url import connect, parse
 from playhouse.shortcuts import ReconnectMixin
 
@@ -193,6 +193,19 @@ class AppSecret(BaseModel):
 
     class Meta:
         table_name = 'nightshift_secret'
+
+    @classmethod
+    def value_of(cls, name, make):
+        """The value kept under `name`, made with `make()` the first time;
+        two processes making it at once agree on the one that was stored."""
+        row = cls.get_or_none(cls.name == name)
+        if row is None:
+            try:
+                with db.atomic():
+                    row = cls.create(name=name, value=make())
+            except IntegrityError:
+                row = cls.get(cls.name == name)
+        return row.value
 
 
 class Consumer(BaseModel):

@@ -11,13 +11,12 @@ its database was reset, never makes it again.
 import os
 import secrets
 
-from peewee import IntegrityError
 
 import cron
 import msgtemplates
 from errors import InputError
 from mail import human_size
-from models import AppSecret, Schedule, db, utcnow
+from models import AppSecret, Schedule, utcnow
 from vocab import SendRule
 
 MESSAGE_FIELDS = msgtemplates.FIELDS + ('send_rule',)
@@ -51,14 +50,7 @@ def of_schedule(schedule):
 
 def installation_id():
     """Made once per state database and kept in it (nightshift_secret)."""
-    row = AppSecret.get_or_none(AppSecret.name == 'installation')
-    if row is None:
-        try:
-            with db.atomic():
-                row = AppSecret.create(name='installation', value=secrets.token_hex(6))
-        except IntegrityError:
-            row = AppSecret.get(AppSecret.name == 'installation')
-    return row.value
+    return AppSecret.value_of('installation', lambda: secrets.token_hex(6))
 
 
 def message_id(run, settings):
