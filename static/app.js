@@ -35,6 +35,9 @@
     });
   }
 
+  // The page's other scripts (loaded after this one) call the API the same way.
+  window.Nightshift = {api: api};
+
   // --- forms and their errors ------------------------------------------
 
   function setStatus(form, text, bad) {
