@@ -35,9 +35,6 @@
     });
   }
 
-  // The page's other scripts (loaded after this one) call the API the same way.
-  window.Nightshift = {api: api};
-
   // --- forms and their errors ------------------------------------------
 
   function setStatus(form, text, bad) {
@@ -109,6 +106,9 @@
     });
     return params;
   }
+
+  // The page's other scripts (loaded after this one) share these.
+  window.Nightshift = {api: api, enabledField: enabledField, paramsOf: paramsOf};
 
   // Fields a feature adds to a form (data-extra): sent under their data-field
   // name, a checkbox as true/false. Empty is "not given", or `emptyAs` (null:
