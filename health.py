@@ -13,7 +13,7 @@ ten times as much: building the SQL, not running it, is most of the time.
 import datetime
 
 import consumers
-from models import Consumer, Run, Schedule, db, db_now, utcnow
+from models import Run, Schedule, db, db_now, utcnow
 from vocab import RunStatus
 
 
@@ -34,7 +34,7 @@ def problems(settings, rows=None, db_time=None, now=None):
     it); `now` the web's, on which runs are queued."""
     db_time = db_time or db_now()
     now = now or utcnow()
-    rows = registered() if rows is None else rows
+    rows = consumers.registered() if rows is None else rows
     since = consumers.live_after(settings, db_time)
     live = [row for row in rows if row.heartbeat_at >= since]
     found = []
@@ -63,19 +63,9 @@ def problems(settings, rows=None, db_time=None, now=None):
     return found
 
 
-def _quote(name):
-    return '%s%s%s' % (db.obj.quote[0], name, db.obj.quote[1])
-
-
-def registered():
-    """The consumers' rows, newest first."""
-    return list(Consumer.raw('SELECT * FROM %s ORDER BY %s DESC, %s DESC' % (
-        _quote(Consumer._meta.table_name), _quote('started_at'), _quote('id'))))
-
-
 def _counts(queued_before):
     """(enabled schedules, runs queued since before `queued_before`)."""
-    param = db.obj.param
+    param, _quote = db.obj.param, consumers.quote
     return db.execute_sql(
         'SELECT (SELECT COUNT(*) FROM %s WHERE %s = %s), '
         '(SELECT COUNT(*) FROM %s WHERE %s = %s AND %s <= %s)' % (
@@ -86,10 +76,11 @@ def _counts(queued_before):
          Run.queued_at.db_value(queued_before))).fetchone()
 
 
-def report(settings):
-    """The fields /healthz adds: live consumers, the list, the problems."""
-    db_time = db_now()
-    rows = registered()
+def report(settings, db_time=None):
+    """The fields /healthz adds: live consumers, the list, the problems.
+    `db_time` is the database's clock, when the caller has just read it."""
+    db_time = db_time or db_now()
+    rows = consumers.registered()
     listed = consumers.listing(settings, db_time, rows)
     return {'consumers_live': sum(1 for c in listed if c['live']),
             'consumers': listed,

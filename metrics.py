@@ -78,21 +78,25 @@ class DatabaseCollector:
         return sorted(names)
 
     def runs(self):
-        counts = {(report, status): count for report, status, count in
-                  Run.select(Run.report, Run.status, fn.COUNT(Run.id))
-                  .group_by(Run.report, Run.status).tuples()}
+        # One pass over the runs for both families: counts and bytes per
+        # (report, status); the bytes are then added up per report.
+        counts, written = {}, {}
+        for report, status, count, size in (
+                Run.select(Run.report, Run.status, fn.COUNT(Run.id), fn.SUM(Run.bytes))
+                .group_by(Run.report, Run.status).tuples()):
+            counts[report, status] = count
+            written[report] = written.get(report, 0) + (size or 0)
         family = GaugeMetricFamily('nightshift_runs', 'Runs kept in the history, by report '
                                    'and status.', labels=['report', 'status'])
         for report in self._report_names(r for r, _ in counts):
             for status in RunStatus:
                 family.add_metric([report, status.value], counts.get((report, status), 0))
         yield family
-        written = dict(Run.select(Run.report, fn.SUM(Run.bytes)).group_by(Run.report).tuples())
         family = GaugeMetricFamily('nightshift_export_bytes', 'Bytes of CSV written by the '
                                    'runs kept in the history (so far, for running ones), by '
                                    'report.', labels=['report'])
         for report in self._report_names(written):
-            family.add_metric([report], int(written.get(report) or 0))
+            family.add_metric([report], int(written.get(report, 0)))
         yield family
 
     def queue(self, now):

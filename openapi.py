@@ -16,6 +16,9 @@ PARAM_SCHEMAS = {
     'bool': {'type': 'boolean'},
 }
 NULLABLE_STRING = {'type': 'string', 'nullable': True}
+# The `limit` of the listings (runs, notifications).
+_LIMIT = {'name': 'limit', 'in': 'query',
+          'schema': {'type': 'integer', 'minimum': 1, 'maximum': 500}}
 
 
 def _enum(vocabulary):
@@ -188,8 +191,7 @@ def build_spec(registry):
             'get': {'summary': 'runs, newest first', 'parameters': [
                 {'name': 'report', 'in': 'query', 'schema': {'type': 'string'}},
                 {'name': 'status', 'in': 'query', 'schema': _enum(RunStatus)},
-                {'name': 'limit', 'in': 'query', 'schema': {'type': 'integer', 'minimum': 1,
-                                                            'maximum': 500}}],
+                _LIMIT],
                 'responses': dict(common, **{
                     '200': {'description': 'runs', 'content': _json({
                         'type': 'object', 'required': ['runs'],
@@ -271,8 +273,7 @@ def build_spec(registry):
         'summary': 'the notification log: operator emails and webhook POSTs, newest first',
         'parameters': [
             {'name': 'status', 'in': 'query', 'schema': _enum(SendStatus)},
-            {'name': 'limit', 'in': 'query', 'schema': {'type': 'integer', 'minimum': 1,
-                                                        'maximum': 500}}],
+            _LIMIT],
         'responses': dict(common, **{
             '200': {'description': 'notifications', 'content': _json({
                 'type': 'object', 'required': ['notifications'],

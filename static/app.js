@@ -107,6 +107,9 @@
     return params;
   }
 
+  // The page's other scripts (loaded after this one) share these.
+  window.Nightshift = {api: api, enabledField: enabledField, paramsOf: paramsOf};
+
   // Fields a feature adds to a form (data-extra): sent under their data-field
   // name, a checkbox as true/false. Empty is "not given", or `emptyAs` (null:
   // back to the default) when that is set. Templates (textareas) go as typed.

@@ -4,20 +4,7 @@
 (function () {
   'use strict';
 
-  function post(url, body) {
-    return fetch(url, {
-      method: 'POST', credentials: 'same-origin', body: JSON.stringify(body),
-      headers: {'Accept': 'application/json', 'Content-Type': 'application/json'}
-    }).then(function (res) {
-      return res.text().then(function (text) {
-        var data = null;
-        try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
-        return {ok: res.ok, status: res.status, data: data};
-      });
-    }, function () {
-      return {ok: false, status: 0, data: {message: 'the server is not answering; try again'}};
-    });
-  }
+  function post(url, body) { return window.Nightshift.api('POST', url, body); }
 
   // The split column suggests the chosen report's columns.
   var report = document.getElementById('s-report');

@@ -4,19 +4,8 @@
 (function () {
   'use strict';
 
-  function post(url, body) {
-    return fetch(url, {
-      method: 'POST', credentials: 'same-origin',
-      // JSON, as every write here must be: a form from another site cannot be.
-      headers: {'Accept': 'application/json', 'Content-Type': 'application/json'},
-      body: JSON.stringify(body || {})
-    }).then(function (res) {
-      return res.json().then(function (data) { return {ok: res.ok, data: data}; },
-                             function () { return {ok: res.ok, data: {}}; });
-    }, function () {
-      return {ok: false, data: {message: 'the server is not answering; try again'}};
-    });
-  }
+  // Every write sends JSON, an empty object when there is nothing to say.
+  function post(url, body) { return window.Nightshift.api('POST', url, body || {}); }
 
   // One visible line above the runs table, kept across the table's refreshes.
   function say(text, bad) {

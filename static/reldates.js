@@ -60,25 +60,6 @@
   var timer = null;
   var asked = 0;  // a slow older answer must not replace a newer one
 
-  function field(name) {
-    var found = null;
-    form.querySelectorAll('[data-field]').forEach(function (el) {
-      if (!found && el.getAttribute('data-field') === name && !el.closest('[disabled]')) {
-        found = el;
-      }
-    });
-    return found;
-  }
-
-  function params() {
-    var values = {};
-    form.querySelectorAll('[data-field^="params."]').forEach(function (el) {
-      if (el.closest('[disabled]') || el.value === '') { return; }
-      values[el.getAttribute('data-field').slice(7)] = el.value;
-    });
-    return values;
-  }
-
   function show(text, bad) {
     box.textContent = text;
     box.classList.toggle('bad', !!bad);
@@ -91,13 +72,16 @@
   }
 
   function preview() {
-    var cron = field('cron'), report = field('report'), zone = field('timezone');
+    var field = window.Nightshift.enabledField;
+    var cron = field(form, 'cron'), report = field(form, 'report');
+    var zone = field(form, 'timezone');
+    var params = window.Nightshift.paramsOf(form);
     if (!cron || !report || !cron.value.trim()) {
       show('');
       return;
     }
     var ticket = ++asked;
-    var body = {report: report.value, params: params(), cron: cron.value.trim(),
+    var body = {report: report.value, params: params, cron: cron.value.trim(),
                 timezone: zone ? zone.value.trim() : ''};
     fetch('/api/schedule-preview', {
       method: 'POST', credentials: 'same-origin',
