@@ -91,8 +91,8 @@ class Alarms:
                                 self.settings)
         return self.record(Event.FAILED, run, first + '\n\n' + notice.body, now)
 
-    def delivered(self, run_id, now=None):
-        run = Run.get_by_id(run_id)
+    def delivered(self, run_id, now=None, run=None):
+        run = run or Run.get_by_id(run_id)
         return self.record(Event.DELIVERED, run, 'Run #%d of report %s delivered: %d rows to %d '
                            'recipient(s)' % (run.id, run.report, run.rows,
                                              len(run.recipients)), now)

@@ -12,20 +12,23 @@ from models import Delivery, Run, db, db_now, utcnow
 from vocab import UNSENT, DeliveryStatus
 
 
-def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float):
+def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float, run=None,
+            deliveries=None):
     """Mail the file to every recipient who has not got it yet. Returns why
     nothing is sent when the run's send rule says so (the run is skipped),
     else None. Decided from the finished file's rows, the same way on every
-    attempt."""
-    run = Run.get_by_id(attempt.run_id)
+    attempt. `run` and `deliveries` (all the run's, by id): as they are
+    now, when the caller has them; the deliveries' status is kept up to date."""
+    run = run or Run.get_by_id(attempt.run_id)
     skipped = runmessages.skip_reason(run)
     if skipped:
         Delivery.update(status=DeliveryStatus.SKIPPED, error=skipped) \
             .where(Delivery.run == run.id, Delivery.status.in_(UNSENT)).execute()
         return skipped
     # Typed recipients only: a split run's found ones get their own file (bursting.py).
-    targets = [d for d in run.deliveries.where(Delivery.part == False)  # noqa: E712
-               .order_by(Delivery.id) if d.status in UNSENT]
+    if deliveries is None:
+        deliveries = run.deliveries.where(Delivery.part == False).order_by(Delivery.id)  # noqa: E712
+    targets = [d for d in deliveries if not d.part and d.status in UNSENT]
     if not targets:
         return None
     to = [d.address for d in targets]

@@ -203,6 +203,8 @@ MIGRATIONS = (
      steps(add_columns('Run', 'late'), add_index('Run', 'late', 'slot_at'),
            add_columns('Schedule', 'late_after', 'webhook_url'),
            create_new_tables('Notice', 'Notification'), _judge_history)),
+    (10, 'runs served by another run of the same report and parameters (batch_of)',
+     steps(add_columns('Run', 'batch_of'), add_index('Run', 'batch_of'))),
 )
 LATEST = max(version for version, _, _ in MIGRATIONS)
 

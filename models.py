@@ -111,6 +111,8 @@ class Run(BaseModel):
     late = BooleanField(null=True)
     # What the file is written as: vocab.FileFormat (formats.py).
     format = CharField(default='csv')
+    # Served by another run's query and file (batches.py): that run's id.
+    batch_of = BigIntegerField(null=True)
 
     class Meta:
         table_name = 'nightshift_run'

@@ -144,11 +144,13 @@ def _published_copy(settings, store, run):
     return path
 
 
-def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
+def prepare_file(registry, settings, store, attempt, *, heartbeat=None, share=False) -> str:
     """The run's finished file: reused when a complete one is kept, else
     built from scratch in this attempt's own folder and published with a
     fenced write. Returns the local path; LostOwnership if the run was taken
-    from this attempt (nothing it made is left behind)."""
+    from this attempt (nothing it made is left behind). With `share` the
+    file as written is also kept at shared_source() for the runs of its
+    batch (batches.py)."""
     run = Run.get_by_id(attempt.run_id)
     reused = _published_copy(settings, store, run)
     if reused:
@@ -165,6 +167,8 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                        sent_as=None)
         stream = write_report(registry, settings, run, csv_path,
                               heartbeat.progress if heartbeat else None)
+        if share:
+            os.link(csv_path, shared_source(settings, attempt))
         csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
         path, sent_as = package(csv_path, settings)
         key = store_key(settings, path)
@@ -173,6 +177,49 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None) -> str:
                        file_name=os.path.basename(path), file_key=key,
                        file_bytes=os.path.getsize(path), sent_as=sent_as,
                        heartbeat_at=db_now())
+    except LostOwnership:
+        if key is not None:
+            store.delete(key)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return path
+
+
+def shared_source(settings, attempt):
+    """Where a batch's leader keeps its file as written (before its own name
+    and packaging) for its companions to copy."""
+    return os.path.join(attempt_folder(settings, attempt), 'shared')
+
+
+def publish_shared(settings, store, attempt, run, source, title, written) -> str:
+    """A companion's own copy of its batch's file (`source`; `written` has
+    its rows, bytes and truncated): named by the companion's template,
+    packaged, stored and recorded with a fenced write, as prepare_file does
+    for a file it built, and on `run` (its row, read once for the batch).
+    Returns the local path."""
+    folder = attempt_folder(settings, attempt)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
+    path = os.path.join(folder, '%s-%s%s' % (run.report, stamp,
+                                             EXTENSIONS[check_format(run.format)]))
+    try:
+        # A link costs nothing and the two names are deleted independently.
+        os.link(source, path)
+    except OSError:
+        shutil.copyfile(source, path)
+    key = None
+    try:
+        path, sent_as = package(name_file(run, settings, title, path, written), settings)
+        key = store_key(settings, path)
+        store.save(key, path)
+        # No heartbeat here: the leader's beats the batch (runs.Heartbeat).
+        values = dict(rows=written.rows, bytes=written.bytes, truncated=written.truncated,
+                      file_name=os.path.basename(path), file_key=key,
+                      file_bytes=os.path.getsize(path), sent_as=sent_as)
+        attempt.update(**values)
+        for name, value in values.items():
+            setattr(run, name, value)
     except LostOwnership:
         if key is not None:
             store.delete(key)

@@ -6,10 +6,12 @@ Its files are runfiles.py's, its mail delivery.py's, its JSON runviews.py's.
 Plain functions: the Huey task, the web server, the command line and the
 tests all call these.
 """
+import contextlib
 import contextvars
 import datetime
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
@@ -17,17 +19,20 @@ from typing import NamedTuple, Optional
 
 from peewee import Case, PostgresqlDatabase, fn
 
-import reldates
+import batches
 import bursting
+import reldates
+import turns
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
 from formats import check_format, check_split
-from logformat import note, run_fields
+from logformat import about_run, note, run_fields
 from mail import MailError, check_address
 from models import Delivery, Run, db, db_now, utcnow
 from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
-from runfiles import discard_files, drop_working_copy, prepare_file, remove_work_files
+from runfiles import (discard_files, drop_working_copy, prepare_file, publish_shared,
+                      remove_work_files, shared_source)
 from runmessages import clean_message
 from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
@@ -108,11 +113,13 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
     return run
 
 
-def mark_failed(run_id, reason, now=None):
+def mark_failed(run_id, reason, now=None, *, only_queued=False):
     """Record a run that is not in a worker's hands as failed for good (its
-    task could not be queued, or the reaper gave up). True if it changed."""
+    task could not be queued, or the reaper gave up). True if it changed.
+    `only_queued`: unless a worker has it meanwhile (a batch, batches.py)."""
+    unfinished = (Run.status == RunStatus.QUEUED) if only_queued else Run.status.not_in(FINAL)
     return bool(Run.update(status=RunStatus.FAILED, error=reason, finished_at=now or utcnow())
-                .where(Run.id == run_id, Run.status.not_in(FINAL)).execute())
+                .where((Run.id == run_id) & unfinished).execute())
 
 
 def record_wait(run_id, next_attempt_at):
@@ -159,6 +166,10 @@ def claim(run_id, now=None, report=None, limit=None):
     run is not queued or (with `limit`) `report` already has `limit` runs in
     progress. `now` defaults to the database's clock, the one every
     heartbeat and the reaper use."""
+    if limit and turns.in_progress(report) >= limit:
+        # Read first, without taking the write lock (SQLite has one for the
+        # whole database): in a burst most runs find every turn taken.
+        return None
     with db.atomic():
         condition = (Run.id == run_id) & (Run.status == RunStatus.QUEUED)
         if limit:
@@ -167,14 +178,15 @@ def claim(run_id, now=None, report=None, limit=None):
                 # run as not yet running: claims of one report take turns.
                 db.execute_sql('SELECT pg_advisory_xact_lock(%s)', (_report_lock_key(report),))
             busy = Run.alias('busy')
-            in_progress = (busy.select(fn.COUNT(busy.id))
+            # A batch (batches.py) is one query on the source: one turn.
+            in_progress = (busy.select(fn.COUNT(fn.DISTINCT(fn.COALESCE(busy.batch_of, busy.id))))
                            .where((busy.report == report) & (busy.status == RunStatus.RUNNING)
                                   # A download streams in the web server, not a worker.
                                   & (busy.trigger != Trigger.DOWNLOAD)))
             condition &= (in_progress < limit)
         now = now or db_now()
         if not (Run.update(status=RunStatus.RUNNING, attempts=Run.attempts + 1, started_at=now,
-                           heartbeat_at=now, next_attempt_at=None)
+                           heartbeat_at=now, next_attempt_at=None, batch_of=None)
                 .where(condition).execute()):
             return None
         number = Run.select(Run.attempts).where(Run.id == run_id).scalar()
@@ -217,9 +229,11 @@ class Heartbeat:
     progress step, that the run is no longer its own (`lost`), and stops.
     """
 
-    def __init__(self, attempt, every):
+    def __init__(self, attempt, every, batch=False):
         self.attempt = attempt
         self.every = every
+        # The attempt leads a batch: its companions are beaten with it.
+        self.batch = batch
         self.rows = self.bytes = None
         self.lost = False
         self._stop = threading.Event()
@@ -248,6 +262,8 @@ class Heartbeat:
                     values.update({Run.rows: Case(None, [(writing, self.rows)], Run.rows),
                                    Run.bytes: Case(None, [(writing, self.bytes)], Run.bytes)})
                 try:
+                    if self.batch:
+                        batches.beat(self.attempt.run_id, values[Run.heartbeat_at])
                     if not Run.update(values).where(self.attempt.owned()).execute():
                         self.lost = True
                         logger.warning('run %d: attempt %d no longer owns it (taken back '
@@ -277,7 +293,7 @@ class Outcome(NamedTuple):
 
 
 def execute_run(run_id: int, registry, settings, mailer, store, *,
-                clock=time.monotonic) -> Outcome:
+                clock=time.monotonic, on_companion=None) -> Outcome:
     """Build the run's file and deliver it, once, by whichever worker claims it.
 
     Idempotent: a run that is not queued is left alone; a re-run rebuilds an
@@ -285,19 +301,27 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     Every failure after the claim is recorded on the run (fenced by the
     attempt) and comes back as an Outcome; database errors before the claim
     propagate for the caller to retry.
+
+    With `on_companion(run_id, outcome, run)` a fresh run also serves other
+    fresh runs of its report with the same parameters (batches.py); each
+    one's outcome is told there (a released one as a retry with no delay,
+    and no row).
     """
-    run = Run.get_or_none(Run.id == run_id)
+    # The status and report alone until the run is claimed: in a burst most
+    # tasks find their run served already by another's query (batches.py)
+    # or every turn taken, and reading the whole row costs more than that.
+    run = Run.select(Run.status, Run.report).where(Run.id == run_id).first()
     if run is None or run.status != RunStatus.QUEUED:
         return Outcome(Ending.IDLE)
     note(report=run.report)
     try:
         definition = registry.get(run.report)
     except (UnknownReport, BrokenReport) as exc:
-        mark_failed(run.id, 'report %r no longer exists' % run.report
+        mark_failed(run_id, 'report %r no longer exists' % run.report
                     if isinstance(exc, UnknownReport)
                     else 'report %s cannot be used: %s' % (run.report, exc.error))
         return Outcome(Ending.FAILED)
-    attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
+    attempt = claim(run_id, report=run.report, limit=settings.max_concurrent_per_report)
     if attempt is None:
         if Run.select(Run.status).where(Run.id == run_id).scalar() != RunStatus.QUEUED:
             return Outcome(Ending.IDLE)
@@ -306,15 +330,34 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
         # report to end hands it its turn. Then claim again: a run that
         # ended between the two may have looked before this one waited.
         record_wait(run_id, Run.queued_at)
-        attempt = claim(run.id, report=run.report, limit=settings.max_concurrent_per_report)
+        attempt = claim(run_id, report=run.report, limit=settings.max_concurrent_per_report)
         if attempt is None:
             return Outcome(Ending.BUSY)
+    companions = []
+    if on_companion is not None and settings.batch_runs > 1:
+        run = Run.get_by_id(run_id)  # as this attempt claimed it
+        if batches.can_lead(run, attempt):
+            companions = batches.claim_companions(attempt, run, settings.batch_runs - 1)
     try:
-        _attempt(attempt, definition, registry, settings, mailer, store, clock)
+        return _settle(attempt, settings, store, lambda: _attempt(
+            attempt, definition, registry, settings, mailer, store, clock,
+            companions, on_companion))
+    finally:
+        if companions:
+            for released in batches.release(attempt.run_id, 'run %d, which was to serve '
+                                            'it, stopped first' % attempt.run_id):
+                on_companion(released, Outcome(Ending.RETRY, 0), None)
+
+
+def _settle(attempt, settings, store, work) -> Outcome:
+    """Do `work` for the attempt; what became of it, recorded on the run."""
+    try:
+        work()
     except LostOwnership as exc:
-        if Run.select(Run.status).where(Run.id == run_id).scalar() == RunStatus.CANCELLED:
+        if Run.select(Run.status).where(Run.id == attempt.run_id).scalar() \
+                == RunStatus.CANCELLED:
             # Cancelled (control.cancel_run): nothing was sent; nothing is kept.
-            discard_files(settings, store, run_id)
+            discard_files(settings, store, attempt.run_id)
             logger.info('run %d: cancelled; attempt %d stopped and sent nothing',
                         *attempt)
             return Outcome(Ending.CANCELLED)
@@ -331,10 +374,11 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     return Outcome(Ending.DELIVERED)
 
 
-def _attempt(attempt, definition, registry, settings, mailer, store, clock):
+def _attempt(attempt, definition, registry, settings, mailer, store, clock,
+             companions=(), on_companion=None):
     started = clock()
     split = Run.select(Run.split_by).where(Run.id == attempt.run_id).scalar()
-    with Heartbeat(attempt, settings.progress_every) as heartbeat:
+    with Heartbeat(attempt, settings.progress_every, batch=bool(companions)) as heartbeat:
         if split:
             # Each recipient found in the data gets their own rows (bursting.py).
             path = bursting.prepare_split(registry, settings, store, attempt,
@@ -342,15 +386,60 @@ def _attempt(attempt, definition, registry, settings, mailer, store, clock):
             skipped = bursting.deliver_split(attempt, definition.title, path, settings, mailer,
                                              seconds=clock() - started)
         else:
-            path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat)
+            path = prepare_file(registry, settings, store, attempt, heartbeat=heartbeat,
+                                share=bool(companions))
+            built = clock() - started
             skipped = deliver(attempt, definition.title, path, settings, mailer,
-                              seconds=clock() - started)
+                              seconds=built)
+            if companions:
+                # The leader's own recipients first; the leader is recorded
+                # last, so its heartbeat covers the whole batch.
+                _serve_companions(attempt, companions, definition, settings, mailer, store,
+                                  built, on_companion)
+    _finish(attempt, settings, store, skipped)
+
+
+def _serve_companions(leader, companions, definition, settings, mailer, store, built,
+                      on_companion):
+    """Each companion its own copy of the leader's file, its own message and
+    records; its outcome told to `on_companion` as it is known."""
+    source = shared_source(settings, leader)
+    written = Run.select(Run.rows, Run.bytes, Run.truncated) \
+        .where(Run.id == leader.run_id).get()
+    # Their rows and deliveries read once for the batch, not per run: each
+    # is only this batch's to change while it runs (fenced writes say so).
+    ids = [member.run_id for member in companions]
+    rows = {run.id: run for run in Run.select().where(Run.id.in_(ids))}
+    deliveries = {run_id: [] for run_id in ids}
+    for delivery in Delivery.select().where(Delivery.run.in_(ids)).order_by(Delivery.id):
+        deliveries[delivery.run_id].append(delivery)
+
+    def serve(member, run):
+        path = publish_shared(settings, store, member, run, source, definition.title, written)
+        skipped = deliver(member, definition.title, path, settings, mailer, seconds=built,
+                          run=run, deliveries=deliveries[run.id])
+        _finish(member, settings, store, skipped, deliveries[run.id])
+    try:
+        for member in companions:
+            with about_run(member.run_id, definition.name):
+                run = rows[member.run_id]
+                outcome = _settle(member, settings, store, lambda: serve(member, run))
+                on_companion(member.run_id, outcome, run)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+
+
+def _finish(attempt, settings, store, skipped, deliveries=None):
+    """Record how the attempt ended once its mail went out (or was not to).
+    `deliveries`: all the run's, as deliver() left them, when the caller has them."""
     if skipped:
         # The send rule said no (no rows): a recorded run, nothing sent.
         attempt.update(status=RunStatus.SKIPPED, finished_at=utcnow(), error=skipped)
         drop_working_copy(settings, store, attempt.run_id)
         return
-    deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
+    if deliveries is None:
+        deliveries = list(Delivery.select().where(Delivery.run == attempt.run_id))
     refused = [d for d in deliveries if d.status == DeliveryStatus.REFUSED]
     if refused and len(refused) == len(deliveries):
         raise PermanentFailure('every recipient was refused: %s' % '; '.join(

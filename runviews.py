@@ -47,6 +47,9 @@ def run_as_dict(run, deliveries=None):
         'late': run.late,
         'escape_formulas': run.escape_formulas,
         'rerun_of': run.rerun_of,
+        # Served by that run's query and file (a burst of the same report
+        # and parameters, batches.py).
+        'batch_of': run.batch_of,
         'requested_by': run.requested_by,
         # Bursting: the split column and what the split found (refused rows
         # and their addresses among it); a test's slot.

@@ -106,6 +106,12 @@ def _at_least_one(why=''):
     return check
 
 
+def _batch_size(value):
+    # Its runs' ids go in one IN (...) list: well within every engine's limit.
+    if not 1 <= value <= 1000:
+        raise ValueError('must be from 1 to 1000')
+
+
 def _positive(value):
     if value <= 0:
         raise ValueError('must be more than 0')
@@ -269,6 +275,10 @@ SETTINGS = (
     S('allowed_domains', str, '', 'if set, recipients only at these domains (comma-separated)'),
     S('max_rows', int, 10000000, 'rows per report; longer ones are cut and the email says so'),
     S('max_concurrent_per_report', int, 2, 'runs of one report in progress at once'),
+    S('batch_runs', int, 500,
+      'runs of one report with the same parameters that one query serves when they are '
+      'queued together (a burst); each is still mailed and recorded on its own; 1: every '
+      'run queries alone (at most 1000)', check=_batch_size),
     S('csv_bom', bool, True, 'start files meant for people with a UTF-8 BOM (for Excel)'),
     S('timezone', str, 'UTC', 'default IANA timezone of schedules', check=cron.check_timezone),
     S('catchup_hours', float, 24.0,

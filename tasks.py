@@ -14,6 +14,7 @@ from huey.signals import SIGNAL_INTERRUPTED
 from peewee import IntegrityError
 
 from alarms import Alarms
+import batches
 from clock import Beat, ClockedRedisHuey, ClockedSqliteHuey
 import consumers
 import history
@@ -113,11 +114,15 @@ class Jobs:
                 # a run that is nearly done finish.
                 runs.wait_while_running(run_id, HAND_BACK_GRACE,
                                         sending_grace=settings.smtp_timeout + 1)
-                if runs.hand_back(run_id, 'worker stopped during the run; running it again'):
+                reason = 'worker stopped during the run; running it again'
+                handed = [run_id] if runs.hand_back(run_id, reason) else []
+                # The runs it was serving with its file go back too (batches.py).
+                handed += batches.release(run_id, reason)
+                for handed_id in handed:
                     # Straight into the schedule, not the queue: a worker thread
                     # of this dying process could pop it from the queue and die
                     # with it. By the time it is due, this process is gone.
-                    huey.add_schedule(run_report.s(run_id, delay=2))
+                    huey.add_schedule(run_report.s(handed_id, delay=2))
 
         @huey.on_shutdown()
         def stop_worker():
@@ -206,7 +211,7 @@ class Jobs:
         try:
             with about_run(run_id):
                 outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
-                                           self.store)
+                                           self.store, on_companion=self.companion_ended)
                 if outcome.status not in (Ending.IDLE, Ending.BUSY):
                     # First of all: the turn this run held goes to a waiting run.
                     self.pass_turn(run_id)
@@ -228,6 +233,21 @@ class Jobs:
         elif outcome.status == Ending.RETRY:
             raise RetryTask(delay=outcome.delay) if outcome.delay else RetryTask()
         return outcome.status.value
+
+    def companion_ended(self, run_id, outcome, run=None):
+        """A run served with another run's file (batches.py) ended: told as
+        its own task would have been; a retry or a release is queued anew."""
+        if outcome.status == Ending.DELIVERED:
+            self._announce(lambda run_id: self.alarms.delivered(run_id, run=run), run_id)
+        elif outcome.status == Ending.FAILED:
+            self.notify_failed(run_id)
+        elif outcome.status == Ending.RETRY:
+            try:
+                self.run_report.schedule((run_id,), delay=outcome.delay or 0)
+            except Exception:
+                # Recorded as queued already: the reaper queues it again.
+                logger.exception('could not queue run %s again', run_id,
+                                 extra=run_fields(run_id))
 
     def pass_turn(self, run_id):
         """Enqueue the oldest runs of `run_id`'s report waiting for a turn,
@@ -260,7 +280,7 @@ class Jobs:
             self.run_report(run.id)
         except Exception as exc:
             reason = 'queue unavailable: %s' % type(exc).__name__
-            runs.mark_failed(run.id, reason)
+            runs.mark_failed(run.id, reason, only_queued=True)
             raise QueueUnavailable(reason) from exc
 
     def queue_ok(self):

@@ -28,7 +28,8 @@ logger = logging.getLogger('nightshift.turns')
 def in_progress(report):
     """Runs of `report` holding a turn (a download streams in the web
     server, not a worker: it holds none)."""
-    return (Run.select(fn.COUNT(Run.id))
+    # A batch (batches.py) is one query on the source: one turn.
+    return (Run.select(fn.COUNT(fn.DISTINCT(fn.COALESCE(Run.batch_of, Run.id))))
             .where(Run.report == report, Run.status == RunStatus.RUNNING,
                    Run.trigger != Trigger.DOWNLOAD).scalar())
 

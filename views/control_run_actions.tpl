@@ -2,6 +2,9 @@
 % if run.rerun_of:
 <br><small>re-run of <a href="#run-{{run.rerun_of}}">#{{run.rerun_of}}</a></small>
 % end
+% if run.batch_of:
+<br><small>with run <a href="#run-{{run.batch_of}}">#{{run.batch_of}}</a>'s query</small>
+% end
 % if run.trigger == 'download' and run.requested_by:
 <br><small>downloaded by {{run.requested_by}}</small>
 % end

@@ -1,0 +1,222 @@
+"""A burst of runs of one report with the same parameters is served by one
+query (batches.py): one file, shared; each run still its own message,
+Message-ID, file copy, delivery records and outcome. Shown against real
+SQLite/PostgreSQL state, a real source and a real SMTP sink: the report
+below returns a random nonce, so equal nonces in two attachments prove
+they came from one execution of the query."""
+import pytest
+
+import batches
+import control
+import demo
+import runs
+from conftest import attachment, run_queued
+from loopback import SmtpSink
+from models import Delivery, Run, db
+from reports import Catalogue
+from vocab import DeliveryStatus, Ending, RunStatus
+
+NONCE_REPORT = """/*
+title: Nonce
+description: The customers, and a number drawn once per execution of the query.
+source: demo
+params:
+  min_id: {type: int, default: 0}
+*/
+SELECT c.id, c.name, (SELECT abs(random()) FROM customer LIMIT 1) AS nonce
+FROM customer c
+WHERE c.id >= :min_id
+ORDER BY c.id
+"""
+
+
+@pytest.fixture
+def catalogue(tmp_path):
+    folder = tmp_path / 'team-reports'
+    folder.mkdir()
+    (folder / 'nonce.sql').write_text(NONCE_REPORT)
+    return Catalogue([str(folder)])
+
+
+@pytest.fixture
+def shop(database):
+    demo.seed(customers=12, orders=30)
+
+
+def queue(jobs, to, params=None, **options):
+    run = runs.create_run(jobs.registry, jobs.settings, 'nonce', params or {}, [to], **options)
+    jobs.enqueue_run(run)
+    return run.id
+
+
+def nonces(message):
+    name, data = attachment(message)
+    lines = data.decode('utf-8-sig').splitlines()[1:]
+    return {line.rsplit(',', 1)[1] for line in lines}, name
+
+
+def by_recipient(sink):
+    return {m['to'][0]: m['message'] for m in sink.messages}
+
+
+def test_a_burst_of_one_report_is_served_by_one_query_each_run_its_own_message(
+        make_jobs, catalogue, shop, smtp_sink):
+    jobs = make_jobs(registry=catalogue)
+    ids = [queue(jobs, 'p%d@example.org' % i,
+                 message={'subject': 'For p%d: {{ rows }} rows' % i} if i == 3 else None)
+           for i in range(6)]
+    other = queue(jobs, 'other@example.org', {'min_id': 5})
+    run_queued(jobs, limit=20)
+
+    done = {r.id: r for r in Run.select()}
+    assert all(r.status == RunStatus.DELIVERED for r in done.values())
+    # The first run led; the other five rode on its query; the run with
+    # other parameters had its own.
+    assert [done[i].batch_of for i in ids] == [None] + [ids[0]] * 5
+    assert done[other].batch_of is None
+    messages = by_recipient(smtp_sink)
+    assert len(smtp_sink.messages) == 7
+    seen = {address: nonces(message) for address, message in messages.items()}
+    shared = {frozenset(values) for address, (values, _) in seen.items()
+              if address != 'other@example.org'}
+    assert len(shared) == 1 and len(next(iter(shared))) == 1
+    assert seen['other@example.org'][0] != next(iter(shared))
+    # Each its own Message-ID and template; the same rows in every file.
+    assert len({m['Message-ID'] for m in messages.values()}) == 7
+    assert messages['p3@example.org']['Subject'] == 'For p3: 12 rows'
+    assert all(done[i].rows == 12 for i in ids)
+    # Each run keeps its own file: deleting one leaves the others.
+    keys = {done[i].file_key for i in ids}
+    assert len(keys) == 6
+    assert all(jobs.store.exists(key) for key in keys)
+    jobs.store.delete(done[ids[1]].file_key)
+    assert jobs.store.exists(done[ids[2]].file_key)
+    # Every delivery recorded sent, once.
+    assert Delivery.select().where(Delivery.status == DeliveryStatus.SENT).count() == 7
+
+
+def test_a_batch_holds_one_turn_of_its_report(make_jobs, catalogue, shop, smtp_sink):
+    jobs = make_jobs(registry=catalogue, max_concurrent_per_report=1)
+    first, second, third = (queue(jobs, '%s@example.org' % n) for n in 'abc')
+    jobs.huey.dequeue()
+    attempt = runs.claim(first, report='nonce', limit=1)
+    companions = batches.claim_companions(attempt, Run.get_by_id(first), 10)
+    assert [c.run_id for c in companions] == [second, third]
+    import turns
+    assert turns.in_progress('nonce') == 1
+    # Given back unserved: queued as never tried, no batch, tasks again.
+    assert sorted(batches.release(first, 'its worker stopped')) == [second, third]
+    for run_id in (second, third):
+        run = Run.get_by_id(run_id)
+        assert (run.status, run.attempts, run.batch_of) == (RunStatus.QUEUED, 0, None)
+    assert turns.in_progress('nonce') == 1
+
+
+def test_a_companion_refused_for_now_retries_alone_with_the_same_file(
+        make_jobs, catalogue, shop, smtp_sink):
+    jobs = make_jobs(registry=catalogue)
+    smtp_sink.refuse['b@example.org'] = '451 4.3.0 try again later'
+    ids = [queue(jobs, '%s@example.org' % n) for n in 'abc']
+    run_queued(jobs, limit=1)  # the first run's task: the whole batch
+    late = Run.get_by_id(ids[1])
+    assert late.status == RunStatus.QUEUED and late.batch_of == ids[0]
+    assert '451' in late.error and late.file_key
+    assert [Run.get_by_id(i).status for i in (ids[0], ids[2])] == [RunStatus.DELIVERED] * 2
+    # Its retry is queued (delay 0 in tests) and sends the file it had.
+    del smtp_sink.refuse['b@example.org']
+    run_queued(jobs, limit=5)
+    assert Run.get_by_id(ids[1]).status == RunStatus.DELIVERED
+    messages = by_recipient(smtp_sink)
+    assert nonces(messages['b@example.org'])[0] == nonces(messages['a@example.org'])[0]
+    assert len(smtp_sink.messages) == 3
+
+
+def test_a_leader_whose_query_fails_fails_alone_and_its_companions_are_queued_again(
+        make_jobs, catalogue, shop, smtp_sink, tmp_path):
+    jobs = make_jobs(registry=catalogue)
+    ids = [queue(jobs, '%s@example.org' % n) for n in 'abc']
+    # The table the report reads is gone: each run fails, for good, alone.
+    db.execute_sql('DROP TABLE "order"')
+    db.execute_sql('DROP TABLE customer')
+    run_queued(jobs, limit=10)
+    done = [Run.get_by_id(i) for i in ids]
+    assert [r.status for r in done] == [RunStatus.FAILED] * 3
+    assert all('customer' in r.error for r in done)
+    assert all(r.attempts == 1 for r in done)
+    assert smtp_sink.messages == []
+
+
+def test_a_companion_cancelled_while_the_batch_mails_is_not_sent(
+        make_jobs, catalogue, shop):
+    """Cancelled at the moment the leader's own message is handed over: the
+    companion is found cancelled at its fenced write, sends nothing, keeps
+    nothing; the rest of the batch goes on."""
+    ids = []
+
+    class CancellingSink(SmtpSink):
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address == 'a@example.org':
+                control.cancel_run(jobs.settings, jobs.store, ids[1], by='test')
+            return await super().handle_RCPT(server, session, envelope, address,
+                                              rcpt_options)
+    sink = CancellingSink()
+    sink.start()
+    try:
+        jobs = make_jobs(registry=catalogue, env={'SMTP_PORT': str(sink.port)})
+        ids.extend(queue(jobs, '%s@example.org' % n) for n in 'abc')
+        run_queued(jobs, limit=5)
+        cancelled = Run.get_by_id(ids[1])
+        assert cancelled.status == RunStatus.CANCELLED and cancelled.file_key is None
+        assert Run.get_by_id(ids[2]).status == RunStatus.DELIVERED
+        assert sorted(m['to'][0] for m in sink.messages) == ['a@example.org', 'c@example.org']
+    finally:
+        sink.stop()
+
+
+def test_runs_that_cannot_share_a_file_are_not_batched(make_jobs, catalogue, shop, smtp_sink):
+    jobs = make_jobs(registry=catalogue)
+    lead = queue(jobs, 'a@example.org')
+    other_format = queue(jobs, 'b@example.org', file_format='csv.gz')
+    no_escape = queue(jobs, 'c@example.org', escape_formulas=False)
+    split = runs.create_run(jobs.registry, jobs.settings, 'nonce', {}, None, split_by='name')
+    test_send = runs.create_run(jobs.registry, jobs.settings, 'nonce', {}, ['d@example.org'],
+                                trigger='test')
+    # Recorded by the command line, which runs it in its own process.
+    cli = runs.create_run(jobs.registry, jobs.settings, 'nonce', {}, ['e@example.org'],
+                          trigger='cli')
+    attempt = runs.claim(lead, report='nonce', limit=2)
+    assert batches.claim_companions(attempt, Run.get_by_id(lead), 10) == []
+    for run_id in (other_format, no_escape, split.id, test_send.id, cli.id):
+        assert Run.get_by_id(run_id).status == RunStatus.QUEUED
+
+
+def test_with_batch_runs_1_every_run_queries_alone(make_jobs, catalogue, shop, smtp_sink):
+    jobs = make_jobs(registry=catalogue, batch_runs=1)
+    ids = [queue(jobs, '%s@example.org' % n) for n in 'ab']
+    run_queued(jobs, limit=5)
+    assert [Run.get_by_id(i).batch_of for i in ids] == [None, None]
+    first, second = (nonces(m['message'])[0] for m in smtp_sink.messages)
+    assert first != second
+
+
+def test_the_batch_size_is_a_checked_setting(make_settings):
+    from settings import SettingsError
+    for bad in ('0', '1001', 'many'):
+        with pytest.raises(SettingsError, match='batch_runs'):
+            make_settings({'NIGHTSHIFT_BATCH_RUNS': bad})
+
+
+def test_companion_outcomes_reach_the_task_layer(make_jobs, catalogue, shop, smtp_sink):
+    """execute_run tells each companion's outcome; without a listener (the
+    command line) a run serves itself only."""
+    jobs = make_jobs(registry=catalogue)
+    ids = [queue(jobs, '%s@example.org' % n) for n in 'ab']
+    assert runs.execute_run(ids[0], jobs.registry, jobs.settings, jobs.mailer,
+                            jobs.store).status == Ending.DELIVERED
+    assert Run.get_by_id(ids[1]).status == RunStatus.QUEUED
+    told = []
+    third = queue(jobs, 'c@example.org')
+    runs.execute_run(ids[1], jobs.registry, jobs.settings, jobs.mailer, jobs.store,
+                     on_companion=lambda run_id, outcome, run: told.append(
+                         (run_id, outcome.status)))
+    assert told == [(third, Ending.DELIVERED)]
