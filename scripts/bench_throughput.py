@@ -403,16 +403,17 @@ Outcome = collections.namedtuple('Outcome', [
 NAN = float('nan')
 
 
-def wait_for_runs(system, runs_query, count, timeout, stall=60):
+def wait_for_runs(system, runs_query, count, timeout, stall=60, quiet_until=0.0):
     """Poll until `count` runs of `runs_query` have ended and the sink holds
     as many messages as there are delivered runs; give up after `timeout`
-    s, or after `stall` s without progress. Returns whether they did."""
+    s, or after `stall` s without progress (counted from `quiet_until`, an
+    epoch time such as a slot still ahead). Returns whether they did."""
     from peewee import fn
 
     from models import Run
     from vocab import FINAL, RunStatus
     deadline = time.monotonic() + timeout
-    last, moved = None, time.monotonic()
+    last, moved = None, time.monotonic() + max(0.0, quiet_until - time.time())
     while time.monotonic() < deadline:
         statuses = dict(runs_query().select(Run.status, fn.COUNT(Run.id))
                         .group_by(Run.status).tuples())
@@ -549,7 +550,7 @@ def slot_burst(system, count, real_slot=True, limit=None, timeout=600):
                       flush=True)
         of_slot = Run.select().where(Run.schedule.is_null(False), Run.slot_at == slot)
         done = wait_for_runs(system, lambda: of_slot, count,
-                             timeout + max(0.0, started - time.time()))
+                             timeout + max(0.0, started - time.time()), quiet_until=started)
         after = system.cpu(procs)
     runs = list(of_slot)
     Schedule.delete().execute()
@@ -702,16 +703,17 @@ def render(outcomes, rates, turns, runs, workers, postgres, command):
     for result in outcomes:
         if result.kind.startswith('due in one slot'):
             lines.append('Due in one slot: %s schedules, cron on the slot\'s minute, '
-                         '`max_schedules` and `max_runs_per_tick` at least %s (their defaults, '
-                         '200 and 100, allow no bigger slot, and spread a slot of over 100 runs '
-                         'over ticks); the tick made their runs %.2f-%.2f s after the %s, the '
-                         'clock runs from it to the last delivery.'
+                         '`max_schedules` and `max_runs_per_tick` raised to %s where their '
+                         'defaults are lower (200 and 100: no bigger slot, and a slot of over '
+                         '100 runs spread over ticks); the tick made their runs %.2f-%.2f s '
+                         'after the %s, the clock runs from it to the last delivery.'
                          % (n, n, result.first_created_s, result.created_s,
                             'slot' if 'made due' not in result.kind else 'consumer started'))
     lines.append('No idle waiting (scripts/bench_burst.py\'s measure): %d runs of one report '
                  'queued at once, `max_concurrent_per_report` at its default, 1 x `-w %d -k '
-                 'thread`: longest idle turn %.3f s, all ended after %.2f s, longest wait to '
-                 'start %.2f s, %d delivered.' % (turn_runs, workers, gap, total, wait, delivered)
+                 'thread`, its own SQLite state database: longest idle turn %.3f s, all '
+                 'ended after %.2f s, longest wait to start %.2f s, %d delivered.'
+                 % (turn_runs, workers, gap, total, wait, delivered)
                  if not turn_problems else 'No idle waiting: %s.' % '; '.join(turn_problems))
     lines.append('State database: %s; Redis on loopback; each run checked delivered once in the '
                  'database and its Message-ID and recipient once at the sink.'
