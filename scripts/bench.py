@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench.py [--rows 1000000] [--repeat 3] [--out docs/benchmarks.md]
     .venv/bin/python scripts/bench.py --smoke      # tiny and quick: CI runs it
+    .venv/bin/python scripts/bench.py --burst-only [--burst-runs 1000]   # issue #16's bursts
 
 Builds its own data (the demo shop in a SQLite file and, when they answer,
 in a throwaway PostgreSQL database and a throwaway MariaDB database with the
@@ -936,11 +937,12 @@ def burst_table(args, workdir):
 def burst_only(args):
     workdir = tempfile.mkdtemp(prefix='nightshift-bench-')
     started = time.monotonic()
-    try:
-        lines, _, problems = burst_table(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    lines, _, problems = burst_table(args, workdir)
     show(lines + ['', 'Took %.0f s.' % (time.monotonic() - started)])
+    if problems:  # the processes' log stays for the reading
+        print('Logs: %s' % os.path.join(workdir, 'burst', 'processes.log'))
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     fail_on(problems)
 
 

@@ -39,6 +39,7 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,6 +278,7 @@ class System:
         self.workdir = workdir
         self.redis = RedisServer()
         self.redis.start()
+        cleanup.callback(shutil.rmtree, self.redis.dir, ignore_errors=True)
         cleanup.callback(self.redis.stop)
         self.sink = Sink()
         cleanup.callback(self.sink.stop)
