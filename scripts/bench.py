@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench.py [--rows 1000000] [--repeat 3] [--out docs/benchmarks.md]
     .venv/bin/python scripts/bench.py --smoke      # tiny and quick: CI runs it
+    .venv/bin/python scripts/bench.py --burst-only [--burst-runs 1000]   # issue #16's bursts
 
 Builds its own data (the demo shop in a SQLite file and, when they answer,
 in a throwaway PostgreSQL database and a throwaway MariaDB database with the
@@ -857,6 +858,12 @@ def main(argv=None):
     parser.add_argument('--load-seconds', type=float, default=5)
     parser.add_argument('--page-runs', type=int, default=2000,
                         help='runs in the history for the page benchmark')
+    parser.add_argument('--burst-runs', type=int, default=None,
+                        help='runs per burst in the Bursts section (default 1000; --smoke 20)')
+    parser.add_argument('--burst-only', action='store_true',
+                        help='only the Bursts section (issue #16): printed, not written to --out')
+    parser.add_argument('--burst-postgres', action='store_true',
+                        help="the bursts' state database in a throwaway PostgreSQL database")
     parser.add_argument('--smoke', action='store_true', help='tiny sizes, one round')
     parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'benchmarks.md'))
     args = parser.parse_args(argv)
@@ -867,6 +874,9 @@ def main(argv=None):
         args.load_seconds = 1
         args.page_runs = 100
         args.out = os.path.join(tempfile.gettempdir(), 'nightshift-bench-smoke.md')
+    args.burst_runs = args.burst_runs or (20 if args.smoke else 1000)
+    if args.burst_only:
+        return burst_only(args)
     workdir = tempfile.mkdtemp(prefix='nightshift-bench-')
     started = time.monotonic()
     try:
@@ -879,6 +889,9 @@ def main(argv=None):
         queue_lines, p50, queue_ratio = queue_table(args, workdir)
         health_lines, health_ratio = health_table(args, workdir)
         page_lines, page_ratio = page_table(args, workdir)
+        burst_lines, _, burst_problems = burst_table(args, workdir)
+        burst_lines.append('Small-report end to end (the Queue table): POST -> accepted p50 '
+                           '%.1f ms, target at most 50 ms.' % p50)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     command = ' '.join(['.venv/bin/python scripts/bench.py'] + [
@@ -899,6 +912,7 @@ def main(argv=None):
               % args.consumer_workers, ''] + queue_lines + [
               '', '## /healthz', ''] + health_lines + [
               '', '## The web page', ''] + page_lines + [
+              '', '## Bursts: runs end to end against plain smtplib (#16)', ''] + burst_lines + [
               '', 'Took %.0f s.' % (time.monotonic() - started)]
     text = '\n'.join(report) + '\n'
     print(text)
@@ -906,6 +920,37 @@ def main(argv=None):
     notes = hand_written(args.out)
     with open(args.out, 'w') as out:
         out.write(text + notes)
+    fail_on(burst_problems)
+
+
+def burst_table(args, workdir):
+    """Issue #16's bursts (scripts/bench_throughput.py): runs/s end to end
+    against plain smtplib, the CPU of each part, the 30-run turn check.
+    (lines, summary, problems): lost or doubled deliveries, never timings."""
+    import bench_throughput
+    folder = os.path.join(workdir, 'burst')
+    os.makedirs(folder)
+    return bench_throughput.burst_section(args.burst_runs, folder,
+                                          postgres=args.burst_postgres, smoke=args.smoke)
+
+
+def burst_only(args):
+    workdir = tempfile.mkdtemp(prefix='nightshift-bench-')
+    started = time.monotonic()
+    lines, _, problems = burst_table(args, workdir)
+    show(lines + ['', 'Took %.0f s.' % (time.monotonic() - started)])
+    if problems:  # the processes' log stays for the reading
+        print('Logs: %s' % os.path.join(workdir, 'burst', 'processes.log'))
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    fail_on(problems)
+
+
+def fail_on(problems):
+    """Exit 1 on lost or doubled deliveries: what --smoke guards in CI."""
+    if problems:
+        print('Deliveries went wrong:\n' + '\n'.join('- ' + p for p in problems))
+        sys.exit(1)
 
 
 def show(lines):
