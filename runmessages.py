@@ -8,6 +8,8 @@ domain>>`: the installation id is made once and kept in the state database
 resend of the run has the same one; another installation, or this one after
 its database was reset, never makes it again.
 """
+import contextlib
+import contextvars
 import os
 import secrets
 
@@ -48,9 +50,25 @@ def of_schedule(schedule):
     return {key: getattr(schedule, key) for key in MESSAGE_FIELDS}
 
 
+_installation = contextvars.ContextVar('installation', default=None)
+
+
 def installation_id():
     """Made once per state database and kept in it (nightshift_secret)."""
-    return AppSecret.value_of('installation', lambda: secrets.token_hex(6))
+    return _installation.get() or AppSecret.value_of('installation',
+                                                     lambda: secrets.token_hex(6))
+
+
+@contextlib.contextmanager
+def one_installation():
+    """Within, the installation id is read once: a batch mails hundreds of
+    runs in a second, and the database is not reset under it. Not kept any
+    longer: a database reset must give new Message-IDs."""
+    token = _installation.set(installation_id())
+    try:
+        yield
+    finally:
+        _installation.reset(token)
 
 
 def message_id(run, settings):

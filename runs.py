@@ -22,6 +22,7 @@ from peewee import Case, PostgresqlDatabase, fn
 import batches
 import bursting
 import reldates
+import runmessages
 import turns
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
@@ -33,7 +34,6 @@ from params import dump_params
 from reports import BrokenReport, UnknownReport, find_report
 from runfiles import (discard_files, drop_working_copy, prepare_file, publish_shared,
                       remove_work_files, shared_source)
-from runmessages import clean_message
 from vocab import FINAL, DeliveryStatus, Ending, RunStatus, Trigger
 
 
@@ -98,7 +98,7 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
     file_format = check_format(file_format)
     check_split(file_format, split_by)
     stored = dump_params(typed)
-    message = clean_message(message or {}, stored, definition.title, definition.name)
+    message = runmessages.clean_message(message or {}, stored, definition.title, definition.name)
     with db.atomic():
         run = Run.create(report=report, params=stored, recipients=recipients,
                          trigger=trigger, schedule=schedule, slot_at=slot_at,
@@ -420,11 +420,12 @@ def _serve_companions(leader, companions, definition, settings, mailer, store, b
                           run=run, deliveries=deliveries[run.id])
         _finish(member, settings, store, skipped, deliveries[run.id])
     try:
-        for member in companions:
-            with about_run(member.run_id, definition.name):
-                run = rows[member.run_id]
-                outcome = _settle(member, settings, store, lambda: serve(member, run))
-                on_companion(member.run_id, outcome, run)
+        with runmessages.one_installation():
+            for member in companions:
+                with about_run(member.run_id, definition.name):
+                    run = rows[member.run_id]
+                    outcome = _settle(member, settings, store, lambda: serve(member, run))
+                    on_companion(member.run_id, outcome, run)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)

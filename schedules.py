@@ -270,24 +270,31 @@ def tick(registry, settings, jobs, now):
     # Read whole before writing: on SQLite a cursor still open keeps its read
     # snapshot, and the first write after another process committed fails at
     # once ("database is locked") instead of waiting its turn.
-    for schedule in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
-        due, skipped, latest, more = plan_slots(schedule, now, window)
-        if latest is None:
-            continue
-        if due is not None and budget <= 0:
-            deferred += 1  # its mark stays: the next tick takes it first
-            continue
-        run = _handle_slots(registry, settings, schedule, due, skipped, latest, more, now)
-        if run is None:
-            continue
-        budget -= 1
-        if run.status == RunStatus.QUEUED:
+    try:
+        for schedule in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
+            due, skipped, latest, more = plan_slots(schedule, now, window)
+            if latest is None:
+                continue
+            if due is not None and budget <= 0:
+                deferred += 1  # its mark stays: the next tick takes it first
+                continue
+            run = _handle_slots(registry, settings, schedule, due, skipped, latest, more, now)
+            if run is None:
+                continue
+            budget -= 1
+            if run.status == RunStatus.QUEUED:
+                created.append(run)
+    finally:
+        # Queued once the tick's runs all exist (or it stopped on an error):
+        # the first to start then finds every run of its report and
+        # parameters due at this slot and serves them with one query
+        # (batches.py), rather than the few made so far.
+        for run in created:
             try:
                 jobs.enqueue_run(run)
             except Exception:
                 logger.exception('schedule %s: run %d could not be queued',
-                                 schedule.name, run.id)
-            created.append(run)
+                                 run.schedule, run.id)
     if deferred:
         logger.warning('max_runs_per_tick (%d) reached: %d due schedules wait for the '
                        'next tick', settings.max_runs_per_tick, deferred)
