@@ -179,7 +179,10 @@ def build_message(settings, mail):
     body = mail.body.replace('\r\n', '\n').replace('\r', '\n')
     text = MIMEText(body, 'plain', 'utf-8')  # base64, as utf-8 is sent
     if mail.attachment:
-        message = MIMEMultipart('mixed')
+        # Both parts are base64, whose lines cannot hold a '.' or '_': no
+        # need for the generator to search the text for a safe boundary
+        # (a regular expression compiled per message).
+        message = MIMEMultipart('mixed', boundary='nightshift_%s.part' % uuid.uuid4().hex)
         message.attach(text)
         name = os.path.basename(mail.attachment)
         # By the format (formats.py): a .csv.gz is gzip, not text/csv.
@@ -401,7 +404,9 @@ class SmtpMailer:
         accepted = []
         try:
             try:
-                code, message = conn.mail(self.settings.mail_from)
+                # docmd, not mail()/rcpt(): those parse every address again
+                # (email.utils) to quote it; ours are checked plain addresses.
+                code, message = conn.docmd('mail', 'FROM:<%s>' % self.settings.mail_from)
             except (smtplib.SMTPServerDisconnected, OSError):
                 if reused:
                     raise _Stale()
@@ -413,7 +418,7 @@ class SmtpMailer:
                                 % (self._where(), _reply(code, message)),
                                 temporary=not 500 <= code < 600)
             for address in recipients:
-                code, message = conn.rcpt(address)
+                code, message = conn.docmd('rcpt', 'TO:<%s>' % address)
                 replies[address] = _reply(code, message)
                 if code in (250, 251):
                     accepted.append(address)
