@@ -205,7 +205,7 @@ class _CopyStream:
             statement += ' LIMIT %d' % self.limit
         copy_sql = 'COPY (%s) TO STDOUT WITH (FORMAT csv, HEADER true)' % statement
         lines = 0
-        with self.cursor.copy(copy_sql, self.params) as copy:
+        with self.cursor.copy(_bound(self.cursor, copy_sql, self.params)) as copy:
             for block, count in copy_blocks(copy, self.cursor.connection.pgconn, CHUNK_BYTES):
                 if self.bom and not self.bytes:
                     block = b'\xef\xbb\xbf' + block
@@ -219,6 +219,14 @@ class _CopyStream:
             self.cursor.execute('SELECT 1 FROM (\n%s\n) AS q OFFSET %d LIMIT 1'
                                 % (self.sql, self.limit), self.params)
             self.truncated = self.cursor.fetchone() is not None
+
+
+def _bound(cursor, sql, params):
+    """`sql` with `params` merged in, as psycopg does for a COPY, but also
+    when there are none: psycopg then leaves a doubled %% (how a literal %
+    is written beside placeholders) as it is, and the server reads `5 %% 2`."""
+    import psycopg
+    return psycopg.ClientCursor(cursor.connection).mogrify(sql, params)
 
 
 def copy_blocks(copy, pgconn, size):
