@@ -98,3 +98,15 @@ def test_a_time_limit_hit_while_lines_stream_says_so(source):
 def test_text_cells_look_at_their_first_character(source, oid_sql, expected):
     data, _ = export(source, 'SELECT %s AS v' % oid_sql)
     assert data == b'v\n' + expected + b'\n'
+
+
+def test_types_whose_text_is_never_a_formula_are_written_as_they_are(source):
+    # No escape and no NULLIF for them: the same bytes as their text.
+    sql = ("SELECT 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u, '23:59:59.5'::time AS t, "
+           "'01:02:03+05:30'::timetz AS tz, '08:00:2b:01:02:03'::macaddr AS m, "
+           "'08:00:2b:01:02:03:04:05'::macaddr8 AS m8, '::1'::inet AS i6, '10.0.0.0/8'::cidr AS c "
+           "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL")
+    data, _ = export(source, sql)
+    assert data == (b'u,t,tz,m,m8,i6,c\n'
+                    b'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11,23:59:59.5,01:02:03+05:30,'
+                    b'08:00:2b:01:02:03,08:00:2b:01:02:03:04:05,::1/128,10.0.0.0/8\n,,,,,,\n')
