@@ -131,6 +131,9 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--root', action='append', default=[],
                         help='another checkout to run Nightshift from (repeatable)')
+    parser.add_argument('--analyze', action='store_true',
+                        help='ANALYZE the shop first (bench.py does not: with no statistics '
+                             'PostgreSQL picks a parallel plan for the orders query)')
     args = parser.parse_args(argv)
     import tempfile
     import psycopg
@@ -140,7 +143,9 @@ def main(argv=None):
         if url is None:
             return 1
         sql, params = bench.orders_statement(url, workdir)
-        with psycopg.connect(url) as conn:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if args.analyze:
+                conn.execute('ANALYZE')
             literal_sql = psycopg.ClientCursor(conn).mogrify(sql, params)
         ways = [('psql COPY (baseline)', lambda env: run_psql(
             url, literal_sql, os.path.join(workdir, 'psql.csv'), env))]
