@@ -50,23 +50,6 @@ POSTGRES_FORMULA_PATTERN = "'^[%s]*[%s]'" % (_regex_class(LEADING_BLANKS),
                                              _regex_class(FORMULA_TRIGGERS))
 
 
-class RowEnds:
-    """Counts the line feeds that end CSV rows: those outside quotes. A quote
-    opens or closes a quoted value (a doubled one does both), so the line
-    feeds between an odd and the next even quote are inside a value."""
-
-    def __init__(self):
-        self.total = 0
-        self.quoted = False
-
-    def count(self, data):
-        pieces = data.split(b'"')
-        start = 1 if self.quoted else 0
-        self.total += sum(piece.count(b'\n') for piece in pieces[start::2])
-        self.quoted = (len(pieces) - 1 + self.quoted) % 2 == 1
-        return self.total
-
-
 class _Buffer(io.StringIO):
     """The file csv.writer writes into (C-level writes: csv.writer calls
     write() once a row); drained after each batch."""

@@ -32,7 +32,7 @@ from typing import List, Optional, Union
 import mysqllines
 import sources
 from export import (CHUNK_BYTES, FORMULA_TRIGGERS, LEADING_BLANKS, POSTGRES_FORMULA_PATTERN,
-                    CsvStream, LineStream, RowEnds, escape_formula)
+                    CsvStream, LineStream, escape_formula)
 from sources import ReportSQLError, Source
 
 logger = logging.getLogger('nightshift.export')
@@ -142,6 +142,11 @@ def _kill_query(source, thread_id):
 
 _PG_BOOL, _PG_TIMESTAMP, _PG_TIMESTAMPTZ, _PG_BYTEA = 16, 1114, 1184, 17
 _PG_AS_IS = {20, 21, 23, 26, 700, 701, 1700, 1082}  # numbers, oid, date
+# uuid, time, timetz, macaddr, macaddr8: their text is never empty and starts
+# with a digit or a hex letter, never a blank or trigger, so the escape and
+# NULLIF would only cost time. (Not inet and cidr: ::text, which the escape
+# reads, adds the netmask that COPY leaves out.)
+_PG_NEVER_A_FORMULA = {2950, 1083, 1266, 829, 774}
 
 
 def _pg_identifier(name):
@@ -157,19 +162,28 @@ def _pg_column(position, oid, escape):
         return "to_char(%s, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')" % c
     if oid == _PG_TIMESTAMPTZ:
         return "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')" % c
-    if oid in _PG_AS_IS or oid == _PG_BYTEA:
+    if oid in _PG_AS_IS or oid in _PG_NEVER_A_FORMULA or oid == _PG_BYTEA:
         return c
-    text = "NULLIF(%s::text, '')" % c
-    return pg_escape_sql(text) if escape else text
+    text = '%s::text' % c
+    return pg_escape_sql(text) if escape else "NULLIF(%s, '')" % text
+
+
+# What ascii() of a cell's first character is when the cell needs a closer
+# look: 0 (an empty text), or a blank or trigger a formula may start with.
+_PG_FIRST_CODES = ', '.join(str(code) for code in [0] + sorted(
+    {ord(c) for c in LEADING_BLANKS + FORMULA_TRIGGERS}))
 
 
 def pg_escape_sql(x):
-    """The formula escape (export.escape_formula) as a PostgreSQL expression:
-    the same rule, from the same lists of characters. The first character
-    is looked at first: a regular expression on every cell costs more."""
-    return ("(CASE WHEN ascii(%s) IN (%s) AND %s ~ %s AND %s !~ '^-[0-9][0-9.]*$' "
-            "THEN '''' || %s ELSE %s END)"
-            % (x, _FIRST_CODES, x, POSTGRES_FORMULA_PATTERN, x, x, x))
+    """The formula escape (export.escape_formula) as a PostgreSQL expression,
+    the same rule from the same lists of characters; an empty text becomes
+    NULL (an empty cell). Most cells cost one ascii() and a hashed IN: only
+    an empty one or one starting with a blank or trigger goes on to the
+    regular expressions and NULLIF."""
+    return ("(CASE WHEN ascii(%(x)s) IN (%(first)s) THEN (CASE WHEN %(x)s ~ %(pattern)s "
+            "AND %(x)s !~ '^-[0-9][0-9.]*$' THEN '''' || %(x)s ELSE NULLIF(%(x)s, '') END) "
+            "ELSE %(x)s END)" % {'x': x, 'first': _PG_FIRST_CODES,
+                                 'pattern': POSTGRES_FORMULA_PATTERN})
 
 
 @contextlib.contextmanager
@@ -194,27 +208,81 @@ class _CopyStream:
         statement = self.wrapped
         if self.limit is not None:
             statement += ' LIMIT %d' % self.limit
-        buffer = bytearray(b'\xef\xbb\xbf' if self.bom else b'')
         copy_sql = 'COPY (%s) TO STDOUT WITH (FORMAT csv, HEADER true)' % statement
-        ends = RowEnds()
-        with self.cursor.copy(copy_sql, self.params) as copy:
-            for data in copy:
-                buffer += data
-                if len(buffer) >= CHUNK_BYTES:
-                    # Rows finished so far (the header not counted); exact
-                    # once COPY is done.
-                    self.rows = max(0, ends.count(buffer) - 1)
-                    self.bytes += len(buffer)
-                    yield bytes(buffer)
-                    buffer.clear()
-        if buffer:
-            self.bytes += len(buffer)
-            yield bytes(buffer)
-        self.rows = self.cursor.rowcount
+        lines = 0
+        with self.cursor.copy(_bound(self.cursor, copy_sql, self.params)) as copy:
+            for block, count in copy_blocks(copy, self.cursor.connection.pgconn, CHUNK_BYTES):
+                if self.bom and not self.bytes:
+                    block = b'\xef\xbb\xbf' + block
+                lines += count
+                # The server sends each CSV line as one message: lines are
+                # rows, the header not counted.
+                self.rows = max(0, lines - 1)
+                self.bytes += len(block)
+                yield block
         if self.limit is not None and self.rows >= self.limit:
             self.cursor.execute('SELECT 1 FROM (\n%s\n) AS q OFFSET %d LIMIT 1'
                                 % (self.sql, self.limit), self.params)
             self.truncated = self.cursor.fetchone() is not None
+
+
+def _bound(cursor, sql, params):
+    """`sql` with `params` merged in, as psycopg does for a COPY, but also
+    when there are none: psycopg then leaves a doubled %% (how a literal %
+    is written beside placeholders) as it is, and the server reads `5 %% 2`."""
+    import psycopg
+    return psycopg.ClientCursor(cursor.connection).mogrify(sql, params)
+
+
+def copy_blocks(copy, pgconn, size):
+    """The data of a COPY TO STDOUT as (block of about `size` bytes, lines
+    in it). psycopg's Copy gives one line per call through its wait
+    machinery, about a microsecond each; here the lines libpq already holds
+    are taken with one libpq call each, and psycopg is asked (and waits for
+    the server) only when libpq holds none. The lines are copied into one
+    buffer at once: a list of 3,000 of libpq's buffers kept alive would wake
+    Python's garbage collector over and over."""
+    take = pgconn.get_copy_data
+    block = bytearray()
+    lines = 0
+    while True:
+        got, data = take(1)  # 1: never block
+        if got == 0:  # no whole line at hand
+            data = copy.read()  # empty once psycopg has read the end itself
+            if not data:
+                break
+        elif got < 0:  # libpq met the end: its result is ours to read
+            _end_of_copy(pgconn)
+            break
+        block += data
+        lines += 1
+        if len(block) >= size:
+            yield bytes(block), lines
+            block.clear()
+            lines = 0
+    if block:
+        yield bytes(block), lines
+
+
+def _end_of_copy(pgconn):
+    """Read what follows the last line of a COPY, as psycopg does after it:
+    the server's results up to the next query. An error (a time limit hit
+    while the rows were sent, say) is raised as psycopg's exception."""
+    import psycopg
+    import selectors
+    final = None
+    with selectors.DefaultSelector() as selector:
+        selector.register(pgconn.socket, selectors.EVENT_READ)
+        while True:
+            while pgconn.is_busy():
+                selector.select()
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            final = result
+    if final.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise psycopg.errors.error_from_result(final)
 
 
 # --- MariaDB / MySQL and SQLite: rows formatted here -------------------------
