@@ -426,7 +426,9 @@ def wait_for_runs(system, runs_query, count, timeout, stall=60, quiet_until=0.0)
             return True
         progress = (ended, sent, sum(statuses.values()))
         if progress != last:
-            last, moved = progress, time.monotonic()
+            # Not before quiet_until: the first look (no runs yet) would
+            # otherwise start the stall clock a minute before the slot.
+            last, moved = progress, max(moved, time.monotonic())
         elif time.monotonic() - moved > stall:
             return False
         time.sleep(0.25)
