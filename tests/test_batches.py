@@ -14,6 +14,7 @@ from conftest import attachment, run_queued
 from loopback import SmtpSink
 from models import Delivery, Run, db
 from reports import Catalogue
+from test_faults import consumers, fault_env, silent_past_stale_after  # noqa: F401 (fixtures)
 from vocab import DeliveryStatus, Ending, RunStatus
 
 NONCE_REPORT = """/*
@@ -220,3 +221,59 @@ def test_companion_outcomes_reach_the_task_layer(make_jobs, catalogue, shop, smt
                      on_companion=lambda run_id, outcome, run: told.append(
                          (run_id, outcome.status)))
     assert told == [(third, Ending.DELIVERED)]
+
+
+# --- a batch's consumer killed or stopped mid-mail (real processes) -------------
+
+def _post_burst(app, count):
+    return [app.post_json('/api/runs', {'report': 'customers',
+                                        'to': ['k%d@example.org' % i]}).json['id']
+            for i in range(count)]
+
+
+def _batch_mailing(ids):
+    runs = list(Run.select().where(Run.id.in_(ids)))
+    served = sum(r.batch_of is not None for r in runs)
+    sent = sum(r.status == RunStatus.DELIVERED for r in runs)
+    return served >= len(ids) // 2 and 5 <= sent < len(ids) - 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('database_url', ['sqlite'], indirect=True)
+@pytest.mark.parametrize('stop_with', ['SIGKILL', 'SIGTERM'])
+def test_a_batch_whose_consumer_dies_or_stops_mid_mail_loses_nothing(
+        app, consumers, smtp_sink, stop_with):  # noqa: F811 (the fixture)
+    """kill -9 while the batch mails: the reaper takes each silent run back
+    and the next consumer sends what was not recorded sent. SIGTERM: the
+    batch's unserved runs are handed back at once. Every run delivered,
+    every recipient mailed; a second copy only for a message in flight."""
+    import os
+    import signal
+    from conftest import wait_until
+    demo.seed(customers=20, orders=50)
+    # Each message takes a while: the batch is caught mailing, and mails for
+    # longer than a stopping consumer waits for it (tasks.HAND_BACK_GRACE).
+    smtp_sink.data_delay = 0.25
+    first = consumers.start()
+    ids = _post_burst(app, 32)
+    wait_until(lambda: _batch_mailing(ids), timeout=60, message='a batch part-way mailed')
+    os.kill(first.pid, getattr(signal, stop_with))
+    first.wait(30)
+    unfinished = [r.id for r in Run.select().where(Run.id.in_(ids),
+                                                   Run.status != RunStatus.DELIVERED)]
+    assert unfinished
+    if stop_with == 'SIGKILL':
+        # Silent past stale_after (on the database's clock): the next
+        # consumer's reaper takes them back as it starts.
+        wait_until(lambda: all(silent_past_stale_after(i) for i in unfinished
+                               if Run.get_by_id(i).status == RunStatus.RUNNING),
+                   timeout=30, message='the batch silent past stale_after')
+    smtp_sink.data_delay = 0
+    consumers.start()
+    wait_until(lambda: Run.select().where(Run.id.in_(ids),
+                                          Run.status == RunStatus.DELIVERED).count() == 32,
+               timeout=90, message='all 32 runs delivered')
+    recipients = [m['to'][0] for m in smtp_sink.messages]
+    assert set(recipients) == {'k%d@example.org' % i for i in range(32)}
+    assert len(recipients) - 32 <= 2, sorted(r for r in recipients if recipients.count(r) > 1)
+    assert Delivery.select().where(Delivery.status != DeliveryStatus.SENT).count() == 0
