@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""The SQLite export alone, side by side: ways of writing the `orders`
+report's CSV, each in a fresh process, rounds interleaved.
+
+    .venv/bin/python scripts/bench_sqlite.py [--rows 500000] [--repeat 5]
+    .venv/bin/python scripts/bench_sqlite.py --smoke
+
+For each way: the export's own wall and CPU seconds (as bench.py times it:
+modules imported, report read), and the whole process, started to exited
+(wall, and its user + system CPU from the kernel), which is how the sqlite3
+shell is timed. Medians; ratios against the stdlib loop and the shell.
+Nightshift's ways are checked to write the same bytes.
+"""
+import argparse
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+
+import bench  # noqa: E402 (after the path)
+
+# Nightshift's SQLite paths, chosen with sqlexport's switches.
+NIGHTSHIFT_WAYS = {
+    'nightshift': {},  # what a run does now
+    'nightshift-lines': {'SQLITE_PYTHON_CELLS': False},  # SQLite joins the lines
+    'nightshift-cells': {'SQLITE_LINES': False},  # SQLite formats, csv.writer writes
+}
+
+
+def child(way, url, out):
+    if way in NIGHTSHIFT_WAYS:
+        import sqlexport
+        for name, value in NIGHTSHIFT_WAYS[way].items():
+            setattr(sqlexport, name, value)
+        export = bench.CHILD_WAYS['nightshift'](url, out)
+    else:
+        export = bench.CHILD_WAYS[way](url, out)
+    wall, cpu = time.perf_counter(), time.process_time()
+    rows = export()
+    print(json.dumps({'seconds': time.perf_counter() - wall,
+                      'cpu': time.process_time() - cpu, 'rows': rows}))
+
+
+def run_way(way, url, out):
+    """{seconds, cpu, rows, process_wall, process_cpu} of one fresh process."""
+    if way == 'shell':
+        sql, params = bench.orders_statement(url, os.path.dirname(out))
+        script = ''.join('.parameter set :%s %s\n' % (name, bench.sql_literal(value))
+                         for name, value in params.items()) + sql + ';\n'
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    if way == 'shell':
+        with open(out, 'wb') as f:
+            subprocess.run(['sqlite3', '-csv', '-header', url[len('sqlite:///'):]],
+                           input=script.encode(), stdout=f, check=True)
+        info = {'rows': bench.count_lines(out) - 1}
+    else:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', way, url,
+                               out], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError('%s failed: %s' % (way, proc.stderr[-2000:]))
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info['process_wall'] = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    info['process_cpu'] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if way == 'shell':
+        info['seconds'], info['cpu'] = info['process_wall'], info['process_cpu']
+    return info
+
+
+def digest(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rows', type=int, default=500000)
+    parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument('--ways', default='shell,stdlib,nightshift-lines,nightshift')
+    parser.add_argument('--db', help='an existing shop file made by an earlier run (kept)')
+    parser.add_argument('--smoke', action='store_true')
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.repeat = 5000, 1
+    workdir = tempfile.mkdtemp(prefix='nightshift-bench-sqlite-')
+    path = args.db or os.path.join(workdir, 'shop.db')
+    url = 'sqlite:///%s' % os.path.abspath(path)
+    if not os.path.exists(path):
+        bench.make_sqlite(path, args.rows)
+    ways = args.ways.split(',')
+    results = {way: [] for way in ways}
+    for _ in range(args.repeat):
+        for way in ways:
+            out = os.path.join(workdir, '%s.csv' % way)
+            info = run_way(way, url, out)
+            if info['rows'] != args.rows:
+                raise RuntimeError('%s wrote %d rows, not %d' % (way, info['rows'], args.rows))
+            results[way].append(info)
+    written = {digest(os.path.join(workdir, '%s.csv' % way)) for way in ways
+               if way.startswith('nightshift')}
+    print('| way | export wall s | export CPU s | process wall s | process CPU s | '
+          'rows/s (export) | vs stdlib (export wall) | vs shell (process wall) |')
+    print('|---|---|---|---|---|---|---|---|')
+
+    def middle(way, key):
+        return statistics.median(info[key] for info in results[way])
+    for way in ways:
+        stdlib = middle('stdlib', 'seconds') if 'stdlib' in ways else float('nan')
+        shell = middle('shell', 'process_wall') if 'shell' in ways else float('nan')
+        print('| %s | %.2f | %.2f | %.2f | %.2f | %s | %.2fx | %.2fx |' % (
+            way, middle(way, 'seconds'), middle(way, 'cpu'), middle(way, 'process_wall'),
+            middle(way, 'process_cpu'), '{:,.0f}'.format(args.rows / middle(way, 'seconds')),
+            stdlib / middle(way, 'seconds'), shell / middle(way, 'process_wall')))
+    print()
+    print('Nightshift ways wrote the same bytes: %s' % (len(written) <= 1))
+    if len(written) > 1:
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    if len(sys.argv) > 1 and sys.argv[1] == '--child':
+        child(*sys.argv[2:5])
+    else:
+        sys.exit(main())
