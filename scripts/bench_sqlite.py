@@ -37,14 +37,53 @@ NIGHTSHIFT_WAYS = {
     'nightshift-500': {'SQLITE_CHUNK_ROWS': 500},
     'nightshift-1000': {'SQLITE_CHUNK_ROWS': 1000},
     'nightshift-5000': {'SQLITE_CHUNK_ROWS': 5000},
-    'nightshift-sqlite-decimals': {'_SQLITE_PRINTS': ('bool', 'decimal')},
 }
 
 
+# The overlap tried (and not kept): a thread steps the statement and hands
+# batches through a bounded queue while the main thread formats and writes.
+THREADED_WAYS = {'nightshift-reader-thread': ('ColumnStream', {}),
+                 'nightshift-lines-reader-thread': ('LineStream', {'SQLITE_PYTHON_CELLS': False})}
+
+
+class ReaderThread:
+    """A cursor whose fetchmany() takes the batches another thread read.
+    Bench only: no cancel, no error passing."""
+
+    def __init__(self, cursor, size=2000, depth=4):
+        import queue
+        import threading
+        self.batches = queue.Queue(depth)
+        self.cursor, self.size = cursor, size
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        self.thread.start()
+
+    def read(self):
+        while True:
+            batch = self.cursor.fetchmany(self.size)
+            self.batches.put(batch)
+            if not batch:
+                return
+
+    def fetchmany(self, size):
+        return self.batches.get()
+
+
+def threaded(stream_class):
+    def stream(header, cursor, *args, **options):
+        return stream_class(header, ReaderThread(cursor, options.get('chunk_rows', 2000)),
+                            *args, **options)
+    return stream
+
+
 def child(way, url, out):
-    if way in NIGHTSHIFT_WAYS:
+    if way in NIGHTSHIFT_WAYS or way in THREADED_WAYS:
         import sqlexport
-        for name, value in NIGHTSHIFT_WAYS[way].items():
+        switches = NIGHTSHIFT_WAYS.get(way, {})
+        if way in THREADED_WAYS:
+            stream_name, switches = THREADED_WAYS[way]
+            setattr(sqlexport, stream_name, threaded(getattr(sqlexport, stream_name)))
+        for name, value in switches.items():
             setattr(sqlexport, name, value)
         export = bench.CHILD_WAYS['nightshift'](url, out)
     else:
@@ -52,7 +91,8 @@ def child(way, url, out):
     wall, cpu = time.perf_counter(), time.process_time()
     rows = export()
     print(json.dumps({'seconds': time.perf_counter() - wall,
-                      'cpu': time.process_time() - cpu, 'rows': rows}))
+                      'cpu': time.process_time() - cpu, 'rows': rows,
+                      'peak_mb': bench.peak_rss_mb()}))
 
 
 def run_way(way, url, out):
@@ -67,7 +107,7 @@ def run_way(way, url, out):
         with open(out, 'wb') as f:
             subprocess.run(['sqlite3', '-csv', '-header', url[len('sqlite:///'):]],
                            input=script.encode(), stdout=f, check=True)
-        info = {'rows': bench.count_lines(out) - 1}
+        info = {'rows': bench.count_lines(out) - 1, 'peak_mb': float('nan')}
     else:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', way, url,
                                out], cwd=ROOT, capture_output=True, text=True)
@@ -114,18 +154,20 @@ def main(argv=None):
     written = {digest(os.path.join(workdir, '%s.csv' % way)) for way in ways
                if way.startswith('nightshift')}
     print('| way | export wall s | export CPU s | process wall s | process CPU s | '
-          'rows/s (export) | vs stdlib (export wall) | vs shell (process wall) |')
-    print('|---|---|---|---|---|---|---|---|')
+          'rows/s (export) | vs stdlib (export wall) | vs shell (process wall) | '
+          'peak RSS MB |')
+    print('|---|---|---|---|---|---|---|---|---|')
 
     def middle(way, key):
         return statistics.median(info[key] for info in results[way])
     for way in ways:
         stdlib = middle('stdlib', 'seconds') if 'stdlib' in ways else float('nan')
         shell = middle('shell', 'process_wall') if 'shell' in ways else float('nan')
-        print('| %s | %.2f | %.2f | %.2f | %.2f | %s | %.2fx | %.2fx |' % (
+        print('| %s | %.2f | %.2f | %.2f | %.2f | %s | %.2fx | %.2fx | %.0f |' % (
             way, middle(way, 'seconds'), middle(way, 'cpu'), middle(way, 'process_wall'),
             middle(way, 'process_cpu'), '{:,.0f}'.format(args.rows / middle(way, 'seconds')),
-            stdlib / middle(way, 'seconds'), shell / middle(way, 'process_wall')))
+            stdlib / middle(way, 'seconds'), shell / middle(way, 'process_wall'),
+            middle(way, 'peak_mb')))
     print()
     print('Nightshift ways wrote the same bytes: %s' % (len(written) <= 1))
     if len(written) > 1:
