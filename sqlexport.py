@@ -485,7 +485,9 @@ def _sqlite_quoted(x, cell):
 # stored and Python formats them a column at a time (tests turn it off to
 # compare with the lines SQLite joins).
 SQLITE_PYTHON_CELLS = True
-SQLITE_CHUNK_ROWS = 2000
+# Rows per batch. Smaller batches stay in the CPU's caches: 500 rows took
+# 10-15% less CPU than 2,000 on the orders report (250 about the same).
+SQLITE_CHUNK_ROWS = 500
 # The kinds SQLite still prints: a bool is cheap there, and a decimal's
 # printf costs SQLite about what Python's formatting and check of it cost
 # (measured: the same time either way), so it stays exact by construction.

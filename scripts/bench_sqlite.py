@@ -34,7 +34,8 @@ NIGHTSHIFT_WAYS = {
     'nightshift-lines': {'SQLITE_PYTHON_CELLS': False},  # SQLite joins the lines
     'nightshift-cells': {'SQLITE_LINES': False},  # SQLite formats, csv.writer writes
     # Variants of the way a run goes, measured to choose it.
-    'nightshift-500': {'SQLITE_CHUNK_ROWS': 500},
+    'nightshift-250': {'SQLITE_CHUNK_ROWS': 250},
+    'nightshift-2000': {'SQLITE_CHUNK_ROWS': 2000},
     'nightshift-1000': {'SQLITE_CHUNK_ROWS': 1000},
     'nightshift-5000': {'SQLITE_CHUNK_ROWS': 5000},
 }
