@@ -488,10 +488,8 @@ SQLITE_PYTHON_CELLS = True
 # Rows per batch. Smaller batches stay in the CPU's caches: 500 rows took
 # 10-15% less CPU than 2,000 on the orders report (250 about the same).
 SQLITE_CHUNK_ROWS = 500
-# The kinds SQLite still prints: a bool is cheap there, and a decimal's
-# printf costs SQLite about what Python's formatting and check of it cost
-# (measured: the same time either way), so it stays exact by construction.
-_SQLITE_PRINTS = ('bool', 'decimal')
+# The kinds SQLite still prints (cheap there).
+_SQLITE_PRINTS = ('bool',)
 
 
 def _sqlite_cells(types, escape):
@@ -500,14 +498,15 @@ def _sqlite_cells(types, escape):
     SQLite evaluates each formatting expression on every cell, even on the
     plainest, and that was most of the export's time; here the common
     shapes (an integer, a timestamp as SQLite keeps it, text that starts
-    with no formula character) cost a few string operations, most of them
-    on a whole batch of a column at once, and any other value is printed by
-    the same SQLite expression, run on that one value (_SqliteCells)."""
+    with no formula character, a decimal already at its scale) cost a few
+    string operations, most of them on a whole batch of a column at once,
+    and any other value is printed by the same SQLite expression, run on
+    that one value (_SqliteCells)."""
     select, columns = [], []
     cells = _SqliteCells()
     for i, kind in enumerate(types):
         x = 'q.c%d' % i
-        if kind[0] in _SQLITE_PRINTS:
+        if kind[0] in _SQLITE_PRINTS or kind == ('decimal', None):
             # As text, as in a line: a DECIMAL without a scale is printed by
             # what it holds, and a float comes as SQLite writes it in text.
             select.append("'' || ifnull(%s, '')" % _sqlite_column(x, kind, escape))
@@ -519,7 +518,11 @@ def _sqlite_cells(types, escape):
             continue
         expression = sqlite_escape_sql('?1') if kind[0] == 'text' and escape \
             else _sqlite_column('?1', kind, escape)
-        columns.append(_PYTHON_CELLS[kind[0], escape](cells.printer(expression)))
+        printed = cells.printer(expression)
+        if kind[0] == 'decimal':
+            columns.append(_decimal_cells(kind[1], printed))
+            continue
+        columns.append(_PYTHON_CELLS[kind[0], escape](printed))
     return ', '.join(select), columns
 
 
@@ -623,6 +626,25 @@ def _all_19_long(text, count):
     # The line feeds (one between each two cells, none inside) fall every
     # 20 characters: each cell is 19 long.
     return len(text) == 20 * count - 1 and text[19::20] == '\n' * (count - 1)
+
+
+def _decimal_cells(places, printed):
+    """printf('%.<places>f') as SQLite prints it, for the numbers where
+    Python's correctly rounded text is sure to be SQLite's: those that are
+    the double nearest to a number of at most `places` decimals (formatted
+    and read back, the same double), at most 15 significant digits (SQLite
+    prints 16 at most, and its rounding is then far from the last digit).
+    Zero goes to SQLite (-0.0: Python writes its sign, SQLite does not).
+    Measured on 500k amounts: 0.22 s of CPU here, 0.34 s in SQLite."""
+    form = '%%.%df' % places
+    limit = 10.0 ** (15 - places)
+
+    def cells(values):
+        return [text if (v.__class__ is float and v and -limit < v < limit
+                         and float(text := form % v) == v)
+                else form % v if v.__class__ is int and -limit < v < limit
+                else printed(v) for v in values]
+    return cells
 
 
 _PYTHON_CELLS = {('text', True): _escaped_text_cells, ('text', False): _plain_cells,

@@ -326,3 +326,16 @@ def test_a_decimal_without_scale_is_printed_as_in_the_lines_and_quoted(tmp_path,
     cells, lines, _ = three_ways(monkeypatch, source, 'SELECT * FROM u ORDER BY n')
     assert lines == b'n,price,other\n1,a,b,0.3\n2,1.5,"x""y"\n3,,2\n4,\'=1,\\x7a\n'
     assert cells == lines.replace(b'a,b', b'"a,b"')
+
+
+def test_decimal_cells_are_sqlites_printf_for_any_number():
+    """Values a DECIMAL column cannot keep (-0.0 is stored as 0) can still
+    come from an expression traced as DECIMAL: Python's shortcut and SQLite's
+    printf agree on them too."""
+    values = (-0.0, 0.0, 0, -0.001, 0.001, 2.675, 0.125, -1e-300, 1e13, -1e13 + 0.01, 1e15,
+              123.4, -5, 2 ** 53 + 1, float('inf'), float('-inf'), None, '', 'x', b'1')
+    printer = sqlexport._SqliteCells().printer
+    for places in (0, 2, 4):
+        expression = sqlexport._sqlite_column('?1', ('decimal', places), True)
+        printed = printer(expression)
+        assert sqlexport._decimal_cells(places, printed)(values) == [printed(v) for v in values]
