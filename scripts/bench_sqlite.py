@@ -123,6 +123,70 @@ def run_way(way, url, out):
     return info
 
 
+def column_costs(url, repeat):
+    """Per column of the report, CPU seconds for SQLite to format it in the
+    SELECT (the raw columns fetched with that one formatted, less all raw)
+    and for Python's column function (sqlexport._sqlite_cells) on the same
+    values, quoting included. In this process; medians of `repeat`."""
+    import sqlite3
+
+    import sources
+    import sqlexport
+    from export import _csv_quoted
+    sql, params = bench.orders_statement(url, tempfile.gettempdir())
+    types = sqlexport.sqlite_column_types(sources.Source('sqlite', url, 0), sql)
+    header = [d[0] for d in sqlite3.connect(url[len('sqlite:///'):]).execute(
+        'SELECT * FROM (\n%s\n) LIMIT 0' % sql, params).description]
+    raw = ['q.c%d' % i for i in range(len(types))]
+    names = ', '.join('c%d' % i for i in range(len(types)))
+    with_q = 'WITH q(%s) AS (\n%s\n) SELECT ' % (names, sql)
+    _, functions = sqlexport._sqlite_cells(types, True)
+    conn = sqlite3.connect(url[len('sqlite:///'):])
+    conn.set_progress_handler(lambda: 0, 10000)  # as a source connection has
+
+    def batches(select):
+        cursor = conn.execute(with_q + ', '.join(select) + ' FROM q', params)
+        while True:
+            batch = cursor.fetchmany(sqlexport.SQLITE_CHUNK_ROWS)
+            if not batch:
+                return
+            yield batch
+
+    def fetching(select):
+        started = time.process_time()
+        for _ in batches(select):
+            pass
+        return time.process_time() - started
+
+    def formatting(i):
+        spent = 0
+        for batch in batches(raw):
+            values = list(zip(*batch))[i]
+            started = time.process_time()
+            _csv_quoted(functions[i](values))
+            spent += time.process_time() - started
+        return spent
+    sqlite_costs, python_costs, bases = {}, {}, []
+    for _ in range(repeat):
+        base = fetching(raw)
+        bases.append(base)
+        for i, kind in enumerate(types):
+            x = 'q.c%d' % i
+            cell = sqlexport.sqlite_escape_sql(x) if kind[0] == 'text' \
+                else sqlexport._sqlite_column(x, kind, True)
+            formatted = raw[:i] + ["ifnull(%s, '')" % cell] + raw[i + 1:]
+            sqlite_costs.setdefault(i, []).append(fetching(formatted) - base)
+            if functions[i] is not sqlexport._as_they_are:
+                python_costs.setdefault(i, []).append(formatting(i))
+    print('Raw columns fetched: %.3f s of CPU' % statistics.median(bases))
+    print('| column | kind | SQLite formats it, CPU s | Python formats it, CPU s |')
+    print('|---|---|---|---|')
+    for i, kind in enumerate(types):
+        python = statistics.median(python_costs[i]) if i in python_costs else float('nan')
+        print('| %s | %s | +%.3f | %.3f |' % (header[i], kind[0],
+                                            statistics.median(sqlite_costs[i]), python))
+
+
 def digest(path):
     with open(path, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -135,6 +199,8 @@ def main(argv=None):
     parser.add_argument('--ways', default='shell,stdlib,nightshift-lines,nightshift')
     parser.add_argument('--db', help='an existing shop file made by an earlier run (kept)')
     parser.add_argument('--smoke', action='store_true')
+    parser.add_argument('--columns', action='store_true',
+                        help="each column's formatting cost, in SQLite and in Python")
     args = parser.parse_args(argv)
     if args.smoke:
         args.rows, args.repeat = 5000, 1
@@ -143,6 +209,9 @@ def main(argv=None):
     url = 'sqlite:///%s' % os.path.abspath(path)
     if not os.path.exists(path):
         bench.make_sqlite(path, args.rows)
+    if args.columns:
+        column_costs(url, args.repeat)
+        return 0
     ways = args.ways.split(',')
     results = {way: [] for way in ways}
     for _ in range(args.repeat):
