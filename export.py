@@ -259,13 +259,19 @@ class ColumnStream:
 
 def _csv_quoted(cells):
     """A column's cells quoted as _quoted does, looked at one by one only
-    when the column holds something to quote."""
+    when the column holds something to quote, and then only for what it
+    holds (most often commas alone: one test a cell, not four)."""
     joined = ''.join(cells)
-    if ',' in joined or '"' in joined or '\n' in joined or '\r' in joined:
-        return ['"%s"' % cell.replace('"', '""')
-                if ',' in cell or '"' in cell or '\n' in cell or '\r' in cell else cell
+    found = [c for c in ',"\n\r' if c in joined]
+    if not found:
+        return cells
+    if len(found) == 1:
+        (special,) = found
+        return ['"%s"' % cell.replace('"', '""') if special in cell else cell
                 for cell in cells]
-    return cells
+    return ['"%s"' % cell.replace('"', '""')
+            if ',' in cell or '"' in cell or '\n' in cell or '\r' in cell else cell
+            for cell in cells]
 
 
 def _line_text(row, single, float_columns):
