@@ -131,3 +131,211 @@ def _cells(text):
     return out
 
 
+
+
+# --- Python formats the cells SQLite hands as they are (sqlexport._sqlite_cells) ---
+
+def three_ways(monkeypatch, source, sql, **options):
+    """The bytes of the cells path (SQLite formats, Python formats the
+    columns), of the lines SQLite joins, and of the stream itself."""
+    assert sqlexport.sqlite_column_types(source, sql) is not None
+    cells, stream = export(source, sql, **options)
+    assert type(stream._stream).__name__ == 'ColumnStream'
+    monkeypatch.setattr(sqlexport, 'SQLITE_PYTHON_CELLS', False)
+    lines, _ = export(source, sql, **options)
+    monkeypatch.setattr(sqlexport, 'SQLITE_PYTHON_CELLS', True)
+    return cells, lines, stream
+
+
+@pytest.mark.parametrize('escape', [True, False])
+@pytest.mark.parametrize('chunk_rows', [1, 3, 2000])
+def test_python_cells_are_the_bytes_of_the_lines(items, monkeypatch, escape, chunk_rows):
+    monkeypatch.setattr(sqlexport, 'SQLITE_CHUNK_ROWS', chunk_rows)
+    cells, lines, stream = three_ways(monkeypatch, items, 'SELECT * FROM t ORDER BY rowid',
+                                      escape=escape)
+    assert cells == lines
+    assert stream.rows == 19 and not stream.truncated
+
+
+# Values each column may hold, whatever its declared type: what Python's
+# shortcuts take, and what they must leave to SQLite.
+TEXTS = ['plain', '', ' ', 'a,b', 'say "hi"', 'two\nlines', 'cr\ronly', '\x00nul', 'in\x00side',
+         '=1+2', '+1', '-5', '-5.5', '-5x', '-', '@me', '%p', '|x', '\tt', ' =x', '\u00a0=x',
+         '\u3000+x', '\ufeff@x', '\uff1dx', '\uff0b1', '\uff20x', '\uff0dx', '\x1fsep', 'Zoë',
+         '日本語', '-1\x00x', ' \x00=', "'=q"]
+STAMPS = ['2025-01-02 03:04:05', '2025-01-02T03:04:05', '2025-01-02 03:04:05.5',
+          '2025-01-02 03:04:05.123456', '2025-01-02', '2025-01-02 03:04', '2025 01 02 03:04:05',
+          '2025-01-02 03:04:0\x00', 'when, exactly', '2025-01-02 03:04:05Z', '=2025-01-02 03:04']
+NUMBERS = [0, 1, -1, 2 ** 62, -2 ** 63, 0.0, -0.0, 0.1, 1.5, 2.675, 0.125, 0.005, -0.005, 1e20,
+           1e-7, 12.5, 130.3, 99999999999.99, 1e13 - 0.01, 123456789012345.67, 3.0, -3.1]
+# Bytes that are no UTF-8 fail a line as they fail a cell (see below).
+BLOBS = [b'', b'\x00', b'abc', b'a,b', 'é"'.encode()]
+
+
+def _odd_value(rng, column):
+    pool = {'text': TEXTS, 'stamp': STAMPS, 'number': NUMBERS}[column]
+    roll = rng.random()
+    if roll < 0.6:
+        return rng.choice(pool)
+    if roll < 0.7:
+        return None
+    if roll < 0.8:
+        return rng.choice(NUMBERS)
+    if roll < 0.9:
+        return rng.choice(TEXTS + STAMPS)
+    return rng.choice(BLOBS + [b'\x00\xff'] if column == 'number' else BLOBS)
+
+
+@pytest.fixture
+def odd_rows(tmp_path):
+    """2,000 rows of every kind of column, each cell drawn from what that
+    column is meant to hold and, now and then, anything else SQLite keeps."""
+    path = tmp_path / 'odd.db'
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE o (n INTEGER, name TEXT, at DATETIME, day DATE, '
+                 'amount DECIMAL(12,2), rate NUMERIC(8,4), ok BOOLEAN, note VARCHAR(20))')
+    rng = random.Random(16)
+    kinds = ['number', 'text', 'stamp', 'stamp', 'number', 'number', 'number', 'text']
+    rows = [tuple(_odd_value(rng, kind) for kind in kinds) for _ in range(2000)]
+    # Runs of plain rows too, for batches that take the shortcuts whole.
+    rows += [(i, 'name %d' % i, '2025-01-02 03:04:%02d' % (i % 60), '2025-01-02', i / 4,
+              i / 8, i % 2, 'note') for i in range(3000)]
+    conn.executemany('INSERT INTO o VALUES (?, ?, ?, ?, ?, ?, ?, ?)', rows)
+    conn.commit()
+    conn.close()
+    return sources.Source('sqlite', 'sqlite:///%s' % path, 10)
+
+
+@pytest.mark.parametrize('escape', [True, False])
+@pytest.mark.parametrize('chunk_rows', [7, 500])
+def test_python_cells_match_the_lines_whatever_the_cells_hold(odd_rows, monkeypatch, escape,
+                                                              chunk_rows):
+    monkeypatch.setattr(sqlexport, 'SQLITE_CHUNK_ROWS', chunk_rows)
+    cells, lines, stream = three_ways(monkeypatch, odd_rows, 'SELECT * FROM o ORDER BY rowid',
+                                      escape=escape)
+    assert stream.rows == 5000
+    assert cells == lines
+
+
+def test_python_cells_write_sqlites_decimals(tmp_path, monkeypatch):
+    """A decimal is written by Python only where its text is surely what
+    SQLite's printf writes: compare on many random numbers at several scales."""
+    path = tmp_path / 'decimals.db'
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE d (id INTEGER, a DECIMAL(12,2), b DECIMAL(20,0), '
+                 'c NUMERIC(10,4), e DECIMAL(30,6))')
+    rng = random.Random(12)
+
+    def number():
+        roll = rng.random()
+        if roll < 0.4:
+            return round(rng.uniform(-1e6, 1e6), rng.randint(0, 6))
+        if roll < 0.6:
+            return round(rng.uniform(-1e16, 1e16), rng.randint(0, 3))
+        if roll < 0.7:
+            return rng.randint(-10 ** 16, 10 ** 16)
+        if roll < 0.85:
+            x = struct.unpack('d', struct.pack('Q', rng.getrandbits(64)))[0]
+            return None if x != x else x
+        return rng.randint(-2000, 2000) / 1000 + rng.choice([0.005, 0.0005, 0.5, 0])
+    conn.executemany('INSERT INTO d VALUES (?, ?, ?, ?, ?)',
+                     [(i, number(), number(), number(), number()) for i in range(20000)])
+    conn.commit()
+    conn.close()
+    source = sources.Source('sqlite', 'sqlite:///%s' % path, 10)
+    cells, lines, _ = three_ways(monkeypatch, source, 'SELECT * FROM d ORDER BY id')
+    assert cells == lines
+
+
+def test_python_cells_limit_truncation_and_bom(items, monkeypatch):
+    monkeypatch.setattr(sqlexport, 'SQLITE_CHUNK_ROWS', 2)
+    cells, lines, stream = three_ways(monkeypatch, items, 'SELECT n, name FROM t ORDER BY rowid',
+                                      limit=3, bom=True)
+    assert cells == lines and cells.startswith('\ufeffn,name\n'.encode())
+    assert stream.rows == 3 and stream.truncated
+    cells, lines, stream = three_ways(monkeypatch, items, 'SELECT n, name FROM t ORDER BY rowid',
+                                      limit=19)
+    assert cells == lines and stream.rows == 19 and not stream.truncated
+
+
+def test_python_cells_stop_at_the_time_limit(items, monkeypatch):
+    source = items._replace(query_timeout=0.5)
+    slow = 'SELECT a.n, a.name, b.at FROM t a, t b, t c, t d, t e, t f, t g'
+    for python_cells in (True, False):
+        monkeypatch.setattr(sqlexport, 'SQLITE_PYTHON_CELLS', python_cells)
+        with pytest.raises(sources.ReportSQLError) as info:
+            export(source, slow)
+        assert 'time limit of 0.5s hit' in str(info.value)
+
+
+def test_python_cells_stop_when_the_reader_stops(items, tmp_path, monkeypatch):
+    """A reader that leaves early (a download that went away, a cancelled
+    run whose progress callback raises) ends the stream and its query; the
+    half-written file is removed, and the source answers the next export."""
+    from export import write_file
+    monkeypatch.setattr(sqlexport, 'SQLITE_CHUNK_ROWS', 2)
+    sql = 'SELECT * FROM t ORDER BY rowid'
+    with sqlexport.open_query_csv(items, sql, {}) as stream:
+        first = next(iter(stream))
+        assert first.startswith(b'n,name,')
+    assert not stream.exhausted
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(rows, size):
+        raise Cancelled()
+    out = tmp_path / 'out.csv'
+    with pytest.raises(Cancelled):
+        with sqlexport.open_query_csv(items, sql, {}) as stream:
+            write_file(stream, str(out), on_progress=progress, every=0)
+    assert not out.exists() and not (tmp_path / 'out.csv.part').exists()
+    cells, lines, _ = three_ways(monkeypatch, items, sql)
+    assert cells == lines
+
+
+def test_bytes_that_are_no_text_fail_as_they_do_in_lines(tmp_path, monkeypatch):
+    path = tmp_path / 'blob.db'
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE b (n INTEGER, name TEXT, at DATETIME)')
+    conn.executemany('INSERT INTO b VALUES (?, ?, ?)',
+                     [(1, b'\xff', None), (2, None, b'\xfe\xff')])
+    conn.commit()
+    conn.close()
+    source = sources.Source('sqlite', 'sqlite:///%s' % path, 10)
+    for sql in ('SELECT n, name FROM b WHERE n = 1', 'SELECT n, at FROM b WHERE n = 2'):
+        for python_cells in (True, False):
+            monkeypatch.setattr(sqlexport, 'SQLITE_PYTHON_CELLS', python_cells)
+            with pytest.raises(sources.ReportSQLError, match='decode'):
+                export(source, sql)
+
+
+
+def test_a_decimal_without_scale_is_printed_as_in_the_lines_and_quoted(tmp_path, monkeypatch):
+    """A DECIMAL with no scale is printed by what it holds, as SQLite writes
+    it in text (0.3 for 0.30000000000000004, as the lines did). Text with a
+    comma there is quoted now: the lines left it bare, a row one cell too long."""
+    path = tmp_path / 'unscaled.db'
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE u (n INTEGER, price DECIMAL, other NUMERIC)')
+    conn.executemany('INSERT INTO u VALUES (?, ?, ?)',
+                     [(1, 'a,b', 0.1 + 0.2), (2, 1.5, 'x"y'), (3, None, 2), (4, '=1', b'z')])
+    conn.commit()
+    conn.close()
+    source = sources.Source('sqlite', 'sqlite:///%s' % path, 10)
+    cells, lines, _ = three_ways(monkeypatch, source, 'SELECT * FROM u ORDER BY n')
+    assert lines == b'n,price,other\n1,a,b,0.3\n2,1.5,"x""y"\n3,,2\n4,\'=1,\\x7a\n'
+    assert cells == lines.replace(b'a,b', b'"a,b"')
+
+
+def test_decimal_cells_are_sqlites_printf_for_any_number():
+    """Values a DECIMAL column cannot keep (-0.0 is stored as 0) can still
+    come from an expression traced as DECIMAL: Python's shortcut and SQLite's
+    printf agree on them too."""
+    values = (-0.0, 0.0, 0, -0.001, 0.001, 2.675, 0.125, -1e-300, 1e13, -1e13 + 0.01, 1e15,
+              123.4, -5, 2 ** 53 + 1, float('inf'), float('-inf'), None, '', 'x', b'1')
+    printer = sqlexport._SqliteCells().printer
+    for places in (0, 2, 4):
+        expression = sqlexport._sqlite_column('?1', ('decimal', places), True)
+        printed = printer(expression)
+        assert sqlexport._decimal_cells(places, printed)(values) == [printed(v) for v in values]
