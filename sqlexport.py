@@ -521,7 +521,10 @@ def _sqlite_lines(types, escape):
                           "lower(hex(%s)) ELSE %s END)" % (x, x, _sqlite_quoted(x, x)))
             floats.append("CASE WHEN typeof(%s) = 'real' THEN %s END" % (x, x))
             continue
-        if kind[0] in ('decimal', 'bool'):
+        if kind[0] == 'bool' or (kind[0] == 'decimal' and kind[1] is not None):
+            # 'true'/'false' or printf's digits: never a comma or a quote. A
+            # DECIMAL with no scale prints what it holds, text included:
+            # checked for commas below like any text.
             plain.append("ifnull(%s, '')" % cell)
             marked.append(plain[-1])
             continue
