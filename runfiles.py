@@ -155,34 +155,50 @@ def prepare_file(registry, settings, store, attempt, *, heartbeat=None, share=Fa
     reused = _published_copy(settings, store, run)
     if reused:
         return reused
-    folder = attempt_folder(settings, attempt)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    key = None
+    folder, path = _fresh_folder(settings, attempt, run)
     try:
-        stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
-        csv_path = os.path.join(folder, '%s-%s%s' % (run.report, stamp,
-                                                     EXTENSIONS[check_format(run.format)]))
         attempt.update(rows=0, bytes=0, file_name=None, file_key=None, file_bytes=None,
                        sent_as=None)
-        stream = write_report(registry, settings, run, csv_path,
+        stream = write_report(registry, settings, run, path,
                               heartbeat.progress if heartbeat else None)
         if share:
-            os.link(csv_path, shared_source(settings, attempt))
-        csv_path = name_file(run, settings, registry.get(run.report).title, csv_path, stream)
-        path, sent_as = package(csv_path, settings)
-        key = store_key(settings, path)
-        store.save(key, path)
-        attempt.update(rows=stream.rows, bytes=stream.bytes, truncated=stream.truncated,
-                       file_name=os.path.basename(path), file_key=key,
-                       file_bytes=os.path.getsize(path), sent_as=sent_as,
-                       heartbeat_at=db_now())
+            os.link(path, shared_source(settings, attempt))
+        path, _ = _publish(settings, store, attempt, run, registry.get(run.report).title, path,
+                           stream, heartbeat_at=db_now())
     except LostOwnership:
-        if key is not None:
-            store.delete(key)
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return path
+
+
+def _fresh_folder(settings, attempt, run):
+    """(folder, path): the attempt's folder, emptied, and the path the run's
+    file is first written to (<report>-<stamp><extension>)."""
+    folder = attempt_folder(settings, attempt)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
+    return folder, os.path.join(folder, '%s-%s%s' % (run.report, stamp,
+                                                     EXTENSIONS[check_format(run.format)]))
+
+
+def _publish(settings, store, attempt, run, title, path, written, **also):
+    """Name the written file as the run's template says, package it, store
+    it and record it (with `also`) by a fenced write. `written` has its rows,
+    bytes and truncated. (path, the file's values recorded); a stored file
+    the run is no longer this attempt's to record is deleted again."""
+    path, sent_as = package(name_file(run, settings, title, path, written), settings)
+    key = store_key(settings, path)
+    store.save(key, path)
+    values = dict(rows=written.rows, bytes=written.bytes, truncated=written.truncated,
+                  file_name=os.path.basename(path), file_key=key,
+                  file_bytes=os.path.getsize(path), sent_as=sent_as)
+    try:
+        attempt.update(**values, **also)
+    except LostOwnership:
+        store.delete(key)
+        raise
+    return path, values
 
 
 def shared_source(settings, attempt):
@@ -193,38 +209,23 @@ def shared_source(settings, attempt):
 
 def publish_shared(settings, store, attempt, run, source, title, written) -> str:
     """A companion's own copy of its batch's file (`source`; `written` has
-    its rows, bytes and truncated): named by the companion's template,
-    packaged, stored and recorded with a fenced write, as prepare_file does
-    for a file it built, and on `run` (its row, read once for the batch).
-    Returns the local path."""
-    folder = attempt_folder(settings, attempt)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
-    path = os.path.join(folder, '%s-%s%s' % (run.report, stamp,
-                                             EXTENSIONS[check_format(run.format)]))
+    its rows, bytes and truncated), published as prepare_file publishes a
+    file it built, and recorded on `run` too (its row, read once for the
+    batch). Returns the local path."""
+    folder, path = _fresh_folder(settings, attempt, run)
     try:
         # A link costs nothing and the two names are deleted independently.
         os.link(source, path)
     except OSError:
         shutil.copyfile(source, path)
-    key = None
     try:
-        path, sent_as = package(name_file(run, settings, title, path, written), settings)
-        key = store_key(settings, path)
-        store.save(key, path)
         # No heartbeat here: the leader's beats the batch (runs.Heartbeat).
-        values = dict(rows=written.rows, bytes=written.bytes, truncated=written.truncated,
-                      file_name=os.path.basename(path), file_key=key,
-                      file_bytes=os.path.getsize(path), sent_as=sent_as)
-        attempt.update(**values)
-        for name, value in values.items():
-            setattr(run, name, value)
+        path, values = _publish(settings, store, attempt, run, title, path, written)
     except LostOwnership:
-        if key is not None:
-            store.delete(key)
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    for name, value in values.items():
+        setattr(run, name, value)
     return path
 
 
