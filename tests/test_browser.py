@@ -325,8 +325,9 @@ def test_a_running_run_shows_its_rows_so_far(page, live, smtp_sink):
     while the worker writes; then the total."""
     from playwright.sync_api import expect
     demo.seed(customers=200, orders=10000)
-    # Double the orders in SQL to 640,000: a few seconds of writing.
-    for _ in range(6):
+    # Double the orders in SQL to 1,280,000: a few seconds of writing (the
+    # export writes ~400k rows a second; the page polls every 1.5 s).
+    for _ in range(7):
         Order.raw('INSERT INTO "order" (customer_id, status, amount, created_at) '
                   'SELECT customer_id, status, amount, created_at FROM "order"').execute()
     total = Order.select().count()
