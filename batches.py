@@ -20,6 +20,10 @@ it, or its worker is stopping) is released: queued again as never tried,
 keeping any file published for it so that its next attempt sends the same
 data. A worker that dies leaves the batch's runs silent; the reaper queues
 each again like any other run.
+
+A companion whose mail must be tried again later (a 4xx) is queued with
+its backoff and a task for then; its own task from the burst, if still in
+the queue, may try it once before that (at-least-once, as ever).
 """
 import logging
 from typing import List
