@@ -137,70 +137,14 @@ class StreamOf:
         return self.inner.truncated
 
 
-class LineStream:
-    """CsvStream for rows that arrive as CSV lines the database joined (see
-    sqlexport._sqlite_lines): Python joins lines, and looks at a line's
-    cells only where a batch holds a quote, CR, LF or NUL. Each row's line
-    is followed by a value per `float_columns` entry: that column's float,
-    for Python to write, or None."""
+class _BatchStream:
+    """A CsvStream whose rows come from `cursor` in batches of `chunk_rows`,
+    each batch made text at once by `_text(batch)` (a subclass's); the
+    header (BOM first), NULs, the row limit and `truncated` as CsvStream
+    has them."""
 
-    def __init__(self, header, cursor, float_columns=(), chunk_rows=2000, bom=False,
-                 limit=None, final=False):
-        self.header, self.cursor, self.float_columns = header, cursor, float_columns
-        # final: lines come quoted in full (MariaDB), nothing to look at.
-        self.final = final
-        self.chunk_rows, self.bom, self.limit = chunk_rows, bom, limit
-        self.rows = self.bytes = 0
-        self.truncated = False
-
-    def __iter__(self):
-        buffer = _Buffer()
-        if self.bom:
-            buffer.write('\ufeff')
-        csv.writer(buffer, lineterminator=LINE_END).writerow(self.header)
-        head = buffer.drain()
-        single = len(self.header) == 1
-        fetch = self.cursor.fetchmany
-        while True:
-            wanted = self.chunk_rows
-            if self.limit is not None:
-                wanted = min(wanted, self.limit - self.rows)
-            batch = fetch(wanted) if wanted > 0 else []
-            lines = [row[0] for row in batch]
-            if self.final and single:
-                lines = [line or '""' for line in lines]
-            text = LINE_END.join(lines)
-            if not self.final and (single or '"' in text or '\r' in text or '\x00' in text \
-                    or text.count(LINE_END) != len(lines) - 1):
-                text = LINE_END.join([_line_text(row, single, self.float_columns)
-                                      for row in batch])
-            if lines:
-                text += LINE_END
-            text = head + text
-            head = ''
-            if text:
-                if '\x00' in text:
-                    text = text.replace('\x00', NUL_STANDIN)
-                data = text.encode('utf-8')
-                self.rows += len(lines)
-                self.bytes += len(data)
-                yield data
-            if len(batch) < wanted or wanted <= 0:
-                if self.limit is not None and self.rows >= self.limit:
-                    self.truncated = bool(fetch(1))
-                return
-
-
-class ColumnStream:
-    """CsvStream for rows whose cells are turned into text a column at a
-    time: `columns` holds, per column, a function from that column's values
-    in a batch (a tuple) to their cells as text. Column-wise list work costs
-    less than a call per row or per cell; a column is looked at cell by cell
-    only when its batch holds a comma, quote, CR or LF (csv.writer's
-    quoting, a lone CR quoted too, as CsvStream does)."""
-
-    def __init__(self, header, cursor, columns, chunk_rows=2000, bom=False, limit=None):
-        self.header, self.cursor, self.columns = header, cursor, columns
+    def __init__(self, header, cursor, chunk_rows=2000, bom=False, limit=None):
+        self.header, self.cursor = header, cursor
         self.chunk_rows, self.bom, self.limit = chunk_rows, bom, limit
         self.rows = self.bytes = 0
         self.truncated = False
@@ -217,7 +161,7 @@ class ColumnStream:
             if self.limit is not None:
                 wanted = min(wanted, self.limit - self.rows)
             batch = fetch(wanted) if wanted > 0 else []
-            text = head + (self._lines(batch) if batch else '')
+            text = head + (self._text(batch) if batch else '')
             head = ''
             if text:
                 if '\x00' in text:
@@ -231,7 +175,47 @@ class ColumnStream:
                     self.truncated = bool(fetch(1))
                 return
 
-    def _lines(self, batch):
+
+class LineStream(_BatchStream):
+    """CsvStream for rows that arrive as CSV lines the database joined (see
+    sqlexport._sqlite_lines): Python joins lines, and looks at a line's
+    cells only where a batch holds a quote, CR, LF or NUL. Each row's line
+    is followed by a value per `float_columns` entry: that column's float,
+    for Python to write, or None."""
+
+    def __init__(self, header, cursor, float_columns=(), chunk_rows=2000, bom=False,
+                 limit=None, final=False):
+        super().__init__(header, cursor, chunk_rows, bom, limit)
+        self.float_columns = float_columns
+        # final: lines come quoted in full (MariaDB), nothing to look at.
+        self.final = final
+
+    def _text(self, batch):
+        single = len(self.header) == 1
+        lines = [row[0] for row in batch]
+        if self.final and single:
+            lines = [line or '""' for line in lines]
+        text = LINE_END.join(lines)
+        if not self.final and (single or '"' in text or '\r' in text or '\x00' in text
+                               or text.count(LINE_END) != len(lines) - 1):
+            text = LINE_END.join([_line_text(row, single, self.float_columns)
+                                  for row in batch])
+        return text + LINE_END
+
+
+class ColumnStream(_BatchStream):
+    """CsvStream for rows whose cells are turned into text a column at a
+    time: `columns` holds, per column, a function from that column's values
+    in a batch (a tuple) to their cells as text. Column-wise list work costs
+    less than a call per row or per cell; a column is looked at cell by cell
+    only when its batch holds a comma, quote, CR or LF (csv.writer's
+    quoting, a lone CR quoted too, as CsvStream does)."""
+
+    def __init__(self, header, cursor, columns, chunk_rows=2000, bom=False, limit=None):
+        super().__init__(header, cursor, chunk_rows, bom, limit)
+        self.columns = columns
+
+    def _text(self, batch):
         cells = [_csv_quoted(cells_of(values))
                  for cells_of, values in zip(self.columns, zip(*batch))]
         if len(cells) == 1:
