@@ -557,7 +557,7 @@ def serve_and_download(source_url, workdir, times=1):
     orders report `times` times. Returns ([seconds per download], peak RSS MB
     of the server)."""
     import urllib.request
-    from loopback import free_port, wait_until
+    from loopback import answers, free_port, wait_until
     port = free_port()
     env = server_env(workdir, 'http', source_url)
     server = subprocess.Popen([sys.executable, 'server.py', '--port', str(port)], cwd=ROOT,
@@ -565,7 +565,7 @@ def serve_and_download(source_url, workdir, times=1):
     base = 'http://127.0.0.1:%d' % port
     seconds = []
     try:
-        wait_until(lambda: _answers(base + '/healthz'), timeout=30, message='server')
+        wait_until(lambda: answers(base + '/healthz'), timeout=30, message='server')
         for _ in range(times):
             started = time.perf_counter()
             with urllib.request.urlopen(base + '/reports/orders.csv', timeout=900) as res:
@@ -601,7 +601,7 @@ def queue_table(args, workdir):
     consumer; and tiny-run throughput against Huey's own no-op tasks."""
     import json as json_module
     import urllib.request
-    from loopback import RedisServer, SmtpSink, free_port, wait_until
+    from loopback import RedisServer, SmtpSink, answers, free_port, wait_until
     redis_server = RedisServer()
     redis_server.start()
     sink = SmtpSink()
@@ -624,7 +624,7 @@ def queue_table(args, workdir):
                               + consumer_args, cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        wait_until(lambda: _answers(base + '/healthz'), timeout=30, message='server')
+        wait_until(lambda: answers(base + '/healthz'), timeout=30, message='server')
 
         def post():
             body = json_module.dumps({'report': 'customers', 'to': ['b@example.org']}).encode()
@@ -744,14 +744,14 @@ def _can_pin():
 def serving(command, env, name):
     """A server started from `command` ('{port}' filled in), pinned to core 0
     when the load can have core 1; yields its base URL."""
-    from loopback import free_port, wait_until
+    from loopback import answers, free_port, wait_until
     pin = ['taskset', '-c', '0'] if _can_pin() else []
     port = free_port()
     proc = subprocess.Popen(pin + [c.format(port=port) for c in command], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = 'http://127.0.0.1:%d' % port
-        wait_until(lambda: _answers(base + '/healthz'), timeout=30, message=name)
+        wait_until(lambda: answers(base + '/healthz'), timeout=30, message=name)
         yield base
     finally:
         proc.terminate()
@@ -830,15 +830,6 @@ def page_table(args, workdir):
               'running, every 10 s otherwise: one server process answers the polls of '
               'about %s pages with runs moving.' % '{:,.0f}'.format(poll * 1.5)]
     return lines, poll / baseline
-
-
-def _answers(url):
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def main(argv=None):

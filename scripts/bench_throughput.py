@@ -273,7 +273,7 @@ class System:
     def __init__(self, workdir, cleanup, postgres=False):
         import bench_burst
         import demo
-        from loopback import RedisServer, free_port, wait_until
+        from loopback import RedisServer, answers, free_port, wait_until
         from models import bind_database
         self.workdir = workdir
         self.redis = RedisServer()
@@ -300,7 +300,7 @@ class System:
                                        cwd=ROOT, env=self.env, stdout=self.log,
                                        stderr=subprocess.STDOUT)
         cleanup.callback(stop, self.server, signal.SIGTERM)
-        wait_until(lambda: _answers(self.base + '/healthz'), timeout=30, message='server.py')
+        wait_until(lambda: answers(self.base + '/healthz'), timeout=30, message='server.py')
         self.consumer_args = procfile_worker_args()
         self.default_limit = self.settings().max_concurrent_per_report
         self.graceful = (signal.SIGTERM if 'TERM' in self.consumer_args
@@ -386,15 +386,6 @@ class System:
                 'sink': cpu_seconds(self.sink.proc.pid),
                 'redis-server': cpu_seconds(self.redis.proc.pid),
                 'bench (clients, polling)': self_cpu()}
-
-
-def _answers(url):
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 # -- one burst -----------------------------------------------------------------

@@ -59,6 +59,16 @@ def idle_turn_gaps(rows, limit):
     return gaps
 
 
+def answers(url):
+    """Whether something answers `url` on loopback (any HTTP reply within 1 s)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def call(method, url, body=None):
     """(status, JSON body) of an HTTP request on loopback; (None, None) when
     nothing answers."""
