@@ -132,6 +132,28 @@ def test_a_companion_refused_for_now_retries_alone_with_the_same_file(
     assert len(smtp_sink.messages) == 3
 
 
+def test_a_421_in_the_middle_of_a_batch_holds_back_one_run_and_the_rest_go_on(
+        make_jobs, catalogue, shop, smtp_sink):
+    """The server says 421 and hangs up at the second run's RCPT: that run
+    is pending (not sent, not refused) and retried alone later; the batch
+    goes on over a new connection, and nobody is mailed twice."""
+    jobs = make_jobs(registry=catalogue)
+    smtp_sink.rcpt_replies = [None, '421 4.3.2 closing for maintenance']
+    ids = [queue(jobs, '%s@example.org' % n) for n in 'abcd']
+    run_queued(jobs, limit=1)  # the first run's task: the whole batch
+    held = Run.get_by_id(ids[1])
+    assert held.status == RunStatus.QUEUED and '421' in held.error
+    assert [Run.get_by_id(i).status for i in (ids[0], ids[2], ids[3])] == \
+        [RunStatus.DELIVERED] * 3
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == \
+        ['a@example.org', 'c@example.org', 'd@example.org']
+    assert len(smtp_sink.greeted) == 2  # a new session after the hang-up
+    run_queued(jobs, limit=5)
+    assert Run.get_by_id(ids[1]).status == RunStatus.DELIVERED
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == \
+        ['a@example.org', 'b@example.org', 'c@example.org', 'd@example.org']
+
+
 def test_a_leader_whose_query_fails_fails_alone_and_its_companions_are_queued_again(
         make_jobs, catalogue, shop, smtp_sink, tmp_path):
     jobs = make_jobs(registry=catalogue)
