@@ -28,6 +28,7 @@ the queue, may try it once before that (at-least-once, as ever).
 import logging
 from typing import List
 
+import turns
 from models import Run, db, db_now, utcnow
 from vocab import RunStatus, Trigger
 
@@ -58,7 +59,7 @@ def _fresh():
     # (turns.py). A retry waits for its own delay, with its own file.
     return ((Run.status == RunStatus.QUEUED) & (Run.attempts == 0) & Run.file_key.is_null()
             & Run.trigger.not_in(_ALONE)
-            & (Run.next_attempt_at.is_null() | (Run.next_attempt_at == Run.queued_at)))
+            & (Run.next_attempt_at.is_null() | turns.waiting_for_turn()))
 
 
 def claim_companions(leader, run, limit, now=None) -> List:
@@ -90,32 +91,32 @@ def claim_companions(leader, run, limit, now=None) -> List:
     return [Attempt(run_id, 1) for run_id in mine]
 
 
+def _serving(leader_id):
+    # The leader's companions it has not finished with.
+    return ((Run.batch_of == leader_id) & (Run.status == RunStatus.RUNNING)
+            & (Run.id != leader_id))
+
+
 def beat(leader_id, now):
     """The batch's companions still running are alive (the leader's own beat
     is fenced by its attempt, runs.Heartbeat)."""
-    return (Run.update(heartbeat_at=now)
-            .where(Run.batch_of == leader_id, Run.status == RunStatus.RUNNING,
-                   Run.id != leader_id).execute())
+    return Run.update(heartbeat_at=now).where(_serving(leader_id)).execute()
 
 
 def release(leader_id, reason) -> List[int]:
     """Give the leader's unserved companions back to the queue, as never
     tried (their attempt was the leader's, not theirs). A file published for
     one stays: its next attempt mails that. Returns their ids, to enqueue."""
-    ids = [run_id for run_id, in Run.select(Run.id)
-           .where(Run.batch_of == leader_id, Run.status == RunStatus.RUNNING,
-                  Run.id != leader_id).tuples()]
+    ids = [run_id for run_id, in Run.select(Run.id).where(_serving(leader_id)).tuples()]
     if not ids:
         return []
-    released = []
+    released, now = [], utcnow()
     for run_id in ids:
         # One by one, each checked still running in this batch: a companion
         # cancelled or reaped meanwhile is left to whoever has it.
         if Run.update(status=RunStatus.QUEUED, attempts=Run.attempts - 1, batch_of=None,
-                      started_at=None, queued_at=utcnow(), next_attempt_at=None,
-                      error=reason) \
-                .where(Run.id == run_id, Run.batch_of == leader_id,
-                       Run.status == RunStatus.RUNNING).execute():
+                      started_at=None, queued_at=now, next_attempt_at=None, error=reason) \
+                .where((Run.id == run_id) & _serving(leader_id)).execute():
             released.append(run_id)
     if released:
         logger.info('run %d: %d run(s) it was serving queued again (%s)', leader_id,

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
-from peewee import Case, PostgresqlDatabase, fn
+from peewee import Case, PostgresqlDatabase
 
 import batches
 import bursting
@@ -122,14 +122,6 @@ def mark_failed(run_id, reason, now=None, *, only_queued=False):
                 .where((Run.id == run_id) & unfinished).execute())
 
 
-def record_wait(run_id, next_attempt_at):
-    """The run waits for a turn (not a failure): until `next_attempt_at`,
-    or, set to the run's queued_at, until a run of its report hands it one
-    (turns.py)."""
-    Run.update(next_attempt_at=next_attempt_at).where(Run.id == run_id,
-                                                      Run.status == RunStatus.QUEUED).execute()
-
-
 def retry_delay(attempts, settings, rng=random):
     """Exponential backoff with jitter: half the delay is random, so many
     runs failing together do not come back together."""
@@ -177,13 +169,7 @@ def claim(run_id, now=None, report=None, limit=None):
                 # Under READ COMMITTED two claims would each count the other's
                 # run as not yet running: claims of one report take turns.
                 db.execute_sql('SELECT pg_advisory_xact_lock(%s)', (_report_lock_key(report),))
-            busy = Run.alias('busy')
-            # A batch (batches.py) is one query on the source: one turn.
-            in_progress = (busy.select(fn.COUNT(fn.DISTINCT(fn.COALESCE(busy.batch_of, busy.id))))
-                           .where((busy.report == report) & (busy.status == RunStatus.RUNNING)
-                                  # A download streams in the web server, not a worker.
-                                  & (busy.trigger != Trigger.DOWNLOAD)))
-            condition &= (in_progress < limit)
+            condition &= (turns.holding(report, Run.alias('busy')) < limit)
         now = now or db_now()
         if not (Run.update(status=RunStatus.RUNNING, attempts=Run.attempts + 1, started_at=now,
                            heartbeat_at=now, next_attempt_at=None, batch_of=None)
@@ -323,13 +309,11 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
         return Outcome(Ending.FAILED)
     attempt = claim(run_id, report=run.report, limit=settings.max_concurrent_per_report)
     if attempt is None:
-        if Run.select(Run.status).where(Run.id == run_id).scalar() != RunStatus.QUEUED:
-            return Outcome(Ending.IDLE)
-        # No free turn: wait for one (turns.py), with no task, the next
-        # attempt set to the moment it was queued; the next run of the
-        # report to end hands it its turn. Then claim again: a run that
-        # ended between the two may have looked before this one waited.
-        record_wait(run_id, Run.queued_at)
+        # No free turn: wait for one (turns.py), with no task; the next run
+        # of the report to end hands it its turn. Then claim again: a run
+        # that ended between the two may have looked before this one waited.
+        if not turns.wait_for_turn(run_id):
+            return Outcome(Ending.IDLE)  # not queued: someone else has it
         attempt = claim(run_id, report=run.report, limit=settings.max_concurrent_per_report)
         if attempt is None:
             return Outcome(Ending.BUSY)
@@ -514,7 +498,7 @@ def reap(settings, now, enqueue, on_failed=None):
     for run in list(Run.select().where(Run.status == RunStatus.QUEUED, Run.queued_at < lost,
                                        (Run.next_attempt_at.is_null()) |
                                        ((Run.next_attempt_at < lost) &
-                                        (Run.next_attempt_at != Run.queued_at)))):
+                                        ~turns.waiting_for_turn()))):
         taken = (Run.update(queued_at=now)
                  .where(Run.id == run.id, Run.status == RunStatus.QUEUED,
                         Run.queued_at == run.queued_at).execute())

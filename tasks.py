@@ -212,11 +212,11 @@ class Jobs:
             with about_run(run_id):
                 outcome = runs.execute_run(run_id, self.registry, self.settings, self.mailer,
                                            self.store, on_companion=self.companion_ended)
-                if outcome.status not in (Ending.IDLE, Ending.BUSY):
-                    # First of all: the turn this run held goes to a waiting run.
-                    self.pass_turn(run_id)
                 # A run waiting for its turn is handed one later (turns.py).
                 quiet = outcome.status in (Ending.IDLE, Ending.BUSY)
+                if not quiet:
+                    # First of all: the turn this run held goes to a waiting run.
+                    self.pass_turn(run_id)
                 logger.log(logging.DEBUG if quiet else logging.INFO, 'run %d: %s', run_id,
                            outcome.status)
         except DB_ERRORS as exc:

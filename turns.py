@@ -25,22 +25,39 @@ from vocab import RunStatus, Trigger
 logger = logging.getLogger('nightshift.turns')
 
 
+def holding(report, model=Run):
+    """The query counting the turns of `report` held (runs.claim counts them
+    in its UPDATE, through an alias of Run as `model`). A batch (batches.py)
+    is one query on the source: one turn. A download streams in the web
+    server, not a worker: it holds none."""
+    return (model.select(fn.COUNT(fn.DISTINCT(fn.COALESCE(model.batch_of, model.id))))
+            .where((model.report == report) & (model.status == RunStatus.RUNNING)
+                   & (model.trigger != Trigger.DOWNLOAD)))
+
+
 def in_progress(report):
-    """Runs of `report` holding a turn (a download streams in the web
-    server, not a worker: it holds none)."""
-    # A batch (batches.py) is one query on the source: one turn.
-    return (Run.select(fn.COUNT(fn.DISTINCT(fn.COALESCE(Run.batch_of, Run.id))))
-            .where(Run.report == report, Run.status == RunStatus.RUNNING,
-                   Run.trigger != Trigger.DOWNLOAD).scalar())
+    """How many turns of `report` are held."""
+    return holding(report).scalar()
+
+
+def waiting_for_turn():
+    """A queued run waiting for a turn: its next attempt is the moment it
+    was queued (wait_for_turn). A run never tried has none (its task is in
+    the queue, or its creator's hands); a retry's is its own time, and its
+    own task comes then."""
+    return Run.next_attempt_at == Run.queued_at
+
+
+def wait_for_turn(run_id):
+    """Record that the queued run waits for a turn, with no task; False
+    when it is no longer queued (another worker has it, or it ended)."""
+    return bool(Run.update(next_attempt_at=Run.queued_at)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED).execute())
 
 
 def _waits():
-    # Recorded as waiting by runs.execute_run: its next attempt is the moment
-    # it was queued. A run never tried has none (its task is in the queue,
-    # or its creator's hands); a retry's is its own time, and its own task
-    # comes then.
     return ((Run.status == RunStatus.QUEUED) & (Run.trigger != Trigger.DOWNLOAD)
-            & (Run.next_attempt_at == Run.queued_at))
+            & waiting_for_turn())
 
 
 def waiting(report):
