@@ -15,13 +15,13 @@ import logging
 from peewee import IntegrityError
 
 import cron
+import runmessages
 import runs
 import schedules
 from errors import Conflict, InputError, NotFound
 from logformat import run_fields
 from models import Delivery, Run, Schedule, db, utcnow
 from runfiles import discard_files
-from runmessages import MESSAGE_FIELDS
 from vocab import DeliveryStatus, RunStatus, Trigger
 
 logger = logging.getLogger('nightshift.control')
@@ -101,8 +101,7 @@ def rerun(registry, settings, run_id, trigger=Trigger.WEB, by=None) -> Run:
                               trigger=trigger, schedule=old.schedule,
                               escape_formulas=old.escape_formulas, bom=old.bom,
                               split_by=old.split_by, file_format=old.format,
-                              message={key: getattr(old, key) for key in MESSAGE_FIELDS
-                                       if getattr(old, key) is not None})
+                              message=runmessages.of_schedule(old))
         Run.update(rerun_of=old.id, requested_by=by).where(Run.id == new.id).execute()
     new.rerun_of, new.requested_by = old.id, by
     logger.info('run %d runs run %d again', new.id, old.id,
