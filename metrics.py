@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 import consumers
-import cron
+import schedules
 from errors import Unauthorized
 from guards import TokenAuth
 from models import Consumer, Delivery, Run, Schedule, db, db_now, utcnow
@@ -130,8 +130,8 @@ class DatabaseCollector:
                 continue
             states['enabled'] += 1
             try:
-                zone = cron.check_timezone(schedule.timezone)
-                slot = cron.next_slot(schedule.cron, zone, schedule.checked_through)
+                slot = schedules.first_slot_after(schedule.cron, schedule.timezone,
+                                                  schedule.checked_through)
             except ValueError:
                 continue
             if slot is not None and slot <= now:

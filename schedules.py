@@ -237,6 +237,10 @@ def plan_slots(schedule, now, window):
     """plan(), and whether older missed slots were left out. The walk back is
     bounded: after long downtime only the latest SKIPPED_RECORD_LIMIT missed
     slots are looked at."""
+    upcoming = schedule.checked_through and first_slot_after(
+        schedule.cron, schedule.timezone, schedule.checked_through)
+    if upcoming and upcoming > now:
+        return None, [], None, False  # nothing since its mark: most schedules, most beats
     zone = cron.check_timezone(schedule.timezone)
     slots, more = cron.recent_slots(schedule.cron, zone, schedule.checked_through, now,
                                     limit=SKIPPED_RECORD_LIMIT + 1)
@@ -249,9 +253,10 @@ def plan_slots(schedule, now, window):
 
 
 @functools.lru_cache(maxsize=4096)
-def _first_slot_after(expression, timezone, mark):
-    # The same on every beat until the mark moves: cached, so a clock beat
-    # over a thousand schedules does not walk a thousand crons each time.
+def first_slot_after(expression, timezone, mark):
+    """The first slot after `mark` (naive UTC), or None. The same on every
+    beat until the mark moves: cached, so a clock beat over a thousand
+    schedules does not walk a thousand crons each time."""
     return cron.next_slot(expression, cron.check_timezone(timezone), mark)
 
 
@@ -280,10 +285,6 @@ def tick(registry, settings, jobs, now):
     # once ("database is locked") instead of waiting its turn.
     try:
         for schedule in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
-            upcoming = schedule.checked_through and _first_slot_after(
-                schedule.cron, schedule.timezone, schedule.checked_through)
-            if upcoming and upcoming > now:
-                continue  # nothing since its mark: most schedules, most beats
             due, skipped, latest, more = plan_slots(schedule, now, window)
             if latest is None:
                 continue
