@@ -13,7 +13,7 @@ import socket
 import threading
 from typing import NamedTuple
 
-from models import Consumer, db, db_now
+from models import Consumer, db, db_now, quote_name
 
 logger = logging.getLogger('nightshift.consumers')
 
@@ -139,16 +139,11 @@ class Presence:
 
 # --- what the web reads -------------------------------------------------------
 
-def quote(name):
-    """`name` quoted for the bound database's SQL."""
-    return '%s%s%s' % (db.obj.quote[0], name, db.obj.quote[1])
-
-
 def registered():
     """The rows, newest first. Plain SQL: /healthz reads them on every
     request, and building the query with Peewee costs more than running it."""
     return list(Consumer.raw('SELECT * FROM %s ORDER BY %s DESC, %s DESC' % (
-        quote(Consumer._meta.table_name), quote('started_at'), quote('id'))))
+        quote_name(Consumer._meta.table_name), quote_name('started_at'), quote_name('id'))))
 
 
 def listing(settings, now=None, consumers=None):

@@ -13,7 +13,7 @@ ten times as much: building the SQL, not running it, is most of the time.
 import datetime
 
 import consumers
-from models import Run, Schedule, db, db_now, utcnow
+from models import Run, Schedule, db, db_now, quote_name, utcnow
 from vocab import RunStatus
 
 
@@ -65,7 +65,7 @@ def problems(settings, rows=None, db_time=None, now=None):
 
 def _counts(queued_before):
     """(enabled schedules, runs queued since before `queued_before`)."""
-    param, _quote = db.obj.param, consumers.quote
+    param, _quote = db.obj.param, quote_name
     return db.execute_sql(
         'SELECT (SELECT COUNT(*) FROM %s WHERE %s = %s), '
         '(SELECT COUNT(*) FROM %s WHERE %s = %s AND %s <= %s)' % (

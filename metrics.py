@@ -19,17 +19,13 @@ import consumers
 import schedules
 from errors import Unauthorized
 from guards import TokenAuth
-from models import Consumer, Delivery, Run, Schedule, db, db_now, utcnow
+from models import Consumer, Delivery, Run, Schedule, db, db_now, quote_name, utcnow
 from vocab import TERMINAL, DeliveryStatus, RunStatus
 
 # Seconds: a report of a few seconds up to a two-hour export.
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 # Rows of a delivered file.
 ROW_BUCKETS = (10, 100, 1000, 10000, 100000, 1000000, 10000000)
-
-
-def _quote(database, name):
-    return '%s%s%s' % (database.quote[0], name, database.quote[1])
 
 
 def _epoch(moment):
@@ -178,7 +174,7 @@ class DatabaseCollector:
 
     def histograms(self):
         database = db.obj
-        q = functools.partial(_quote, database)
+        q = functools.partial(quote_name, database=database)
         started, finished, status = q('started_at'), q('finished_at'), q('status')
         duration = _seconds_between(database, started, finished)
         statuses = [str(status) for status in TERMINAL]
@@ -198,11 +194,11 @@ class DatabaseCollector:
 
     def _histogram(self, name, documentation, labels, value, buckets, where, params):
         database = db.obj
-        columns = ', '.join(_quote(database, label) for label in labels)
+        columns = ', '.join(quote_name(label, database) for label in labels)
         counts = ', '.join('SUM(CASE WHEN v <= %r THEN 1 ELSE 0 END)' % bound
                            for bound in buckets)
         finished = 'SELECT %s, %s AS v FROM %s WHERE %s' % (
-            columns, value, _quote(database, Run._meta.table_name), where)
+            columns, value, quote_name(Run._meta.table_name, database), where)
         totals = 'SELECT %s, COUNT(*), COALESCE(SUM(v), 0), %s FROM %%s GROUP BY %s ORDER BY %s' \
             % (columns, counts, columns, columns)
         if isinstance(database, SqliteDatabase):

@@ -20,14 +20,11 @@ from typing import List, Set
 
 from peewee import Database, MySQLDatabase, PostgresqlDatabase, SqliteDatabase
 
+from models import quote_name
+
 logger = logging.getLogger('nightshift.migrations')
 
 SCHEMA_TABLE = 'nightshift_schema'
-
-
-def _quote(database, name):
-    opening, closing = database.quote[0], database.quote[-1]
-    return '%s%s%s' % (opening, name.replace(closing, closing * 2), closing)
 
 
 class SchemaBehind(Exception):
@@ -91,22 +88,22 @@ def _copy_rows(database, table, model, present):
     fields = model._meta.sorted_fields
     columns, values, params = [], [], []
     for field in fields:
-        columns.append(_quote(database, field.column_name))
+        columns.append(quote_name(field.column_name, database))
         if field.column_name in present:
-            values.append(_quote(database, field.column_name))
+            values.append(quote_name(field.column_name, database))
         else:
             default = field.default() if callable(field.default) else field.default
             values.append(database.param)
             params.append(field.db_value(default))
     database.execute_sql('INSERT INTO %s (%s) SELECT %s FROM %s' % (
-        _quote(database, model._meta.table_name), ', '.join(columns), ', '.join(values),
-        _quote(database, table)), params)
+        quote_name(model._meta.table_name, database), ', '.join(columns), ', '.join(values),
+        quote_name(table, database)), params)
     if isinstance(database, PostgresqlDatabase) and model._meta.primary_key.name == 'id':
         # Ids were copied: the sequence goes on after the last one.
         database.execute_sql(
             "SELECT setval(pg_get_serial_sequence(%s, 'id'), "
             "COALESCE((SELECT MAX(id) FROM {0}), 0) + 1, false)".format(
-                _quote(database, model._meta.table_name)), (model._meta.table_name,))
+                quote_name(model._meta.table_name, database)), (model._meta.table_name,))
     return model.select().count()
 
 
@@ -169,8 +166,8 @@ def _judge_history(database):
     must not announce every missed or late slot of the history."""
     database.execute_sql(
         "UPDATE %s SET late = %s WHERE slot_at IS NOT NULL AND late IS NULL AND status IN "
-        "('delivered', 'failed', 'skipped', 'cancelled')" % (_quote(database, 'nightshift_run'),
-                                                              database.param), (False,))
+        "('delivered', 'failed', 'skipped', 'cancelled')"
+        % (quote_name('nightshift_run', database), database.param), (False,))
 
 
 def _message_columns(database):
@@ -213,14 +210,14 @@ def _ensure_schema_table(database):
     database.execute_sql(
         'CREATE TABLE IF NOT EXISTS %s (version INTEGER NOT NULL PRIMARY KEY, '
         'name VARCHAR(255) NOT NULL, applied_at VARCHAR(32) NOT NULL)'
-        % _quote(database, SCHEMA_TABLE))
+        % quote_name(SCHEMA_TABLE, database))
 
 
 def applied_versions(database: Database) -> Set[int]:
     if not database.table_exists(SCHEMA_TABLE):
         return set()
     return {row[0] for row in database.execute_sql(
-        'SELECT version FROM %s' % _quote(database, SCHEMA_TABLE))}
+        'SELECT version FROM %s' % quote_name(SCHEMA_TABLE, database))}
 
 
 def pending(database: Database) -> List[tuple]:
@@ -254,7 +251,7 @@ def migrate(database: Database, auto: bool = True) -> List[int]:
                 step(database)
                 database.execute_sql(
                     'INSERT INTO %s (version, name, applied_at) VALUES (%s, %s, %s)'
-                    % (_quote(database, SCHEMA_TABLE), database.param, database.param,
+                    % (quote_name(SCHEMA_TABLE, database), database.param, database.param,
                        database.param),
                     (version, name, datetime.datetime.now(datetime.timezone.utc)
                      .strftime('%Y-%m-%dT%H:%M:%SZ')))

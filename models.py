@@ -324,6 +324,14 @@ def open_database(url):
     return connect(url)
 
 
+def quote_name(name, database=None):
+    """A table or column name quoted for `database`'s SQL (default: the
+    bound one), a quote character inside it doubled."""
+    database = database or db.obj
+    opening, closing = database.quote[0], database.quote[-1]
+    return '%s%s%s' % (opening, name.replace(closing, closing * 2), closing)
+
+
 def db_now(database=None):
     """The database's clock as naive UTC. Heartbeats and the reaper both use
     it, so a worker whose own clock is off cannot make a live run look dead
