@@ -365,7 +365,7 @@ def test_a_schedule_keeps_its_format_and_its_runs_use_it(app, jobs, shop, smtp_s
     assert changed['format'] == 'csv.gz'
 
 
-def test_a_scheduled_slot_run_is_written_in_the_schedule_format(registry_settings):
+def test_a_scheduled_slot_run_is_written_in_the_schedule_format(registry_settings, jobs):
     import schedules
     registry, settings = registry_settings
     now = datetime.datetime(2026, 1, 5, 6, 0)
@@ -373,14 +373,9 @@ def test_a_scheduled_slot_run_is_written_in_the_schedule_format(registry_setting
         'name': 'gz', 'report': 'orders', 'to': ['ana@example.org'], 'cron': '0 7 * * *',
         'timezone': 'UTC', 'format': 'csv.gz'}, now)
 
-    class Queue:
-        queued = []
-
-        def enqueue_run(self, run):
-            self.queued.append(run.id)
-
-    [run] = schedules.tick(registry, settings, Queue(), now + datetime.timedelta(hours=1))
+    [run] = schedules.tick(registry, settings, jobs, now + datetime.timedelta(hours=1))
     assert (run.format, run.trigger) == ('csv.gz', 'schedule')
+    assert jobs.huey.pending_count() == 1  # queued on the real queue
 
 
 @pytest.fixture
