@@ -189,9 +189,10 @@ class LineStream(_BatchStream):
         self.float_columns = float_columns
         # final: lines come quoted in full (MariaDB), nothing to look at.
         self.final = final
+        self.single = len(header) == 1
 
     def _text(self, batch):
-        single = len(self.header) == 1
+        single = self.single
         lines = [row[0] for row in batch]
         if self.final and single:
             lines = [line or '""' for line in lines]

@@ -169,10 +169,12 @@ def _pg_column(position, oid, escape):
     return pg_escape_sql(text) if escape else "NULLIF(%s, '')" % text
 
 
-# What ascii() of a cell's first character is when the cell needs a closer
-# look: 0 (an empty text), or a blank or trigger a formula may start with.
-_PG_FIRST_CODES = ', '.join(str(code) for code in [0] + sorted(
-    {ord(c) for c in LEADING_BLANKS + FORMULA_TRIGGERS}))
+# The characters a formula may start with (a blank or a trigger), and their
+# codes as the engines' SQL compares them (SQLite's unicode(), PostgreSQL's
+# ascii(), which also gives 0 for an empty text: that too needs a look).
+_FORMULA_FIRST = frozenset(LEADING_BLANKS + FORMULA_TRIGGERS)
+_FIRST_CODES = ', '.join(str(ord(c)) for c in sorted(_FORMULA_FIRST))
+_PG_FIRST_CODES = '0, ' + _FIRST_CODES
 
 
 def pg_escape_sql(x):
@@ -639,7 +641,6 @@ def _odd_number(value):
     return value
 
 
-_FORMULA_FIRST = frozenset(LEADING_BLANKS + FORMULA_TRIGGERS)
 # A cell, in a column joined by line feeds (none inside a cell), that
 # starts with a formula character. One regular expression: the same search
 # with `in`, once per character, walks the text a dozen times.
@@ -776,8 +777,6 @@ def sqlite_escape_sql(x):
             "ELSE %(x)s END)" % {'x': x, 'blanks': LEADING_BLANKS, 'triggers': FORMULA_TRIGGERS,
                                  'first': _FIRST_CODES})
 
-
-_FIRST_CODES = ', '.join(str(ord(c)) for c in sorted(set(LEADING_BLANKS + FORMULA_TRIGGERS)))
 
 
 def sqlite_column_types(source: Source, sql: str) -> Optional[List[Optional[tuple]]]:

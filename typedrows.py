@@ -42,7 +42,6 @@ class TypedRows:
         self._source = rows
         self.limit = limit
         self.rows = 0
-        self.bytes = 0
         self.truncated = False
 
     def __iter__(self):
@@ -96,7 +95,6 @@ def _postgres(conn, source, sql, params):
     aliases = ', '.join('c%d' % i for i in range(len(columns)))
     wrapped = 'SELECT %s FROM (\n%s\n) AS q(%s)' % (', '.join(select), sql, aliases)
     cursor = conn.cursor(name='nightshift_rows')
-    cursor.itersize = BATCH
     cursor.execute(wrapped, params)
     zoned = [i for i, d in enumerate(described) if d.type_code == _PG_TIMESTAMPTZ]
     return columns, _pg_rows(cursor, zoned, source)
@@ -229,7 +227,7 @@ def _to_timestamp(value):
             parsed = _parse_timestamp(value)
         if parsed is None:
             return value
-        return _naive_utc(parsed) if parsed.tzinfo is not None else parsed
+        return _naive_utc(parsed)
     return value
 
 

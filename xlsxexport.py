@@ -29,6 +29,7 @@ its header repeated.
 import contextlib
 import datetime
 import decimal
+import functools
 import math
 import os
 import re
@@ -39,6 +40,7 @@ from export import CHUNK_BYTES, StreamOf
 EXCEL_MAX_ROWS = 1048576  # rows in one sheet, the header included
 EXCEL_MAX_TEXT = 32767  # characters in one cell
 EXACT_DIGITS = 15  # significant digits a double keeps exactly
+_EXACT_LIMIT = 10 ** EXACT_DIGITS
 EARLIEST_DATE = datetime.date(1900, 1, 1)
 DATE_FORMAT = 'yyyy-mm-dd'
 TIMESTAMP_FORMAT = 'yyyy-mm-dd hh:mm:ss'
@@ -53,6 +55,12 @@ def sheet_name(base, number):
         return base[:31]
     suffix = ' (%d)' % number
     return base[:31 - len(suffix)] + suffix
+
+
+@functools.lru_cache(maxsize=64)
+def _quantum(places):
+    # A column's scale as quantize() takes it: made once, not per cell.
+    return decimal.Decimal(1).scaleb(-places)
 
 
 class _Writer:
@@ -112,7 +120,7 @@ class _Writer:
                 if value:
                     sheet.write_string(row, col, value)
             elif kind is int:
-                if -10 ** EXACT_DIGITS < value < 10 ** EXACT_DIGITS:
+                if -_EXACT_LIMIT < value < _EXACT_LIMIT:
                     sheet.write_number(row, col, value, formats[col])
                 else:
                     sheet.write_string(row, col, str(value))
@@ -151,7 +159,7 @@ class _Writer:
             return
         parts = value.as_tuple()
         if column.places is not None and parts.exponent != -column.places:
-            value = value.quantize(decimal.Decimal(1).scaleb(-column.places),
+            value = value.quantize(_quantum(column.places),
                                    rounding=decimal.ROUND_HALF_EVEN)
             parts = value.as_tuple()
         if len(parts.digits) > EXACT_DIGITS:
