@@ -106,10 +106,11 @@ def _at_least_one(why=''):
     return check
 
 
-def _batch_size(value):
-    # Its runs' ids go in one IN (...) list: well within every engine's limit.
-    if not 1 <= value <= 1000:
-        raise ValueError('must be from 1 to 1000')
+def _from_1_to(most, why=''):
+    def check(value):
+        if not 1 <= value <= most:
+            raise ValueError('must be from 1 to %d%s' % (most, why))
+    return check
 
 
 def _positive(value):
@@ -120,12 +121,6 @@ def _positive(value):
 def _check_port(port):
     if port > 65535:
         raise ValueError('%d is not a TCP port' % port)
-
-
-def _split_cap(value):
-    # Each recipient of a split run is an open file while the rows stream by.
-    if not 1 <= value <= 1000:
-        raise ValueError('must be from 1 to 1000 (one open file per recipient)')
 
 
 def _check_public_url(url):
@@ -148,16 +143,23 @@ def _check_optional_address(address):
         check_address(address)
 
 
+MIN_TOKEN_LENGTH = 16
+
+
 def _check_tokens(value):
     for token in _items(value):
-        if len(token) < 16:
-            raise ValueError('every NIGHTSHIFT_API_TOKEN must be at least 16 characters '
-                             '(e.g. python -c "import secrets; print(secrets.token_urlsafe())")')
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError('every NIGHTSHIFT_API_TOKEN must be at least %d characters '
+                             '(e.g. python -c "import secrets; print(secrets.token_urlsafe())")'
+                             % MIN_TOKEN_LENGTH)
 
 
 def _check_metrics_token(value):
-    if value and len(value) < 16:
-        raise ValueError('NIGHTSHIFT_METRICS_TOKEN must be at least 16 characters')
+    if value and len(value) < MIN_TOKEN_LENGTH:
+        raise ValueError('NIGHTSHIFT_METRICS_TOKEN must be at least %d characters'
+                         % MIN_TOKEN_LENGTH)
+
+
 def _check_webhook_url(url):
     if url and not url.startswith(('http://', 'https://')):
         raise ValueError('%r must start with http:// or https://' % url.split('?', 1)[0])
@@ -230,7 +232,8 @@ SETTINGS = (
     S('max_split_recipients', int, 200,
       'distinct recipients a split run (`split_by`) may find in its data, at most 1000: one '
       'open file each while the rows are written; a run that finds more fails, saying so',
-      check=_split_cap),
+      # Each recipient of a split run is an open file while the rows stream by.
+      check=_from_1_to(1000, ' (one open file per recipient)')),
     S('max_body_bytes', int, 65536, 'largest JSON body'),
     S('max_attempts', int, 5, 'tries of a run, first included, before it is `failed`',
       check=_at_least_one()),
@@ -278,7 +281,8 @@ SETTINGS = (
     S('batch_runs', int, 500,
       'runs of one report with the same parameters that one query serves when they are '
       'queued together (a burst); each is still mailed and recorded on its own; 1: every '
-      'run queries alone (at most 1000)', check=_batch_size),
+      # Its runs' ids go in one IN (...) list: well within every engine's limit.
+      'run queries alone (at most 1000)', check=_from_1_to(1000)),
     S('csv_bom', bool, True, 'start files meant for people with a UTF-8 BOM (for Excel)'),
     S('timezone', str, 'UTC', 'default IANA timezone of schedules', check=cron.check_timezone),
     S('catchup_hours', float, 24.0,
