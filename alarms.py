@@ -30,7 +30,7 @@ from peewee import fn
 import webhooks
 from delivery import failure_notice
 from mail import Mail, MailError
-from models import Notice, Notification, Run, Schedule, db
+from models import Notice, Notification, Run, Schedule, db, iso_z
 from runmessages import installation_id
 from runs import retry_delay
 from settings import hide_path
@@ -48,10 +48,6 @@ SEND_LIMIT = 50
 LISTED = 50
 WORDS = {Event.DELIVERED: 'delivered', Event.FAILED: 'failed', Event.LATE: 'late',
          Event.SKIPPED: 'missed'}
-
-
-def _iso(value):
-    return value.isoformat() + 'Z' if value is not None else None
 
 
 def _minute(value):
@@ -351,11 +347,11 @@ def payload(notices, settings, now):
     return {
         'text': '\n'.join([title] + lines),
         'source': 'nightshift',
-        'sent_at': _iso(now),
+        'sent_at': iso_z(now),
         'count': len(notices),
         'events': [{'event': n.event, 'run_id': n.run_id, 'report': n.report,
-                    'schedule': n.schedule, 'slot_at': _iso(n.slot_at),
-                    'at': _iso(n.created_at), 'summary': n.detail.splitlines()[0],
+                    'schedule': n.schedule, 'slot_at': iso_z(n.slot_at),
+                    'at': iso_z(n.created_at), 'summary': n.detail.splitlines()[0],
                     'url': '%s/api/runs/%d' % (base, n.run_id) if n.run_id else None}
                    for n in notices],
     }
@@ -370,8 +366,8 @@ def notification_as_dict(note):
     return {'id': note.id, 'channel': note.channel, 'target': shown_target(note),
             'status': note.status, 'events': note.events, 'attempts': note.attempts,
             'response_status': note.response_status, 'error': note.error,
-            'text': text, 'created_at': _iso(note.created_at), 'sent_at': _iso(note.sent_at),
-            'next_attempt_at': _iso(note.next_attempt_at)
+            'text': text, 'created_at': iso_z(note.created_at), 'sent_at': iso_z(note.sent_at),
+            'next_attempt_at': iso_z(note.next_attempt_at)
             if note.status == SendStatus.PENDING else None}
 
 

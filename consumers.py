@@ -13,7 +13,7 @@ import socket
 import threading
 from typing import NamedTuple
 
-from models import Consumer, db, db_now, quote_name
+from models import Consumer, db, db_now, iso_z, quote_name
 
 logger = logging.getLogger('nightshift.consumers')
 
@@ -155,17 +155,13 @@ def listing(settings, now=None, consumers=None):
     for consumer in registered() if consumers is None else consumers:
         rows.append({
             'id': consumer.id, 'host': consumer.host, 'pid': consumer.pid,
-            'started_at': _iso(consumer.started_at), 'workers': consumer.workers,
+            'started_at': iso_z(consumer.started_at), 'workers': consumer.workers,
             'worker_type': consumer.worker_type, 'periodic': consumer.periodic,
-            'heartbeat_at': _iso(consumer.heartbeat_at),
-            'last_tick_at': _iso(consumer.last_tick_at),
+            'heartbeat_at': iso_z(consumer.heartbeat_at),
+            'last_tick_at': iso_z(consumer.last_tick_at),
             'live': consumer.heartbeat_at >= since,
             'seconds_since_heartbeat': round((now - consumer.heartbeat_at).total_seconds(), 1),
             'seconds_since_tick': None if consumer.last_tick_at is None
             else round((now - consumer.last_tick_at).total_seconds(), 1),
         })
     return rows
-
-
-def _iso(value):
-    return value.isoformat() + 'Z' if value is not None else None

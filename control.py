@@ -20,7 +20,7 @@ import runs
 import schedules
 from errors import Conflict, InputError, NotFound
 from logformat import run_fields
-from models import Delivery, Run, Schedule, db, utcnow
+from models import Delivery, Run, Schedule, db, iso_z, utcnow
 from runfiles import discard_files
 from vocab import DeliveryStatus, RunStatus, Trigger
 
@@ -138,10 +138,6 @@ def parse_bound(value, zone, field, end):
     return cron.to_utc(moment, zone)
 
 
-def _iso(value):
-    return value.isoformat() + 'Z' if value is not None else None
-
-
 def _why_not(run):
     """Why a slot that has a run gets no other."""
     if run.status == RunStatus.DELIVERED:
@@ -191,24 +187,24 @@ def backfill(registry, settings, schedule_name, start, end, now=None):
         run = existing.get(slot)
         if run is not None and not _missed(run):
             reason, message = _why_not(run)
-            skipped.append({'slot_at': _iso(slot), 'reason': reason, 'message': message,
+            skipped.append({'slot_at': iso_z(slot), 'reason': reason, 'message': message,
                             'run': run.id})
             continue
         if schedule.enabled and slot > schedule.checked_through:
-            skipped.append({'slot_at': _iso(slot), 'reason': 'not_reached',
+            skipped.append({'slot_at': iso_z(slot), 'reason': 'not_reached',
                             'message': "the schedule's tick has not reached this slot yet; "
                                        "it runs it", 'run': None})
             continue
         try:
             created.append(_create(registry, settings, schedule, slot, run, now))
         except IntegrityError:
-            skipped.append({'slot_at': _iso(slot), 'reason': 'exists',
+            skipped.append({'slot_at': iso_z(slot), 'reason': 'exists',
                             'message': 'another run of this slot was made meanwhile',
                             'run': None})
     report = {
         'schedule': schedule.name,
-        'from': _iso(first), 'to': _iso(min(last, now)),
-        'created': [{'id': run.id, 'slot_at': _iso(run.slot_at), 'status': run.status,
+        'from': iso_z(first), 'to': iso_z(min(last, now)),
+        'created': [{'id': run.id, 'slot_at': iso_z(run.slot_at), 'status': run.status,
                      'error': run.error, 'url': '/api/runs/%d' % run.id} for run in created],
         'skipped': skipped,
     }

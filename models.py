@@ -38,6 +38,11 @@ def utcnow():
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+def iso_z(value):
+    """A naive UTC datetime as the API writes it (ISO 8601 with Z), or None."""
+    return value.isoformat() + 'Z' if value is not None else None
+
+
 class JSONField(TextField):
     """JSON as text: the same on SQLite and PostgreSQL."""
     def db_value(self, value):

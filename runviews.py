@@ -1,10 +1,6 @@
 """A run as the API and the page show it (JSON-ready dicts)."""
-from models import Delivery
+from models import Delivery, iso_z
 from vocab import TERMINAL
-
-
-def _iso(value):
-    return value.isoformat() + 'Z' if value is not None else None
 
 
 def file_ready(run):
@@ -33,10 +29,10 @@ def run_as_dict(run, deliveries=None):
         'error': run.error,
         'trigger': run.trigger,
         'schedule': run.schedule,
-        'slot_at': _iso(run.slot_at),
-        'created_at': _iso(run.created_at),
-        'started_at': _iso(run.started_at),
-        'finished_at': _iso(run.finished_at),
+        'slot_at': iso_z(run.slot_at),
+        'created_at': iso_z(run.created_at),
+        'started_at': iso_z(run.started_at),
+        'finished_at': iso_z(run.finished_at),
         'file_name': run.file_name,
         'file_bytes': run.file_bytes,
         'file_url': '/api/runs/%d/file' % run.id if file_ready(run) else None,
@@ -55,14 +51,14 @@ def run_as_dict(run, deliveries=None):
         # and their addresses among it); a test's slot.
         'split_by': run.split_by,
         'split': run.split_report,
-        'test_slot_at': _iso(run.test_slot_at),
+        'test_slot_at': iso_z(run.test_slot_at),
         'subject': run.subject,
         'body': run.body,
         'attachment_name': run.attachment_name,
         'send_rule': run.send_rule,
         'format': run.format,
         'deliveries': [{'address': d.address, 'status': d.status, 'error': d.error,
-                        'sent_at': _iso(d.sent_at), 'part': d.part, 'rows': d.rows}
+                        'sent_at': iso_z(d.sent_at), 'part': d.part, 'rows': d.rows}
                        for d in deliveries],
         'url': '/api/runs/%d' % run.id,
     }

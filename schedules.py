@@ -22,7 +22,7 @@ import runs
 import slotparams
 from errors import Conflict
 from formats import check_format, check_split
-from models import Run, Schedule, db, utcnow
+from models import Run, Schedule, db, iso_z, utcnow
 from params import InputError
 from reports import find_report
 from settings import SettingsError, hide_path
@@ -371,10 +371,6 @@ def _create_slot_run(registry, settings, schedule, slot, now, *, to=None,
                           finished_at=now, error='%s: %s' % (exc.field, exc.message))
 
 
-def _iso(value):
-    return value.isoformat() + 'Z' if value is not None else None
-
-
 def next_run(schedule, now):
     """(UTC, local aware) of the schedule's next slot; (None, None) when paused."""
     if not schedule.enabled:
@@ -434,15 +430,15 @@ def schedule_as_dict(schedule, now, registry=None):
         **runmessages.of_schedule(schedule),
         'late_after': schedule.late_after,
         'webhook': hide_path(schedule.webhook_url) if schedule.webhook_url else None,
-        'next_run_at': _iso(upcoming),
+        'next_run_at': iso_z(upcoming),
         'next_run_local': local.isoformat() if local else None,
         'next_slot_params': slotparams.slot_params(registry, schedule, upcoming)
         if registry is not None else None,
         'last_run': None if last is None else {
             'id': last.id, 'status': last.status, 'trigger': last.trigger,
-            'slot_at': _iso(last.slot_at), 'created_at': _iso(last.created_at),
+            'slot_at': iso_z(last.slot_at), 'created_at': iso_z(last.created_at),
             'url': '/api/runs/%d' % last.id},
-        'created_at': _iso(schedule.created_at),
-        'updated_at': _iso(schedule.updated_at),
+        'created_at': iso_z(schedule.created_at),
+        'updated_at': iso_z(schedule.updated_at),
         'url': '/api/schedules/%s' % schedule.name,
     }
