@@ -44,10 +44,12 @@ def live_after(settings, now):
     return now - datetime.timedelta(seconds=SILENT_BEATS * settings.consumer_heartbeat)
 
 
-def register(info, now=None):
-    """A row for this process; returns its id."""
+def register(info, now=None, started_at=None):
+    """A row for this process (started at `started_at`, default now);
+    returns its id."""
     now = now or db_now()
-    return Consumer.create(host=socket.gethostname(), pid=os.getpid(), started_at=now,
+    return Consumer.create(host=socket.gethostname(), pid=os.getpid(),
+                           started_at=started_at or now,
                            workers=info.workers, worker_type=info.worker_type,
                            periodic=info.periodic, heartbeat_at=now).id
 
@@ -60,9 +62,7 @@ def beat(consumer_id, info, started_at, now=None):
     Consumer.delete().where(Consumer.heartbeat_at < now - FORGET_AFTER).execute()
     if Consumer.update(heartbeat_at=now).where(Consumer.id == consumer_id).execute():
         return consumer_id
-    return Consumer.create(host=socket.gethostname(), pid=os.getpid(), started_at=started_at,
-                           workers=info.workers, worker_type=info.worker_type,
-                           periodic=info.periodic, heartbeat_at=now).id
+    return register(info, now, started_at)
 
 
 def record_tick(consumer_id, now=None):

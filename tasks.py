@@ -131,9 +131,7 @@ class Jobs:
             # away (a worker that died is restarted).
             if self.presence is not None and self.consumer.stop_flag.is_set():
                 self.presence.stop(remove=True)
-            close_mail = getattr(self.mailer, 'close', None)
-            if close_mail is not None:
-                close_mail()
+            self.mailer.close()
 
         self.run_report = run_report
         self.tick_schedules = tick_schedules
