@@ -20,7 +20,8 @@ import time
 from typing import Iterator, List, NamedTuple, Optional, Union
 
 from sources import ReportSQLError, Source
-from sqlexport import _fetching, _parse_timestamp, describe, guarded_query, sqlite_column_types
+from sqlexport import (_PG_TIMESTAMPTZ, _fetching, _parse_timestamp, describe, guarded_query,
+                       sqlite_column_types)
 
 BATCH = 2000
 
@@ -77,7 +78,6 @@ _PG_KINDS = {16: 'bool', 20: 'number', 21: 'number', 23: 'number', 26: 'number',
              700: 'number', 701: 'number', 1700: 'decimal', 1082: 'date',
              1114: 'timestamp', 1184: 'timestamp', 25: 'text', 1043: 'text', 1042: 'text',
              19: 'text', 17: 'bytes'}
-_PG_TIMESTAMPTZ = 1184
 
 
 def _postgres(conn, source, sql, params):
@@ -132,10 +132,13 @@ def _naive_utc(value):
 def _mysql(conn, source, sql, params):
     import pymysql.cursors
     cursor = conn.cursor(pymysql.cursors.SSCursor)
+    from pymysql.constants import FIELD_TYPE
     cursor.execute(sql, params)
     columns = [_mysql_column(d) for d in cursor.description]
     bools = [i for i, c in enumerate(columns) if c.kind == 'bool']
-    return columns, _mysql_rows(cursor, bools)
+    # PyMySQL reads TIME as a timedelta, and only TIME.
+    times = [i for i, d in enumerate(cursor.description) if d[1] == FIELD_TYPE.TIME]
+    return columns, _mysql_rows(cursor, bools, times)
 
 
 def _mysql_column(description):
@@ -154,15 +157,19 @@ def _mysql_column(description):
     return Column(name, 'text')
 
 
-def _mysql_rows(cursor, bools):
-    for row in _fetching(cursor, BATCH):
+def _mysql_rows(cursor, bools, times):
+    rows = _fetching(cursor, BATCH)
+    if not bools and not times:
+        yield from rows  # as they come: nothing to change
+        return
+    for row in rows:
         row = list(row)
         for i in bools:
             if row[i] is not None:
                 row[i] = bool(row[i])
-        for i, value in enumerate(row):
-            if value.__class__ is datetime.timedelta:
-                row[i] = str(value)  # TIME
+        for i in times:
+            if row[i].__class__ is datetime.timedelta:
+                row[i] = str(row[i])
         yield row
 
 

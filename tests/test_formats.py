@@ -500,3 +500,15 @@ def test_a_templated_file_name_keeps_the_format_extension(app, jobs, shop, smtp_
     name, data = attachment(smtp_sink.messages[0]['message'])
     assert name == 'orders-%d.csv.gz' % Order.select().count()
     assert gzip.decompress(data).startswith(b'\xef\xbb\xbfid,created_at')
+
+
+def test_mariadb_time_and_plain_rows_in_a_workbook(mariadb_url, tmp_path):
+    """PyMySQL reads TIME as a timedelta: the cell is its text. A query with
+    no TIME or BOOLEAN column passes its rows through unchanged."""
+    source = sources.Source('mysql', mariadb_url, 10)
+    export_xlsx(source, "SELECT CAST('12:34:56' AS TIME) AS t, CAST('-01:02:03' AS TIME) AS "
+                        "back, TRUE AS yes", tmp_path / 'time.xlsx')
+    assert values(read_xlsx(str(tmp_path / 'time.xlsx'))['items']) == [
+        ['t', 'back', 'yes'], ['12:34:56', '-1 day, 22:57:57', True]]
+    export_xlsx(source, "SELECT 7 AS n, 'x' AS s", tmp_path / 'plain.xlsx')
+    assert values(read_xlsx(str(tmp_path / 'plain.xlsx'))['items']) == [['n', 's'], [7, 'x']]
