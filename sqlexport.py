@@ -465,6 +465,16 @@ def _mysql_cell(description, escape):
     return text_cell(escape)
 
 
+def sqlite_header_and_types(cursor, source, sql, params):
+    """(column names, each column's traced type or None where unknown) of
+    a SQLite query, before it runs."""
+    header = [d[0] for d in describe(cursor, sql, params)]
+    types = sqlite_column_types(source, sql)
+    if types is None or len(types) != len(header):
+        types = [None] * len(header)
+    return header, types
+
+
 @contextlib.contextmanager
 def _sqlite(source, conn, sql, params, escape, bom, limit):
     # The columns first (names, count), then one SELECT. Where the query's
@@ -473,10 +483,7 @@ def _sqlite(source, conn, sql, params, escape, bom, limit):
     # has SQLite join its lines (_sqlite_lines); else SQLite prints each
     # column in the canonical form and csv.writer writes the rows.
     cursor = conn.cursor()
-    header = [d[0] for d in describe(cursor, sql, params)]
-    types = sqlite_column_types(source, sql)
-    if types is None or len(types) != len(header):
-        types = [None] * len(header)
+    header, types = sqlite_header_and_types(cursor, source, sql, params)
     names = ', '.join('c%d' % i for i in range(len(header)))
     with_q = 'WITH q(%s) AS (\n%s\n) SELECT ' % (names, sql)
     if SQLITE_LINES and all(kind is not None and kind[0] in _LINE_KINDS for kind in types):

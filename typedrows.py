@@ -21,7 +21,7 @@ from typing import Iterator, List, NamedTuple, Optional, Union
 
 from sources import ReportSQLError, Source
 from sqlexport import (_PG_TIMESTAMPTZ, _fetching, _parse_timestamp, describe, guarded_query,
-                       sqlite_column_types)
+                       sqlite_header_and_types)
 
 BATCH = 2000
 
@@ -177,10 +177,7 @@ def _mysql_rows(cursor, bools, times):
 
 def _sqlite(conn, source, sql, params):
     cursor = conn.cursor()
-    names = [d[0] for d in describe(cursor, sql, params)]
-    traced = sqlite_column_types(source, sql)
-    if traced is None or len(traced) != len(names):
-        traced = [None] * len(names)
+    names, traced = sqlite_header_and_types(cursor, source, sql, params)
     columns = [Column(name, kind[0], kind[1]) if kind else Column(name)
                for name, kind in zip(names, traced)]
     cursor.execute(sql, params)
