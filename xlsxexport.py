@@ -36,6 +36,7 @@ import re
 import tempfile
 
 from export import CHUNK_BYTES, StreamOf
+from sqlexport import float_text
 
 EXCEL_MAX_ROWS = 1048576  # rows in one sheet, the header included
 EXCEL_MAX_TEXT = 32767  # characters in one cell
@@ -45,7 +46,6 @@ EARLIEST_DATE = datetime.date(1900, 1, 1)
 DATE_FORMAT = 'yyyy-mm-dd'
 TIMESTAMP_FORMAT = 'yyyy-mm-dd hh:mm:ss'
 _SHEET_FORBIDDEN = re.compile(r'[\[\]:*?/\\]')
-_FLOAT_WORDS = {math.inf: 'Infinity', -math.inf: '-Infinity'}
 
 
 def sheet_name(base, number):
@@ -128,7 +128,7 @@ class _Writer:
                 if math.isfinite(value):
                     sheet.write_number(row, col, value, formats[col])
                 else:
-                    sheet.write_string(row, col, _FLOAT_WORDS.get(value, 'NaN'))
+                    sheet.write_string(row, col, float_text(value))  # as the CSV writes it
             elif kind is decimal.Decimal:
                 self._write_decimal(row, col, value)
             elif kind is bool:
