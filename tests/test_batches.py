@@ -299,3 +299,36 @@ def test_a_batch_whose_consumer_dies_or_stops_mid_mail_loses_nothing(
     assert set(recipients) == {'k%d@example.org' % i for i in range(32)}
     assert len(recipients) - 32 <= 2, sorted(r for r in recipients if recipients.count(r) > 1)
     assert Delivery.select().where(Delivery.status != DeliveryStatus.SENT).count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_a_batch_whose_state_database_connections_are_cut_mid_mail_loses_nothing(
+        app, consumers, smtp_sink, postgres_url):  # noqa: F811 (the fixture)
+    """Every connection to the state database cut, again and again for two
+    seconds, while a batch mails: whatever the batch could not record is
+    taken back (reaper) or retried, and every run is delivered, every
+    recipient mailed, a second copy only for a message whose record was cut."""
+    import time
+    import psycopg
+    from conftest import wait_until
+    demo.seed(customers=20, orders=50)
+    smtp_sink.data_delay = 0.2
+    consumers.start()
+    ids = _post_burst(app, 32)
+    wait_until(lambda: _batch_mailing(ids), timeout=60, message='a batch part-way mailed')
+    cut, deadline = 0, time.monotonic() + 2
+    while time.monotonic() < deadline:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            cut += admin.execute(
+                'SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity '
+                'WHERE datname = current_database() AND pid <> pg_backend_pid()').fetchone()[0]
+        time.sleep(0.2)
+    assert cut > 0  # the consumer's connections were there to cut
+    smtp_sink.data_delay = 0
+    wait_until(lambda: Run.select().where(Run.id.in_(ids),
+                                          Run.status == RunStatus.DELIVERED).count() == 32,
+               timeout=120, message='all 32 runs delivered')
+    recipients = [m['to'][0] for m in smtp_sink.messages]
+    assert set(recipients) == {'k%d@example.org' % i for i in range(32)}
+    assert len(recipients) - 32 <= 3, sorted(r for r in recipients if recipients.count(r) > 1)
