@@ -6,6 +6,7 @@ import time
 
 import links
 import runmessages
+import statements
 from dbhealth import DB_ERRORS
 from mail import Mail, MailError, compose, compose_notice
 from models import Delivery, Run, db, db_now, utcnow
@@ -52,12 +53,12 @@ def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float,
     # again with the same Message-ID rather than not at all.
     with db.atomic():
         attempt.update(heartbeat_at=db_now())
-        Delivery.update(status=DeliveryStatus.SENDING).where(Delivery.id.in_(ids)).execute()
+        statements.update(Delivery, {'status': DeliveryStatus.SENDING}, ('id', 'in', ids))
     try:
         replies = mailer.send(mail)
     except MailError as exc:
-        Delivery.update(status=DeliveryStatus.PENDING, error=str(exc)) \
-            .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.SENDING).execute()
+        statements.update(Delivery, {'status': DeliveryStatus.PENDING, 'error': str(exc)},
+                          ('id', 'in', ids), ('status', '=', DeliveryStatus.SENDING))
         raise
     _record_until_it_lands(targets, replies, settings)
     temporary = {d.address: d.error for d in targets if d.status == DeliveryStatus.PENDING}
@@ -92,15 +93,15 @@ def record_replies(targets, replies, sent_at):
     for delivery in targets:
         reply = replies.get(delivery.address) or '421 no reply for this recipient'
         if reply.startswith('2'):
-            Delivery.update(status=DeliveryStatus.SENT, sent_at=sent_at, error=None) \
-                .where(Delivery.id == delivery.id).execute()
+            statements.update(Delivery, {'status': DeliveryStatus.SENT, 'sent_at': sent_at,
+                                         'error': None}, ('id', '=', delivery.id))
             delivery.status, delivery.error = DeliveryStatus.SENT, None
             continue
         delivery.status = DeliveryStatus.REFUSED if reply.startswith('5') \
             else DeliveryStatus.PENDING
         delivery.error = reply
-        Delivery.update(status=delivery.status, error=reply) \
-            .where(Delivery.id == delivery.id, Delivery.status != DeliveryStatus.SENT).execute()
+        statements.update(Delivery, {'status': delivery.status, 'error': reply},
+                          ('id', '=', delivery.id), ('status', '!=', DeliveryStatus.SENT))
 
 
 def failure_notice(run, operator, settings=None):

@@ -23,6 +23,7 @@ import batches
 import bursting
 import reldates
 import runmessages
+import statements
 import turns
 from delivery import deliver
 from errors import InputError, LostOwnership, PermanentFailure
@@ -142,7 +143,9 @@ class Attempt(NamedTuple):
 
     def update(self, **values):
         """A fenced write; LostOwnership when the run is no longer ours."""
-        if not Run.update(**values).where(self.owned()).execute():
+        if not statements.update(Run, values, ('id', '=', self.run_id),
+                                 ('status', '=', RunStatus.RUNNING),
+                                 ('attempts', '=', self.number)):
             raise LostOwnership('run %d: attempt %d no longer owns it'
                                 % (self.run_id, self.number))
 
@@ -296,25 +299,26 @@ def execute_run(run_id: int, registry, settings, mailer, store, *,
     # The status and report alone until the run is claimed: in a burst most
     # tasks find their run served already by another's query (batches.py)
     # or every turn taken, and reading the whole row costs more than that.
-    run = Run.select(Run.status, Run.report).where(Run.id == run_id).first()
-    if run is None or run.status != RunStatus.QUEUED:
+    row = statements.select_one(Run, ('status', 'report'), ('id', '=', run_id))
+    if row is None or row[0] != RunStatus.QUEUED:
         return Outcome(Ending.IDLE)
-    note(report=run.report)
+    report = row[1]
+    note(report=report)
     try:
-        definition = registry.get(run.report)
+        definition = registry.get(report)
     except (UnknownReport, BrokenReport) as exc:
-        mark_failed(run_id, 'report %r no longer exists' % run.report
+        mark_failed(run_id, 'report %r no longer exists' % report
                     if isinstance(exc, UnknownReport)
-                    else 'report %s cannot be used: %s' % (run.report, exc.error))
+                    else 'report %s cannot be used: %s' % (report, exc.error))
         return Outcome(Ending.FAILED)
-    attempt = claim(run_id, report=run.report, limit=settings.max_concurrent_per_report)
+    attempt = claim(run_id, report=report, limit=settings.max_concurrent_per_report)
     if attempt is None:
         # No free turn: wait for one (turns.py), with no task; the next run
         # of the report to end hands it its turn. Then claim again: a run
         # that ended between the two may have looked before this one waited.
         if not turns.wait_for_turn(run_id):
             return Outcome(Ending.IDLE)  # not queued: someone else has it
-        attempt = claim(run_id, report=run.report, limit=settings.max_concurrent_per_report)
+        attempt = claim(run_id, report=report, limit=settings.max_concurrent_per_report)
         if attempt is None:
             return Outcome(Ending.BUSY)
     companions = []

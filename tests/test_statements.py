@@ -1,0 +1,101 @@
+"""statements.py runs the statements Peewee would, its SQL text made once:
+each is checked against Peewee's own on the same rows, on every state
+database (SQLite, PostgreSQL, MariaDB)."""
+import datetime
+
+import pytest
+
+import models
+import statements
+import turns
+from models import Delivery, Run
+from vocab import DeliveryStatus, RunStatus, Trigger
+
+
+@pytest.fixture(params=['sqlite', 'postgres', 'mariadb'])
+def state(request, tmp_path):
+    if request.param == 'sqlite':
+        url = 'sqlite:///%s' % (tmp_path / 'state.db')
+    else:
+        url = request.getfixturevalue('%s_url' % request.param)
+    database = models.bind_database(url)
+    with database.atomic():
+        for model in (Delivery, Run):
+            model.delete().execute()
+    yield database
+    database.close()
+
+
+def _runs(count, **values):
+    return [Run.create(report='orders', recipients=['a@example.org'], **values).id
+            for _ in range(count)]
+
+
+def _row(run_id):
+    return Run.select().where(Run.id == run_id).dicts().get()
+
+
+def test_an_update_changes_what_peewee_changes_and_counts_the_same(state):
+    mine, theirs, other = _runs(3, status=RunStatus.RUNNING, attempts=1)
+    at = datetime.datetime(2026, 11, 29, 5, 30, 1, 250000)
+    values = {'status': RunStatus.DELIVERED, 'finished_at': at, 'error': None,
+              'params': {'day': '2026-11-28', 'é': [1, 2]}, 'rows': 12, 'truncated': True,
+              'format': 'xlsx', 'bytes': 345}  # reserved words as column names too
+    fenced = (('id', '=', mine), ('status', '=', RunStatus.RUNNING), ('attempts', '=', 1))
+    assert statements.update(Run, values, *fenced) == 1
+    assert Run.update(**values).where(Run.id == theirs, Run.status == RunStatus.RUNNING,
+                                      Run.attempts == 1).execute() == 1
+    got, expected = _row(mine), _row(theirs)
+    for own in ('id', 'created_at', 'queued_at', 'message_token'):
+        got.pop(own), expected.pop(own)
+    assert got == expected
+    assert got['finished_at'] == at and got['params'] == values['params']
+    assert _row(other)['status'] == RunStatus.RUNNING  # only the row asked for
+    # The fence: no longer running, so nothing changes and 0 is counted.
+    assert statements.update(Run, {'error': 'late'}, *fenced) == 0
+    assert _row(mine)['error'] is None
+
+
+def test_in_and_not_equal(state):
+    ids = _runs(4)
+    run = ids[0]
+    deliveries = [Delivery.create(run=run, address='p%d@example.org' % i,
+                                  status=DeliveryStatus.SENT if i == 0 else
+                                  DeliveryStatus.PENDING).id for i in range(4)]
+    assert statements.update(Delivery, {'status': DeliveryStatus.SENDING},
+                             ('id', 'in', deliveries[:3]),
+                             ('status', '!=', DeliveryStatus.SENT)) == 2
+    assert [d.status for d in Delivery.select().order_by(Delivery.id)] == [
+        DeliveryStatus.SENT, DeliveryStatus.SENDING, DeliveryStatus.SENDING,
+        DeliveryStatus.PENDING]
+
+
+def test_an_sql_expression_is_handed_to_peewee(state):
+    run, = _runs(1, attempts=2)
+    assert statements.update(Run, {'attempts': Run.attempts + 1, 'error': 'x'},
+                             ('id', '=', run)) == 1
+    assert (_row(run)['attempts'], _row(run)['error']) == (3, 'x')
+
+
+def test_none_in_a_condition_is_refused_rather_than_matching_nothing(state):
+    with pytest.raises(ValueError):
+        statements.update(Run, {'error': 'x'}, ('batch_of', '=', None))
+    with pytest.raises(ValueError):
+        statements.update(Run, {'error': 'x'})
+
+
+def test_select_one_gives_python_values(state):
+    at = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    run, = _runs(1, status=RunStatus.QUEUED, params={'a': 1}, slot_at=at)
+    assert statements.select_one(Run, ('status', 'report', 'params', 'slot_at'),
+                                 ('id', '=', run)) == (RunStatus.QUEUED, 'orders', {'a': 1}, at)
+    assert statements.select_one(Run, ('status',), ('id', '=', run + 100)) is None
+
+
+def test_turns_in_progress_counts_as_holding_does(state):
+    leader, companion, lone = _runs(3, status=RunStatus.RUNNING)
+    Run.update(batch_of=leader).where(Run.id.in_([leader, companion])).execute()
+    _runs(1, status=RunStatus.RUNNING, trigger=Trigger.DOWNLOAD)
+    _runs(1, status=RunStatus.QUEUED)
+    assert turns.in_progress('orders') == turns.holding('orders').scalar() == 2
+    assert turns.in_progress('customers') == 0
