@@ -168,3 +168,56 @@ def test_good_addresses(address):
 def test_bad_addresses(address):
     with pytest.raises(ValueError):
         check_address(address)
+
+
+def _comparable(text):
+    # The two writers differ only in what is made anew for each message.
+    text = re.sub(r'nightshift_[0-9a-f]{32}\.part', 'BOUNDARY', text)
+    return re.sub(r'(?m)^Date: .*$', 'Date: DATE', text)
+
+
+def test_the_message_written_directly_is_what_the_email_package_writes(tmp_path, monkeypatch):
+    """mail.message_text writes the usual message itself and leaves the rest
+    to build_message: both give the same text, for plain and tricky values."""
+    import random
+    import types
+
+    import mail
+    rng = random.Random(16)
+    words = ['Orders', 'report', 'for', '2026-11-28', '(5 rows)', 'a,b;c', '"quoted"',
+             'back\\slash', '=?utf-8?q?x?=', 'caf\u00e9', '\u65e5\u672c', 'tab\tin', '',
+             'x' * 90, '[brackets]', 'semi;colon', '100%']
+    names = ['orders-2026-11-28.csv', 'orders 2026.csv.gz', 'Sales report.xlsx', 'a.zip',
+             'na"me.csv', 'back\\slash.csv', 'caf\u00e9.csv', 'x' * 120 + '.csv',
+             'two  spaces.csv', ' lead.csv', 'end .csv', 'file.unknownext']
+    contents = [b'', b'id,name\r\n1,Ann\r\n', b'no newline at the end', bytes(range(256)) * 3,
+                b'x' * 57, b'y' * 58 + b'\n']
+    built = []  # by the email package, in message_text
+    original = mail.build_message
+    monkeypatch.setattr(mail, 'build_message', lambda *a: built.append(1) or original(*a))
+    for i in range(300):
+        settings = types.SimpleNamespace(
+            mail_from=rng.choice(['reports@example.org', 'nightshift@localhost']),
+            mail_from_name=rng.choice([None, '', 'Nightshift', 'Reports, Inc.', 'Caf\u00e9 bot',
+                                       'Ann "The" Bot']))
+        subject = ' '.join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+        body = rng.choice(['', 'Rows: 5\n', 'line\r\nother\rthird\n', 'caf\u00e9 \u65e5\n' * 40,
+                           'x' * 200])
+        to = ['p%d@example.org' % n for n in range(rng.randint(1, 12))]
+        attachment = None
+        if rng.random() < 0.8:
+            folder = tmp_path / str(i)
+            folder.mkdir()
+            attachment = folder / rng.choice(names)
+            attachment.write_bytes(rng.choice(contents))
+        message = mail.Mail(to, subject, body, str(attachment) if attachment else None,
+                            '<nightshift-run-%d-abc.def@example.org>' % i)
+        written = mail.message_text(settings, message)
+        assert _comparable(written) == _comparable(original(settings, message).as_string()), (
+            settings, message)
+        # What a reader gets: the file's bytes, whole.
+        if attachment is not None:
+            parsed = email.message_from_string(written, policy=email.policy.default)
+            part = next(parsed.iter_attachments())
+            assert part.get_payload(decode=True) == attachment.read_bytes()
+    assert 60 <= len(built) <= 240  # both ways were compared
