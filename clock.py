@@ -94,9 +94,34 @@ class Clocked:
         return ClockedConsumer(self, self.beats, **options)
 
 
-class ClockedRedisHuey(Clocked, RedisHuey):
+class NoRevokes:
+    """A Huey whose tasks are never revoked. Nightshift cancels a run in the
+    database, where its worker's fenced writes find it (runs.Attempt); a
+    task is only ever "run this run". Huey reads each task's revoke flags
+    before running it and deletes its flag after: two queue round trips per
+    task, about a fifth of a consumer's CPU in a burst of small runs
+    (docs/benchmarks.md). So there are no flags to read or delete, and
+    revoking says so rather than being silently ignored."""
+
+    def is_revoked(self, task, timestamp=None, peek=True):
+        return False
+
+    def delete(self, key):
+        # Huey._execute clears the task's revoke flag (Task.revoke_id, "r:<id>").
+        if isinstance(key, str) and key.startswith('r:'):
+            return False
+        return super().delete(key)
+
+    def _no_revokes(self, *args, **kwargs):
+        raise NotImplementedError('Nightshift does not revoke Huey tasks: cancel the run '
+                                  '(POST /api/runs/<id>/cancel)')
+
+    revoke = revoke_all = revoke_by_id = _no_revokes
+
+
+class ClockedRedisHuey(NoRevokes, Clocked, RedisHuey):
     pass
 
 
-class ClockedSqliteHuey(Clocked, SqliteHuey):
+class ClockedSqliteHuey(NoRevokes, Clocked, SqliteHuey):
     pass
