@@ -14,6 +14,7 @@ time into an instant. The DST rules:
 All times passed in and out are naive UTC datetimes; nothing reads the clock.
 """
 import datetime
+import functools
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
@@ -66,6 +67,7 @@ def to_local(instant, zone):
     return instant.replace(tzinfo=UTC).astimezone(zone)
 
 
+@functools.lru_cache(maxsize=1024)
 def repeats_hours(expression):
     """True when the expression fires in every hour of the day, so a repeated
     (fall-back) hour is just another hour for it."""

@@ -16,6 +16,7 @@ import secrets
 
 import cron
 import msgtemplates
+import statements
 from errors import InputError
 from mail import human_size
 from models import AppSecret, Schedule, utcnow
@@ -84,7 +85,8 @@ def message_id(run, settings):
 def zone_of(run, settings):
     name = None
     if run.schedule:
-        name = Schedule.select(Schedule.timezone).where(Schedule.name == run.schedule).scalar()
+        row = statements.select_one(Schedule, ('timezone',), ('name', '=', run.schedule))
+        name = row and row[0]
     return cron.check_timezone(name or settings.timezone)
 
 

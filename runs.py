@@ -101,16 +101,15 @@ def create_run(registry, settings, report: str, params: Optional[dict] = None,
     stored = dump_params(typed)
     message = runmessages.clean_message(message or {}, stored, definition.title, definition.name)
     with db.atomic():
-        run = Run.create(report=report, params=stored, recipients=recipients,
-                         trigger=trigger, schedule=schedule, slot_at=slot_at,
-                         split_by=split_by, test_slot_at=test_slot_at, **message,
-                         escape_formulas=definition.escape_formulas
-                         if escape_formulas is None else escape_formulas,
-                         bom=settings.csv_bom if bom is None else bom,
-                         asked_params=asked or None, params_timezone=timezone if asked else None,
-                         format=file_format)
+        run = statements.insert(Run(
+            report=report, params=stored, recipients=recipients, trigger=trigger,
+            schedule=schedule, slot_at=slot_at, split_by=split_by, test_slot_at=test_slot_at,
+            **message, escape_formulas=definition.escape_formulas
+            if escape_formulas is None else escape_formulas,
+            bom=settings.csv_bom if bom is None else bom, asked_params=asked or None,
+            params_timezone=timezone if asked else None, format=file_format))
         for address in recipients:
-            Delivery.create(run=run, address=address)
+            statements.insert(Delivery(run=run, address=address))
     return run
 
 

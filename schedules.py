@@ -20,6 +20,7 @@ import reldates
 import runmessages
 import runs
 import slotparams
+import statements
 from errors import Conflict
 from formats import check_format, check_split
 from models import Run, Schedule, db, iso_z, utcnow
@@ -241,15 +242,24 @@ def plan_slots(schedule, now, window):
         schedule.cron, schedule.timezone, schedule.checked_through)
     if upcoming and upcoming > now:
         return None, [], None, False  # nothing since its mark: most schedules, most beats
-    zone = cron.check_timezone(schedule.timezone)
-    slots, more = cron.recent_slots(schedule.cron, zone, schedule.checked_through, now,
-                                    limit=SKIPPED_RECORD_LIMIT + 1)
+    slots, more = _recent_slots(schedule.cron, schedule.timezone, schedule.checked_through,
+                                now)
+    slots = list(slots)
     if not slots:
         return None, [], None, False
     latest = slots[-1]
     if now - latest <= window:
         return latest, slots[:-1], latest, more
     return None, slots, latest, more
+
+
+@functools.lru_cache(maxsize=256)
+def _recent_slots(expression, timezone, mark, now):
+    # Schedules of one slot share cron, timezone and mark, and a beat asks
+    # at one `now`: a slot of a thousand schedules walks its cron once.
+    slots, more = cron.recent_slots(expression, cron.check_timezone(timezone), mark, now,
+                                    limit=SKIPPED_RECORD_LIMIT + 1)
+    return tuple(slots), more
 
 
 @functools.lru_cache(maxsize=4096)
@@ -260,13 +270,28 @@ def first_slot_after(expression, timezone, mark):
     return cron.next_slot(expression, cron.check_timezone(timezone), mark)
 
 
-def claim_slots(schedule, latest):
-    """Move the schedule's mark to `latest`, only if no one moved it since
-    `schedule` was read: the one consumer that succeeds handles the slots."""
-    return bool(Schedule.update(checked_through=latest)
-                .where(Schedule.id == schedule.id,
-                       Schedule.checked_through == schedule.checked_through)
-                .execute())
+def claim_slots(schedule, latest, mark=None):
+    """Move the schedule's mark to `latest`, only if it is still `mark`
+    (default: as `schedule` was read): the one consumer that succeeds
+    handles the slots."""
+    mark = schedule.checked_through if mark is None else mark
+    return bool(statements.update(Schedule, {'checked_through': latest},
+                                  ('id', '=', schedule.id), ('checked_through', '=', mark)))
+
+
+# What a beat reads of each enabled schedule to find the due ones: whole
+# rows (their JSON decoded) of a thousand schedules every beat cost more
+# than planning them. Due ones are then read whole, in _whole.
+_PLANNING = (Schedule.id, Schedule.name, Schedule.cron, Schedule.timezone,
+             Schedule.checked_through)
+
+
+def _whole(ids, chunk=500):
+    found = {}
+    for start in range(0, len(ids), chunk):
+        found.update((s.id, s) for s in Schedule.select().where(
+            Schedule.id.in_(ids[start:start + chunk])))
+    return found
 
 
 def tick(registry, settings, jobs, now):
@@ -279,19 +304,26 @@ def tick(registry, settings, jobs, now):
     window = datetime.timedelta(hours=settings.catchup_hours)
     budget = settings.max_runs_per_tick
     created, deferred = [], 0
-    enabled = Schedule.select().where(Schedule.enabled == True)  # noqa: E712
+    enabled = Schedule.select(*_PLANNING).where(Schedule.enabled == True)  # noqa: E712
     # Read whole before writing: on SQLite a cursor still open keeps its read
     # snapshot, and the first write after another process committed fails at
     # once ("database is locked") instead of waiting its turn.
     try:
-        for schedule in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
-            due, skipped, latest, more = plan_slots(schedule, now, window)
-            if latest is None:
-                continue
+        planned = []
+        for light in list(enabled.order_by(Schedule.checked_through, Schedule.id)):
+            plan = plan_slots(light, now, window)
+            if plan[2] is not None:  # slots since its mark
+                planned.append((light, plan))
+        whole = _whole([light.id for light, _ in planned])
+        for light, (due, skipped, latest, more) in planned:
+            schedule = whole.get(light.id)
+            if schedule is None:
+                continue  # deleted meanwhile
             if due is not None and budget <= 0:
                 deferred += 1  # its mark stays: the next tick takes it first
                 continue
-            run = _handle_slots(registry, settings, schedule, due, skipped, latest, more, now)
+            run = _handle_slots(registry, settings, schedule, light.checked_through, due,
+                                skipped, latest, more, now)
             if run is None:
                 continue
             budget -= 1
@@ -314,12 +346,13 @@ def tick(registry, settings, jobs, now):
     return created
 
 
-def _handle_slots(registry, settings, schedule, due, skipped, latest, more, now):
-    """Claim the schedule's slots up to `latest`; record the skipped ones and
-    create the due one's run. None when another consumer claimed them."""
+def _handle_slots(registry, settings, schedule, mark, due, skipped, latest, more, now):
+    """Claim the schedule's slots up to `latest` from its `mark` (as planned);
+    record the skipped ones and create the due one's run. None when another
+    consumer claimed them."""
     try:
         with db.atomic():
-            if not claim_slots(schedule, latest):
+            if not claim_slots(schedule, latest, mark):
                 return None  # another consumer handled these slots
             _record_skipped(schedule, skipped, more, now)
             return _create_slot_run(registry, settings, schedule, due, now) if due else None

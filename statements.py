@@ -30,10 +30,13 @@ _OPERATORS = {
 def _where(database, conditions):
     param, parts = database.param, []
     for column, op, size in conditions:
+        name = quote_name(column, database)
         if op == 'in':
-            parts.append('%s IN (%s)' % (quote_name(column, database), ', '.join([param] * size)))
+            parts.append('%s IN (%s)' % (name, ', '.join([param] * size)))
+        elif size == 0:  # compared with None, as Peewee writes it
+            parts.append('%s IS %sNULL' % (name, 'NOT ' if op == '!=' else ''))
         else:
-            parts.append('%s %s %s' % (quote_name(column, database), _OPERATORS[op][0], param))
+            parts.append('%s %s %s' % (name, _OPERATORS[op][0], param))
     return ' AND '.join(parts)
 
 
@@ -47,22 +50,35 @@ def _update_sql(database, table, columns, conditions):
 
 @functools.lru_cache(maxsize=256)
 def _select_sql(database, table, columns, conditions):
-    return 'SELECT %s FROM %s WHERE %s' % (
+    return 'SELECT %s FROM %s WHERE %s LIMIT 1' % (
         ', '.join(quote_name(column, database) for column in columns),
         quote_name(table, database), _where(database, conditions))
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_sql(database, table, columns, returning):
+    sql = 'INSERT INTO %s (%s) VALUES (%s)' % (
+        quote_name(table, database), ', '.join(quote_name(c, database) for c in columns),
+        ', '.join([database.param] * len(columns)))
+    return sql + (' RETURNING %s' % quote_name(returning, database) if returning else '')
+
+
 def _shape_and_params(model, conditions):
     """Each condition (field name, operator, value) as (column, operator,
-    how many values) and its converted values. None is not a value here:
-    `= NULL` matches nothing, and IS NULL is a different statement."""
+    how many values) and its converted values. `= None` is IS NULL and
+    `!= None` IS NOT NULL, as in Peewee."""
     fields, shape, params = model._meta.fields, [], []
     for name, op, value in conditions:
         field = fields[name]
-        values = list(value) if op == 'in' else [value]
-        if any(v is None for v in values) or op not in _OPERATORS:
-            raise ValueError('statements: no plain SQL for %s %s %r' % (name, op, value))
-        shape.append((field.column_name, op, len(values) if op == 'in' else 1))
+        if op not in _OPERATORS:
+            raise ValueError('statements: no operator %r' % op)
+        if op == 'in':
+            values = list(value)
+            if not values or any(v is None for v in values):
+                raise ValueError('statements: %s in %r' % (name, value))
+        else:
+            values = [] if value is None else [value]
+        shape.append((field.column_name, op, len(values)))
         params += [field.db_value(v) for v in values]
     return tuple(shape), params
 
@@ -102,3 +118,25 @@ def select_one(model, names, *conditions):
     if row is None:
         return None
     return tuple(fields[name].python_value(value) for name, value in zip(names, row))
+
+
+def insert(instance):
+    """Save `instance`, a new row whose id the database gives, as
+    Model.save(force_insert=True) does: the values it holds (the ones given
+    and the fields' defaults), its id set from the database. Returns it."""
+    meta = type(instance)._meta
+    data, key = instance.__data__, meta.primary_key
+    if not meta.auto_increment or data.get(key.name) is not None \
+            or any(isinstance(value, Node) for value in data.values()):
+        instance.save(force_insert=True)
+        return instance
+    names = tuple(name for name in meta.sorted_field_names if name in data)
+    database = db.obj
+    returning = key.column_name if database.returning_clause else None
+    sql = _insert_sql(database, meta.table_name,
+                      tuple(meta.fields[name].column_name for name in names), returning)
+    cursor = database.execute_sql(sql, [meta.fields[name].db_value(data[name])
+                                        for name in names])
+    instance._pk = cursor.fetchone()[0] if returning else cursor.lastrowid
+    instance._dirty.clear()
+    return instance
