@@ -25,8 +25,10 @@ A companion whose mail must be tried again later (a 4xx) is queued with
 its backoff and a task for then; its own task from the burst, if still in
 the queue, may try it once before that (at-least-once, as ever).
 """
+import json
 import logging
-from typing import List
+import math
+from typing import List, Tuple
 
 import turns
 from models import Run, db, db_now, utcnow
@@ -48,6 +50,41 @@ def can_lead(run, attempt) -> bool:
             and run.trigger not in _ALONE)
 
 
+def _file_key(run):
+    # What _same_file_as compares, for runs in hand.
+    return (run.report, json.dumps(run.params, sort_keys=True), run.format,
+            run.escape_formulas, run.bom)
+
+
+def tasks_for(runs, settings) -> Tuple[List, List]:
+    """(to queue, to wait): of fresh runs made together (a slot's tick),
+    those whose own task starts them, and those that wait for a turn with
+    no task (turns.py), to be served by a batch one of the first leads.
+
+    Per group that would get the same file, one run leads each batch_runs
+    runs, no more than the report's turns (max_concurrent_per_report): a
+    slot of 1,000 such runs makes 2 tasks rather than 1,000, of which 998
+    would find their run served already. A run a batch does not take gets
+    its turn when one frees (turns.hand_turns), or from the tick's
+    hand_free_turns, as any run waiting for a turn."""
+    if settings.batch_runs <= 1:
+        return list(runs), []
+    groups = {}
+    for run in runs:
+        if not (run.split_by or run.trigger in _ALONE):
+            groups.setdefault(_file_key(run), []).append(run)
+    limit = settings.max_concurrent_per_report
+    waiting = set()
+    for group in groups.values():
+        leaders = math.ceil(len(group) / settings.batch_runs)
+        if limit:
+            leaders = min(leaders, limit)
+        waiting.update(id(run) for run in group[leaders:])
+    # In the order they were made.
+    return ([run for run in runs if id(run) not in waiting],
+            [run for run in runs if id(run) in waiting])
+
+
 def _same_file_as(run):
     return ((Run.report == run.report) & (Run.params == run.params)
             & (Run.format == run.format) & (Run.escape_formulas == run.escape_formulas)
@@ -64,14 +101,18 @@ def _fresh():
 
 def claim_companions(leader, run, limit, now=None) -> List:
     """Claim up to `limit` fresh runs that `run` (claimed as attempt
-    `leader`) can serve with its file: their Attempts (number 1), the oldest
-    first. A run claimed meanwhile by anyone else is not among them."""
+    `leader`) can serve with its file: their Attempts (number 1), those
+    waiting for a turn first, then the oldest. A run claimed meanwhile by
+    anyone else is not among them."""
     from runs import Attempt
     if limit < 1:
         return []
+    # Runs waiting for a turn first: they have no task of their own (a
+    # slot's, batches.tasks_for), where a run taken from the queue's hands
+    # leaves its task to find it served.
     wanted = [run_id for run_id, in Run.select(Run.id)
               .where(_same_file_as(run) & _fresh() & (Run.id != run.id))
-              .order_by(Run.id).limit(limit).tuples()]
+              .order_by(Run.next_attempt_at.is_null(), Run.id).limit(limit).tuples()]
     if not wanted:
         return []
     now = now or db_now()

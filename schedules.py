@@ -14,6 +14,7 @@ import re
 from peewee import IntegrityError, fn
 
 import alarms
+import batches
 import bursting
 import cron
 import reldates
@@ -21,6 +22,7 @@ import runmessages
 import runs
 import slotparams
 import statements
+import turns
 from errors import Conflict
 from formats import check_format, check_split
 from models import Run, Schedule, db, iso_z, utcnow
@@ -333,8 +335,17 @@ def tick(registry, settings, jobs, now):
         # Queued once the tick's runs all exist (or it stopped on an error):
         # the first to start then finds every run of its report and
         # parameters due at this slot and serves them with one query
-        # (batches.py), rather than the few made so far.
-        for run in created:
+        # (batches.py), rather than the few made so far. Those a batch will
+        # serve wait for a turn, with no task of their own.
+        queue = created
+        try:
+            queue, waiting = batches.tasks_for(created, settings)
+            turns.wait_for_turns([run.id for run in waiting])
+        except Exception:
+            logger.exception('the tick could not mark runs to be served by a batch; '
+                             'each gets a task of its own')
+            queue = created
+        for run in queue:
             try:
                 jobs.enqueue_run(run)
             except Exception:

@@ -332,3 +332,59 @@ def test_a_batch_whose_state_database_connections_are_cut_mid_mail_loses_nothing
     recipients = [m['to'][0] for m in smtp_sink.messages]
     assert set(recipients) == {'k%d@example.org' % i for i in range(32)}
     assert len(recipients) - 32 <= 3, sorted(r for r in recipients if recipients.count(r) > 1)
+
+
+def test_a_slot_queues_a_task_per_batch_and_its_other_runs_wait_for_them(
+        make_jobs, catalogue, shop, smtp_sink):
+    """A slot of runs that would get one file makes one task per batch (no
+    more than the report's turns); the rest wait with no task, and are
+    served by those batches or handed a turn after."""
+    import datetime
+
+    import schedules
+    import turns
+    jobs = make_jobs(registry=catalogue, batch_runs=3, max_concurrent_per_report=2)
+    made = datetime.datetime(2025, 1, 10, 12)
+    for i in range(7):
+        schedules.create_schedule(catalogue, jobs.settings, {
+            'name': 'same-%d' % i, 'report': 'nonce', 'to': ['p%d@example.org' % i],
+            'cron': '0 2 * * *', 'timezone': 'UTC'}, made)
+    schedules.create_schedule(catalogue, jobs.settings, {
+        'name': 'other', 'report': 'nonce', 'params': {'min_id': 5},
+        'to': ['other@example.org'], 'cron': '0 2 * * *', 'timezone': 'UTC'}, made)
+    created = jobs.tick(datetime.datetime(2025, 1, 11, 2, 0, 3))
+    assert len(created) == 8
+    # 7 runs, 3 a batch, 2 turns: 2 tasks; the other parameters: 1.
+    assert jobs.huey.pending_count() == 3
+    assert Run.select().where(turns.waiting_for_turn()).count() == 5
+    run_queued(jobs, limit=50)
+    done = list(Run.select())
+    assert all(r.status == RunStatus.DELIVERED for r in done)
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == sorted(
+        ['other@example.org'] + ['p%d@example.org' % i for i in range(7)])
+    groups = {frozenset(nonces(m['message'])[0]) for m in smtp_sink.messages
+              if m['to'][0] != 'other@example.org'}
+    assert len(groups) <= 3  # 7 runs served by at most 3 queries
+    assert Delivery.select().where(Delivery.status == DeliveryStatus.SENT).count() == 8
+
+
+def test_tasks_for_a_slot(make_settings):
+    import types
+    settings = make_settings({}, batch_runs=500, max_concurrent_per_report=2)
+
+    def run(i, **values):
+        fields = dict(id=i, report='orders', params={'a': 1}, format='csv',
+                      escape_formulas=True, bom=True, split_by=None, trigger='schedule')
+        fields.update(values)
+        return types.SimpleNamespace(**fields)
+    same = [run(i) for i in range(1000)]
+    split = run(2000, split_by='email')
+    other = run(3000, params={'a': 2})
+    queue, wait = batches.tasks_for(same + [split, other], settings)
+    assert [r.id for r in queue] == [0, 1, 2000, 3000]
+    assert [r.id for r in wait] == list(range(2, 1000))
+    no_limit = make_settings({}, batch_runs=300, max_concurrent_per_report=0)
+    queue, wait = batches.tasks_for(same, no_limit)
+    assert [r.id for r in queue] == [0, 1, 2, 3] and len(wait) == 996
+    alone = make_settings({}, batch_runs=1)
+    assert batches.tasks_for(same, alone) == (same, [])
