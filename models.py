@@ -349,7 +349,8 @@ def db_now(database=None):
     if isinstance(database, MySQLDatabase):
         return database.execute_sql('SELECT UTC_TIMESTAMP(6)').fetchone()[0]
     text = database.execute_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").fetchone()[0]
-    return datetime.datetime.strptime(text, '%Y-%m-%d %H:%M:%S.%f')
+    # YYYY-MM-DD HH:MM:SS.SSS; fromisoformat reads it at a tenth of strptime's cost.
+    return datetime.datetime.fromisoformat(text)
 
 
 def bind_database(url, create=True, auto=True):

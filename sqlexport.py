@@ -469,7 +469,7 @@ def sqlite_header_and_types(cursor, source, sql, params):
     """(column names, each column's traced type or None where unknown) of
     a SQLite query, before it runs."""
     header = [d[0] for d in describe(cursor, sql, params)]
-    types = sqlite_column_types(source, sql)
+    types = sqlite_column_types(source, sql, cursor)
     if types is None or len(types) != len(header):
         types = [None] * len(header)
     return header, types
@@ -786,18 +786,26 @@ def sqlite_escape_sql(x):
 
 
 
-def sqlite_column_types(source: Source, sql: str) -> Optional[List[Optional[tuple]]]:
+def sqlite_column_types(source: Source, sql: str,
+                        cursor=None) -> Optional[List[Optional[tuple]]]:
     """[(kind, places) or None per column] from the tables' declared types,
     traced through the query by sqlglot: SQLite itself forgets that a column
     was DECIMAL(12,2) or BOOLEAN once it hands back a float or an int. None
     when the query cannot be traced (each cell is then printed by its own
-    type). Kept per statement until the database file changes: tracing costs
-    more than a small report's whole export."""
+    type). Kept per statement until the database's schema changes (read on
+    `cursor`, a connection to it) or, without one, its file: tracing costs
+    more than a small report's whole export, and a file that is also
+    Nightshift's state database changes with every run."""
     path = sources.sqlite_path(source.url)
-    try:
-        changed = os.stat(path).st_mtime_ns
-    except OSError:
-        changed = None
+    if cursor is not None:
+        # The schema itself (a source's connection may read, not PRAGMA).
+        changed = ('schema', hash(tuple(cursor.execute(
+            'SELECT type, name, sql FROM sqlite_master').fetchall())))
+    else:
+        try:
+            changed = os.stat(path).st_mtime_ns
+        except OSError:
+            changed = None
     return _traced_types(path, sql, changed)
 
 

@@ -40,9 +40,17 @@ def _where(database, conditions):
     return ' AND '.join(parts)
 
 
+class Column(str):
+    """A value that is another column of the same row: update(Run,
+    {'next_attempt_at': Column('queued_at')}, ...) copies it."""
+
+
 @functools.lru_cache(maxsize=256)
 def _update_sql(database, table, columns, conditions):
+    # A column given as (name, other) takes the other column's value.
     sets = ', '.join('%s = %s' % (quote_name(column, database), database.param)
+                     if isinstance(column, str) else
+                     '%s = %s' % (quote_name(column[0], database), quote_name(column[1], database))
                      for column in columns)
     return 'UPDATE %s SET %s WHERE %s' % (quote_name(table, database), sets,
                                           _where(database, conditions))
@@ -100,9 +108,12 @@ def update(model, values, *conditions) -> int:
     shape, where_params = _shape_and_params(model, conditions)
     names = tuple(values)
     database = db.obj
-    sql = _update_sql(database, model._meta.table_name,
-                      tuple(fields[name].column_name for name in names), shape)
-    params = [fields[name].db_value(values[name]) for name in names] + where_params
+    sql = _update_sql(database, model._meta.table_name, tuple(
+        (fields[name].column_name, fields[values[name]].column_name)
+        if isinstance(values[name], Column) else fields[name].column_name for name in names),
+        shape)
+    params = [fields[name].db_value(values[name]) for name in names
+              if not isinstance(values[name], Column)] + where_params
     return database.rows_affected(database.execute_sql(sql, params))
 
 

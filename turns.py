@@ -19,6 +19,7 @@ import logging
 
 from peewee import fn
 
+import statements
 from logformat import run_fields
 from models import Run, db
 from vocab import RunStatus, Trigger
@@ -63,8 +64,9 @@ def waiting_for_turn():
 def wait_for_turn(run_id):
     """Record that the queued run waits for a turn, with no task; False
     when it is no longer queued (another worker has it, or it ended)."""
-    return bool(Run.update(next_attempt_at=Run.queued_at)
-                .where(Run.id == run_id, Run.status == RunStatus.QUEUED).execute())
+    # Most tasks of a burst of posted runs come here: statements.py says why.
+    return bool(statements.update(Run, {'next_attempt_at': statements.Column('queued_at')},
+                                  ('id', '=', run_id), ('status', '=', RunStatus.QUEUED)))
 
 
 def wait_for_turns(run_ids, chunk=500):

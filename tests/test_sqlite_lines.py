@@ -342,3 +342,25 @@ def test_decimal_cells_are_sqlites_printf_for_any_number():
         expression = sqlexport._sqlite_column('?1', ('decimal', places), True)
         printed = printer(expression)
         assert sqlexport._decimal_cells(places, printed)(values) == [printed(v) for v in values]
+
+
+def test_traced_types_are_kept_while_the_schema_stays_and_traced_again_when_it_changes(
+        items, tmp_path):
+    """A source that is also the state database changes with every run:
+    the traced types are kept per schema, read on the export's connection."""
+    path = tmp_path / 'lines.db'
+    sql = 'SELECT n, amount FROM t'
+    conn = sqlite3.connect(path)
+    cursor = conn.cursor()
+    first = sqlexport.sqlite_column_types(items, sql, cursor)
+    assert first[1] == ('decimal', 2)
+    traced = sqlexport._traced_types.cache_info().misses
+    conn.execute("INSERT INTO t (n) VALUES (99)")
+    conn.commit()
+    assert sqlexport.sqlite_column_types(items, sql, cursor) == first
+    assert sqlexport._traced_types.cache_info().misses == traced  # rows changed, kept
+    conn.execute('ALTER TABLE t RENAME TO old_t')
+    conn.execute('CREATE TABLE t (n INTEGER, amount DECIMAL(10,4))')
+    conn.commit()
+    assert sqlexport.sqlite_column_types(items, sql, cursor)[1] == ('decimal', 4)
+    conn.close()

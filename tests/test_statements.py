@@ -127,3 +127,13 @@ def test_insert_saves_what_create_saves(state):
         with models.db.atomic():
             statements.insert(Run(**values))
     assert Run.select().count() == 2
+
+
+def test_a_column_value_copies_another_column_of_the_row(state):
+    waiting, running = _runs(2)
+    Run.update(status=RunStatus.RUNNING).where(Run.id == running).execute()
+    assert turns.wait_for_turn(waiting) and not turns.wait_for_turn(running)
+    row = _row(waiting)
+    assert row['next_attempt_at'] == row['queued_at'] is not None
+    assert _row(running)['next_attempt_at'] is None
+    assert [r.id for r in Run.select().where(turns.waiting_for_turn())] == [waiting]
