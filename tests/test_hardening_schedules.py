@@ -16,6 +16,7 @@ import pytest
 import webtest
 
 import demo
+import runs
 import schedules
 import turns
 from conftest import ROOT, free_port, run_queued, wait_until, web_app
@@ -253,6 +254,37 @@ def test_a_tick_creates_at_most_max_runs_per_tick_and_the_rest_wait(limited):
     waiting = {run_id for run_id, in Run.select(Run.id).where(turns.waiting_for_turn()).tuples()}
     assert tasks | waiting == {r.id for r in every_run}
     assert tasks - waiting  # and some runs lead
+
+
+def test_a_tick_that_fails_midway_queues_only_the_runs_it_committed(limited, monkeypatch):
+    """The tick commits TICK_CHUNK schedules at a time: an error in a chunk
+    undoes that chunk's runs and marks, and only committed runs are queued
+    (or wait for a batch); the next tick makes the rest."""
+    monkeypatch.setattr(schedules, 'TICK_CHUNK', 4)
+    settings, jobs, app = limited(max_runs_per_tick=50)
+    created = dt(2025, 1, 10, 10, 0, 30)
+    for i in range(10):
+        schedules.create_schedule(registry, settings, hourly('s%d' % i), created)
+    real, calls = runs.create_run, []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # the second chunk's second schedule
+            raise OSError('disk full')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(runs, 'create_run', failing_once)
+    with pytest.raises(OSError):
+        jobs.tick(dt(2025, 1, 10, 11, 0, 5))
+    made = {r.id for r in Run.select()}
+    assert len(made) == 4  # the first chunk only
+    tasks = {jobs.huey.dequeue().args[0] for _ in range(jobs.huey.pending_count())}
+    waiting = {run_id for run_id, in Run.select(Run.id).where(turns.waiting_for_turn()).tuples()}
+    assert tasks <= made and tasks | waiting == made
+    assert Schedule.select().where(Schedule.checked_through == created).count() == 6
+    # The next tick makes the six the failed chunk gave back.
+    again = jobs.tick(dt(2025, 1, 10, 11, 0, 10))
+    assert len(again) == 6
+    assert Run.select().count() == 10
 
 
 def test_catching_up_a_long_outage_walks_a_bounded_number_of_slots(settings, jobs, database):
