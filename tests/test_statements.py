@@ -5,7 +5,9 @@ import datetime
 
 import pytest
 
+import demo
 import models
+from conftest import _emptied
 import statements
 import turns
 from models import Delivery, Run
@@ -19,10 +21,12 @@ def state(request, tmp_path):
     else:
         url = request.getfixturevalue('%s_url' % request.param)
     database = models.bind_database(url)
-    with database.atomic():
-        for model in (Delivery, Run):
-            model.delete().execute()
+    demo.open_shop(database)  # _emptied empties the demo shop's tables too
+    # Empty before and after: the session's other tests share these
+    # databases (conftest's `database` fixture empties only tables it made).
+    assert _emptied(database)
     yield database
+    assert _emptied(database)
     database.close()
 
 
