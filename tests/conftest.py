@@ -162,6 +162,16 @@ def _emptied(database):
     return True
 
 
+def catalogue_of(folder, files):
+    """A catalogue of report files a team keeps in `folder` (made here):
+    {file name: text}."""
+    from reports import Catalogue
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return Catalogue([str(folder)])
+
+
 def demo_catalogue():
     """The repository's own reports (reports/*.sql), as a deployment has them."""
     from reports import Catalogue

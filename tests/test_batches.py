@@ -10,10 +10,9 @@ import batches
 import control
 import demo
 import runs
-from conftest import attachment, run_queued
+from conftest import attachment, catalogue_of, run_queued
 from loopback import SmtpSink
 from models import Delivery, Run, db
-from reports import Catalogue
 from test_faults import consumers, fault_env, silent_past_stale_after  # noqa: F401 (fixtures)
 from vocab import DeliveryStatus, Ending, RunStatus
 
@@ -33,10 +32,7 @@ ORDER BY c.id
 
 @pytest.fixture
 def catalogue(tmp_path):
-    folder = tmp_path / 'team-reports'
-    folder.mkdir()
-    (folder / 'nonce.sql').write_text(NONCE_REPORT)
-    return Catalogue([str(folder)])
+    return catalogue_of(tmp_path / 'team-reports', {'nonce.sql': NONCE_REPORT})
 
 
 @pytest.fixture
@@ -253,6 +249,19 @@ def _post_burst(app, count):
             for i in range(count)]
 
 
+def _each_delivered(ids, sink, addresses, timeout, extra_copies):
+    """Wait for every run of `ids` delivered; each address mailed, and no
+    more than `extra_copies` second copies (messages in flight at a cut)."""
+    from conftest import wait_until
+    wait_until(lambda: Run.select().where(Run.id.in_(ids),
+                                          Run.status == RunStatus.DELIVERED).count() == len(ids),
+               timeout=timeout, message='all %d runs delivered' % len(ids))
+    recipients = [m['to'][0] for m in sink.messages]
+    assert set(recipients) == addresses
+    assert len(recipients) - len(addresses) <= extra_copies, sorted(
+        r for r in recipients if recipients.count(r) > 1)
+
+
 def _batch_mailing(ids):
     runs = list(Run.select().where(Run.id.in_(ids)))
     served = sum(r.batch_of is not None for r in runs)
@@ -292,12 +301,8 @@ def test_a_batch_whose_consumer_dies_or_stops_mid_mail_loses_nothing(
                    timeout=30, message='the batch silent past stale_after')
     smtp_sink.data_delay = 0
     consumers.start()
-    wait_until(lambda: Run.select().where(Run.id.in_(ids),
-                                          Run.status == RunStatus.DELIVERED).count() == 32,
-               timeout=90, message='all 32 runs delivered')
-    recipients = [m['to'][0] for m in smtp_sink.messages]
-    assert set(recipients) == {'k%d@example.org' % i for i in range(32)}
-    assert len(recipients) - 32 <= 2, sorted(r for r in recipients if recipients.count(r) > 1)
+    _each_delivered(ids, smtp_sink, {'k%d@example.org' % i for i in range(32)},
+                    timeout=90, extra_copies=2)
     assert Delivery.select().where(Delivery.status != DeliveryStatus.SENT).count() == 0
 
 
@@ -326,12 +331,8 @@ def test_a_batch_whose_state_database_connections_are_cut_mid_mail_loses_nothing
         time.sleep(0.2)
     assert cut > 0  # the consumer's connections were there to cut
     smtp_sink.data_delay = 0
-    wait_until(lambda: Run.select().where(Run.id.in_(ids),
-                                          Run.status == RunStatus.DELIVERED).count() == 32,
-               timeout=120, message='all 32 runs delivered')
-    recipients = [m['to'][0] for m in smtp_sink.messages]
-    assert set(recipients) == {'k%d@example.org' % i for i in range(32)}
-    assert len(recipients) - 32 <= 3, sorted(r for r in recipients if recipients.count(r) > 1)
+    _each_delivered(ids, smtp_sink, {'k%d@example.org' % i for i in range(32)},
+                    timeout=120, extra_copies=3)
 
 
 def test_a_slot_queues_a_task_per_batch_and_its_other_runs_wait_for_them(
@@ -388,3 +389,51 @@ def test_tasks_for_a_slot(make_settings):
     assert [r.id for r in queue] == [0, 1, 2, 3] and len(wait) == 996
     alone = make_settings({}, batch_runs=1)
     assert batches.tasks_for(same, alone) == (same, [])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('database_url', ['sqlite'], indirect=True)
+def test_a_slots_waiting_runs_are_all_delivered_when_the_consumer_dies_mid_batch(
+        settings, consumers, smtp_sink):  # noqa: F811 (the fixture)
+    """A slot queues a task per batch and leaves the rest waiting with no
+    task (batches.tasks_for). kill -9 while the batches mail: the next
+    consumer reaps the batches' silent runs and hands the waiting ones
+    their turns. Every run delivered, every recipient mailed."""
+    import datetime
+    import os
+    import signal
+
+    import schedules
+    import turns
+    from conftest import demo_catalogue, wait_until
+    from models import utcnow
+    demo.seed(customers=20, orders=50)
+    slot = utcnow().replace(second=0, microsecond=0)
+    for i in range(24):
+        schedules.create_schedule(demo_catalogue(), settings, {
+            'name': 'slot-%02d' % i, 'report': 'customers', 'to': ['s%d@example.org' % i],
+            'cron': '%d %d * * *' % (slot.minute, slot.hour), 'timezone': 'UTC'},
+            slot - datetime.timedelta(seconds=1))  # marked before the slot: due
+    # Batches of 8, two turns: 2 tasks, 22 runs waiting with no task.
+    consumers.env = dict(consumers.env, NIGHTSHIFT_BATCH_RUNS='8')
+    smtp_sink.data_delay = 0.25
+    first = consumers.start()
+    of_slot = Run.select(Run.id).where(Run.slot_at == slot)
+    wait_until(lambda: of_slot.count() == 24, timeout=60, message='the slot made 24 runs')
+    ids = [r.id for r in of_slot]
+    assert Run.select().where(turns.waiting_for_turn()).count() >= 14
+    wait_until(lambda: 3 <= Run.select().where(Run.id.in_(ids), Run.status ==
+                                               RunStatus.DELIVERED).count() < 12,
+               timeout=60, message='the batches part-way mailed')
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(30)
+    running = [r.id for r in Run.select().where(Run.id.in_(ids),
+                                                Run.status == RunStatus.RUNNING)]
+    assert running  # the batches' runs the dead consumer held
+    wait_until(lambda: all(silent_past_stale_after(i) for i in running
+                           if Run.get_by_id(i).status == RunStatus.RUNNING),
+               timeout=30, message='the batches silent past stale_after')
+    smtp_sink.data_delay = 0
+    consumers.start()  # its start-up tick reaps, and hands the free turns out
+    _each_delivered(ids, smtp_sink, {'s%d@example.org' % i for i in range(24)},
+                    timeout=90, extra_copies=2)

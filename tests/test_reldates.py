@@ -17,10 +17,10 @@ import demo
 import reldates
 import runs
 import schedules
-from conftest import ROOT, attachment, demo_catalogue
+from conftest import ROOT, attachment, catalogue_of, demo_catalogue
 from models import Delivery, Run, Schedule, db_now
 from params import Param
-from reports import Catalogue, Registry
+from reports import Registry
 
 LISBON = ZoneInfo('Europe/Lisbon')
 SAO_PAULO = ZoneInfo('America/Sao_Paulo')
@@ -155,10 +155,7 @@ def test_a_date_parameter_gets_the_local_date_of_the_slot():
 
 @pytest.fixture
 def window_registry(tmp_path):
-    folder = tmp_path / 'window-reports'
-    folder.mkdir()
-    (folder / 'window.sql').write_text(WINDOW_SQL)
-    return Catalogue([str(folder)])
+    return catalogue_of(tmp_path / 'window-reports', {'window.sql': WINDOW_SQL})
 
 
 def add_orders(*moments):
