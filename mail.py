@@ -178,8 +178,7 @@ def build_message(settings, mail):
     message, the largest cost of mailing a burst. So each value is made
     safe here: one line (msgtemplates.one_line, checked addresses, our own
     Message-ID), and RFC 2047 / 2231 encoding for anything not ASCII."""
-    body = mail.body.replace('\r\n', '\n').replace('\r', '\n')
-    text = MIMEText(body, 'plain', 'utf-8')  # base64, as utf-8 is sent
+    text = MIMEText(_body(mail), 'plain', 'utf-8')  # base64, as utf-8 is sent
     if mail.attachment:
         # Both parts are base64, whose lines cannot hold a '.' or '_': no
         # need for the generator to search the text for a safe boundary
@@ -199,17 +198,26 @@ def build_message(settings, mail):
     else:
         message = text
     message['Date'] = email.utils.formatdate()
-    sender = settings.mail_from
-    if settings.mail_from_name:
-        sender = email.utils.formataddr((msgtemplates.one_line(settings.mail_from_name),
-                                         sender), charset='utf-8')
-    message['From'] = sender
+    message['From'] = _sender(settings)
     message['To'] = ', '.join(mail.to)
     # One line whatever went into it: a value cannot start a header of its own.
     subject = msgtemplates.one_line(mail.subject)
     message['Subject'] = subject if subject.isascii() else Header(subject, 'utf-8')
     message['Message-ID'] = mail.message_id
     return message
+
+
+def _sender(settings):
+    sender = settings.mail_from
+    if settings.mail_from_name:
+        sender = email.utils.formataddr((msgtemplates.one_line(settings.mail_from_name),
+                                         sender), charset='utf-8')
+    return sender
+
+
+def _body(mail):
+    # One kind of line end: the body is base64, and the text must read alike everywhere.
+    return mail.body.replace('\r\n', '\n').replace('\r', '\n')
 
 
 def message_text(settings, mail):
@@ -223,16 +231,13 @@ def message_text(settings, mail):
     else, and every value that would need encoding, goes through
     build_message. tests/test_mail.py compares the two, byte for byte."""
     subject = msgtemplates.one_line(mail.subject)
-    sender = settings.mail_from
-    if settings.mail_from_name:
-        sender = email.utils.formataddr((msgtemplates.one_line(settings.mail_from_name),
-                                         sender), charset='utf-8')
+    sender = _sender(settings)
     name = os.path.basename(mail.attachment) if mail.attachment else None
     to = ', '.join(mail.to)
     if not all(_PLAIN_VALUE.match(value) for value in (subject, sender, to, mail.message_id)) \
             or (name is not None and not _PLAIN_NAME.match(name)):
         return build_message(settings, mail).as_string()
-    body = mail.body.replace('\r\n', '\n').replace('\r', '\n')
+    body = _body(mail)
     text = ('Content-Type: text/plain; charset="utf-8"\nMIME-Version: 1.0\n'
             'Content-Transfer-Encoding: base64\n')
     encoded_body = body_encode(body.encode('utf-8')) if body else ''
@@ -257,7 +262,7 @@ def message_text(settings, mail):
 # encoding): printable ASCII words, one space between them.
 _PLAIN_VALUE = re.compile(r'[!-~]+(?: [!-~]+)*\Z')
 # A file name add_header puts in quotes as it is: no quote or backslash to
-# escape, short enough that the header stays plain.
+# escape, one space between words (as_string folds no header).
 _PLAIN_NAME = re.compile(r'[!#-\[\]-~]+(?: [!#-\[\]-~]+)*\Z')
 
 

@@ -100,10 +100,10 @@ def update(model, values, *conditions) -> int:
     """UPDATE `model` SET `values` (field name -> value) WHERE every
     condition (field name, '=' or '!=' or 'in', value) holds. Returns the
     rows changed, as Peewee's Update.execute does."""
-    if any(isinstance(value, Node) for value in values.values()):
-        return model.update(**values).where(_peewee_where(model, conditions)).execute()
     if not conditions:
         raise ValueError('statements.update: a WHERE is required')
+    if any(isinstance(value, Node) for value in values.values()):
+        return model.update(**values).where(_peewee_where(model, conditions)).execute()
     fields = model._meta.fields
     shape, where_params = _shape_and_params(model, conditions)
     names = tuple(values)
