@@ -389,7 +389,10 @@ def _attempt(attempt, definition, registry, settings, mailer, store, clock,
 def _serve_companions(leader, companions, definition, settings, mailer, store, built,
                       on_companion):
     """Each companion its own copy of the leader's file, its own message and
-    records; its outcome told to `on_companion` as it is known."""
+    records; its outcome told to `on_companion` as it is known. Mailed over
+    `batch_senders` connections at once: the file is made, so only the mail
+    server and the state database are waited on, and a run's SMTP round
+    trips are most of its time."""
     source = shared_source(settings, leader)
     written = Run.select(Run.rows, Run.bytes, Run.truncated) \
         .where(Run.id == leader.run_id).get()
@@ -406,16 +409,69 @@ def _serve_companions(leader, companions, definition, settings, mailer, store, b
         skipped = deliver(member, definition.title, path, settings, mailer, seconds=built,
                           run=run, deliveries=deliveries[run.id])
         _finish(member, settings, store, skipped, deliveries[run.id])
+
+    def serve_one(member):
+        with about_run(member.run_id, definition.name):
+            run = rows[member.run_id]
+            outcome = _settle(member, settings, store, lambda: serve(member, run))
+            on_companion(member.run_id, outcome, run)
     try:
         with runmessages.one_installation():
-            for member in companions:
-                with about_run(member.run_id, definition.name):
-                    run = rows[member.run_id]
-                    outcome = _settle(member, settings, store, lambda: serve(member, run))
-                    on_companion(member.run_id, outcome, run)
+            in_threads(companions, serve_one, settings.batch_senders,
+                       thread_ended=lambda: _let_go(mailer))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)
+
+
+def in_threads(items, work, threads, thread_ended=None):
+    """work(item) for each of `items`, from up to `threads` threads at once,
+    the calling one among them; `thread_ended()` in each other one as it
+    ends. The first exception stops every thread taking more, and is raised
+    here once they are all done."""
+    pending = iter(items)
+    taking = threading.Lock()
+    errors = []
+
+    def take():
+        with taking:
+            return None if errors else next(pending, None)
+
+    def loop():
+        try:
+            while (item := take()) is not None:
+                work(item)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def helper():
+        try:
+            loop()
+        finally:
+            if thread_ended is not None:
+                thread_ended()
+    # Each thread in a copy of the caller's context: its log fields and the
+    # batch's installation id (runmessages.one_installation).
+    helpers = [threading.Thread(target=contextvars.copy_context().run, args=(helper,),
+                                daemon=True, name='%s-%d' % (threading.current_thread().name, n))
+               for n in range(1, min(threads, len(items)))]
+    for thread in helpers:
+        thread.start()
+    loop()
+    for thread in helpers:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _let_go(mailer):
+    # A helper thread's own connections: its kept SMTP session, its database one.
+    try:
+        close = getattr(mailer, 'close', None)
+        if close is not None:
+            close()
+    finally:
+        db.close()
 
 
 def _finish(attempt, settings, store, skipped, deliveries=None):

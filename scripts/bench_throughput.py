@@ -28,6 +28,7 @@ in the state database (one sent delivery) and at the sink (its
 Message-ID and recipient once). Lost or doubled deliveries are what
 `problems` lists; timings never fail anything.
 """
+import asyncio
 import collections
 import contextlib
 import datetime
@@ -67,9 +68,12 @@ class BurstSink:
     bytes and the time of the last one; keeps one message (the sample the
     baseline sends copies of) and nothing else."""
 
-    def __init__(self):
+    def __init__(self, delay=0.0):
         self.reset()
         self.sample = None
+        # Seconds before answering each DATA: a mail server further away
+        # than loopback, or one that checks what it accepts.
+        self.delay = delay
 
     def reset(self):
         self.keys = collections.Counter()
@@ -92,6 +96,8 @@ class BurstSink:
         self.first_at = self.first_at or self.last_at
         if self.sample is None and RUN_ID.search(headers.get('Message-ID', '')):
             self.sample = raw.decode('ascii', 'replace')
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return '250 Message accepted'
 
     def answer(self, command):
@@ -100,6 +106,9 @@ class BurstSink:
             return {}
         if command == 'count':
             return {'messages': self.messages}
+        if command.startswith('delay '):
+            self.delay = float(command.split()[1])
+            return {}
         if command == 'sample':
             return {'sample': self.sample}
         return {'messages': self.messages, 'bytes': self.bytes, 'sessions': self.sessions,
@@ -109,11 +118,9 @@ class BurstSink:
 def sink_main():
     """The sink process: prints its port, then answers one JSON line per
     command line on stdin (reset, count, sample, stats) until stdin closes."""
-    import asyncio
-
     from aiosmtpd.controller import Controller
     from loopback import free_port
-    handler = BurstSink()
+    handler = BurstSink(float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)
     port = free_port()
     controller = Controller(handler, hostname='127.0.0.1', port=port,
                             data_size_limit=0)
@@ -130,8 +137,8 @@ def sink_main():
 
 
 class Sink:
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, __file__, '--sink'],
+    def __init__(self, delay=0.0):
+        self.proc = subprocess.Popen([sys.executable, __file__, '--sink', str(delay)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.port = int(self.proc.stdout.readline())
         self._lock = threading.Lock()
@@ -473,14 +480,15 @@ def limit_env(system, limit, **more):
     return dict(system.env, **extra)
 
 
-def posted_burst(system, count, consumers=1, worker_type='thread', limit=None, timeout=600):
+def posted_burst(system, count, consumers=1, worker_type='thread', limit=None, timeout=600,
+                 kind='posted at once', **env):
     """N runs POSTed at once to the running server.py, after one warm-up
     run (imports, connections, the report read once, as in a consumer that
-    has been up a while)."""
+    has been up a while). `env`: more of the consumers' environment."""
     from models import Run
     args = with_worker_type(system.consumer_args, worker_type)
     system.clear()
-    with system.consumers(consumers, args, limit_env(system, limit)) as procs:
+    with system.consumers(consumers, args, limit_env(system, limit, **env)) as procs:
         warm = system.post_run(WARM_UP)
         wait_for_runs(system, lambda: Run.select().where(Run.id == warm), 1, 60)
         system.sink.ask('reset')
@@ -493,7 +501,7 @@ def posted_burst(system, count, consumers=1, worker_type='thread', limit=None, t
         after = system.cpu(procs)
     runs = list(Run.select().where(Run.id.in_(ids)))
     problems = ['%d POSTs failed (first: %s)' % (len(errors), errors[0])] if errors else []
-    return outcome(system, 'posted at once', consumers, args, limit, count, started, runs,
+    return outcome(system, kind, consumers, args, limit, count, started, runs,
                    problems, done, before, after, posting_s=posting)
 
 
@@ -638,8 +646,56 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
                 show(outcomes[-1])
         turns = turn_check(system, 10 if smoke else 30, workers)
         print('%d-run turn check: %.3f s longest idle turn' % turns[:2], flush=True)
+        far = far_server(system, sample, min(runs, FAR_RUNS), workers, timeout) \
+            if sample and not smoke else None
         command = ' '.join(system.consumer_args)
-    return render(outcomes, rates, turns, runs, workers, postgres, command)
+    lines, summary, problems = render(outcomes, rates, turns, runs, workers, postgres, command)
+    if far is not None:
+        lines += render_far(*far)
+        problems += ['%s: %s' % (result.kind, p) for result in far[1] for p in result.problems]
+    return lines, summary, problems
+
+
+# A mail server further than loopback: each DATA answered this much later.
+FAR_DELAY = 0.02
+FAR_RUNS = 300
+
+
+def far_server(system, sample, runs, workers, timeout):
+    """The same burst when the mail server takes FAR_DELAY s to accept each
+    message: the baseline, then batches mailed one run after another
+    (batch_senders 1) and over the default connections at once."""
+    system.sink.ask('delay %s' % FAR_DELAY)
+    try:
+        rate = baseline(system.sink, sample, runs, workers, system.workdir)[0]
+        print('mail server %d ms away: plain smtplib, %d threads: %.0f messages/s'
+              % (FAR_DELAY * 1000, workers, rate), flush=True)
+        results = []
+        for senders in (1, None):
+            kind = 'posted at once, batch_senders %s' % (
+                senders or '%d (default)' % system.settings().batch_senders)
+            extra = {'NIGHTSHIFT_BATCH_SENDERS': str(senders)} if senders else {}
+            results.append(posted_burst(system, runs, timeout=timeout, kind=kind, **extra))
+            show(results[-1])
+    finally:
+        system.sink.ask('delay 0')
+    return rate, results, runs, workers
+
+
+def render_far(rate, results, runs, workers):
+    lines = ['', '| %s runs, the mail server answering each DATA %d ms late | consumers x '
+             'workers | delivered | first POST -> last delivery s | runs/s | ratio to smtplib '
+             '(%d threads) | consumers, ms CPU per run |' % ('{:,}'.format(runs),
+                                                            FAR_DELAY * 1000, workers),
+             '|---|---|---|---|---|---|---|',
+             '| plain smtplib, one reused connection per thread (baseline) | %d threads | '
+             '%s/%s | %.2f | %.0f | 1.00x | - |' % (workers, runs, runs, runs / rate, rate)]
+    for result in results:
+        lines.append('| %s | %s | %d/%d | %.2f | %.0f | %.3fx | %.1f |' % (
+            result.kind, _setup(result), result.delivered, runs, result.seconds,
+            result.runs_per_s, result.runs_per_s / rate,
+            1000 * result.cpu['consumers'] / max(result.delivered, 1)))
+    return lines
 
 
 def show(result):

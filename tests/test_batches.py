@@ -132,8 +132,9 @@ def test_a_421_in_the_middle_of_a_batch_holds_back_one_run_and_the_rest_go_on(
         make_jobs, catalogue, shop, smtp_sink):
     """The server says 421 and hangs up at the second run's RCPT: that run
     is pending (not sent, not refused) and retried alone later; the batch
-    goes on over a new connection, and nobody is mailed twice."""
-    jobs = make_jobs(registry=catalogue)
+    goes on over a new connection, and nobody is mailed twice. One sender:
+    the sink's replies go to RCPTs in the order they come."""
+    jobs = make_jobs(registry=catalogue, batch_senders=1)
     smtp_sink.rcpt_replies = [None, '421 4.3.2 closing for maintenance']
     ids = [queue(jobs, '%s@example.org' % n) for n in 'abcd']
     run_queued(jobs, limit=1)  # the first run's task: the whole batch
@@ -249,6 +250,86 @@ def _post_burst(app, count):
             for i in range(count)]
 
 
+@pytest.mark.parametrize('senders', [1, 4])
+def test_a_batch_is_mailed_over_batch_senders_connections_at_once(
+        make_jobs, catalogue, shop, smtp_sink, senders):
+    """A mail server that takes a while to accept each message: a batch's
+    runs go out over `batch_senders` connections at once (messages accepted
+    less than the server's delay apart, which one connection cannot do),
+    each run still once, with its own Message-ID; the extra connections
+    say goodbye when the batch is done, one kept for the next message."""
+    jobs = make_jobs(registry=catalogue, batch_senders=senders)
+    smtp_sink.data_delay = 0.15
+    ids = [queue(jobs, 'p%d@example.org' % i) for i in range(9)]
+    run_queued(jobs, limit=1)  # the first run's task: the whole batch
+
+    done = list(Run.select().where(Run.id.in_(ids)))
+    assert all(r.status == RunStatus.DELIVERED for r in done)
+    assert sorted(r.batch_of or r.id for r in done) == [ids[0]] * 9
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == sorted(
+        'p%d@example.org' % i for i in range(9))
+    assert len({m['message']['Message-ID'] for m in smtp_sink.messages}) == 9
+    assert Delivery.select().where(Delivery.status == DeliveryStatus.SENT).count() == 9
+    arrivals = sorted(m['at'] for m in smtp_sink.messages)
+    closest = min(b - a for a, b in zip(arrivals, arrivals[1:]))
+    if senders == 1:
+        # One after another: each DATA waits for the last one's reply.
+        assert closest >= smtp_sink.data_delay
+        assert (len(smtp_sink.greeted), smtp_sink.quits) == (1, 0)
+    else:
+        assert closest < smtp_sink.data_delay
+        # The leader's own connection and three more; those three closed.
+        assert (len(smtp_sink.greeted), smtp_sink.quits) == (4, 3)
+    # The leader's connection carries the next run's message.
+    queue(jobs, 'later@example.org', {'min_id': 3})
+    run_queued(jobs, limit=1)
+    assert len(smtp_sink.greeted) == (1 if senders == 1 else 4)
+
+
+def test_in_threads_does_each_item_once_and_stops_at_the_first_error():
+    import contextvars
+    import threading
+    import time
+    tag = contextvars.ContextVar('tag')
+    tag.set('batch 7')
+    seen, ended, lock = [], [], threading.Lock()
+
+    def work(item):
+        with lock:
+            seen.append((item, threading.current_thread().name, tag.get()))
+        time.sleep(0.01)
+    runs.in_threads(list(range(40)), work, 4,
+                    thread_ended=lambda: ended.append(threading.current_thread().name))
+    assert sorted(item for item, _, _ in seen) == list(range(40))
+    threads = {name for _, name, _ in seen}
+    assert len(threads) == 4 and threading.current_thread().name in threads
+    assert sorted(ended) == sorted(threads - {threading.current_thread().name})
+    assert {value for _, _, value in seen} == {'batch 7'}
+
+    # Fewer items than threads: no idle thread started.
+    ended.clear()
+    runs.in_threads([1], work, 4, thread_ended=lambda: ended.append(1))
+    assert ended == []
+
+    started = []
+
+    def failing(item):
+        with lock:
+            started.append(item)
+        if item == 5:
+            raise RuntimeError('database gone')
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match='database gone'):
+        runs.in_threads(list(range(100)), failing, 3)
+    # Each thread finishes the item in hand, and none takes another.
+    assert 5 in started and len(started) <= 5 + 1 + 3
+
+
+# Messages one batch may have in flight at once: the default batch_senders,
+# and one more as before them (a cut as one is handed over).
+IN_FLIGHT = 4 + 1
+
+
 def _each_delivered(ids, sink, addresses, timeout, extra_copies):
     """Wait for every run of `ids` delivered; each address mailed, and no
     more than `extra_copies` second copies (messages in flight at a cut)."""
@@ -283,8 +364,9 @@ def test_a_batch_whose_consumer_dies_or_stops_mid_mail_loses_nothing(
     from conftest import wait_until
     demo.seed(customers=20, orders=50)
     # Each message takes a while: the batch is caught mailing, and mails for
-    # longer than a stopping consumer waits for it (tasks.HAND_BACK_GRACE).
-    smtp_sink.data_delay = 0.25
+    # longer than a stopping consumer waits for it (tasks.HAND_BACK_GRACE),
+    # over its batch_senders (4) connections at once.
+    smtp_sink.data_delay = 1.5
     first = consumers.start()
     ids = _post_burst(app, 32)
     wait_until(lambda: _batch_mailing(ids), timeout=60, message='a batch part-way mailed')
@@ -301,8 +383,9 @@ def test_a_batch_whose_consumer_dies_or_stops_mid_mail_loses_nothing(
                    timeout=30, message='the batch silent past stale_after')
     smtp_sink.data_delay = 0
     consumers.start()
+    # A second copy for each message in flight at the cut: one per sender.
     _each_delivered(ids, smtp_sink, {'k%d@example.org' % i for i in range(32)},
-                    timeout=90, extra_copies=2)
+                    timeout=90, extra_copies=IN_FLIGHT)
     assert Delivery.select().where(Delivery.status != DeliveryStatus.SENT).count() == 0
 
 
@@ -416,12 +499,15 @@ def test_a_slots_waiting_runs_are_all_delivered_when_the_consumer_dies_mid_batch
             slot - datetime.timedelta(seconds=1))  # marked before the slot: due
     # Batches of 8, two turns: 2 tasks, 22 runs waiting with no task.
     consumers.env = dict(consumers.env, NIGHTSHIFT_BATCH_RUNS='8')
-    smtp_sink.data_delay = 0.25
+    smtp_sink.data_delay = 0.8
     first = consumers.start()
     of_slot = Run.select(Run.id).where(Run.slot_at == slot)
     wait_until(lambda: of_slot.count() == 24, timeout=60, message='the slot made 24 runs')
     ids = [r.id for r in of_slot]
-    assert Run.select().where(turns.waiting_for_turn()).count() >= 14
+    # 2 tasks: the other 22 runs wait with no task, or are already claimed by
+    # one of the two batches (7 each).
+    assert Run.select().where(turns.waiting_for_turn() | Run.batch_of.is_null(False)) \
+        .count() == 22
     wait_until(lambda: 3 <= Run.select().where(Run.id.in_(ids), Run.status ==
                                                RunStatus.DELIVERED).count() < 12,
                timeout=60, message='the batches part-way mailed')
@@ -436,4 +522,4 @@ def test_a_slots_waiting_runs_are_all_delivered_when_the_consumer_dies_mid_batch
     smtp_sink.data_delay = 0
     consumers.start()  # its start-up tick reaps, and hands the free turns out
     _each_delivered(ids, smtp_sink, {'s%d@example.org' % i for i in range(24)},
-                    timeout=90, extra_copies=2)
+                    timeout=90, extra_copies=2 * IN_FLIGHT)

@@ -331,9 +331,10 @@ def test_a_stopping_consumer_says_quit_on_its_connections(settings, jobs, shop, 
         smtp_sink.wait_for(4, timeout=30)
         wait_until(lambda: all(Run.get_by_id(i).status == 'delivered' for i in ids), 15,
                    message='4 runs delivered')
-        assert smtp_sink.quits == 0
+        # A batch's extra senders say goodbye as it ends (runs.in_threads);
+        # each worker thread keeps one connection.
         connections = len(smtp_sink.greeted)
-        assert 1 <= connections <= 2
+        assert 1 <= connections - smtp_sink.quits <= 2
     finally:
         consumer.stop(graceful=True)
         for number, handler in handlers.items():
