@@ -425,10 +425,11 @@ def _serve_companions(leader, companions, definition, settings, mailer, store, b
 
 
 def in_threads(items, work, threads, thread_ended=None):
-    """work(item) for each of `items`, from up to `threads` threads at once,
-    the calling one among them; `thread_ended()` in each other one as it
-    ends. The first exception stops every thread taking more, and is raised
-    here once they are all done."""
+    """work(item) for each of `items`, from up to `threads` threads at once
+    (no more than one for two items), the calling one among them;
+    `thread_ended()` in each other one as it ends. The first exception
+    stops every thread taking more, and is raised here once they are all
+    done."""
     pending = iter(items)
     taking = threading.Lock()
     errors = []
@@ -452,9 +453,10 @@ def in_threads(items, work, threads, thread_ended=None):
                 thread_ended()
     # Each thread in a copy of the caller's context: its log fields and the
     # batch's installation id (runmessages.one_installation).
+    # A thread for two items at least: each opens its own connections.
     helpers = [threading.Thread(target=contextvars.copy_context().run, args=(helper,),
                                 daemon=True, name='%s-%d' % (threading.current_thread().name, n))
-               for n in range(1, min(threads, len(items)))]
+               for n in range(1, min(threads, len(items) // 2))]
     for thread in helpers:
         thread.start()
     loop()

@@ -505,7 +505,7 @@ def posted_burst(system, count, consumers=1, worker_type='thread', limit=None, t
                    problems, done, before, after, posting_s=posting)
 
 
-def slot_burst(system, count, real_slot=True, limit=None, timeout=600):
+def slot_burst(system, count, real_slot=True, limit=None, timeout=600, worker_type='thread'):
     """N schedules of the report due in one cron slot, each with its own
     recipient and the slot's minute and hour as cron (once a day). With
     `real_slot` the slot is a minute boundary 25-85 s ahead, the consumer
@@ -534,7 +534,7 @@ def slot_burst(system, count, real_slot=True, limit=None, timeout=600):
             'name': 'burst-%04d' % i, 'report': REPORT, 'to': ['slot%d@example.org' % i],
             'cron': '%d %d * * *' % (slot.minute, slot.hour), 'timezone': 'UTC'}, now)
     slot_epoch = slot.replace(tzinfo=datetime.timezone.utc).timestamp()
-    args = system.consumer_args
+    args = with_worker_type(system.consumer_args, worker_type)
     # Counted from before the consumer starts (its start in its CPU), unless
     # it is up and warm before the slot.
     system.sink.ask('reset')
@@ -633,8 +633,10 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
             rates[threads] = baseline(system.sink, sample, runs, threads, workdir)
             print('plain smtplib, %d threads: %.0f messages/s' % (threads, rates[threads][0]),
                   flush=True)
-        outcomes.append(slot_burst(system, runs, real_slot=not smoke, timeout=timeout))
-        show(outcomes[-1])
+        for worker_type in ('thread', 'process'):
+            outcomes.append(slot_burst(system, runs, real_slot=not smoke, timeout=timeout,
+                                       worker_type=worker_type))
+            show(outcomes[-1])
         # Scale-out at the default per-report limit, then without it (0): one
         # report's runs can only fill more workers when the limit allows.
         for limit in (None, 0):
@@ -695,7 +697,7 @@ def render_far(rate, results, runs, workers):
             result.kind, _setup(result), result.delivered, runs, result.seconds,
             result.runs_per_s, result.runs_per_s / rate,
             1000 * result.cpu['consumers'] / max(result.delivered, 1)))
-    return lines
+    return lines + ['']
 
 
 def show(result):
@@ -752,7 +754,7 @@ def render(outcomes, rates, turns, runs, workers, postgres, command):
               '%.2f s; the clock runs from the first POST to the sink\'s last accepted message.'
               % (n, CLIENT_THREADS, posted.posting_s)]
     for result in outcomes:
-        if result.kind.startswith('due in one slot'):
+        if result.kind.startswith('due in one slot') and result.worker_type == 'thread':
             lines.append('Due in one slot: %s schedules, cron on the slot\'s minute, '
                          '`max_schedules` and `max_runs_per_tick` raised to %s where their '
                          'defaults are lower (200 and 100: no bigger slot, and a slot of over '

@@ -306,10 +306,12 @@ def test_in_threads_does_each_item_once_and_stops_at_the_first_error():
     assert sorted(ended) == sorted(threads - {threading.current_thread().name})
     assert {value for _, _, value in seen} == {'batch 7'}
 
-    # Fewer items than threads: no idle thread started.
+    # A thread for two items at least: one item, no other thread; five, two.
     ended.clear()
     runs.in_threads([1], work, 4, thread_ended=lambda: ended.append(1))
     assert ended == []
+    runs.in_threads(list(range(5)), work, 4, thread_ended=lambda: ended.append(1))
+    assert ended == [1]
 
     started = []
 
