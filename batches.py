@@ -25,9 +25,11 @@ A companion whose mail must be tried again later (a 4xx) is queued with
 its backoff and a task for then; its own task from the burst, if still in
 the queue, may try it once before that (at-least-once, as ever).
 """
+import contextlib
 import json
 import logging
 import math
+import threading
 from typing import List, Tuple
 
 import turns
@@ -129,7 +131,7 @@ def claim_companions(leader, run, limit, now=None) -> List:
     if mine:
         logger.info('run %d: serves %d more run(s) of %s with the same parameters',
                     leader.run_id, len(mine), run.report)
-    return [Attempt(run_id, 1) for run_id in mine]
+    return [Attempt(run_id, 1, leader.run_id) for run_id in mine]
 
 
 def _serving(leader_id):
@@ -144,10 +146,40 @@ def beat(leader_id, now):
     return Run.update(heartbeat_at=now).where(_serving(leader_id)).execute()
 
 
+# Batches this process is mailing: leader run id -> set to stop taking runs.
+_stops = {}
+_stops_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def serving(leader_id):
+    """While the leader mails its batch: an Event that stop_serving sets."""
+    stop = threading.Event()
+    with _stops_lock:
+        _stops[leader_id] = stop
+    try:
+        yield stop
+    finally:
+        with _stops_lock:
+            if _stops.get(leader_id) is stop:
+                del _stops[leader_id]
+
+
+def stop_serving(leader_id):
+    """The batch of `leader_id`, if this process mails it, starts no more of
+    its runs; those in hand finish (a cut mid-DATA would send them twice)."""
+    with _stops_lock:
+        stop = _stops.get(leader_id)
+    if stop is not None:
+        stop.set()
+
+
 def release(leader_id, reason) -> List[int]:
     """Give the leader's unserved companions back to the queue, as never
     tried (their attempt was the leader's, not theirs). A file published for
     one stays: its next attempt mails that. Returns their ids, to enqueue."""
+    # Its senders first, or one might start a run given back meanwhile.
+    stop_serving(leader_id)
     ids = [run_id for run_id, in Run.select(Run.id).where(_serving(leader_id)).tuples()]
     if not ids:
         return []

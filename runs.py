@@ -135,16 +135,25 @@ class Attempt(NamedTuple):
     current attempt and the run is still running."""
     run_id: int
     number: int
+    # A run served by a batch (batches.py): its leader's run id. A batch
+    # given back makes its runs never tried again, so a run claimed anew
+    # is attempt 1 once more; the leader tells the two claims apart.
+    batch_of: Optional[int] = None
 
     def owned(self):
-        return ((Run.id == self.run_id) & (Run.status == RunStatus.RUNNING)
-                & (Run.attempts == self.number))
+        owned = ((Run.id == self.run_id) & (Run.status == RunStatus.RUNNING)
+                 & (Run.attempts == self.number))
+        if self.batch_of is not None:
+            owned &= Run.batch_of == self.batch_of
+        return owned
 
     def update(self, **values):
         """A fenced write; LostOwnership when the run is no longer ours."""
-        if not statements.update(Run, values, ('id', '=', self.run_id),
-                                 ('status', '=', RunStatus.RUNNING),
-                                 ('attempts', '=', self.number)):
+        fence = [('id', '=', self.run_id), ('status', '=', RunStatus.RUNNING),
+                 ('attempts', '=', self.number)]
+        if self.batch_of is not None:
+            fence.append(('batch_of', '=', self.batch_of))
+        if not statements.update(Run, values, *fence):
             raise LostOwnership('run %d: attempt %d no longer owns it'
                                 % (self.run_id, self.number))
 
@@ -189,8 +198,8 @@ def hand_back(run_id, reason):
 
 def wait_while_running(run_id, seconds, sending_grace=0.0, clock=time.monotonic):
     """Wait up to `seconds` for a running run to finish (or stop running),
-    and up to `sending_grace` more while it is in the middle of an SMTP
-    transaction: cut there, the server may have the message with nobody
+    and up to `sending_grace` more while it (or a run of its batch) is in
+    the middle of an SMTP transaction: cut there, the server may have the message with nobody
     recording it, and the retry would send a second copy."""
     deadline = clock() + seconds
     while True:
@@ -198,11 +207,17 @@ def wait_while_running(run_id, seconds, sending_grace=0.0, clock=time.monotonic)
         if run is None or run.status != RunStatus.RUNNING:
             return
         if clock() >= deadline:
-            sending = Delivery.select().where(Delivery.run == run_id,
-                                              Delivery.status == DeliveryStatus.SENDING).exists()
-            if not sending or clock() >= deadline + sending_grace:
+            if not sending(run_id) or clock() >= deadline + sending_grace:
                 return
         time.sleep(0.05)
+
+
+def sending(run_id):
+    """Whether the run, or a run of the batch it leads, is in the middle of
+    an SMTP transaction."""
+    return Delivery.select().join(Run, on=(Delivery.run == Run.id)).where(
+        ((Run.id == run_id) | (Run.batch_of == run_id))
+        & (Delivery.status == DeliveryStatus.SENDING)).exists()
 
 
 class Heartbeat:
@@ -235,7 +250,7 @@ class Heartbeat:
         the export (LostOwnership) once another attempt owns the run."""
         if self.lost:
             raise LostOwnership('run %d: attempt %d was taken back while writing'
-                                % self.attempt)
+                                % (self.attempt.run_id, self.attempt.number))
         self.rows, self.bytes = rows, size
 
     def _beat(self):
@@ -256,7 +271,7 @@ class Heartbeat:
                         self.lost = True
                         logger.warning('run %d: attempt %d no longer owns it (taken back '
                                        'by the reaper, or cancelled); this worker stops it',
-                                       *self.attempt)
+                                       self.attempt.run_id, self.attempt.number)
                         return
                 except Exception:
                     logger.warning('heartbeat of run %d not recorded', self.attempt.run_id,
@@ -346,7 +361,7 @@ def _settle(attempt, settings, store, work) -> Outcome:
             # Cancelled (control.cancel_run): nothing was sent; nothing is kept.
             discard_files(settings, store, attempt.run_id)
             logger.info('run %d: cancelled; attempt %d stopped and sent nothing',
-                        *attempt)
+                        attempt.run_id, attempt.number)
             return Outcome(Ending.CANCELLED)
         logger.warning('%s; it leaves the run to that attempt', exc)
         return Outcome(Ending.LOST)
@@ -416,58 +431,94 @@ def _serve_companions(leader, companions, definition, settings, mailer, store, b
             outcome = _settle(member, settings, store, lambda: serve(member, run))
             on_companion(member.run_id, outcome, run)
     try:
-        with runmessages.one_installation():
-            in_threads(companions, serve_one, settings.batch_senders,
-                       thread_ended=lambda: _let_go(mailer))
+        with runmessages.one_installation(), batches.serving(leader.run_id) as stop:
+            in_threads(companions, serve_one, senders_for(settings, os.path.getsize(source)),
+                       stop=stop, thread_started=_connect, thread_ended=lambda: _let_go(mailer))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)
 
 
-def in_threads(items, work, threads, thread_ended=None):
+# What a batch's senders may hold at once: each has its message whole, the
+# attachment several times over (the file, its base64, the text on the
+# wire). A bigger file is mailed by fewer senders, down to one.
+SENDING_BUDGET = 64 * 1024 * 1024
+
+
+def senders_for(settings, file_bytes):
+    return max(1, min(settings.batch_senders, SENDING_BUDGET // max(5 * file_bytes, 1)))
+
+
+def in_threads(items, work, threads, thread_ended=None, thread_started=None, stop=None):
     """work(item) for each of `items`, from up to `threads` threads at once
-    (no more than one for two items), the calling one among them;
-    `thread_ended()` in each other one as it ends. The first exception
-    stops every thread taking more, and is raised here once they are all
-    done."""
+    (no more than one for two items), the calling one among them.
+
+    In each other thread `thread_started()` first (one that raises sits the
+    work out, logged) and `thread_ended()` last. No thread takes another
+    item once `stop` (a threading.Event) is set, nor after the first
+    exception; once all are done that is raised here: an interruption
+    (KeyboardInterrupt, SystemExit) before the calling thread's own error,
+    and that before another thread's."""
+    stop = stop or threading.Event()
     pending = iter(items)
     taking = threading.Lock()
     errors = []
 
     def take():
         with taking:
-            return None if errors else next(pending, None)
+            return None if stop.is_set() else next(pending, None)
 
-    def loop():
+    def loop(caller):
         try:
             while (item := take()) is not None:
                 work(item)
         except BaseException as exc:
-            errors.append(exc)
+            errors.append((not isinstance(exc, Exception), caller, exc))
+            stop.set()
 
     def helper():
         try:
-            loop()
+            if thread_started is not None:
+                try:
+                    thread_started()
+                except Exception:
+                    logger.warning('a sender could not start; the others go on', exc_info=True)
+                    return
+            loop(False)
         finally:
             if thread_ended is not None:
-                thread_ended()
+                try:
+                    thread_ended()
+                except Exception:
+                    logger.warning('a sender did not close cleanly', exc_info=True)
     # Each thread in a copy of the caller's context: its log fields and the
-    # batch's installation id (runmessages.one_installation).
-    # A thread for two items at least: each opens its own connections.
+    # batch's installation id (runmessages.one_installation). A thread for
+    # two items at least: each opens its own connections.
     helpers = [threading.Thread(target=contextvars.copy_context().run, args=(helper,),
                                 daemon=True, name='%s-%d' % (threading.current_thread().name, n))
                for n in range(1, min(threads, len(items) // 2))]
-    for thread in helpers:
-        thread.start()
-    loop()
-    for thread in helpers:
-        thread.join()
+    try:
+        for thread in helpers:
+            thread.start()
+        loop(True)
+    finally:
+        # Interrupted here (a worker stopping): the others take no more.
+        stop.set()
+        for thread in helpers:
+            if thread.ident is not None:
+                thread.join()
     if errors:
-        raise errors[0]
+        raise max(errors, key=lambda error: error[:2])[2]
+
+
+def _connect():
+    # A sender's own state-database connection, before it takes a run: one
+    # that cannot connect costs no run an attempt.
+    db.connect(reuse_if_open=True)
 
 
 def _let_go(mailer):
-    # A helper thread's own connections: its kept SMTP session, its database one.
+    # A sender's own connections: its kept SMTP session, its database one.
     try:
         close = getattr(mailer, 'close', None)
         if close is not None:

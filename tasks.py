@@ -108,6 +108,8 @@ class Jobs:
             # give the run back so another worker takes it in a moment.
             if isinstance(task, run_report.task_class):
                 run_id = task.args[0]
+                # A batch it mails starts no more runs: those in hand finish.
+                batches.stop_serving(run_id)
                 # The worker thread is still going until this process exits,
                 # and killing it mid-SMTP would send the report twice (the
                 # server accepted, nothing recorded it). A short grace lets

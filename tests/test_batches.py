@@ -313,18 +313,87 @@ def test_in_threads_does_each_item_once_and_stops_at_the_first_error():
     runs.in_threads(list(range(5)), work, 4, thread_ended=lambda: ended.append(1))
     assert ended == [1]
 
-    started = []
+    # The first error: every thread finishes the item in hand, none takes
+    # another. The others wait in their item until the error is recorded.
+    started, failed = [], threading.Event()
 
     def failing(item):
         with lock:
             started.append(item)
         if item == 5:
+            failed.set()
             raise RuntimeError('database gone')
-        time.sleep(0.01)
+        failed.wait(10)
     with pytest.raises(RuntimeError, match='database gone'):
         runs.in_threads(list(range(100)), failing, 3)
-    # Each thread finishes the item in hand, and none takes another.
     assert 5 in started and len(started) <= 5 + 1 + 3
+
+
+def test_in_threads_raises_an_interruption_first_then_the_callers_own_error():
+    import threading
+    caller = threading.current_thread()
+    both, lock = threading.Barrier(2), threading.Lock()
+    taken = []
+
+    def work(kind):
+        with lock:
+            taken.append(kind)
+        # Both threads have an item before either fails.
+        both.wait(10)
+        if threading.current_thread() is caller:
+            raise kind('the caller')
+        raise RuntimeError('a sender')
+    for kind in (KeyboardInterrupt, ValueError):
+        taken.clear()
+        with pytest.raises(kind, match='the caller'):
+            runs.in_threads([kind] * 4, work, 2)
+        assert len(taken) == 2  # neither took another
+
+
+def test_a_batch_given_back_starts_no_more_runs_and_its_stale_claims_are_fenced(
+        make_jobs, catalogue, shop):
+    jobs = make_jobs(registry=catalogue)
+    first, second, third = (queue(jobs, '%s@example.org' % n) for n in 'abc')
+    attempt = runs.claim(first, report='nonce', limit=2)
+    companions = batches.claim_companions(attempt, Run.get_by_id(first), 10)
+    assert [c.batch_of for c in companions] == [first, first]
+    done = []
+    with batches.serving(first) as stop:
+        def work(member):
+            done.append(member.run_id)
+            # Given back (its consumer stopping) while the first is in hand.
+            batches.release(first, 'its worker stopped')
+        runs.in_threads(companions, work, 1, stop=stop)
+    assert done == [second]
+    # Both given back, as never tried; one claimed anew, as attempt 1 again.
+    assert runs.claim(second) == runs.Attempt(second, 1)
+    # The batch's claim of it, still held by a sender, no longer owns it.
+    with pytest.raises(runs.LostOwnership):
+        companions[0].update(error='a stale sender')
+    assert Run.get_by_id(second).error != 'a stale sender'
+    runs.Attempt(second, 1).update(error='its own claim')
+    # A companion of a batch mid-SMTP counts for its leader's stop grace.
+    assert not runs.sending(first)
+    Delivery.update(status=DeliveryStatus.SENDING).where(Delivery.run == third).execute()
+    Run.update(batch_of=first).where(Run.id == third).execute()
+    assert runs.sending(first) and runs.sending(third) and not runs.sending(second)
+
+
+def test_a_sender_that_cannot_start_sits_out_and_the_others_do_the_work():
+    done = []
+
+    def cannot():
+        raise ConnectionError('too many connections')
+    runs.in_threads(list(range(8)), done.append, 4, thread_started=cannot)
+    assert sorted(done) == list(range(8))
+
+
+def test_a_big_file_is_mailed_by_fewer_senders(make_settings):
+    settings = make_settings({}, batch_senders=4)
+    assert runs.senders_for(settings, 2_500) == 4
+    assert runs.senders_for(settings, 4 * 1024 * 1024) == 3
+    assert runs.senders_for(settings, 20 * 1024 * 1024) == 1
+    assert runs.senders_for(make_settings({}, batch_senders=1), 100) == 1
 
 
 # Messages one batch may have in flight at once: the default batch_senders,
@@ -385,9 +454,10 @@ def test_a_batch_whose_consumer_dies_or_stops_mid_mail_loses_nothing(
                    timeout=30, message='the batch silent past stale_after')
     smtp_sink.data_delay = 0
     consumers.start()
-    # A second copy for each message in flight at the cut: one per sender.
+    # Killed: a second copy for each message in flight, one per sender.
+    # Stopped: the batch starts no more runs, and those in hand finish.
     _each_delivered(ids, smtp_sink, {'k%d@example.org' % i for i in range(32)},
-                    timeout=90, extra_copies=IN_FLIGHT)
+                    timeout=90, extra_copies=IN_FLIGHT if stop_with == 'SIGKILL' else 0)
     assert Delivery.select().where(Delivery.status != DeliveryStatus.SENT).count() == 0
 
 
