@@ -630,8 +630,13 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
         sample = system.sink.ask('sample')['sample']
         rates = {}
         for threads in sorted({workers, 2 * workers}) if sample else ():
-            rates[threads] = baseline(system.sink, sample, runs, threads, workdir)
-            print('plain smtplib, %d threads: %.0f messages/s' % (threads, rates[threads][0]),
+            # The median of three: a burst of plain smtplib lasts under a
+            # second, and one alone swung from 1,172 to 1,910 messages/s.
+            tries = sorted((baseline(system.sink, sample, runs, threads, workdir)
+                            for _ in range(BASELINE_TRIES)), key=lambda result: result[0])
+            rates[threads] = tries[len(tries) // 2]
+            print('plain smtplib, %d threads: %.0f messages/s (median of %s)'
+                  % (threads, rates[threads][0], ', '.join('%.0f' % t[0] for t in tries)),
                   flush=True)
         for worker_type in ('thread', 'process'):
             outcomes.append(slot_burst(system, runs, real_slot=not smoke, timeout=timeout,
@@ -657,6 +662,8 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
         problems += ['%s: %s' % (result.kind, p) for result in far[1] for p in result.problems]
     return lines, summary, problems
 
+
+BASELINE_TRIES = 3
 
 # A mail server further than loopback: each DATA answered this much later.
 FAR_DELAY = 0.02
@@ -716,9 +723,10 @@ def render(outcomes, rates, turns, runs, workers, postgres, command):
              '|---|---|---|---|---|---|---|---|']
     for threads, (rate, _, _, size) in sorted(rates.items()):
         lines.append('| plain smtplib: %s prebuilt copies of a run\'s message (%s bytes), one '
-                     'reused connection per thread (baseline) | %d threads | - | %s/%s | %.2f '
-                     '| %s | 1.00x | |' % (n, '{:,}'.format(size), threads, n, n, runs / rate,
-                                          '{:,.0f}'.format(rate)))
+                     'reused connection per thread (baseline, median of %d) | %d threads | - '
+                     '| %s/%s | %.2f | %s | 1.00x | |'
+                     % (n, '{:,}'.format(size), BASELINE_TRIES, threads, n, n, runs / rate,
+                        '{:,.0f}'.format(rate)))
     problems = []
     for result in outcomes:
         base = rates.get(result.workers, (NAN,))[0]
