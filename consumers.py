@@ -6,16 +6,44 @@ and when nobody does.
 Times are the database's clock (models.db_now), the one the run heartbeats
 use: machines whose clocks disagree still agree on who is silent.
 """
+import ctypes
 import datetime
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 from typing import NamedTuple
 
 from models import Consumer, db, db_now, iso_z, quote_name
 
 logger = logging.getLogger('nightshift.consumers')
+
+_PR_SET_PDEATHSIG = 1
+_children_end_with = None
+
+
+def children_end_with_this_process():
+    """Processes forked from this one from now on (huey_consumer -k
+    process: its workers and its scheduler) are killed when it ends, however
+    it ends. Killed with SIGKILL, a consumer would leave them running as
+    orphans that go on taking tasks and ignore the stop signal while idle.
+    Linux only (prctl); elsewhere nothing changes. Once per process."""
+    global _children_end_with
+    if _children_end_with is not None or not sys.platform.startswith('linux'):
+        return
+    _children_end_with = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def in_child():
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            logger.warning('a worker process could not ask to end with its consumer '
+                           '(prctl: errno %d)', ctypes.get_errno())
+        elif os.getppid() != _children_end_with:
+            os._exit(1)  # it ended before the request was made
+    os.register_at_fork(after_in_child=in_child)
+
 
 # A consumer silent this many heartbeats is gone; its row is kept a while
 # (the page and /healthz say when it was last seen), then removed.

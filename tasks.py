@@ -72,6 +72,8 @@ class Jobs:
 
         def create_consumer(**options):
             consumer = make_consumer(**options)
+            if consumer.worker_type == 'process':
+                consumers.children_end_with_this_process()
             self.consumer = consumer
             install_logging(settings)
             return consumer

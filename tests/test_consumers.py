@@ -186,3 +186,58 @@ def test_consumers_started_with_n_make_healthz_degraded_with_the_reason(
 def _degraded(app):
     body = _health(app).json
     return body if body['status'] == 'degraded' else None
+
+
+def _children(pid):
+    """Processes whose parent is `pid`, from /proc."""
+    found = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            try:
+                with open('/proc/%s/stat' % name) as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='prctl is Linux')
+@pytest.mark.parametrize('database_url', ['sqlite'], indirect=True)
+def test_process_workers_end_with_their_consumer_even_killed(database, consumer_env, tmp_path):
+    """huey_consumer -k process, killed with SIGKILL: its worker processes
+    would go on taking tasks, orphans that ignore the stop signal while idle.
+    Each dies with its consumer."""
+    import signal
+    log = open(tmp_path / 'consumer.log', 'wb')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'huey.bin.huey_consumer', 'tasks.huey', '-w', '2', '-k',
+         'process'], cwd=ROOT, env=dict(os.environ, **consumer_env), stdout=log,
+        stderr=subprocess.STDOUT)
+    workers = []
+    try:
+        # Each worker process registers as it starts (the scheduler is a
+        # process of its own too).
+        wait_until(lambda: Consumer.select().where(Consumer.pid.in_(_children(proc.pid)))
+                   .count() == 2, timeout=30, message='its 2 worker processes registered')
+        workers = _children(proc.pid)
+        assert len(workers) == 3
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=10,
+                   message='its worker processes gone')
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        stop_gracefully(proc)
