@@ -140,20 +140,17 @@ class Attempt(NamedTuple):
     # is attempt 1 once more; the leader tells the two claims apart.
     batch_of: Optional[int] = None
 
+    def _fence(self):
+        fence = (('id', '=', self.run_id), ('status', '=', RunStatus.RUNNING),
+                 ('attempts', '=', self.number))
+        return fence if self.batch_of is None else fence + (('batch_of', '=', self.batch_of),)
+
     def owned(self):
-        owned = ((Run.id == self.run_id) & (Run.status == RunStatus.RUNNING)
-                 & (Run.attempts == self.number))
-        if self.batch_of is not None:
-            owned &= Run.batch_of == self.batch_of
-        return owned
+        return statements.where(Run, self._fence())
 
     def update(self, **values):
         """A fenced write; LostOwnership when the run is no longer ours."""
-        fence = [('id', '=', self.run_id), ('status', '=', RunStatus.RUNNING),
-                 ('attempts', '=', self.number)]
-        if self.batch_of is not None:
-            fence.append(('batch_of', '=', self.batch_of))
-        if not statements.update(Run, values, *fence):
+        if not statements.update(Run, values, *self._fence()):
             raise LostOwnership('run %d: attempt %d no longer owns it'
                                 % (self.run_id, self.number))
 
@@ -199,8 +196,9 @@ def hand_back(run_id, reason):
 def wait_while_running(run_id, seconds, sending_grace=0.0, clock=time.monotonic):
     """Wait up to `seconds` for a running run to finish (or stop running),
     and up to `sending_grace` more while it (or a run of its batch) is in
-    the middle of an SMTP transaction: cut there, the server may have the message with nobody
-    recording it, and the retry would send a second copy."""
+    the middle of an SMTP transaction: cut there, the server may have the
+    message with nobody recording it, and the retry would send a second
+    copy."""
     deadline = clock() + seconds
     while True:
         run = Run.get_or_none(Run.id == run_id)
@@ -478,19 +476,11 @@ def in_threads(items, work, threads, thread_ended=None, thread_started=None, sto
 
     def helper():
         try:
-            if thread_started is not None:
-                try:
-                    thread_started()
-                except Exception:
-                    logger.warning('a sender could not start; the others go on', exc_info=True)
-                    return
-            loop(False)
+            if _logged_if_it_fails(thread_started, 'a sender could not start; '
+                                   'the others go on'):
+                loop(False)
         finally:
-            if thread_ended is not None:
-                try:
-                    thread_ended()
-                except Exception:
-                    logger.warning('a sender did not close cleanly', exc_info=True)
+            _logged_if_it_fails(thread_ended, 'a sender did not close cleanly')
     # Each thread in a copy of the caller's context: its log fields and the
     # batch's installation id (runmessages.one_installation). A thread for
     # two items at least: each opens its own connections.
@@ -511,6 +501,17 @@ def in_threads(items, work, threads, thread_ended=None, thread_started=None, sto
         raise max(errors, key=lambda error: error[:2])[2]
 
 
+def _logged_if_it_fails(call, failure):
+    """call() if there is one; False (and `failure` logged) if it raised."""
+    try:
+        if call is not None:
+            call()
+        return True
+    except Exception:
+        logger.warning(failure, exc_info=True)
+        return False
+
+
 def _connect():
     # A sender's own state-database connection, before it takes a run: one
     # that cannot connect costs no run an attempt.
@@ -520,9 +521,7 @@ def _connect():
 def _let_go(mailer):
     # A sender's own connections: its kept SMTP session, its database one.
     try:
-        close = getattr(mailer, 'close', None)
-        if close is not None:
-            close()
+        mailer.close()
     finally:
         db.close()
 

@@ -91,7 +91,9 @@ def _shape_and_params(model, conditions):
     return tuple(shape), params
 
 
-def _peewee_where(model, conditions):
+def where(model, conditions):
+    """The conditions (field name, operator, value) as a Peewee expression,
+    for a statement built by Peewee."""
     clauses = [_OPERATORS[op][1](getattr(model, name), value) for name, op, value in conditions]
     return functools.reduce(operator.and_, clauses)
 
@@ -103,7 +105,7 @@ def update(model, values, *conditions) -> int:
     if not conditions:
         raise ValueError('statements.update: a WHERE is required')
     if any(isinstance(value, Node) for value in values.values()):
-        return model.update(**values).where(_peewee_where(model, conditions)).execute()
+        return model.update(**values).where(where(model, conditions)).execute()
     fields = model._meta.fields
     shape, where_params = _shape_and_params(model, conditions)
     names = tuple(values)

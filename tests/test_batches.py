@@ -151,6 +151,29 @@ def test_a_421_in_the_middle_of_a_batch_holds_back_one_run_and_the_rest_go_on(
         ['a@example.org', 'b@example.org', 'c@example.org', 'd@example.org']
 
 
+def test_a_421_on_one_of_a_batchs_connections_holds_back_that_run_alone(
+        make_jobs, catalogue, shop, smtp_sink):
+    """Four senders at once, and the server says 421 and hangs up at one
+    RCPT: that run is pending (its file kept) and retried alone; the other
+    senders go on over their own connections; nobody is mailed twice."""
+    jobs = make_jobs(registry=catalogue, batch_senders=4)
+    smtp_sink.data_delay = 0.05  # the senders' transactions overlap
+    # The leader's own message first, then one of the companions' RCPTs.
+    smtp_sink.rcpt_replies = [None, None, '421 4.3.2 closing for maintenance']
+    addresses = ['p%d@example.org' % i for i in range(9)]
+    ids = [queue(jobs, address) for address in addresses]
+    run_queued(jobs, limit=1)  # the first run's task: the whole batch
+    done = list(Run.select().where(Run.id.in_(ids)))
+    [held] = [r for r in done if r.status != RunStatus.DELIVERED]
+    assert held.status == RunStatus.QUEUED and '421' in held.error and held.file_key
+    assert held.batch_of == ids[0] and held.recipients[0] not in \
+        [m['to'][0] for m in smtp_sink.messages]
+    assert len(smtp_sink.messages) == 8 and len(smtp_sink.greeted) >= 4
+    run_queued(jobs, limit=20)
+    assert Run.get_by_id(held.id).status == RunStatus.DELIVERED
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == sorted(addresses)
+
+
 def test_a_leader_whose_query_fails_fails_alone_and_its_companions_are_queued_again(
         make_jobs, catalogue, shop, smtp_sink, tmp_path):
     jobs = make_jobs(registry=catalogue)
@@ -459,6 +482,48 @@ def test_a_batch_whose_consumer_dies_or_stops_mid_mail_loses_nothing(
     _each_delivered(ids, smtp_sink, {'k%d@example.org' % i for i in range(32)},
                     timeout=90, extra_copies=IN_FLIGHT if stop_with == 'SIGKILL' else 0)
     assert Delivery.select().where(Delivery.status != DeliveryStatus.SENT).count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('database_url', ['sqlite'], indirect=True)
+def test_a_batch_paused_past_stale_after_mails_nothing_more_when_it_wakes(
+        app, consumers, smtp_sink):  # noqa: F811 (the fixture)
+    """SIGSTOP while a batch mails over its senders, past stale_after:
+    another consumer takes its runs back and delivers them. The paused one,
+    woken, must mail none of them again: only the messages its senders had
+    in flight at the pause may arrive twice."""
+    import os
+    import signal
+    from conftest import wait_until
+    demo.seed(customers=20, orders=50)
+    smtp_sink.data_delay = 0.8
+    paused = consumers.start()
+    ids = _post_burst(app, 32)
+    wait_until(lambda: _batch_mailing(ids), timeout=60, message='a batch part-way mailed')
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        unfinished = [r.id for r in Run.select().where(Run.id.in_(ids),
+                                                       Run.status == RunStatus.RUNNING)]
+        assert unfinished
+        wait_until(lambda: all(silent_past_stale_after(i) for i in unfinished
+                               if Run.get_by_id(i).status == RunStatus.RUNNING),
+                   timeout=30, message='the batch silent past stale_after')
+        smtp_sink.data_delay = 0
+        consumers.start()  # its first tick takes the batch's runs back
+        _each_delivered(ids, smtp_sink, {'k%d@example.org' % i for i in range(32)},
+                        timeout=90, extra_copies=IN_FLIGHT)
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    before = len(smtp_sink.messages)
+    # Woken, and stopped gracefully: whatever it still meant to send is in
+    # the sink by the time it has exited.
+    consumers.stop_all()
+    assert paused.poll() is not None
+    assert len(smtp_sink.messages) - before <= IN_FLIGHT
+    _each_delivered(ids, smtp_sink, {'k%d@example.org' % i for i in range(32)},
+                    timeout=10, extra_copies=IN_FLIGHT)
+    # Each run the pause held was delivered by the second consumer's claim.
+    assert all(Run.get_by_id(i).attempts == 2 for i in unfinished)
 
 
 @pytest.mark.slow
