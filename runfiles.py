@@ -175,8 +175,14 @@ def _fresh_folder(settings, attempt, run):
     """(folder, path): the attempt's folder, emptied, and the path the run's
     file is first written to (<report>-<stamp><extension>)."""
     folder = attempt_folder(settings, attempt)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    try:
+        # A fresh run has no folder yet: two mkdirs, where emptying first
+        # and makedirs' checks cost as much again in a burst of companions.
+        os.mkdir(os.path.dirname(folder))
+        os.mkdir(folder)
+    except (FileExistsError, FileNotFoundError):  # tried before; no reports_dir yet
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
     stamp = run.created_at.strftime('%Y%m%d-%H%M%S')
     return folder, os.path.join(folder, '%s-%s%s' % (run.report, stamp,
                                                      EXTENSIONS[check_format(run.format)]))

@@ -429,7 +429,8 @@ def _serve_companions(leader, companions, definition, settings, mailer, store, b
             outcome = _settle(member, settings, store, lambda: serve(member, run))
             on_companion(member.run_id, outcome, run)
     try:
-        with runmessages.one_installation(), batches.serving(leader.run_id) as stop:
+        with runmessages.read_once(run.schedule for run in rows.values()), \
+                batches.serving(leader.run_id) as stop:
             in_threads(companions, serve_one, senders_for(settings, os.path.getsize(source)),
                        stop=stop, thread_started=_connect, thread_ended=lambda: _let_go(mailer))
     finally:
@@ -482,7 +483,7 @@ def in_threads(items, work, threads, thread_ended=None, thread_started=None, sto
         finally:
             _logged_if_it_fails(thread_ended, 'a sender did not close cleanly')
     # Each thread in a copy of the caller's context: its log fields and the
-    # batch's installation id (runmessages.one_installation). A thread for
+    # batch's installation id and schedules (runmessages.read_once). A thread for
     # two items at least: each opens its own connections.
     helpers = [threading.Thread(target=contextvars.copy_context().run, args=(helper,),
                                 daemon=True, name='%s-%d' % (threading.current_thread().name, n))

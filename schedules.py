@@ -324,59 +324,61 @@ def tick(registry, settings, jobs, now):
     # Read whole before writing: on SQLite a cursor still open keeps its read
     # snapshot, and the first write after another process committed fails at
     # once ("database is locked") instead of waiting its turn.
-    try:
-        planned = []
-        for light in [_Planning(*row) for row in
-                      enabled.order_by(Schedule.checked_through, Schedule.id).tuples()]:
-            plan = plan_slots(light, now, window)
-            if plan[2] is not None:  # slots since its mark
-                planned.append((light, plan))
-        whole = _whole([light.id for light, _ in planned])
-        # TICK_CHUNK schedules a transaction: a commit each was a quarter of
-        # the tick's time in a slot of a thousand. Each schedule's own
-        # (a savepoint) still fails alone; runs are queued once committed.
-        for start in range(0, len(planned), TICK_CHUNK):
-            made = []
-            with db.atomic():
-                for light, (due, skipped, latest, more) in planned[start:start + TICK_CHUNK]:
-                    schedule = whole.get(light.id)
-                    if schedule is None:
-                        continue  # deleted meanwhile
-                    if due is not None and budget <= 0:
-                        deferred += 1  # its mark stays: the next tick takes it first
-                        continue
-                    run = _handle_slots(registry, settings, schedule, light.checked_through,
-                                        due, skipped, latest, more, now)
-                    if run is None:
-                        continue
-                    budget -= 1
-                    if run.status == RunStatus.QUEUED:
-                        made.append(run)
-            created += made
-    finally:
-        # Queued once the tick's runs all exist (or it stopped on an error):
-        # the first to start then finds every run of its report and
-        # parameters due at this slot and serves them with one query
-        # (batches.py), rather than the few made so far. Those a batch will
-        # serve wait for a turn, with no task of their own.
-        queue = created
-        try:
-            queue, waiting = batches.tasks_for(created, settings)
-            turns.wait_for_turns([run.id for run in waiting])
-        except Exception:
-            logger.exception('the tick could not mark runs to be served by a batch; '
-                             'each gets a task of its own')
-            queue = created
-        for run in queue:
-            try:
-                jobs.enqueue_run(run)
-            except Exception:
-                logger.exception('schedule %s: run %d could not be queued',
-                                 run.schedule, run.id)
+    planned = []
+    for light in [_Planning(*row) for row in
+                  enabled.order_by(Schedule.checked_through, Schedule.id).tuples()]:
+        plan = plan_slots(light, now, window)
+        if plan[2] is not None:  # slots since its mark
+            planned.append((light, plan))
+    whole = _whole([light.id for light, _ in planned])
+    # TICK_CHUNK schedules a transaction: a commit each was a quarter of
+    # the tick's time in a slot of a thousand. Each schedule's own
+    # (a savepoint) still fails alone.
+    for start in range(0, len(planned), TICK_CHUNK):
+        made = []
+        with db.atomic():
+            for light, (due, skipped, latest, more) in planned[start:start + TICK_CHUNK]:
+                schedule = whole.get(light.id)
+                if schedule is None:
+                    continue  # deleted meanwhile
+                if due is not None and budget <= 0:
+                    deferred += 1  # its mark stays: the next tick takes it first
+                    continue
+                run = _handle_slots(registry, settings, schedule, light.checked_through,
+                                    due, skipped, latest, more, now)
+                if run is None:
+                    continue
+                budget -= 1
+                if run.status == RunStatus.QUEUED:
+                    made.append(run)
+        created += made
+        # Queued as soon as they are committed: in a big slot the first
+        # batches are mailing while the tick makes the rest.
+        _queue(made, settings, jobs)
     if deferred:
         logger.warning('max_runs_per_tick (%d) reached: %d due schedules wait for the '
                        'next tick', settings.max_runs_per_tick, deferred)
     return created
+
+
+def _queue(made, settings, jobs):
+    """Give a chunk of a tick's fresh runs to the queue. Per group that
+    would get the same file, the first of them lead batches (batches.py)
+    that serve the rest with one query each; those wait for a turn, with no
+    task of their own."""
+    queue = made
+    try:
+        queue, waiting = batches.tasks_for(made, settings)
+        turns.wait_for_turns([run.id for run in waiting])
+    except Exception:
+        logger.exception('the tick could not mark runs to be served by a batch; '
+                         'each gets a task of its own')
+        queue = made
+    for run in queue:
+        try:
+            jobs.enqueue_run(run)
+        except Exception:
+            logger.exception('schedule %s: run %d could not be queued', run.schedule, run.id)
 
 
 def _handle_slots(registry, settings, schedule, mark, due, skipped, latest, more, now):

@@ -589,6 +589,79 @@ def test_a_slot_queues_a_task_per_batch_and_its_other_runs_wait_for_them(
     assert Delivery.select().where(Delivery.status == DeliveryStatus.SENT).count() == 8
 
 
+def test_a_big_slot_queues_each_chunk_as_the_tick_commits_it(
+        make_jobs, catalogue, shop, smtp_sink, monkeypatch):
+    """The tick makes a slot's runs TICK_CHUNK schedules at a time and
+    queues each chunk's leaders once it commits: a slot of a thousand starts
+    mailing while the rest are made. Every run still goes out once."""
+    import datetime
+
+    import schedules
+    import turns
+    monkeypatch.setattr(schedules, 'TICK_CHUNK', 3)
+    jobs = make_jobs(registry=catalogue, max_concurrent_per_report=2)
+    made = datetime.datetime(2025, 1, 10, 12)
+    for i in range(7):
+        schedules.create_schedule(catalogue, jobs.settings, {
+            'name': 'same-%d' % i, 'report': 'nonce', 'to': ['p%d@example.org' % i],
+            'cron': '0 2 * * *', 'timezone': 'UTC'}, made)
+    queued_while_making = []
+    real = runs.create_run
+
+    def noting_the_queue(*args, **kwargs):
+        queued_while_making.append(jobs.huey.pending_count())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(runs, 'create_run', noting_the_queue)
+    created = jobs.tick(datetime.datetime(2025, 1, 11, 2, 0, 3))
+    assert len(created) == 7
+    # Chunks of 3, 3 and 1: nothing queued while the first is made, its
+    # leader while the second is, both leaders while the last one is.
+    assert queued_while_making == [0, 0, 0, 1, 1, 1, 2]
+    assert jobs.huey.pending_count() == 3
+    assert Run.select().where(turns.waiting_for_turn()).count() == 4
+    run_queued(jobs, limit=50)
+    assert all(r.status == RunStatus.DELIVERED for r in Run.select())
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == sorted(
+        'p%d@example.org' % i for i in range(7))
+    assert Delivery.select().where(Delivery.status == DeliveryStatus.SENT).count() == 7
+
+
+def test_a_batch_reads_its_schedules_once_each_run_still_its_own_zone_and_webhook(
+        make_jobs, catalogue, shop, smtp_sink):
+    """A batch reads its runs' schedules once (runmessages.read_once), not
+    per run: each message still dates the slot in its own schedule's
+    timezone, and only the schedule with a webhook of its own has its
+    delivery announced."""
+    import datetime
+
+    import schedules
+    from models import Notice
+    jobs = make_jobs(registry=catalogue, webhook_private=True)
+    made = datetime.datetime(2025, 1, 10, 12)
+    # One instant, 02:00 UTC on 11 January, in three zones.
+    for name, cron, zone in (('utc', '0 2 * * *', 'UTC'),
+                             ('new-york', '0 21 * * *', 'America/New_York'),
+                             ('tokyo', '0 11 * * *', 'Asia/Tokyo')):
+        schedules.create_schedule(catalogue, jobs.settings, dict({
+            'name': name, 'report': 'nonce', 'to': ['%s@example.org' % name], 'cron': cron,
+            'timezone': zone, 'subject': 'Nonce for {{ date }}'},
+            **({'webhook': 'http://127.0.0.1:9/hook'} if name == 'tokyo' else {})), made)
+    created = jobs.tick(datetime.datetime(2025, 1, 11, 2, 0, 3))
+    assert len(created) == 3
+    run_queued(jobs, limit=10)
+    done = list(Run.select().order_by(Run.id))
+    assert all(r.status == RunStatus.DELIVERED for r in done)
+    assert sorted(r.batch_of is None for r in done) == [False, False, True]
+    subjects = {m['to'][0]: m['message']['Subject'] for m in smtp_sink.messages}
+    assert subjects == {'utc@example.org': 'Nonce for 2025-01-11',
+                        'new-york@example.org': 'Nonce for 2025-01-10',
+                        'tokyo@example.org': 'Nonce for 2025-01-11'}
+    # (A slot this old is also judged late: announced for tokyo alone too.)
+    notices = [(n.event, n.schedule) for n in Notice.select()]
+    assert ('run.delivered', 'tokyo') in notices
+    assert {schedule for _, schedule in notices} == {'tokyo'}
+
+
 def test_tasks_for_a_slot(make_settings):
     import types
     settings = make_settings({}, batch_runs=500, max_concurrent_per_report=2)
