@@ -65,7 +65,7 @@ def tasks_for(runs, settings) -> Tuple[List, List]:
 
     Per group that would get the same file, one run leads each batch_runs
     runs, no more than the report's turns (max_concurrent_per_report): a
-    slot of 1,000 such runs makes 2 tasks rather than 1,000, of which 998
+    tick's chunk of 100 such runs makes 1 task rather than 100, of which 99
     would find their run served already. A run a batch does not take gets
     its turn when one frees (turns.hand_turns), or from the tick's
     hand_free_turns, as any run waiting for a turn."""

@@ -284,8 +284,9 @@ SETTINGS = (
       # Its runs' ids go in one IN (...) list: well within every engine's limit.
       'run queries alone (at most 1000)', check=_from_1_to(1000)),
     S('batch_senders', int, 4,
-      'SMTP connections a batch of runs (`batch_runs`) is mailed over at once, each from a '
-      'thread of its own; 1: one run after another (at most 32)', check=_from_1_to(32)),
+      'SMTP connections a batch of runs (`batch_runs`) is mailed over at most at once, each '
+      'from a thread of its own: two at first, all of them once its worker is seen waiting '
+      'more than working; 1: one run after another (at most 32)', check=_from_1_to(32)),
     S('csv_bom', bool, True, 'start files meant for people with a UTF-8 BOM (for Excel)'),
     S('timezone', str, 'UTC', 'default IANA timezone of schedules', check=cron.check_timezone),
     S('catchup_hours', float, 24.0,

@@ -352,6 +352,64 @@ def test_in_threads_does_each_item_once_and_stops_at_the_first_error():
     assert 5 in started and len(started) <= 5 + 1 + 3
 
 
+def test_in_threads_starts_with_first_threads_and_adds_the_rest_when_grow_says_so():
+    import threading
+    import time
+    lock = threading.Lock()
+
+    def run(answers, threads=4):
+        seen, asked = [], []
+
+        def work(item):
+            with lock:
+                seen.append((item, threading.current_thread().name))
+            time.sleep(0.005)
+
+        def grow():
+            asked.append(threading.current_thread().name)
+            return answers.pop(0) if answers else False
+        runs.in_threads(list(range(40)), work, threads, first=2, grow=grow)
+        assert sorted(item for item, _ in seen) == list(range(40))
+        return seen, asked
+    # Never told to: two threads all along, the caller asking after each of its items.
+    seen, asked = run([])
+    assert len({name for _, name in seen}) == 2
+    assert set(asked) == {threading.current_thread().name}
+    # Told to after the caller's third item: the other two start then, and
+    # nobody is asked again.
+    seen, asked = run([False, False, True])
+    names = [name for _, name in seen]
+    assert len(set(names)) == 4 and len(asked) == 3
+    late = set(names) - set(names[:4])
+    assert len(late) == 2  # neither of the two late threads took one of the first items
+    # No more threads than threads, nor one for fewer than two items.
+    seen, asked = run([True], threads=2)
+    assert len({name for _, name in seen}) == 2 and asked == []
+
+
+def test_pace_wants_more_senders_while_the_process_waits_not_while_it_works():
+    import threading
+    import time
+    pace = runs.Pace()
+    time.sleep(0.1)  # every sender waiting on a far mail server
+    assert pace.more()
+    done = threading.Event()
+
+    def burn():  # a process whose threads are all working
+        while not done.is_set():
+            sum(range(1000))
+    burner = threading.Thread(target=burn, daemon=True)
+    burner.start()
+    try:
+        time.sleep(0.1)
+        assert not pace.more()
+    finally:
+        done.set()
+        burner.join()
+    # Too soon to judge: no answer from a look shorter than Pace.LOOK.
+    assert not pace.more()
+
+
 def test_in_threads_raises_an_interruption_first_then_the_callers_own_error():
     import threading
     caller = threading.current_thread()
