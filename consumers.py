@@ -21,28 +21,37 @@ from models import Consumer, db, db_now, iso_z, quote_name
 logger = logging.getLogger('nightshift.consumers')
 
 _PR_SET_PDEATHSIG = 1
-_children_end_with = None
+_asked = False
+# The pid of the process about to fork (set just before each fork): a child
+# checks that this one is still its parent.
+_forking = None
 
 
 def children_end_with_this_process():
     """Processes forked from this one from now on (huey_consumer -k
     process: its workers and its scheduler) are killed when it ends, however
-    it ends. Killed with SIGKILL, a consumer would leave them running as
+    it ends; and so on down: a process forked by one of them ends with that
+    one. Killed with SIGKILL, a consumer would leave them running as
     orphans that go on taking tasks and ignore the stop signal while idle.
     Linux only (prctl); elsewhere nothing changes. Once per process."""
-    global _children_end_with
-    if _children_end_with is not None or not sys.platform.startswith('linux'):
+    global _asked
+    if _asked or not sys.platform.startswith('linux'):
         return
-    _children_end_with = os.getpid()
+    _asked = True
     libc = ctypes.CDLL(None, use_errno=True)
+
+    def before():
+        global _forking
+        _forking = os.getpid()
 
     def in_child():
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             logger.warning('a worker process could not ask to end with its consumer '
                            '(prctl: errno %d)', ctypes.get_errno())
-        elif os.getppid() != _children_end_with:
-            os._exit(1)  # it ended before the request was made
-    os.register_at_fork(after_in_child=in_child)
+        elif os.getppid() != _forking:
+            os._exit(1)  # its parent ended before the request was made
+    # The hooks are inherited: a worker that forks makes its own child end with it.
+    os.register_at_fork(before=before, after_in_child=in_child)
 
 
 # A consumer silent this many heartbeats is gone; its row is kept a while

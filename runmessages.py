@@ -13,6 +13,7 @@ import contextvars
 import os
 import secrets
 
+from peewee import chunked
 
 import cron
 import msgtemplates
@@ -69,12 +70,11 @@ def read_once(schedule_names=()):
     second, and reading them per run was a fifth of its statements. Not
     kept any longer: a database reset must give new Message-IDs, and a
     schedule changed meanwhile counts from the next batch."""
-    names = sorted({name for name in schedule_names if name})
     known = {}
-    for start in range(0, len(names), 500):
+    for names in chunked(sorted({name for name in schedule_names if name}), 500):
         known.update((name, (zone, bool(hook))) for name, zone, hook in Schedule.select(
             Schedule.name, Schedule.timezone, Schedule.webhook_url).where(
-            Schedule.name.in_(names[start:start + 500])).tuples())
+            Schedule.name.in_(names)).tuples())
     tokens = _installation.set(installation_id()), _schedules.set(known)
     try:
         yield
@@ -104,9 +104,11 @@ def zone_of(run, settings):
     name = None
     if run.schedule:
         known = schedule_known(run.schedule)
-        row = known or statements.select_one(Schedule, ('timezone',),
-                                             ('name', '=', run.schedule))
-        name = row and row[0]
+        if known is not None:
+            name = known[0]
+        else:
+            row = statements.select_one(Schedule, ('timezone',), ('name', '=', run.schedule))
+            name = row and row[0]
     return cron.check_timezone(name or settings.timezone)
 
 

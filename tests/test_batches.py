@@ -4,6 +4,8 @@ Message-ID, file copy, delivery records and outcome. Shown against real
 SQLite/PostgreSQL state, a real source and a real SMTP sink: the report
 below returns a random nonce, so equal nonces in two attachments prove
 they came from one execution of the query."""
+import logging
+
 import pytest
 
 import batches
@@ -685,7 +687,7 @@ def test_a_big_slot_queues_each_chunk_as_the_tick_commits_it(
 
 
 def test_a_batch_reads_its_schedules_once_each_run_still_its_own_zone_and_webhook(
-        make_jobs, catalogue, shop, smtp_sink):
+        make_jobs, catalogue, shop, smtp_sink, caplog):
     """A batch reads its runs' schedules once (runmessages.read_once), not
     per run: each message still dates the slot in its own schedule's
     timezone, and only the schedule with a webhook of its own has its
@@ -706,7 +708,15 @@ def test_a_batch_reads_its_schedules_once_each_run_still_its_own_zone_and_webhoo
             **({'webhook': 'http://127.0.0.1:9/hook'} if name == 'tokyo' else {})), made)
     created = jobs.tick(datetime.datetime(2025, 1, 11, 2, 0, 3))
     assert len(created) == 3
-    run_queued(jobs, limit=10)
+    with caplog.at_level(logging.DEBUG, logger='peewee'):
+        run_queued(jobs, limit=10)
+    # Peewee logs each statement as (sql, params): one schedule looked up by
+    # name is the leader's own (its timezone, its webhook), none for the two
+    # runs it serves.
+    by_name = [record.msg for record in caplog.records if record.name == 'peewee'
+               and isinstance(record.msg, tuple) and 'FROM "nightshift_schedule"' in
+               record.msg[0] and '"name" = ' in record.msg[0]]
+    assert {params[0] for _, params in by_name} == {'utc'}
     done = list(Run.select().order_by(Run.id))
     assert all(r.status == RunStatus.DELIVERED for r in done)
     assert sorted(r.batch_of is None for r in done) == [False, False, True]

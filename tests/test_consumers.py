@@ -6,6 +6,7 @@ import datetime
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -241,3 +242,28 @@ def test_process_workers_end_with_their_consumer_even_killed(database, consumer_
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         stop_gracefully(proc)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='prctl is Linux')
+def test_a_process_forked_by_a_worker_process_lives_while_that_worker_does(tmp_path):
+    """The request to end with the parent is inherited: a worker process
+    that forks in turn must not see its own child exit at once for having
+    another parent than the consumer. Real forks, in a process of its own."""
+    mark = tmp_path / 'grandchild'
+    script = textwrap.dedent("""
+        import os, sys
+        sys.path.insert(0, %r)
+        import consumers
+        consumers.children_end_with_this_process()
+        worker = os.fork()
+        if worker == 0:
+            child = os.fork()
+            if child == 0:
+                open(%r, 'w').write('alive')
+                os._exit(0)
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1]))
+    """) % (ROOT, str(mark))
+    done = subprocess.run([sys.executable, '-c', script], timeout=30)
+    assert done.returncode == 0
+    assert mark.read_text() == 'alive'
