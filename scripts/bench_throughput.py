@@ -617,9 +617,12 @@ def turn_check(system, runs, workers):
 
 # -- the section ---------------------------------------------------------------
 
-def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
+def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None, rounds=1):
     """Every part in one run, each burst with consumers of its own;
-    (Markdown lines, summary, problems)."""
+    (Markdown lines, summary, problems). The slot bursts, the target's
+    measure, `rounds` times, thread and process workers alternating: the
+    tables show each one's median round (one burst alone swung by a fifth
+    from run to run of the same code), and every round's problems."""
     timeout = timeout or max(120, runs * 0.6)
     with contextlib.ExitStack() as cleanup:
         system = System(workdir, cleanup, postgres=postgres)
@@ -638,10 +641,13 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
             print('plain smtplib, %d threads: %.0f messages/s (median of %s)'
                   % (threads, rates[threads][0], ', '.join('%.0f' % t[0] for t in tries)),
                   flush=True)
-        for worker_type in ('thread', 'process'):
-            outcomes.append(slot_burst(system, runs, real_slot=not smoke, timeout=timeout,
-                                       worker_type=worker_type))
-            show(outcomes[-1])
+        slots = collections.defaultdict(list)
+        for _ in range(rounds):
+            for worker_type in ('thread', 'process'):
+                slots[worker_type].append(slot_burst(system, runs, real_slot=not smoke,
+                                                     timeout=timeout, worker_type=worker_type))
+                show(slots[worker_type][-1])
+        outcomes += [median_round(slots[worker_type]) for worker_type in ('thread', 'process')]
         # Scale-out at the default per-report limit, then without it (0): one
         # report's runs can only fill more workers when the limit allows.
         for limit in (None, 0):
@@ -657,6 +663,12 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
             if sample and not smoke else None
         command = ' '.join(system.consumer_args)
     lines, summary, problems = render(outcomes, rates, turns, runs, workers, postgres, command)
+    if rounds > 1:
+        lines += ['', 'Due in one slot, %d rounds, thread and process workers alternating '
+                  '(the tables show the median round): %s.' % (rounds, '; '.join(
+                      '%s workers %s runs/s' % (worker_type, ', '.join(
+                          '%.0f' % result.runs_per_s for result in results))
+                      for worker_type, results in slots.items())), '']
     if far is not None:
         lines += render_far(*far)
         problems += ['%s: %s' % (result.kind, p) for result in far[1] for p in result.problems]
@@ -664,6 +676,15 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None):
 
 
 BASELINE_TRIES = 3
+
+
+def median_round(results):
+    """The round of median runs/s, carrying every round's problems: a run
+    lost or sent twice in any round is reported, whichever round is shown."""
+    middle = sorted(results, key=lambda result: result.runs_per_s)[len(results) // 2]
+    problems = ['round %d: %s' % (number, problem)
+                for number, result in enumerate(results, 1) for problem in result.problems]
+    return middle._replace(problems=problems if len(results) > 1 else middle.problems)
 
 # A mail server further than loopback: each DATA answered this much later.
 FAR_DELAY = 0.02
