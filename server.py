@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -143,6 +144,11 @@ def main(argv=None):
         sys.exit('nightshift: port %d is in use on %s; stop what is listening there or '
                  'give another with --port or PORT' % (port, host))
     if not args.worker:
+        # SIGINT stops the server (KeyboardInterrupt ends waitress's loop),
+        # however it was started: a shell without job control starts
+        # `python server.py &` with SIGINT ignored, and Python keeps that.
+        # The consumer below sets its own, as huey_consumer does.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         server.print_listen('Serving on http://{}:{}')
         server.run()
         return

@@ -46,6 +46,36 @@ def test_huey_consumer_process_delivers_a_posted_run(app, consumer_env, smtp_sin
     assert run['rows'] == expected and run['attempts'] == 1
 
 
+@pytest.mark.parametrize('worker', [False, True])
+def test_the_web_server_stops_on_sigint_when_started_with_it_ignored(tmp_path, worker):
+    """A shell without job control starts `python server.py &` with SIGINT
+    ignored, and Python keeps it ignored: `kill -INT` (what stops a
+    consumer) then did nothing to the web server until it was killed."""
+    import signal
+    port = free_port()
+    config = tmp_path / 'config.ini'
+    config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
+                      'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
+                      'outbox_dir = data/outbox\nreports_dir = data/reports\n')
+    env = dict(os.environ, NIGHTSHIFT_CONFIG=str(config), REDIS_URL='', DATABASE_URL='',
+               SMTP_HOST='', PORT='')
+    with open(tmp_path / 'server.log', 'wb') as log:
+        server = subprocess.Popen(
+            [sys.executable, 'server.py', '--port', str(port)] + (['--worker'] if worker else []),
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            wait_until(lambda: _get_json('http://127.0.0.1:%d/healthz' % port), timeout=20,
+                       message='server to answer')
+            server.send_signal(signal.SIGINT)
+            server.wait(15)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+    assert server.returncode == 0, (tmp_path / 'server.log').read_text()
+
+
 def test_main_command_serves_web_and_worker_on_embedded_defaults(tmp_path):
     """`python server.py --worker` on SQLite queue + database and the outbox."""
     port = free_port()
