@@ -686,6 +686,7 @@ def median_round(results):
                 for number, result in enumerate(results, 1) for problem in result.problems]
     return middle._replace(problems=problems if len(results) > 1 else middle.problems)
 
+
 # A mail server further than loopback: each DATA answered this much later.
 FAR_DELAY = 0.02
 FAR_RUNS = 300
