@@ -870,6 +870,8 @@ def main(argv=None):
         args.page_runs = 100
         args.out = os.path.join(tempfile.gettempdir(), 'nightshift-bench-smoke.md')
     args.burst_runs = args.burst_runs or (20 if args.smoke else 1000)
+    if args.burst_rounds < 1:
+        parser.error('--burst-rounds: at least 1')
     if args.burst_only:
         return burst_only(args)
     workdir = tempfile.mkdtemp(prefix='nightshift-bench-')
