@@ -27,12 +27,11 @@ from typing import Dict, List
 
 from peewee import fn
 
-import statements
 import webhooks
 from delivery import failure_notice
 from mail import Mail, MailError
 from models import Notice, Notification, Run, Schedule, db, iso_z
-from runmessages import installation_id, schedule_known
+from runmessages import installation_id, schedule_facts
 from runs import retry_delay
 from settings import hide_path
 from vocab import Event, RunStatus, SendStatus, Trigger
@@ -68,14 +67,10 @@ class Alarms:
             return True
         if settings.webhook_url and event.split('.', 1)[1] in settings.webhook_event_names:
             return True
-        # Asked for every scheduled run that ends (a slot's burst: each one).
-        known = schedule_known(schedule_name) if schedule_name else None
-        if known is not None:
-            return known[1]
-        # `<> ''` is false for NULL too: a schedule with a webhook of its own.
-        return bool(schedule_name) and statements.select_one(
-            Schedule, ('name',), ('name', '=', schedule_name),
-            ('webhook_url', '!=', '')) is not None
+        # Asked for every scheduled run that ends (a slot's burst: each one,
+        # its schedule read once for the batch).
+        facts = schedule_facts(schedule_name) if schedule_name else None
+        return bool(facts and facts[1])
 
     def record(self, event, run, detail, now=None):
         """Put one event in the outbox if anyone is to hear of it."""

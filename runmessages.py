@@ -83,11 +83,15 @@ def read_once(schedule_names=()):
         _schedules.reset(tokens[1])
 
 
-def schedule_known(name):
-    """(timezone, has a webhook) of schedule `name` as read_once read it;
-    None outside read_once or for a schedule it did not read."""
+def schedule_facts(name):
+    """(timezone, has a webhook of its own) of schedule `name`: as read_once
+    read them for the batch, else read now; None if there is no such
+    schedule."""
     known = _schedules.get()
-    return known.get(name) if known is not None else None
+    if known is not None and name in known:
+        return known[name]
+    row = statements.select_one(Schedule, ('timezone', 'webhook_url'), ('name', '=', name))
+    return row and (row[0], bool(row[1]))
 
 
 def message_id(run, settings):
@@ -101,15 +105,8 @@ def message_id(run, settings):
 
 
 def zone_of(run, settings):
-    name = None
-    if run.schedule:
-        known = schedule_known(run.schedule)
-        if known is not None:
-            name = known[0]
-        else:
-            row = statements.select_one(Schedule, ('timezone',), ('name', '=', run.schedule))
-            name = row and row[0]
-    return cron.check_timezone(name or settings.timezone)
+    facts = schedule_facts(run.schedule) if run.schedule else None
+    return cron.check_timezone((facts and facts[0]) or settings.timezone)
 
 
 def local_date(run, settings, now=None):
