@@ -46,6 +46,18 @@ def test_huey_consumer_process_delivers_a_posted_run(app, consumer_env, smtp_sin
     assert run['rows'] == expected and run['attempts'] == 1
 
 
+def _embedded_defaults(tmp_path, more=''):
+    """The environment of `python server.py` on the embedded defaults (SQLite
+    database and queue, mail to the outbox) in tmp_path, with no deploy
+    target set."""
+    config = tmp_path / 'config.ini'
+    config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
+                      'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
+                      'outbox_dir = data/outbox\nreports_dir = data/reports\n' + more)
+    return {'NIGHTSHIFT_CONFIG': str(config), 'REDIS_URL': '', 'DATABASE_URL': '',
+            'SMTP_HOST': '', 'PORT': ''}
+
+
 @pytest.mark.parametrize('worker', [False, True])
 def test_the_web_server_stops_on_sigint_when_started_with_it_ignored(tmp_path, worker):
     """A shell without job control starts `python server.py &` with SIGINT
@@ -53,12 +65,7 @@ def test_the_web_server_stops_on_sigint_when_started_with_it_ignored(tmp_path, w
     consumer) then did nothing to the web server until it was killed."""
     import signal
     port = free_port()
-    config = tmp_path / 'config.ini'
-    config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
-                      'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
-                      'outbox_dir = data/outbox\nreports_dir = data/reports\n')
-    env = dict(os.environ, NIGHTSHIFT_CONFIG=str(config), REDIS_URL='', DATABASE_URL='',
-               SMTP_HOST='', PORT='')
+    env = dict(os.environ, **_embedded_defaults(tmp_path))
     with open(tmp_path / 'server.log', 'wb') as log:
         server = subprocess.Popen(
             [sys.executable, 'server.py', '--port', str(port)] + (['--worker'] if worker else []),
@@ -79,14 +86,7 @@ def test_the_web_server_stops_on_sigint_when_started_with_it_ignored(tmp_path, w
 def test_main_command_serves_web_and_worker_on_embedded_defaults(tmp_path):
     """`python server.py --worker` on SQLite queue + database and the outbox."""
     port = free_port()
-    config = tmp_path / 'config.ini'
-    config.write_text('[nightshift]\ndatabase_url = sqlite:///data/nightshift.db\n'
-                      'queue = sqlite\nqueue_path = data/queue.db\nmail_backend = outbox\n'
-                      'outbox_dir = data/outbox\nreports_dir = data/reports\n'
-                      '[source:demo]\nurl = sqlite:///data/demo.db\n')
-    env = {'NIGHTSHIFT_CONFIG': str(config)}
-    for name in ('REDIS_URL', 'DATABASE_URL', 'SMTP_HOST', 'PORT'):
-        env[name] = ''
+    env = _embedded_defaults(tmp_path, '[source:demo]\nurl = sqlite:///data/demo.db\n')
     with open(tmp_path / 'seed.log', 'wb') as log:
         assert spawn(['scripts/seed.py', '--if-empty', '--orders', '300'], env, log).wait(60) == 0
     with open(tmp_path / 'server.log', 'wb') as log:
