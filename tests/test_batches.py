@@ -686,6 +686,53 @@ def test_a_big_slot_queues_each_chunk_as_the_tick_commits_it(
     assert Delivery.select().where(Delivery.status == DeliveryStatus.SENT).count() == 7
 
 
+@pytest.mark.parametrize('database_url', ['postgres'], indirect=True)
+def test_a_tick_whose_connection_is_cut_after_a_chunk_loses_and_doubles_nothing(
+        make_jobs, catalogue, shop, smtp_sink, postgres_url, monkeypatch):
+    """The tick's own connection to PostgreSQL terminated (pg_terminate_backend)
+    while it makes the second chunk of a slot: the first chunk, committed, is
+    queued and mailed; the cut chunk's runs and marks are undone, and the
+    next beat makes them. Every schedule's slot is mailed once."""
+    import datetime
+
+    import psycopg
+
+    import schedules
+    from models import db
+    monkeypatch.setattr(schedules, 'TICK_CHUNK', 3)
+    jobs = make_jobs(registry=catalogue)
+    made = datetime.datetime(2025, 1, 10, 12)
+    for i in range(7):
+        schedules.create_schedule(catalogue, jobs.settings, {
+            'name': 'cut-%d' % i, 'report': 'nonce', 'to': ['c%d@example.org' % i],
+            'cron': '0 2 * * *', 'timezone': 'UTC'}, made)
+    real, calls = runs.create_run, []
+
+    def cut_on_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # the second chunk's second schedule
+            pid = db.execute_sql('SELECT pg_backend_pid()').fetchone()[0]
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                assert admin.execute('SELECT pg_terminate_backend(%s)', (pid,)).fetchone()[0]
+        return real(*args, **kwargs)
+    monkeypatch.setattr(runs, 'create_run', cut_on_the_fifth)
+    slot_time = datetime.datetime(2025, 1, 11, 2, 0, 3)
+    assert jobs.clock_beat(slot_time) == []  # the beat saw the database go
+    db.close()
+    assert Run.select().count() == 3  # the first chunk only
+    run_queued(jobs, limit=20)
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == ['c0@example.org',
+                                                             'c1@example.org', 'c2@example.org']
+    # The next beat makes the four the cut gave back, once each.
+    assert len(jobs.clock_beat(slot_time + datetime.timedelta(seconds=5))) == 4
+    run_queued(jobs, limit=20)
+    done = list(Run.select())
+    assert len(done) == 7 and all(r.status == RunStatus.DELIVERED for r in done)
+    assert sorted(r.schedule for r in done) == ['cut-%d' % i for i in range(7)]
+    assert sorted(m['to'][0] for m in smtp_sink.messages) == sorted(
+        'c%d@example.org' % i for i in range(7))
+
+
 def test_a_batch_reads_its_schedules_once_each_run_still_its_own_zone_and_webhook(
         make_jobs, catalogue, shop, smtp_sink, caplog):
     """A batch reads its runs' schedules once (runmessages.read_once), not
