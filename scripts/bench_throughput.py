@@ -399,7 +399,8 @@ class System:
 
 Outcome = collections.namedtuple('Outcome', [
     'kind', 'consumers', 'worker_type', 'workers', 'limit', 'runs', 'seconds', 'runs_per_s',
-    'posting_s', 'first_created_s', 'created_s', 'delivered', 'problems', 'cpu'])
+    'posting_s', 'first_created_s', 'created_s', 'delivered', 'problems', 'cpu',
+    'baseline'], defaults=(float('nan'),))
 NAN = float('nan')
 
 
@@ -631,6 +632,10 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None, roun
         show(outcomes[-1])
         # The baseline sends copies of a message a run of the burst sent.
         sample = system.sink.ask('sample')['sample']
+        if sample and not smoke:
+            # The first burst made the sample: its baseline comes after it.
+            outcomes[0] = outcomes[0]._replace(baseline=baseline(
+                system.sink, sample, runs, workers, workdir)[0])
         rates = {}
         for threads in sorted({workers, 2 * workers}) if sample else ():
             # The median of three: a burst of plain smtplib lasts under a
@@ -641,21 +646,27 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None, roun
             print('plain smtplib, %d threads: %.0f messages/s (median of %s)'
                   % (threads, rates[threads][0], ', '.join('%.0f' % t[0] for t in tries)),
                   flush=True)
+        # --smoke checks deliveries, not speed: no baselines beside its bursts.
+        beside = None if smoke else sample
         slots = collections.defaultdict(list)
         for _ in range(rounds):
             for worker_type in ('thread', 'process'):
-                slots[worker_type].append(slot_burst(system, runs, real_slot=not smoke,
-                                                     timeout=timeout, worker_type=worker_type))
+                slots[worker_type].append(side_by_side(
+                    system, beside, runs, workers, lambda: slot_burst(
+                        system, runs, real_slot=not smoke, timeout=timeout,
+                        worker_type=worker_type)))
                 show(slots[worker_type][-1])
-        outcomes += [median_round(slots[worker_type]) for worker_type in ('thread', 'process')]
+        outcomes += [median_round(slots[worker_type], rates)
+                     for worker_type in ('thread', 'process')]
         # Scale-out at the default per-report limit, then without it (0): one
         # report's runs can only fill more workers when the limit allows.
         for limit in (None, 0):
             for consumers, worker_type in ((1, 'thread'), (2, 'thread'), (1, 'process')):
                 if limit is None and (consumers, worker_type) == (1, 'thread'):
                     continue  # the first burst
-                outcomes.append(posted_burst(system, runs, consumers, worker_type, limit,
-                                             timeout=timeout))
+                outcomes.append(side_by_side(
+                    system, beside, runs, consumers * workers, lambda: posted_burst(
+                        system, runs, consumers, worker_type, limit, timeout=timeout)))
                 show(outcomes[-1])
         turns = turn_check(system, 10 if smoke else 30, workers)
         print('%d-run turn check: %.3f s longest idle turn' % turns[:2], flush=True)
@@ -665,9 +676,10 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None, roun
     lines, summary, problems = render(outcomes, rates, turns, runs, workers, postgres, command)
     if rounds > 1:
         lines += ['', 'Due in one slot, %d rounds, thread and process workers alternating '
-                  '(the tables show the median round): %s.' % (rounds, '; '.join(
-                      '%s workers %s runs/s' % (worker_type, ', '.join(
-                          '%.0f' % result.runs_per_s for result in results))
+                  '(the tables show the round of median ratio): %s.' % (rounds, '; '.join(
+                      '%s workers %s' % (worker_type, ', '.join(
+                          '%.0f runs/s (%.3fx)' % (result.runs_per_s, ratio(result, rates))
+                          for result in results))
                       for worker_type, results in slots.items())), '']
     if far is not None:
         lines += render_far(*far)
@@ -678,10 +690,35 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None, roun
 BASELINE_TRIES = 3
 
 
-def median_round(results):
-    """The round of median runs/s, carrying every round's problems: a run
-    lost or sent twice in any round is reported, whichever round is shown."""
-    middle = sorted(results, key=lambda result: result.runs_per_s)[len(results) // 2]
+def side_by_side(system, sample, count, threads, burst):
+    """burst() between two runs of the baseline with its number of threads;
+    its result carries their mean messages/s, which its ratio is taken
+    against. This machine's speed drifts by up to 2x within minutes (the
+    smtplib baseline went from 986 to 1,863 messages/s between two runs of
+    the bench), so a baseline measured minutes away says little."""
+    if not sample:
+        return burst()
+    rates = [baseline(system.sink, sample, count, threads, system.workdir)[0]]
+    result = burst()
+    rates.append(baseline(system.sink, sample, count, threads, system.workdir)[0])
+    return result._replace(baseline=sum(rates) / len(rates))
+
+
+def ratio(result, rates):
+    """Runs/s over the baseline measured beside the burst, else over the
+    median baseline with as many threads."""
+    base = result.baseline
+    if base != base:  # NaN: none beside it
+        base = rates.get(result.workers, (NAN,))[0]
+    return result.runs_per_s / base
+
+
+def median_round(results, rates=None):
+    """The round of median ratio to the baseline (runs/s where there is
+    none), carrying every round's problems: a run lost or sent twice in any
+    round is reported, whichever round is shown."""
+    middle = sorted(results, key=lambda result: ratio(result, rates or {})
+                    if rates is not None else result.runs_per_s)[len(results) // 2]
     problems = ['round %d: %s' % (number, problem)
                 for number, result in enumerate(results, 1) for problem in result.problems]
     return middle._replace(problems=problems if len(results) > 1 else middle.problems)
@@ -730,10 +767,14 @@ def render_far(rate, results, runs, workers):
 
 
 def show(result):
+    beside = result.baseline == result.baseline  # not NaN
     print('%s, %d x %s, max_concurrent_per_report %d: %d/%d delivered in %.2f s, '
-          '%.0f runs/s%s' % (result.kind, result.consumers, result.worker_type, result.limit,
-                             result.delivered, result.runs, result.seconds, result.runs_per_s,
-                             ('; ' + '; '.join(result.problems)) if result.problems else ''),
+          '%.0f runs/s%s%s' % (result.kind, result.consumers, result.worker_type, result.limit,
+                               result.delivered, result.runs, result.seconds, result.runs_per_s,
+                               '; smtplib beside it %.0f messages/s, %.3fx' % (
+                                   result.baseline, result.runs_per_s / result.baseline)
+                               if beside else '',
+                               ('; ' + '; '.join(result.problems)) if result.problems else ''),
           flush=True)
 
 
@@ -741,23 +782,24 @@ def render(outcomes, rates, turns, runs, workers, postgres, command):
     n = '{:,}'.format(runs)
     lines = ['| burst of %s runs (`%s`, %d rows, one recipient each) | consumers x workers '
              '| max_concurrent_per_report | delivered | slot or first POST -> last delivery s '
-             '| runs/s | ratio to smtplib (same threads) | problems |' % (n, REPORT, CUSTOMERS),
-             '|---|---|---|---|---|---|---|---|']
+             '| runs/s | smtplib beside it, messages/s | ratio to smtplib (same threads) '
+             '| problems |' % (n, REPORT, CUSTOMERS),
+             '|---|---|---|---|---|---|---|---|---|']
     for threads, (rate, _, _, size) in sorted(rates.items()):
         lines.append('| plain smtplib: %s prebuilt copies of a run\'s message (%s bytes), one '
                      'reused connection per thread (baseline, median of %d) | %d threads | - '
-                     '| %s/%s | %.2f | %s | 1.00x | |'
+                     '| %s/%s | %.2f | %s | - | 1.00x | |'
                      % (n, '{:,}'.format(size), BASELINE_TRIES, threads, n, n, runs / rate,
                         '{:,.0f}'.format(rate)))
     problems = []
     for result in outcomes:
-        base = rates.get(result.workers, (NAN,))[0]
         problems += ['%s, %d x %s: %s' % (result.kind, result.consumers, result.worker_type, p)
                      for p in result.problems]
-        lines.append('| %s | %s | %s | %s/%s | %.2f | %.0f | %.3fx | %s |' % (
+        lines.append('| %s | %s | %s | %s/%s | %.2f | %.0f | %s | %.3fx | %s |' % (
             result.kind, _setup(result), _limit(result.limit), '{:,}'.format(result.delivered),
-            n, result.seconds, result.runs_per_s, result.runs_per_s / base,
-            '; '.join(result.problems) or 'none'))
+            n, result.seconds, result.runs_per_s,
+            '-' if result.baseline != result.baseline else '{:,.0f}'.format(result.baseline),
+            ratio(result, rates), '; '.join(result.problems) or 'none'))
     lines += ['', '| burst | CPU s: consumers | consumers, ms per run | consumers, cores busy '
               '| web server | SMTP sink | redis-server | bench (clients, polling) |',
               '|---|---|---|---|---|---|---|---|']
@@ -801,7 +843,7 @@ def render(outcomes, rates, turns, runs, workers, postgres, command):
     lines.append('State database: %s; Redis on loopback; each run checked delivered once in the '
                  'database and its Message-ID and recipient once at the sink.'
                  % ('PostgreSQL' if postgres else 'SQLite'))
-    summary = {'posted_ratio': posted.runs_per_s / rates.get(workers, (NAN,))[0],
+    summary = {'posted_ratio': ratio(posted, rates),
                'longest_idle_turn': gap}
     return lines, summary, problems
 
