@@ -622,8 +622,10 @@ def burst_section(runs, workdir, postgres=False, smoke=False, timeout=None, roun
     """Every part in one run, each burst with consumers of its own;
     (Markdown lines, summary, problems). The slot bursts, the target's
     measure, `rounds` times, thread and process workers alternating: the
-    tables show each one's median round (one burst alone swung by a fifth
-    from run to run of the same code), and every round's problems."""
+    tables show each one's round of median ratio (one burst alone swung by
+    a fifth from run to run of the same code), and every round's problems.
+    Each burst but --smoke's runs between two runs of the baseline
+    (side_by_side), its ratio taken against them."""
     timeout = timeout or max(120, runs * 0.6)
     with contextlib.ExitStack() as cleanup:
         system = System(workdir, cleanup, postgres=postgres)
@@ -717,8 +719,11 @@ def median_round(results, rates=None):
     """The round of median ratio to the baseline (runs/s where there is
     none), carrying every round's problems: a run lost or sent twice in any
     round is reported, whichever round is shown."""
-    middle = sorted(results, key=lambda result: ratio(result, rates or {})
-                    if rates is not None else result.runs_per_s)[len(results) // 2]
+    def key(result):
+        by_ratio = ratio(result, rates) if rates is not None else NAN
+        # NaN (no baseline at all) would sort anywhere: runs/s then.
+        return (0, by_ratio) if by_ratio == by_ratio else (1, result.runs_per_s)
+    middle = sorted(results, key=key)[len(results) // 2]
     problems = ['round %d: %s' % (number, problem)
                 for number, result in enumerate(results, 1) for problem in result.problems]
     return middle._replace(problems=problems if len(results) > 1 else middle.problems)
