@@ -9,7 +9,7 @@ import runmessages
 import statements
 from dbhealth import DB_ERRORS
 from mail import Mail, MailError, compose, compose_notice
-from models import Delivery, Run, db, db_now, utcnow
+from models import Delivery, Run, db, utcnow
 from vocab import UNSENT, DeliveryStatus
 
 
@@ -48,12 +48,11 @@ def deliver(attempt, title: str, path: str, settings, mailer, *, seconds: float,
                        cut_at=settings.max_rows if run.truncated else None,
                        message_id=message_id, date=date)
     ids = [d.id for d in targets]
-    # Marked first, and only while the run is still this attempt's: a crash
-    # after the server accepted shows as "sending", and the retry sends
-    # again with the same Message-ID rather than not at all.
-    with db.atomic():
-        attempt.update(heartbeat_at=db_now())
-        statements.update(Delivery, {'status': DeliveryStatus.SENDING}, ('id', 'in', ids))
+    # Marked first, and only while the run is still this attempt's (one
+    # statement, the fence its condition): a crash after the server
+    # accepted shows as "sending", and the retry sends again with the same
+    # Message-ID rather than not at all.
+    attempt.update_rows(Delivery, {'status': DeliveryStatus.SENDING}, ('id', 'in', ids))
     try:
         replies = mailer.send(mail)
     except MailError as exc:

@@ -151,8 +151,18 @@ class Attempt(NamedTuple):
     def update(self, **values):
         """A fenced write; LostOwnership when the run is no longer ours."""
         if not statements.update(Run, values, *self._fence()):
-            raise LostOwnership('run %d: attempt %d no longer owns it'
-                                % (self.run_id, self.number))
+            raise self._lost()
+
+    def update_rows(self, model, values, *conditions):
+        """A write to rows of another table (the run's deliveries), fenced
+        in the same statement; LostOwnership when the run is no longer ours
+        or no row meets `conditions`."""
+        if not statements.update_owned(model, values, conditions, Run, self._fence()):
+            raise self._lost()
+
+    def _lost(self):
+        return LostOwnership('run %d: attempt %d no longer owns it'
+                             % (self.run_id, self.number))
 
 
 def _report_lock_key(report):

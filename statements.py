@@ -119,6 +119,33 @@ def update(model, values, *conditions) -> int:
     return database.rows_affected(database.execute_sql(sql, params))
 
 
+@functools.lru_cache(maxsize=64)
+def _update_owned_sql(database, table, columns, conditions, owner, owner_conditions):
+    sets = ', '.join('%s = %s' % (quote_name(column, database), database.param)
+                     for column in columns)
+    return 'UPDATE %s SET %s WHERE %s AND EXISTS (SELECT 1 FROM %s WHERE %s)' % (
+        quote_name(table, database), sets, _where(database, conditions),
+        quote_name(owner, database), _where(database, owner_conditions))
+
+
+def update_owned(model, values, conditions, owner, owner_conditions) -> int:
+    """update(model, values, *conditions), made only while a row of `owner`
+    meets `owner_conditions`: one statement, where a fenced write to the
+    owner and this one took a transaction and two. Returns the rows changed
+    (none when the owner's row does not meet them)."""
+    fields = model._meta.fields
+    shape, where_params = _shape_and_params(model, conditions)
+    owner_shape, owner_params = _shape_and_params(owner, owner_conditions)
+    names = tuple(values)
+    database = db.obj
+    sql = _update_owned_sql(database, model._meta.table_name,
+                            tuple(fields[name].column_name for name in names), shape,
+                            owner._meta.table_name, owner_shape)
+    params = [fields[name].db_value(values[name]) for name in names] + where_params \
+        + owner_params
+    return database.rows_affected(database.execute_sql(sql, params))
+
+
 def select_one(model, names, *conditions):
     """The first row (a tuple of Python values, as the fields give them) of
     `names` of `model` where every condition holds; None when there is none."""

@@ -141,3 +141,23 @@ def test_a_column_value_copies_another_column_of_the_row(state):
     assert row['next_attempt_at'] == row['queued_at'] is not None
     assert _row(running)['next_attempt_at'] is None
     assert [r.id for r in Run.select().where(turns.waiting_for_turn())] == [waiting]
+
+
+def test_an_update_owned_changes_rows_only_while_the_owner_meets_its_conditions(state):
+    mine, other = _runs(2, status=RunStatus.RUNNING, attempts=2)
+    deliveries = [Delivery.create(run=run_id, address='%s@example.org' % name).id
+                  for run_id in (mine, other) for name in ('a', 'b')]
+    mine_ids = deliveries[:2]
+    fence = (('id', '=', mine), ('status', '=', RunStatus.RUNNING), ('attempts', '=', 2))
+    changed = statements.update_owned(Delivery, {'status': DeliveryStatus.SENDING},
+                                      (('id', 'in', mine_ids),), Run, fence)
+    assert changed == 2
+    statuses = dict(Delivery.select(Delivery.id, Delivery.status).tuples())
+    assert [statuses[i] for i in deliveries] == [DeliveryStatus.SENDING] * 2 \
+        + [DeliveryStatus.PENDING] * 2
+    # Another attempt owns the run now: nothing changes, 0 is counted.
+    Run.update(attempts=3).where(Run.id == mine).execute()
+    assert statements.update_owned(Delivery, {'status': DeliveryStatus.SENT},
+                                   (('id', 'in', mine_ids),), Run, fence) == 0
+    assert set(Delivery.select(Delivery.status).where(Delivery.id.in_(mine_ids))
+               .tuples()) == {(DeliveryStatus.SENDING,)}
