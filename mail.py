@@ -7,6 +7,7 @@ receive.
 import base64
 import datetime
 import email.utils
+import hashlib
 import os
 import re
 import smtplib
@@ -246,9 +247,7 @@ def message_text(settings, mail):
     if name is None:
         return '%s%s\n%s' % (text, envelope, encoded_body)
     boundary = 'nightshift_%s.part' % uuid.uuid4().hex
-    with open(mail.attachment, 'rb') as data:
-        # As email.encoders.encode_base64: lines of 76, each ending in a newline.
-        attached = base64.encodebytes(data.read()).decode('ascii')
+    attached = encoded_file(mail.attachment)
     return ''.join([
         'Content-Type: multipart/mixed; boundary="%s"\nMIME-Version: 1.0\n' % boundary,
         envelope, '\n--', boundary, '\n', text, '\n', encoded_body, '\n--', boundary, '\n',
@@ -256,6 +255,36 @@ def message_text(settings, mail):
         'Content-Disposition: attachment; filename="%s"\n\n'
         % (content_type_of(name).split(';')[0], name),
         attached, '\n--', boundary, '--\n'])
+
+
+def encoded_file(path):
+    """The file's bytes as email.encoders.encode_base64 writes them: lines
+    of 76, each ending in a newline. A batch's runs (batches.py) mail
+    copies of one file: the text of a small file is kept by a digest of
+    its bytes, so the same bytes are encoded once (in Python, line by line,
+    a tenth of a small run's mailing) and other bytes never share it."""
+    with open(path, 'rb') as data:
+        content = data.read()
+    if len(content) > ENCODED_KEPT_BYTES:
+        return base64.encodebytes(content).decode('ascii')
+    key = hashlib.blake2b(content, digest_size=16).digest()
+    with _encoded_lock:
+        text = _encoded.get(key)
+    if text is None:
+        text = base64.encodebytes(content).decode('ascii')
+        with _encoded_lock:
+            _encoded[key] = text
+            while len(_encoded) > ENCODED_KEPT_FILES:
+                del _encoded[next(iter(_encoded))]  # the oldest
+    return text
+
+
+# Files up to this size keep their base64 text, the last few of them: at
+# most about 3 MB of text in a process.
+ENCODED_KEPT_BYTES = 256 * 1024
+ENCODED_KEPT_FILES = 8
+_encoded = {}
+_encoded_lock = threading.Lock()
 
 
 # Header values Message.as_string writes as they are (no folding, no
