@@ -335,7 +335,43 @@ def _compiled(field, source):
 
 def render(field, source, context):
     """The rendered text, cleaned for where it goes; TemplateFailure when the
-    template cannot be rendered (a sandbox refusal, an unknown value)."""
+    template cannot be rendered (a sandbox refusal, an unknown value).
+
+    A template's text depends only on the values it names, and the sandbox
+    gives it nothing else (no globals, pure filters): the runs of a batch
+    render one subject, and often one file name, with the same values, so
+    the text is kept by those values (never a failure: that is raised
+    again each time)."""
+    try:
+        key = (field, source, tuple((name, type(context[name]).__name__, repr(context[name]))
+                                    for name in _names_used(field, source) if name in context))
+    except Exception:  # it does not parse: _render says so
+        return _render(field, source, context)
+    with _kept_lock:
+        text = _kept.get(key)
+    if text is None:
+        text = _render(field, source, context)
+        with _kept_lock:
+            _kept[key] = text
+            while len(_kept) > KEPT_TEXTS:
+                del _kept[next(iter(_kept))]  # the oldest
+    return text
+
+
+# Rendered texts kept (render), the last ones made.
+KEPT_TEXTS = 64
+_kept = {}
+_kept_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=64)
+def _names_used(field, source):
+    # The context's names the template reads.
+    return tuple(sorted(meta.find_undeclared_variables(ENV.parse(source))
+                        & set(VARIABLES[field])))
+
+
+def _render(field, source, context):
     _budget.left = WORK_BUDGET
     try:
         template = _compiled(field, source)

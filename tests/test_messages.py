@@ -486,3 +486,28 @@ def test_the_preview_renders_the_next_message(jobs, shop):
     res = app.post_json('/api/messages/preview', {'report': 'orders', 'cron': 'often'},
                         expect_errors=True)
     assert (res.status_int, res.json['field']) == (400, 'cron')
+
+
+def test_a_rendered_text_is_kept_by_the_values_its_template_names(monkeypatch):
+    import msgtemplates
+    monkeypatch.setattr(msgtemplates, '_kept', {})
+    rendered = []
+    real = msgtemplates._render
+    monkeypatch.setattr(msgtemplates, '_render',
+                        lambda *args: rendered.append(args[0]) or real(*args))
+    subject = msgtemplates.DEFAULTS['subject']  # title, rows_text, cut: no run id
+    texts = set()
+    for run_id in (1, 2, 3):
+        context = msgtemplates.sample_context({'since': '2026-01-01'}, run_id=run_id)
+        texts.add(msgtemplates.render('subject', subject, context))
+        assert msgtemplates.render('body', msgtemplates.DEFAULTS['body'], context) \
+            .endswith('Run #%d, sent by Nightshift.' % run_id)
+    # One subject for the three runs; each run's own body (it names run_id).
+    assert len(texts) == 1 and rendered == ['subject', 'body', 'body', 'body']
+    other = dict(context, rows_text='9')
+    assert '9 rows' in msgtemplates.render('subject', subject, other)
+    # A failure is raised each time, never kept.
+    for _ in range(2):
+        with pytest.raises(msgtemplates.TemplateFailure):
+            msgtemplates.render('subject', '{{ rows / 0 }}', context)
+    assert len(msgtemplates._kept) == 5
