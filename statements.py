@@ -27,10 +27,14 @@ _OPERATORS = {
 }
 
 
-def _where(database, conditions):
+def _where(database, conditions, table=None):
+    # `table`: its name before each column's (in a subquery, where the
+    # outer table's columns are in scope too).
     param, parts = database.param, []
     for column, op, size in conditions:
         name = quote_name(column, database)
+        if table is not None:
+            name = '%s.%s' % (quote_name(table, database), name)
         if op == 'in':
             parts.append('%s IN (%s)' % (name, ', '.join([param] * size)))
         elif size == 0:  # compared with None, as Peewee writes it
@@ -125,7 +129,7 @@ def _update_owned_sql(database, table, columns, conditions, owner, owner_conditi
                      for column in columns)
     return 'UPDATE %s SET %s WHERE %s AND EXISTS (SELECT 1 FROM %s WHERE %s)' % (
         quote_name(table, database), sets, _where(database, conditions),
-        quote_name(owner, database), _where(database, owner_conditions))
+        quote_name(owner, database), _where(database, owner_conditions, owner))
 
 
 def update_owned(model, values, conditions, owner, owner_conditions) -> int:
