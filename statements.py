@@ -50,14 +50,20 @@ class Column(str):
 
 
 @functools.lru_cache(maxsize=256)
-def _update_sql(database, table, columns, conditions):
-    # A column given as (name, other) takes the other column's value.
+def _update_sql(database, table, columns, conditions, owner=None, owner_conditions=()):
+    # A column given as (name, other) takes the other column's value. With
+    # `owner`, only while a row of that table meets owner_conditions (its
+    # name before each of its columns: the outer table's are in scope too).
     sets = ', '.join('%s = %s' % (quote_name(column, database), database.param)
                      if isinstance(column, str) else
                      '%s = %s' % (quote_name(column[0], database), quote_name(column[1], database))
                      for column in columns)
-    return 'UPDATE %s SET %s WHERE %s' % (quote_name(table, database), sets,
-                                          _where(database, conditions))
+    sql = 'UPDATE %s SET %s WHERE %s' % (quote_name(table, database), sets,
+                                         _where(database, conditions))
+    if owner is not None:
+        sql += ' AND EXISTS (SELECT 1 FROM %s WHERE %s)' % (
+            quote_name(owner, database), _where(database, owner_conditions, owner))
+    return sql
 
 
 @functools.lru_cache(maxsize=256)
@@ -110,26 +116,7 @@ def update(model, values, *conditions) -> int:
         raise ValueError('statements.update: a WHERE is required')
     if any(isinstance(value, Node) for value in values.values()):
         return model.update(**values).where(where(model, conditions)).execute()
-    fields = model._meta.fields
-    shape, where_params = _shape_and_params(model, conditions)
-    names = tuple(values)
-    database = db.obj
-    sql = _update_sql(database, model._meta.table_name, tuple(
-        (fields[name].column_name, fields[values[name]].column_name)
-        if isinstance(values[name], Column) else fields[name].column_name for name in names),
-        shape)
-    params = [fields[name].db_value(values[name]) for name in names
-              if not isinstance(values[name], Column)] + where_params
-    return database.rows_affected(database.execute_sql(sql, params))
-
-
-@functools.lru_cache(maxsize=64)
-def _update_owned_sql(database, table, columns, conditions, owner, owner_conditions):
-    sets = ', '.join('%s = %s' % (quote_name(column, database), database.param)
-                     for column in columns)
-    return 'UPDATE %s SET %s WHERE %s AND EXISTS (SELECT 1 FROM %s WHERE %s)' % (
-        quote_name(table, database), sets, _where(database, conditions),
-        quote_name(owner, database), _where(database, owner_conditions, owner))
+    return _update(model, values, conditions)
 
 
 def update_owned(model, values, conditions, owner, owner_conditions) -> int:
@@ -137,16 +124,24 @@ def update_owned(model, values, conditions, owner, owner_conditions) -> int:
     meets `owner_conditions`: one statement, where a fenced write to the
     owner and this one took a transaction and two. Returns the rows changed
     (none when the owner's row does not meet them)."""
+    return _update(model, values, conditions, owner, owner_conditions)
+
+
+def _update(model, values, conditions, owner=None, owner_conditions=()):
     fields = model._meta.fields
-    shape, where_params = _shape_and_params(model, conditions)
-    owner_shape, owner_params = _shape_and_params(owner, owner_conditions)
+    shape, params = _shape_and_params(model, conditions)
+    owner_shape = ()
+    if owner is not None:
+        owner_shape, owner_params = _shape_and_params(owner, owner_conditions)
+        params += owner_params
     names = tuple(values)
     database = db.obj
-    sql = _update_owned_sql(database, model._meta.table_name,
-                            tuple(fields[name].column_name for name in names), shape,
-                            owner._meta.table_name, owner_shape)
-    params = [fields[name].db_value(values[name]) for name in names] + where_params \
-        + owner_params
+    sql = _update_sql(database, model._meta.table_name, tuple(
+        (fields[name].column_name, fields[values[name]].column_name)
+        if isinstance(values[name], Column) else fields[name].column_name for name in names),
+        shape, None if owner is None else owner._meta.table_name, owner_shape)
+    params = [fields[name].db_value(values[name]) for name in names
+              if not isinstance(values[name], Column)] + params
     return database.rows_affected(database.execute_sql(sql, params))
 
 
