@@ -7,7 +7,7 @@ receive.
 import base64
 import datetime
 import email.utils
-import hashlib
+import functools
 import os
 import re
 import smtplib
@@ -260,31 +260,25 @@ def message_text(settings, mail):
 def encoded_file(path):
     """The file's bytes as email.encoders.encode_base64 writes them: lines
     of 76, each ending in a newline. A batch's runs (batches.py) mail
-    copies of one file: the text of a small file is kept by a digest of
-    its bytes, so the same bytes are encoded once (in Python, line by line,
-    a tenth of a small run's mailing) and other bytes never share it."""
+    copies of one file: a small file's text is kept by its bytes, so the
+    same bytes are encoded once (in Python, line by line, a tenth of a
+    small run's mailing) and other bytes never share it."""
     with open(path, 'rb') as data:
         content = data.read()
     if len(content) > ENCODED_KEPT_BYTES:
-        return base64.encodebytes(content).decode('ascii')
-    key = hashlib.blake2b(content, digest_size=16).digest()
-    with _encoded_lock:
-        text = _encoded.get(key)
-    if text is None:
-        text = base64.encodebytes(content).decode('ascii')
-        with _encoded_lock:
-            _encoded[key] = text
-            while len(_encoded) > ENCODED_KEPT_FILES:
-                del _encoded[next(iter(_encoded))]  # the oldest
-    return text
+        return _base64_lines(content)
+    return _kept_base64_lines(content)
+
+
+def _base64_lines(content):
+    return base64.encodebytes(content).decode('ascii')
 
 
 # Files up to this size keep their base64 text, the last few of them: at
-# most about 3 MB of text in a process.
+# most about 5 MB, bytes and text, in a process.
 ENCODED_KEPT_BYTES = 256 * 1024
 ENCODED_KEPT_FILES = 8
-_encoded = {}
-_encoded_lock = threading.Lock()
+_kept_base64_lines = functools.lru_cache(maxsize=ENCODED_KEPT_FILES)(_base64_lines)
 
 
 # Header values Message.as_string writes as they are (no folding, no

@@ -223,24 +223,25 @@ def test_the_message_written_directly_is_what_the_email_package_writes(tmp_path,
     assert 60 <= len(built) <= 240  # both ways were compared
 
 
-def test_a_files_base64_is_kept_by_its_bytes_not_its_name(tmp_path, monkeypatch):
+def test_a_files_base64_is_kept_by_its_bytes_not_its_name(tmp_path):
     import base64
     import mail
-    monkeypatch.setattr(mail, '_encoded', {})
+    kept = mail._kept_base64_lines
+    kept.cache_clear()
     first, link, other = tmp_path / 'a.csv', tmp_path / 'b.csv', tmp_path / 'c.csv'
     first.write_bytes(b'id,name\n1,Ana\n' * 40)
     os.link(first, link)
     assert mail.encoded_file(str(first)) == base64.encodebytes(first.read_bytes()).decode()
     assert mail.encoded_file(str(link)) == mail.encoded_file(str(first))
-    assert len(mail._encoded) == 1  # a batch's copies: encoded once
+    assert kept.cache_info().currsize == 1  # a batch's copies: encoded once
     # Rewritten in place, same size: its own text, never the old one.
     first.write_bytes(b'id,name\n2,Bea\n' * 40)
     assert mail.encoded_file(str(first)) == base64.encodebytes(first.read_bytes()).decode()
     # Big files are encoded each time and not kept; only the last few are.
     other.write_bytes(b'x' * (mail.ENCODED_KEPT_BYTES + 1))
     assert mail.encoded_file(str(other)) == base64.encodebytes(other.read_bytes()).decode()
-    assert len(mail._encoded) == 2
+    assert kept.cache_info().currsize == 2
     for i in range(mail.ENCODED_KEPT_FILES + 3):
         other.write_bytes(b'row %d\n' % i)
         mail.encoded_file(str(other))
-    assert len(mail._encoded) == mail.ENCODED_KEPT_FILES
+    assert kept.cache_info().currsize == mail.ENCODED_KEPT_FILES
